@@ -1,0 +1,15 @@
+# The two commands a new user needs:  make app  and  make test
+.PHONY: app test setup bench
+
+setup:
+	@bash scripts/setup.sh
+
+app: setup
+	.venv/bin/streamlit run app/main.py
+
+test: setup
+	@bash scripts/install-browser.sh
+	.venv/bin/python -m pytest -n 2 --dist loadgroup -q
+
+bench: setup
+	.venv/bin/python -m benchmarks.run_all

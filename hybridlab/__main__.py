@@ -1,0 +1,5 @@
+import sys
+
+from hybridlab.cli import main
+
+sys.exit(main())
