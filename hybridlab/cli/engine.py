@@ -1,0 +1,153 @@
+"""`hybridlab importance`, `hybridlab prune` and `hybridlab plan`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hybridlab.cli.spec_options import add_spec_options, spec_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("importance", help="score every prunable unit on calibration data")
+    _model_options(p)
+    _calibration_options(p)
+    p.add_argument("--out", required=True, help="folder for the scores (safetensors + JSON)")
+    p.add_argument("--csv", default=None, help="also write the tidy score table as CSV")
+    p.set_defaults(func=run_importance)
+
+    p = sub.add_parser("prune", help="prune a model to a target architecture")
+    _model_options(p)
+    _calibration_options(p)
+    add_spec_options(p)
+    p.add_argument("--scores", default=None, help="scores from `hybridlab importance` (computed now if omitted)")
+    p.add_argument("--ranking", choices=["importance", "random"], default="importance")
+    p.add_argument("--mamba-ranking", choices=["group", "global"], default="group", help="rank Mamba heads within groups (the paper) or globally (ablation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the pruned Hugging Face model")
+    p.set_defaults(func=run_prune)
+
+    p = sub.add_parser("plan", help="sizes of a model and of a pruning plan, without building it")
+    p.add_argument("--model", required=True, help="'demo', a model directory, or a reference config (nemotron-h-8b)")
+    add_spec_options(p)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=run_plan)
+
+
+def _model_options(p) -> None:
+    p.add_argument("--model", required=True, help="'demo' or a local Hugging Face model directory")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
+
+
+def _calibration_options(p) -> None:
+    p.add_argument("--calib", default=None, help="calibration data: 'demo', a .npy token array, text files or .jsonl/.parquet (default: demo set for the demo model)")
+    p.add_argument("--samples", type=int, default=64, help="calibration sequences (the paper used 1024)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--layer-metric", choices=["kl", "loss", "cosine", "none"], default="kl")
+
+
+def _calibration_batches(args, tokenizer):
+    from hybridlab.calibration import batched, load_calibration
+
+    source = args.calib or ("demo" if args.model == "demo" else None)
+    if source is None:
+        raise ValueError("--calib is required for models other than the demo (a .npy token array or text files)")
+    return batched(load_calibration(source, tokenizer, args.samples, args.seq_len), args.batch_size)
+
+
+def _scores_for(args, model, tokenizer):
+    from hybridlab import estimate_importance
+
+    batches = _calibration_batches(args, tokenizer)
+    metric = None if args.layer_metric == "none" else args.layer_metric
+    return estimate_importance(model, batches, layer_metric=metric)
+
+
+def run_importance(args) -> int:
+    from hybridlab import load_model
+
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} already exists; choose another --out")
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    scores = _scores_for(args, model, tokenizer)
+    out = scores.save(args.out)
+    frame = scores.to_frame()
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+    summary = frame.groupby("axis")["score"].agg(["count", "min", "median", "max"])
+    print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
+    for metric, values in scores.layers.items():
+        order = values.argsort().tolist()
+        print(f"least important layers by {metric}: {order[:5]}")
+    print(f"scores written to {out}")
+    return 0
+
+
+def run_prune(args) -> int:
+    from hybridlab import ImportanceScores, load_model, prune, save_model
+    from hybridlab.families import family_for
+    from hybridlab.sizes import planned_widths, sizes_of
+    from hybridlab.spec import resolve
+
+    spec = spec_from_args(args)
+    if spec.is_empty():
+        raise ValueError("give at least one target size, e.g. --mamba-num-heads 96 or --num-layers 40")
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} already exists; choose another --out")
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    planned_widths(model.config, spec)  # reject a bad spec before scoring
+    resolve(spec, family_for(model).widths(model.config))
+    if args.scores:
+        scores = ImportanceScores.load(args.scores)
+    elif args.ranking == "importance":
+        scores = _scores_for(args, model, tokenizer)
+    else:
+        scores = None
+    metric = args.layer_metric if args.layer_metric != "none" else "cosine"
+    pruned = prune(model, spec, scores, ranking=args.ranking, mamba_ranking=args.mamba_ranking, layer_metric=metric, seed=args.seed)
+    out = save_model(pruned, tokenizer, args.out)
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in pruned.parameters())
+    print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
+    print(f"layers: {len(model.config.layers_block_type) if hasattr(model.config, 'layers_block_type') else model.config.num_hidden_layers} -> {pruned.config.num_hidden_layers}")
+    print(f"pruned model written to {out}")
+    return 0
+
+
+def _plan_config(ref: str, trust_remote_code: bool):
+    from hybridlab.reference import REFERENCE_CONFIGS, reference_config
+
+    if ref in REFERENCE_CONFIGS:
+        return reference_config(ref)
+    from transformers import AutoConfig
+
+    from hybridlab.loading import resolve_model_dir
+
+    return AutoConfig.from_pretrained(resolve_model_dir(ref), trust_remote_code=trust_remote_code)
+
+
+def run_plan(args) -> int:
+    from hybridlab.sizes import estimate_sizes
+
+    config = _plan_config(args.model, args.trust_remote_code)
+    spec = spec_from_args(args)
+    base = estimate_sizes(config, None, args.seq_len, args.batch_size)
+    planned = estimate_sizes(config, spec, args.seq_len, args.batch_size)
+    if args.json:
+        json.dump({"spec": spec.to_dict(), "original": base.to_dict(), "pruned": planned.to_dict()}, sys.stdout, indent=2)
+        print()
+        return 0
+    rows = [
+        ("parameters", f"{base.params:,}", f"{planned.params:,}", planned.params / base.params),
+        ("GFLOPs per token", f"{base.flops_per_token / 1e9:.3f}", f"{planned.flops_per_token / 1e9:.3f}", planned.flops_per_token / base.flops_per_token),
+        (f"state MiB @ {args.seq_len} tok x {args.batch_size}", f"{base.state_bytes / 2**20:.2f}", f"{planned.state_bytes / 2**20:.2f}", planned.state_bytes / max(base.state_bytes, 1)),
+    ]
+    print(f"{'':34}{'original':>18}{'pruned':>18}{'ratio':>9}")
+    for name, a, b, ratio in rows:
+        print(f"{name:34}{a:>18}{b:>18}{ratio:>9.3f}")
+    print("parameters by kind (pruned): " + ", ".join(f"{k} {v:,}" for k, v in planned.params_by_kind.items()))
+    return 0

@@ -1,0 +1,19 @@
+"""transformers' Mamba2 mixer layout, shared by every family that reuses it
+(NemotronH, Mamba2; Bamba and GraniteMoeHybrid copy it too)."""
+from __future__ import annotations
+
+from torch import nn
+
+from hybridlab.families.base import MambaParts
+
+
+def mamba_parts(mixer: nn.Module) -> MambaParts:
+    return MambaParts(
+        in_proj=mixer.in_proj,
+        conv1d=mixer.conv1d,
+        dt_bias=mixer.dt_bias,
+        A_log=mixer.A_log,
+        D=mixer.D,
+        norm_weight=mixer.norm.weight,
+        out_proj=mixer.out_proj,
+    )

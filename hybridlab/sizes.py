@@ -1,0 +1,138 @@
+"""Sizes of a model or a pruning plan, computed from the config alone (no weights).
+
+Parameter counts are exact (tests compare them with what transformers builds on the
+meta device). FLOPs and state memory are analytic estimates for inference.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
+from hybridlab.spec import PruneSpec, kept_layer_count, resolve
+
+
+@dataclass(frozen=True)
+class Sizes:
+    params: int
+    params_by_kind: dict  # "embeddings", "lm_head", "mamba", "mlp", "attention", "norms"
+    flops_per_token: float  # forward pass, averaged over a prefill of seq_len tokens
+    state_bytes: int  # inference state at seq_len: KV cache + Mamba conv and SSM states
+    kv_cache_bytes: int
+    mamba_state_bytes: int
+    seq_len: int
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mamba_params(w: Widths) -> int:
+    inner = w.mamba_num_heads * w.mamba_head_dim  # H*P
+    groups_state = w.mamba_n_groups * w.mamba_state_size  # G*N
+    conv_channels = inner + 2 * groups_state
+    n = w.hidden_size * (2 * inner + 2 * groups_state + w.mamba_num_heads)  # in_proj
+    n += "mamba_in_proj" in w.biases and (2 * inner + 2 * groups_state + w.mamba_num_heads)
+    n += conv_channels * w.mamba_conv_kernel + ("mamba_conv" in w.biases and conv_channels)
+    n += 3 * w.mamba_num_heads  # dt_bias, A_log, D
+    n += inner  # gated norm
+    n += inner * w.hidden_size + ("mamba_out_proj" in w.biases and w.hidden_size)
+    return int(n)
+
+
+def mlp_params(w: Widths) -> int:
+    n = 2 * w.hidden_size * w.ffn_hidden_size
+    return int(n + ("mlp" in w.biases and w.ffn_hidden_size + w.hidden_size))
+
+
+def attention_params(w: Widths) -> int:
+    q = w.num_attention_heads * w.attention_head_dim
+    kv = w.num_key_value_heads * w.attention_head_dim
+    n = w.hidden_size * (q + 2 * kv) + q * w.hidden_size
+    return int(n + ("attention" in w.biases and q + 2 * kv + w.hidden_size))
+
+
+MIXER_PARAMS = {MAMBA: mamba_params, MLP: mlp_params, ATTENTION: attention_params}
+
+
+def count_params(w: Widths) -> dict:
+    by_kind = {
+        "embeddings": w.vocab_size * w.hidden_size,
+        "lm_head": 0 if w.tied_embeddings else w.vocab_size * w.hidden_size,
+        "norms": (w.num_layers + 1) * w.hidden_size,
+    }
+    for kind, count_fn in MIXER_PARAMS.items():
+        by_kind[kind] = w.count(kind) * count_fn(w)
+    return by_kind
+
+
+def flops_per_token(w: Widths, seq_len: int) -> float:
+    """2 FLOPs per multiply-add of every matmul, plus attention scores over the average
+    causal context (seq_len + 1) / 2, plus the SSM state update (about 3 multiply-adds per
+    state element: decay, input, readout) and the depthwise convolution."""
+    matmul_params = w.vocab_size * w.hidden_size  # the lm_head matmul (embedding lookup is free)
+    for kind in (MAMBA, MLP, ATTENTION):
+        matmul_params += w.count(kind) * MIXER_PARAMS[kind](w)
+    flops = 2.0 * matmul_params
+    context = (seq_len + 1) / 2
+    flops += w.count(ATTENTION) * 4.0 * w.num_attention_heads * w.attention_head_dim * context
+    inner = w.mamba_num_heads * w.mamba_head_dim
+    conv_channels = inner + 2 * w.mamba_n_groups * w.mamba_state_size
+    flops += w.count(MAMBA) * (6.0 * inner * w.mamba_state_size + 2.0 * conv_channels * w.mamba_conv_kernel)
+    return flops
+
+
+def state_bytes(w: Widths, seq_len: int, batch_size: int, dtype_bytes: int = 2, ssm_dtype_bytes: int = 4) -> tuple[int, int]:
+    """(KV cache bytes, Mamba state bytes). The SSM state is kept in float32 by default
+    (transformers' mamba_ssm_cache_dtype), the rest in the model dtype."""
+    kv = w.count(ATTENTION) * 2 * w.num_key_value_heads * w.attention_head_dim * seq_len * batch_size * dtype_bytes
+    inner = w.mamba_num_heads * w.mamba_head_dim
+    conv = (inner + 2 * w.mamba_n_groups * w.mamba_state_size) * w.mamba_conv_kernel * dtype_bytes
+    ssm = inner * w.mamba_state_size * ssm_dtype_bytes
+    mamba = w.count(MAMBA) * (conv + ssm) * batch_size
+    return int(kv), int(mamba)
+
+
+def sizes_of(widths: Widths, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2) -> Sizes:
+    by_kind = count_params(widths)
+    kv, mamba = state_bytes(widths, seq_len, batch_size, dtype_bytes)
+    return Sizes(
+        params=int(sum(by_kind.values())),
+        params_by_kind={k: int(v) for k, v in by_kind.items()},
+        flops_per_token=flops_per_token(widths, seq_len),
+        state_bytes=kv + mamba,
+        kv_cache_bytes=kv,
+        mamba_state_bytes=mamba,
+        seq_len=seq_len,
+        batch_size=batch_size,
+    )
+
+
+def planned_widths(config, spec: PruneSpec | None = None, drop_layers: tuple[int, ...] | None = None) -> Widths:
+    """Widths after applying `spec`. Without explicit drop_layers, a num_layers target is
+    planned by dropping layers in proportion to the pattern (the exact layers are chosen
+    by importance at prune time; the count per kind is what sizes depend on)."""
+    family = family_for(config)
+    widths = family.widths(config)
+    spec = spec or PruneSpec()
+    drop = drop_layers if drop_layers is not None else spec.drop_layers
+    kinds = widths.layer_kinds
+    if drop is not None:
+        kept_layer_count(PruneSpec(drop_layers=drop), widths)
+        kinds = tuple(k for i, k in enumerate(kinds) if i not in set(drop))
+    elif spec.num_layers is not None:
+        kinds = proportional_kinds(kinds, kept_layer_count(spec, widths))
+    new = resolve(spec, widths, kept_kinds=kinds)
+    family.check(new)
+    return new
+
+
+def proportional_kinds(kinds: tuple[str, ...], keep: int) -> tuple[str, ...]:
+    """Keep `keep` layers spread evenly over the pattern (an estimate for planning)."""
+    n = len(kinds)
+    picked = sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [0]
+    return tuple(kinds[i] for i in picked)
+
+
+def estimate_sizes(config, spec: PruneSpec | None = None, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2) -> Sizes:
+    """Parameters, FLOPs/token and inference-state memory for `config` pruned by `spec`."""
+    return sizes_of(planned_widths(config, spec), seq_len, batch_size, dtype_bytes)

@@ -1,0 +1,106 @@
+"""PruneSpec: the target architecture, in NVIDIA Model Optimizer's export_config keys.
+
+Every field left as None keeps the model's own size. `resolve` turns a spec into the
+pruned model's `Widths` and rejects invalid specs before any work is done.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from hybridlab.families.base import ATTENTION, MAMBA, MLP, Widths
+
+WIDTH_KEYS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    hidden_size: int | None = None
+    ffn_hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    mamba_num_heads: int | None = None
+    mamba_head_dim: int | None = None
+    num_layers: int | None = None
+    drop_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.drop_layers is not None:
+            object.__setattr__(self, "drop_layers", tuple(sorted(int(i) for i in self.drop_layers)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PruneSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown prune spec keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        if self.drop_layers is not None:
+            values["drop_layers"] = list(self.drop_layers)
+        return {k: v for k, v in values.items() if v is not None}
+
+    def is_empty(self) -> bool:
+        return not self.to_dict()
+
+
+def _check_size(name: str, value: int | None, current: int, present: bool) -> int:
+    if value is None:
+        return current
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not present:
+        raise ValueError(f"{name} was given but this model has no layers with that axis; drop the option")
+    if value <= 0:
+        raise ValueError(f"{name} must be at least 1 (got {value}); to remove layers use num_layers or drop_layers")
+    if value > current:
+        raise ValueError(f"{name}={value} is larger than the model's {current}; pruning can only shrink")
+    return value
+
+
+def kept_layer_count(spec: PruneSpec, widths: Widths) -> int:
+    total = widths.num_layers
+    if spec.drop_layers is not None:
+        bad = [i for i in spec.drop_layers if not 0 <= i < total]
+        if bad:
+            raise ValueError(f"drop_layers {bad} are out of range: the model has layers 0..{total - 1}")
+        if len(set(spec.drop_layers)) != len(spec.drop_layers):
+            raise ValueError(f"drop_layers lists a layer twice: {list(spec.drop_layers)}")
+        kept = total - len(spec.drop_layers)
+        if spec.num_layers is not None and spec.num_layers != kept:
+            raise ValueError(
+                f"num_layers={spec.num_layers} contradicts drop_layers, which leaves {kept} layers; give one of them"
+            )
+    else:
+        kept = _check_size("num_layers", spec.num_layers, total, True)
+    if kept < 1:
+        raise ValueError("the spec drops every layer; keep at least one")
+    return kept
+
+
+def resolve(spec: PruneSpec, widths: Widths, kept_kinds: tuple[str, ...] | None = None) -> Widths:
+    """The pruned model's widths. `kept_kinds` is the layer pattern after dropping layers
+    (known only once layers are chosen); without it the original pattern is checked."""
+    kinds = kept_kinds if kept_kinds is not None else widths.layer_kinds
+    kept_layer_count(spec, widths)
+    new = widths.with_(
+        hidden_size=_check_size("hidden_size", spec.hidden_size, widths.hidden_size, True),
+        ffn_hidden_size=_check_size("ffn_hidden_size", spec.ffn_hidden_size, widths.ffn_hidden_size, MLP in widths.layer_kinds),
+        num_attention_heads=_check_size(
+            "num_attention_heads", spec.num_attention_heads, widths.num_attention_heads, ATTENTION in widths.layer_kinds
+        ),
+        mamba_num_heads=_check_size("mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, MAMBA in widths.layer_kinds),
+        mamba_head_dim=_check_size("mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, MAMBA in widths.layer_kinds),
+        layer_kinds=tuple(kinds),
+    )
+    if new.mamba_num_heads % widths.mamba_n_groups:
+        raise ValueError(
+            f"mamba_num_heads={new.mamba_num_heads} is not a multiple of n_groups={widths.mamba_n_groups}: every group "
+            f"must keep the same number of heads; try {new.mamba_num_heads - new.mamba_num_heads % widths.mamba_n_groups or widths.mamba_n_groups}"
+        )
+    if new.num_key_value_heads and new.num_attention_heads % new.num_key_value_heads:
+        raise ValueError(
+            f"num_attention_heads={new.num_attention_heads} is not a multiple of the {new.num_key_value_heads} "
+            "key/value heads: each KV group must keep the same number of query heads"
+        )
+    return new
