@@ -35,8 +35,6 @@ class _Ranker:
     def __init__(self, scores: ImportanceScores | None, ranking: str, seed: int):
         if ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-        if ranking == "importance" and scores is None:
-            raise ValueError("importance ranking needs ImportanceScores; run estimate_importance first or use ranking='random'")
         self.scores, self.random = scores, ranking == "random"
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -64,6 +62,12 @@ def choose_dropped_layers(spec: PruneSpec, widths: Widths, scores: ImportanceSco
     return tuple(sorted(int(i) for i in least))
 
 
+def plan_drop_layers(config, spec: PruneSpec, scores: ImportanceScores | None = None, layer_metric: str = "kl", ranking: str = "importance", seed: int = 0) -> tuple[int, ...]:
+    """The layers `prune` would remove for this spec (exact sizes need them)."""
+    widths = family_for(config).widths(config)
+    return choose_dropped_layers(spec, widths, scores, layer_metric, _Ranker(scores, ranking, seed))
+
+
 @torch.no_grad()
 def prune(
     model,
@@ -87,6 +91,8 @@ def prune(
     old = family.widths(model.config)
     resolve(spec, old)  # validate widths before any work
     rank = _Ranker(scores, ranking, seed)
+    if scores is None and ranking == "importance" and _needs_ranking(spec, old):
+        raise ValueError("pruning by importance needs ImportanceScores; run estimate_importance first or use ranking='random'")
     if scores is not None and tuple(scores.layer_kinds) != old.layer_kinds:
         raise ValueError("these importance scores were computed for a different model (layer pattern differs)")
 
@@ -139,6 +145,12 @@ def prune(
         raise RuntimeError(f"pruning left parameters unset: {missing[:5]}")
     pruned.eval()
     return pruned
+
+
+def _needs_ranking(spec: PruneSpec, widths: Widths) -> bool:
+    """Whether any unit must be chosen (explicit drop_layers alone choose nothing)."""
+    shrinks = resolve(spec, widths) != widths.with_()
+    return shrinks or (spec.num_layers is not None and spec.drop_layers is None and spec.num_layers < widths.num_layers)
 
 
 def choose_mamba_units(scores, layer: int, old: Widths, new: Widths, rank: _Ranker, mamba_ranking: str):
