@@ -8,6 +8,7 @@ import sys
 
 # Modules under hybridlab.cli that each add their subcommands.
 COMMAND_MODULES = [
+    "evaluate",  # eval, bench
     "engine",  # importance, prune, plan
 ]
 

@@ -1,0 +1,210 @@
+"""Latency and memory of a model: prefill latency, decode throughput with the cache, peak memory.
+
+Timing: warm-up runs first, then the median of `repeats` runs. On CUDA with CUDA events and
+a synchronize; on the CPU with time.perf_counter.
+
+- prefill: one forward over [batch_size, seq_len] random tokens that builds the cache
+  (use_cache=True) and keeps only the last position's logits, as generation does.
+- decode: `model.generate` greedy with min_new_tokens = max_new_tokens = new_tokens, minus the
+  same call with one new token (which is the prefill plus generate's fixed overhead); the
+  difference is new_tokens - 1 cached single-token steps.
+- peak memory, measured over one generate call made before any timed run:
+  CUDA: torch.cuda.max_memory_allocated (tensors only, weights included).
+  CPU (Linux): the process's resident-set high-water mark (VmHWM, reset through
+  /proc/self/clear_refs). It counts the whole process (Python, libraries, weights); the
+  `peak_memory_delta_bytes` field is the rise above the resident set before the call:
+  activations, cache and allocator growth. Memory the allocator kept from earlier work in
+  the process is reused without raising the mark, so the delta is a lower bound. None where
+  unavailable.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hybridlab.progress import ProgressFn
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of fn takes; on CUDA measured with events around a synchronize."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000.0
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def median_time(fn, device, repeats: int, warmup: int, tick: Callable[[], None] = lambda: None) -> list[float]:
+    """Per-repeat seconds (after `warmup` untimed calls); take statistics.median of it."""
+    for _ in range(warmup):
+        fn()
+        tick()
+    times = []
+    for _ in range(repeats):
+        times.append(time_call(fn, device))
+        tick()
+    return times
+
+
+def mamba_kernels(device: torch.device) -> dict:
+    """Whether transformers will pick the mamba-ssm / causal-conv1d CUDA kernels (it uses them when importable)."""
+    mamba = importlib.util.find_spec("mamba_ssm") is not None
+    conv = importlib.util.find_spec("causal_conv1d") is not None
+    return {"mamba_ssm": mamba, "causal_conv1d": conv, "in_use": bool(mamba and conv and device.type == "cuda")}
+
+
+def _rss_bytes(field: str) -> int | None:
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak RSS (VmHWM), Linux >= 4.0
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn, device: torch.device) -> dict:
+    """Peak memory while fn runs (see the module docstring for what is measured where)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_memory_bytes": peak, "peak_memory_delta_bytes": peak - before,
+                "memory_measure": "cuda max_memory_allocated"}
+    before = _rss_bytes("VmRSS")
+    if before is None or not _reset_rss_peak():
+        fn()
+        return {"peak_memory_bytes": None, "peak_memory_delta_bytes": None, "memory_measure": "unavailable"}
+    fn()
+    peak = _rss_bytes("VmHWM")
+    return {"peak_memory_bytes": peak, "peak_memory_delta_bytes": max(peak - before, 0),
+            "memory_measure": "process resident-set high-water mark (VmHWM)"}
+
+
+def analytic_sizes(config, seq_len: int, batch_size: int) -> dict | None:
+    """The engine core's analytic params / FLOPs per token / state bytes, or None if unavailable."""
+    try:
+        from hybridlab.sizes import estimate_sizes
+    except ImportError:
+        return None
+    try:
+        sizes = estimate_sizes(config, seq_len=seq_len, batch_size=batch_size)
+    except (ValueError, KeyError, AttributeError) as err:  # a family sizes.py does not know
+        return {"error": str(err)}
+    return sizes.to_dict() if hasattr(sizes, "to_dict") else dict(vars(sizes))
+
+
+def _check(batch_size: int, seq_len: int, new_tokens: int, repeats: int, warmup: int) -> None:
+    for name, value, least in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1),
+                               ("new_tokens", new_tokens, 2), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+
+
+def measure_latency(
+    model,
+    batch_size: int = 1,
+    seq_len: int = 256,
+    new_tokens: int = 32,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Prefill latency, decode throughput and peak memory of `model` on its current device and dtype."""
+    _check(batch_size, seq_len, new_tokens, repeats, warmup)
+    device = _device(model)
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator).to(device)  # [B, T]
+    attention_mask = torch.ones_like(input_ids)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+    def prefill():
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **keep_last)
+
+    def generate(n: int):
+        def run():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                 min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id)
+            if out.shape != (batch_size, seq_len + n):  # [B, T + n]
+                raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(batch_size, seq_len + n)}")
+            return out
+        return run
+
+    steps = 3 * (warmup + repeats) + 1
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0] / steps, "benchmark", None)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            # Memory first: later runs reuse what the allocator kept, which would hide the rise.
+            memory = peak_memory(generate(new_tokens), device)
+            tick()
+            prefill_s = median_time(prefill, device, repeats, warmup, tick)
+            first_s = median_time(generate(1), device, repeats, warmup, tick)
+            full_s = median_time(generate(new_tokens), device, repeats, warmup, tick)
+    finally:
+        model.train(was_training)
+
+    prefill_median = statistics.median(prefill_s)
+    decode_s = statistics.median(full_s) - statistics.median(first_s)  # new_tokens - 1 cached steps
+    decode_tokens = batch_size * (new_tokens - 1)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "mamba_kernels": mamba_kernels(device),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "warmup": warmup,
+        "params": params,
+        "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "prefill_ms": 1000.0 * prefill_median,
+        "prefill_ms_runs": [1000.0 * t for t in prefill_s],
+        "prefill_tokens_per_s": batch_size * seq_len / prefill_median,
+        "generate_ms": 1000.0 * statistics.median(full_s),
+        # None when timer noise exceeds the decode time (a tiny model, few new tokens).
+        "decode_ms_per_step": 1000.0 * decode_s / (new_tokens - 1) if decode_s > 0 else None,
+        "decode_tokens_per_s": decode_tokens / decode_s if decode_s > 0 else None,
+        **memory,
+        "analytic": analytic_sizes(config, seq_len, batch_size),
+    }
