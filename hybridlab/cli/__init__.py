@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "evaluate",  # eval, bench
     "engine",  # importance, prune, plan
+    "jobs",  # jobs list|show|cancel|submit, worker
 ]
 
 

@@ -1,0 +1,133 @@
+"""What a job handler gets besides its spec: progress, metrics, cancellation, paths.
+
+`ctx.progress` is a `hybridlab.progress.ProgressFn`: pass it to any library function.
+It records (fraction, message) in the store (throttled), records metrics when given
+(a "step" key in the metrics dict names the step; without one, steps count up), and
+raises `Cancelled` when the user cancelled the job or `Interrupted` (a Cancelled)
+when the worker is shutting down or lost the job, so long work unwinds at its next
+step. Work that checkpoints into `ctx.checkpoint_dir` resumes from there: the folder
+is the same for every attempt of a job.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from hybridlab.progress import Cancelled, ProgressFn
+from hybridlab.store import artifact_path, relative_artifact, write_artifact_dir
+from hybridlab.store import job_rows, run_rows
+from hybridlab.store.db import Store
+
+PROGRESS_WRITE_INTERVAL_S = 0.25
+
+
+class Interrupted(Cancelled):
+    """The job must stop now but will be resumed (worker shutting down, or job re-assigned)."""
+
+
+@dataclass
+class Flags:
+    """Set by the heartbeat thread and the worker's signal handler; read by ctx.progress."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class JobContext:
+    def __init__(self, store: Store, job: dict, worker: str, flags: Flags, on_progress: ProgressFn | None = None):
+        self.store = store
+        self.job_id: int = job["id"]
+        self.kind: str = job["kind"]
+        self.spec: dict = job["spec"]
+        self.attempt: int = job["attempts"]
+        self.worker = worker
+        self.flags = flags
+        self.workspace: Path = store.workspace
+        self.checkpoint_dir: Path = job_dir(store.workspace, self.job_id) / "checkpoint"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self._on_progress = on_progress  # an extra callback (run_sync's progress bar)
+        self._last_write = 0.0
+        self._last_message = None
+        rows = store.query("SELECT max(step) FROM metrics WHERE job_id = ?", (self.job_id,))
+        self._next_step = (rows[0][0] + 1) if rows and rows[0][0] is not None else 0
+
+    # ---- progress, metrics, cancellation ---------------------------------------------------
+
+    def check_cancelled(self) -> None:
+        if self.flags.cancel.is_set():
+            raise Cancelled(f"job {self.job_id} was cancelled")
+        if self.flags.lost.is_set():
+            raise Interrupted(f"job {self.job_id} was re-assigned to another worker")
+        if self.flags.interrupt.is_set():
+            raise Interrupted(f"worker stopping; job {self.job_id} will resume from its checkpoint")
+
+    def progress(self, fraction: float, message: str, metrics: dict | None = None) -> None:
+        self.check_cancelled()
+        if metrics:
+            self.log_metrics(metrics)
+        now = time.monotonic()
+        if message != self._last_message or fraction >= 1.0 or now - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
+            if not job_rows.set_progress(self.store, self.job_id, self.worker, fraction, message):
+                self.flags.lost.set()
+            self._last_write, self._last_message = now, message
+        if self._on_progress is not None:
+            self._on_progress(fraction, message, metrics)
+        self.check_cancelled()
+
+    def sub_progress(self, start: float, end: float) -> ProgressFn:
+        """A ProgressFn for one stage of the job, mapped onto [start, end] of its fraction."""
+        def report(fraction: float, message: str, metrics: dict | None = None) -> None:
+            self.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message, metrics)
+        return report
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        values = dict(metrics)
+        if step is None:
+            step = values.pop("step", None)
+        else:
+            values.pop("step", None)
+        step = self._next_step if step is None else int(step)
+        self._next_step = max(self._next_step, step + 1)
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
+        if numbers:
+            run_rows.add_metrics(self.store, self.job_id, step, {k: float(v) for k, v in numbers.items()})
+
+    # ---- artifacts and run rows -------------------------------------------------------------
+
+    def artifact_path(self, kind: str, name: str) -> Path:
+        return artifact_path(self.workspace, kind, name)
+
+    @contextlib.contextmanager
+    def write_artifact(self, kind: str, name: str) -> Iterator[Path]:
+        """A temporary folder that becomes artifacts/<kind>/<name> when the block succeeds."""
+        with write_artifact_dir(self.artifact_path(kind, name)) as tmp:
+            yield tmp
+
+    def relative(self, path: Path) -> str:
+        return relative_artifact(self.workspace, path)
+
+    def start_run(self, table: str, name: str, model_ref: str, spec: dict) -> int:
+        """The run row `name` of this job (created on the first attempt, reused on resume)."""
+        return run_rows.start_run(self.store, table, self.job_id, name, model_ref, spec)
+
+    def finish_run(self, table: str, run_id: int, artifact: Path | None = None, result: dict | None = None) -> None:
+        rel = self.relative(artifact) if artifact is not None else None
+        run_rows.finish_run(self.store, table, run_id, job_rows.SUCCEEDED, rel, result)
+
+    def register_model(self, ref: str, config=None) -> int:
+        """Record a model the job used or made (config: a transformers config or dict)."""
+        as_dict = config.to_dict() if hasattr(config, "to_dict") else config
+        return run_rows.register_model(self.store, ref, config=as_dict)
+
+    def clear_checkpoints(self) -> None:
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+
+def job_dir(workspace: Path, job_id: int) -> Path:
+    return Path(workspace) / "jobs" / str(int(job_id))

@@ -1,0 +1,121 @@
+"""`prune` jobs: make a pruned candidate from a model, a PruneSpec and importance scores.
+
+Records a candidate whose artifact is a loadable Hugging Face folder
+(artifacts/candidates/<name>) and whose result holds what the planner and the
+Pareto view need: actual and analytic parameters, FLOPs per token, state memory,
+their ratios to the parent, and the strategy (depth, width or mixed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hybridlab.jobs.kinds.common import DEVICE, TRUST_REMOTE_CODE, load, model_field, name_field, run_name
+from hybridlab.jobs.registry import Field, JobKind, register_kind
+from hybridlab.jobs.specs import one_of
+
+DEPTH_KEYS = ("num_layers", "drop_layers")
+
+
+def strategy(spec: dict) -> str:
+    depth = any(k in spec for k in DEPTH_KEYS)
+    width = any(k not in DEPTH_KEYS for k in spec)
+    return "mixed" if depth and width else "depth" if depth else "width"
+
+
+def scores_dir(importance, store) -> Path:
+    """An importance run id (int) or a scores folder (str) -> the scores folder."""
+    if isinstance(importance, int):
+        rows = store.query("SELECT status, artifact FROM importance_runs WHERE id = ?", (importance,))
+        if not rows:
+            raise ValueError(f"importance run {importance} does not exist; see list_importance_runs()")
+        if rows[0]["artifact"] is None:
+            raise ValueError(f"importance run {importance} has no scores (status {rows[0]['status']}); "
+                             "wait for it to finish or run importance again")
+        return store.workspace / rows[0]["artifact"]
+    path = Path(importance).expanduser().resolve()
+    if not (path / "scores.json").is_file():
+        raise ValueError(f"{importance!r} holds no importance scores; pass an importance run id or a scores folder")
+    return path
+
+
+def _check(spec: dict, store) -> None:
+    from transformers import AutoConfig
+
+    from hybridlab.families import family_for
+    from hybridlab.loading import resolve_model_dir
+    from hybridlab.sizes import planned_widths
+    from hybridlab.spec import PruneSpec, resolve
+
+    prune_spec = PruneSpec.from_dict(spec["spec"])  # unknown keys -> ValueError
+    if prune_spec.is_empty():
+        raise ValueError("'spec' keeps every size; give at least one target, e.g. {'mamba_num_heads': 4}")
+    importance = spec["importance"]
+    if importance is None and spec["ranking"] == "importance":
+        raise ValueError("'importance' is required when ranking by importance: an importance run id or scores folder")
+    if isinstance(importance, str):
+        spec["importance"] = str(scores_dir(importance, store))  # checked and made absolute
+    elif importance is not None and store is not None:
+        scores_dir(importance, store)
+    config = AutoConfig.from_pretrained(resolve_model_dir(spec["model"]), trust_remote_code=spec["trust_remote_code"])
+    planned_widths(config, prune_spec)  # an impossible spec fails here, before anything is queued
+    resolve(prune_spec, family_for(config).widths(config))
+
+
+def run(spec: dict, ctx) -> dict:
+    from hybridlab import ImportanceScores, PruneSpec, prune, save_model
+    from hybridlab.sizes import estimate_sizes
+
+    name = run_name(spec, ctx, "candidate")
+    # A candidate's spec is its architecture (PruneSpec keys); how it was made goes in its result.
+    run_id = ctx.start_run("candidates", name, spec["model"], spec["spec"])
+    ctx.progress(0.0, "loading model")
+    model, tokenizer = load(spec["model"], spec)
+    ctx.register_model(spec["model"], model.config)
+    scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store)) if spec["importance"] is not None else None
+    prune_spec = PruneSpec.from_dict(spec["spec"])
+    ctx.progress(0.3, "pruning")
+    pruned = prune(model, prune_spec, scores, ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"],
+                   layer_metric=spec["layer_metric"], seed=spec["seed"])
+    ctx.progress(0.7, "saving")
+    out = save_model(pruned, tokenizer, ctx.artifact_path("candidates", name), overwrite=True)
+    ctx.register_model(str(out), pruned.config)
+    parent, planned = estimate_sizes(model.config), estimate_sizes(model.config, prune_spec)
+    params = sum(p.numel() for p in pruned.parameters())
+    parent_params = sum(p.numel() for p in model.parameters())
+    result = {
+        "strategy": strategy(spec["spec"]),
+        "params": params,
+        "param_ratio": params / parent_params,
+        "flops_per_token": planned.flops_per_token,
+        "flops_ratio": planned.flops_per_token / parent.flops_per_token,
+        "state_bytes": planned.state_bytes,
+        "num_layers": int(pruned.config.num_hidden_layers),
+        "model_path": str(out),
+        "importance": spec["importance"],
+        "ranking": spec["ranking"],
+        "mamba_ranking": spec["mamba_ranking"],
+    }
+    ctx.finish_run("candidates", run_id, out, result)
+    ctx.progress(1.0, "done")
+    return {"run_id": run_id, "artifact": ctx.relative(out), **result}
+
+
+register_kind(JobKind(
+    name="prune",
+    doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
+    fields={
+        "model": model_field(),
+        "spec": Field(dict, doc="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}"),
+        "importance": Field((int, str), default=None, nullable=True,
+                            doc="an importance run id, or a folder of saved ImportanceScores"),
+        "ranking": Field(str, default="importance", check=one_of("importance", "random")),
+        "mamba_ranking": Field(str, default="group", check=one_of("group", "global")),
+        "layer_metric": Field(str, default="kl", check=one_of("kl", "loss", "cosine")),
+        "seed": Field(int, default=0),
+        "device": DEVICE,
+        "name": name_field(),
+        "trust_remote_code": TRUST_REMOTE_CODE,
+    },
+    handler=run,
+    check=_check,
+))

@@ -1,0 +1,149 @@
+"""Job spec validation, done at submission so a bad spec never reaches the queue.
+
+`validate_spec(kind, spec, store)` returns the spec with defaults filled in and
+values normalized (model paths made absolute), or raises JobSpecError naming every
+problem at once: unknown kind, missing or unknown keys, wrong types, bad values.
+The helpers below are the `check` functions kinds use for their fields.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
+from hybridlab.paths import demo_dir
+from hybridlab.store.artifacts import check_name
+
+
+class JobSpecError(ValueError):
+    """A job spec that cannot run; the message lists every problem and the allowed keys."""
+
+
+def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
+    kind = get_kind(kind_name)  # ValueError naming the known kinds
+    if not isinstance(spec, dict):
+        raise JobSpecError(f"a {kind.name} job spec must be a dict of options, got {type(spec).__name__}")
+    problems = [f"unknown key {key!r}" for key in spec if key not in kind.fields]
+    clean = {}
+    for key, fld in kind.fields.items():
+        if key not in spec:
+            if fld.default is REQUIRED:
+                problems.append(f"missing key {key!r}" + (f" ({fld.doc})" if fld.doc else ""))
+            else:
+                clean[key] = copy.deepcopy(fld.default)
+            continue
+        try:
+            clean[key] = _field_value(key, fld, spec[key])
+        except ValueError as err:
+            problems.append(str(err))
+    if not problems and kind.check is not None:
+        try:
+            kind.check(clean, store)
+        except ValueError as err:
+            problems.append(str(err))
+    if not problems and kind.missing_modules():
+        problems.append(f"this installation lacks {', '.join(kind.missing_modules())}, which {kind.name} jobs need")
+    if problems:
+        keys_wrong = any(p.startswith(("unknown key", "missing key")) for p in problems)
+        hint = ". " + describe_fields(kind) if keys_wrong else ""
+        raise JobSpecError(f"invalid {kind.name} job spec: " + "; ".join(problems) + hint)
+    json.dumps(clean)  # a spec is stored as JSON; the field types above guarantee this works
+    return clean
+
+
+def describe_fields(kind: JobKind) -> str:
+    parts = []
+    for key, fld in kind.fields.items():
+        default = "required" if fld.default is REQUIRED else f"default {fld.default!r}"
+        parts.append(f"{key} ({_type_name(fld.types)}, {default})")
+    return f"{kind.name} specs take: " + ", ".join(parts)
+
+
+def _field_value(key: str, fld: Field, value):
+    if value is None:
+        if fld.nullable:
+            return None
+        raise ValueError(f"{key!r} must not be null")
+    types = fld.types if isinstance(fld.types, tuple) else (fld.types,)
+    if isinstance(value, bool) and bool not in types:
+        raise ValueError(f"{key!r} must be {_type_name(fld.types)}, got the boolean {value!r}")
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if int not in types else value
+    if not isinstance(value, types):
+        raise ValueError(f"{key!r} must be {_type_name(fld.types)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, (dict, list)):
+        try:
+            value = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key!r} must hold only numbers, strings, booleans, lists and dicts")
+    if fld.check is not None:
+        try:
+            value = fld.check(value)
+        except ValueError as err:
+            raise ValueError(f"{key!r}: {err}") from None
+    return value
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {bool: "true/false", int: "a whole number", float: "a number", str: "a string",
+             dict: "a dict", list: "a list"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+# ---- checks used by the kinds' fields -------------------------------------------------------
+
+
+def model_ref(value: str) -> str:
+    """'demo', or a local Hugging Face model directory (made absolute: the worker may run elsewhere)."""
+    if value == "demo":
+        if not (demo_dir() / "teacher" / "config.json").is_file():
+            raise ValueError(f"the bundled demo teacher is missing at {demo_dir() / 'teacher'}; "
+                             "reinstall hybridlab from a full clone or pass a local model folder")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"model {value!r} is neither 'demo' nor an existing directory; pass 'demo' or a local "
+                         "Hugging Face model folder")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model folder {value!r} has no config.json; point at a saved Hugging Face model")
+    return str(path.resolve())
+
+
+def existing_file(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"file {value!r} does not exist")
+    return str(path.resolve())
+
+
+def existing_dir(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"folder {value!r} does not exist")
+    return str(path.resolve())
+
+
+def positive(value):
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return value
+
+
+def non_negative(value):
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value!r}")
+    return value
+
+
+def one_of(*choices):
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    return check
+
+
+def artifact_name(value: str) -> str:
+    return check_name(value)

@@ -1,0 +1,381 @@
+"""The job engine with real worker processes (`python -m hybridlab worker`) and real SQLite.
+
+A test-only job kind, `count`, adds up 0..steps-1 one step at a time and writes its
+state to a checkpoint file after every step, so a crash and resume can be checked
+exactly: the total is right only if every step ran exactly once across attempts.
+The worker subprocesses import this module as a plugin to get the same kind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybridlab.jobs import Field, JobKind, register_kind
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+TIMEOUT_S = 90.0
+
+
+def count_job(spec: dict, ctx) -> dict:
+    checkpoint = ctx.checkpoint_dir / "state.json"
+    state = json.loads(checkpoint.read_text()) if checkpoint.exists() else {"done": 0, "total": 0, "starts": []}
+    state["starts"].append(state["done"])
+    for i in range(state["done"], spec["steps"]):
+        if i == spec["fail_at"]:
+            raise ValueError(f"count job told to fail at step {i}")
+        time.sleep(spec["sleep_s"])
+        state["total"] += i
+        state["done"] = i + 1
+        tmp = checkpoint.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, checkpoint)
+        ctx.progress((i + 1) / spec["steps"], f"step {i + 1}", {"step": i + 1, "value": float(i)})
+    return {"total": state["total"], "starts": state["starts"]}
+
+
+register_kind(JobKind(
+    name="count",
+    fields={"steps": Field(int), "sleep_s": Field(float, default=0.0),
+            "fail_at": Field(int, default=None, nullable=True)},
+    handler=count_job,
+), replace=True)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def worker_env() -> dict:
+    paths = [str(REPO), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]
+    # One torch thread, like this test process (conftest), so floating-point results match exactly.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), HYBRIDLAB_JOB_PLUGINS="test_jobs",
+                OMP_NUM_THREADS="1")
+
+
+def wait_until(predicate, what: str, timeout_s: float = TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    return tmp_path / "workspace"
+
+
+@pytest.fixture
+def start_worker(ws, tmp_path):
+    """Start `python -m hybridlab worker` processes on `ws`; all are killed at teardown."""
+    procs = []
+
+    def start(*extra: str) -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hybridlab", "worker", "--workspace", str(ws), "--poll", "0.05",
+             "--heartbeat", "0.2", "--stale-after", "5", *extra],
+            env=worker_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def job(job_id: int, ws: Path) -> dict:
+    from hybridlab.jobs import get_job
+
+    return get_job(job_id, ws)
+
+
+def integrity(ws: Path) -> str:
+    import sqlite3
+
+    return sqlite3.connect(ws / "store.db").execute("PRAGMA integrity_check").fetchone()[0]
+
+
+# ---- crash, resume, graceful stop -------------------------------------------------------------
+
+
+def test_sigkilled_worker_job_resumes_from_checkpoint_with_nothing_lost(ws, start_worker):
+    from hybridlab.jobs import job_metrics, submit, wait
+
+    steps = 40
+    job_id = submit("count", {"steps": steps, "sleep_s": 0.05}, ws)
+    first = start_worker()
+    wait_until(lambda: job(job_id, ws)["fraction"] >= 0.25, "the job to get a quarter done")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed = job(job_id, ws)
+    assert killed["status"] == "running"  # nobody told the store: the worker just vanished
+    assert 0 < killed["fraction"] < 1
+
+    start_worker()
+    done = wait(job_id, TIMEOUT_S, ws)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["result"]["total"] == sum(range(steps))  # every step counted exactly once
+    starts = done["result"]["starts"]
+    assert starts[0] == 0 and len(starts) == 2 and 0 < starts[1] < steps  # resumed, not restarted
+    metrics = job_metrics(job_id, ws)
+    assert list(metrics["step"]) == list(range(1, steps + 1))  # replayed steps overwrote, no gaps
+    assert list(metrics["value"]) == [float(i) for i in range(steps)]
+    assert integrity(ws) == "ok"
+
+
+def test_sigterm_interrupts_the_job_and_requeues_it_for_the_next_worker(ws, start_worker):
+    from hybridlab.jobs import submit, wait
+
+    job_id = submit("count", {"steps": 30, "sleep_s": 0.05}, ws)
+    first = start_worker()
+    wait_until(lambda: job(job_id, ws)["fraction"] >= 0.2, "the job to make progress")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=TIMEOUT_S) == 0
+    paused = job(job_id, ws)
+    assert paused["status"] == "queued" and paused["worker"] is None
+    assert "resume" in paused["message"]
+
+    start_worker()
+    done = wait(job_id, TIMEOUT_S, ws)
+    assert done["status"] == "succeeded"
+    assert done["result"]["total"] == sum(range(30))
+    assert done["result"]["starts"][1] > 0
+
+
+def test_failing_job_records_the_error_and_the_worker_goes_on(ws, start_worker):
+    from hybridlab.jobs import submit, wait
+
+    bad = submit("count", {"steps": 5, "fail_at": 2}, ws)
+    good = submit("count", {"steps": 3}, ws)
+    start_worker()
+    failed = wait(bad, TIMEOUT_S, ws)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ValueError: count job told to fail at step 2"
+    assert wait(good, TIMEOUT_S, ws)["result"]["total"] == 3
+
+
+# ---- cancel ---------------------------------------------------------------------------------------
+
+
+def test_cancel_stops_a_running_job_at_its_next_step(ws, start_worker):
+    from hybridlab.jobs import cancel, submit, wait
+
+    job_id = submit("count", {"steps": 2000, "sleep_s": 0.01}, ws)
+    start_worker()
+    wait_until(lambda: job(job_id, ws)["fraction"] > 0.01, "the job to start")
+    assert cancel(job_id, ws) in ("running", "cancelled")
+    stopped = wait(job_id, TIMEOUT_S, ws)
+    assert stopped["status"] == "cancelled"
+    assert stopped["result"] is None and stopped["fraction"] < 1
+    # The worker survives a cancel and runs the next job.
+    assert wait(submit("count", {"steps": 2}, ws), TIMEOUT_S, ws)["status"] == "succeeded"
+
+
+def test_cancel_a_queued_job_means_it_never_runs(ws, start_worker):
+    from hybridlab.jobs import cancel, submit
+
+    job_id = submit("count", {"steps": 3}, ws)
+    assert cancel(job_id, ws) == "cancelled"
+    worker = start_worker("--exit-when-idle")
+    assert worker.wait(timeout=TIMEOUT_S) == 0
+    after = job(job_id, ws)
+    assert after["status"] == "cancelled" and after["attempts"] == 0
+
+
+def test_cancel_an_unknown_job_is_a_clear_error(ws):
+    from hybridlab.jobs import cancel
+
+    with pytest.raises(ValueError, match="no job 999"):
+        cancel(999, ws)
+
+
+# ---- submission -------------------------------------------------------------------------------------
+
+SUBMITTER = """
+import json, sys, time
+from pathlib import Path
+from hybridlab.jobs import submit
+ws, n, me = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+barrier = Path(ws).parent / "barrier"
+barrier.mkdir(exist_ok=True)
+(barrier / me).touch()
+while len(list(barrier.iterdir())) < 2:
+    time.sleep(0.001)
+print(json.dumps([submit("count", {"steps": 1}, ws) for _ in range(n)]))
+"""
+
+
+def test_two_submitters_at_once_without_database_locked(ws, start_worker):
+    from hybridlab.jobs import list_jobs
+
+    per_process = 40
+    start_worker()  # creates the store at the same moment as the submitters
+    submitters = [
+        subprocess.Popen([sys.executable, "-c", SUBMITTER, str(ws), str(per_process), name], env=worker_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        for name in ("a", "b")
+    ]
+    ids = []
+    for proc in submitters:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert "locked" not in err
+        ids += json.loads(out)
+    assert len(set(ids)) == 2 * per_process
+    wait_until(lambda: (list_jobs(ws)["status"] == "succeeded").sum() == 2 * per_process,
+               "the worker to run every submitted job")
+    assert integrity(ws) == "ok"
+
+
+@pytest.mark.parametrize("kind, spec, message", [
+    ("nope", {}, "unknown job kind 'nope'; known kinds: .*count"),
+    ("count", {}, "missing key 'steps'"),
+    ("count", {"steps": 3, "stpes": 3}, "unknown key 'stpes'"),
+    ("count", {"steps": "3"}, "'steps' must be a whole number, got str '3'"),
+    ("count", {"steps": True}, "'steps' must be a whole number, got the boolean True"),
+    ("count", [1, 2], "must be a dict of options"),
+    ("importance", {"model": "/no/such/model"}, "neither 'demo' nor an existing directory"),
+    ("importance", {"model": "MODEL", "calib": "demo", "layer_metric": "best"}, "'layer_metric': must be one of"),
+    ("importance", {"model": "MODEL", "name": "../escape"}, "'name': artifact name '../escape' is not allowed"),
+    ("prune", {"model": "MODEL", "spec": {"hidden_size": 32}, "importance": 7}, "importance run 7 does not exist"),
+    ("prune", {"model": "MODEL", "spec": {"mamba_num_heads": 999}, "ranking": "random"}, "larger than"),
+])
+def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_path, kind, spec, message):
+    from hybridlab.jobs import list_jobs, submit
+    from hybridlab.jobs.queue import JobQueue
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(_tiny_config_dict()))
+    if isinstance(spec, dict) and spec.get("model") == "MODEL":
+        spec = {**spec, "model": str(model_dir)}
+    with pytest.raises(ValueError, match=message):
+        submit(kind, spec, ws)
+    assert list_jobs(ws).empty
+    assert JobQueue(ws).pending_job_ids() == set()
+
+
+def _tiny_config_dict() -> dict:
+    from conftest import tiny_nemotron_config
+
+    return tiny_nemotron_config().to_dict()
+
+
+# ---- real engine jobs on a tiny model -------------------------------------------------------------
+
+
+def test_importance_job_in_a_worker_and_prune_run_sync_match_direct_calls(ws, tmp_path, start_worker, tiny_nemotron):
+    import numpy as np
+    import torch
+
+    from hybridlab import ImportanceScores, PruneSpec, estimate_importance, load_model, prune
+    from hybridlab.calibration import batched, load_calibration
+    from hybridlab.jobs import list_candidates, list_importance_runs, run_sync, submit, wait
+
+    model_dir = tmp_path / "tiny"
+    tiny_nemotron.save_pretrained(model_dir)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).integers(3, 128, size=8 * 24, dtype=np.uint16))
+    job_id = submit("importance", {"model": str(model_dir), "calib": str(calib), "samples": 8, "seq_len": 24,
+                                   "batch_size": 4, "name": "tiny-scores"}, ws)
+    start_worker()
+    done = wait(job_id, TIMEOUT_S, ws)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["artifact"] == "artifacts/importance/tiny-scores"
+
+    model, tokenizer = load_model(model_dir)
+    direct = estimate_importance(model, batched(load_calibration(calib, tokenizer, 8, 24), 4), layer_metric="kl")
+    stored = ImportanceScores.load(ws / done["result"]["artifact"])
+    assert torch.equal(stored.hidden, direct.hidden)
+    for table in ("ffn", "attention", "mamba", "layers"):
+        assert getattr(stored, table).keys() == getattr(direct, table).keys()
+        for key, value in getattr(direct, table).items():
+            assert torch.equal(getattr(stored, table)[key], value), (table, key)
+    runs = list_importance_runs(ws)
+    assert list(runs["status"]) == ["succeeded"] and runs["job_id"].tolist() == [job_id]
+
+    spec = {"mamba_num_heads": 4, "ffn_hidden_size": 32}
+    finished = run_sync("prune", {"model": str(model_dir), "spec": spec, "importance": int(runs["id"][0]),
+                                  "name": "half-mamba"}, ws, progress=lambda *a: None)
+    assert finished["status"] == "succeeded" and finished["worker"].startswith("sync:")
+    expected = prune(model, PruneSpec.from_dict(spec), direct)
+    candidate, _ = load_model(ws / finished["result"]["artifact"])
+    assert candidate.state_dict().keys() == expected.state_dict().keys()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(candidate.state_dict()[name], tensor), name
+    row = list_candidates(ws).iloc[0]
+    assert row["name"] == "half-mamba" and row["strategy"] == "width" and row["spec.mamba_num_heads"] == 4
+    assert row["params"] == sum(p.numel() for p in expected.parameters())
+    assert row["artifact"] == "artifacts/candidates/half-mamba"
+
+
+# ---- recovery decisions and the dashboard's worker launcher ---------------------------------------
+
+
+def test_recovery_requeues_stale_remote_jobs_fails_orphaned_commands_and_requeues_lost_messages(ws):
+    import socket
+
+    from hybridlab.jobs.queue import JobQueue
+    from hybridlab.jobs.recovery import recover
+    from hybridlab.store import Store
+    from hybridlab.store import job_rows
+
+    store, queue = Store(ws), JobQueue(ws)
+    remote = job_rows.insert_job(store, "count", {"steps": 1})
+    job_rows.claim_job(store, remote, "elsewhere:123")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = job_rows.insert_job(store, "count", {"steps": 1})
+    job_rows.claim_job(store, orphan, f"sync:{socket.gethostname()}:{int(dead.stdout)}")
+    lost_message = job_rows.insert_job(store, "count", {"steps": 1})  # never enqueued
+
+    assert recover(store, queue, stale_s=30) == []  # the remote job's heartbeat is fresh
+    assert job_rows.get_job(store, remote)["status"] == "running"
+    assert job_rows.get_job(store, orphan)["status"] == "failed"
+    assert "run it again" in job_rows.get_job(store, orphan)["error"]
+    assert queue.pending_job_ids() == {lost_message}
+
+    with store.write() as conn:
+        conn.execute("UPDATE jobs SET heartbeat = heartbeat - 60 WHERE id = ?", (remote,))
+    assert recover(store, queue, stale_s=30) == [remote]
+    assert job_rows.get_job(store, remote)["status"] == "queued"
+    assert queue.pending_job_ids() == {lost_message, remote}
+
+
+def test_ensure_worker_starts_one_detached_worker_and_reuses_it(ws, monkeypatch):
+    from hybridlab.jobs import ensure_worker, submit, wait
+    from hybridlab.jobs.recovery import pid_alive
+    from hybridlab.jobs.worker import live_workers
+
+    for key, value in worker_env().items():
+        monkeypatch.setenv(key, value)
+    pid = ensure_worker(ws, extra_args=("--poll", "0.05"))
+    try:
+        assert ensure_worker(ws) == pid
+        assert [w["pid"] for w in live_workers(ws)] == [pid]
+        assert os.getsid(pid) == pid  # its own session: a Ctrl-C to the dashboard does not reach it
+        assert wait(submit("count", {"steps": 3}, ws), TIMEOUT_S, ws)["result"]["total"] == 3
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid), "the worker to exit on SIGTERM")
+        assert live_workers(ws) == []
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
