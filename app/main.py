@@ -1,0 +1,40 @@
+"""hybridlab dashboard: `streamlit run app/main.py`.
+
+Pages are thin views: they read the store, call the analytic parts of the library
+(sizes, plans) directly, and submit everything heavy as jobs to the background worker.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import state  # noqa: E402
+from hybridlab.paths import demo_dir, workspace_dir  # noqa: E402
+
+PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="hybridlab", page_icon="✂️", layout="wide")
+
+if state.MODEL_KEY not in st.session_state and (demo_dir() / "teacher" / "config.json").is_file():
+    st.session_state[state.MODEL_KEY] = "demo"
+state.advance_chains()
+
+navigation = st.navigation([
+    st.Page(PAGES / "model.py", title="Model", icon="🧩", default=True),
+    st.Page(PAGES / "importance.py", title="Importance", icon="🔥"),
+    st.Page(PAGES / "planner.py", title="Prune planner", icon="✂️"),
+    st.Page(PAGES / "distill.py", title="Distill", icon="⚗️"),
+    st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
+    st.Page(PAGES / "jobs.py", title="Jobs", icon="⏱️"),
+])
+with st.sidebar:
+    ref = st.session_state.get(state.MODEL_KEY)
+    st.caption(f"Model: **{state.model_label(ref) if ref else 'none chosen'}**")
+    st.caption(f"Workspace: `{workspace_dir()}`")
+navigation.run()

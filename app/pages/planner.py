@@ -1,0 +1,95 @@
+"""Prune planner: a control per axis or a target with a preset; sizes update instantly
+(hybridlab.sizes, no model run); 'prune and evaluate' runs jobs whose results join the Pareto view."""
+import streamlit as st
+
+from app import charts, state, views
+from app.overlay import dropped_layers
+from app.pipeline import eval_settings, model_jobs
+from app.planner import PRESETS, axes, plan_summary, preset_spec, spec_from_values
+from hybridlab import jobs
+from hybridlab.families import family_for
+
+JOBS_KEY, TEACHER_KEY = "planner_jobs", "teacher_eval_jobs"
+
+st.title("Prune planner")
+chosen = state.current_model()
+if chosen is None:
+    st.stop()
+ref, config = chosen
+widths = family_for(config).widths(config)
+scores = state.current_scores(config)
+controls = axes(widths)
+
+with st.expander("Target a parameter budget with a preset", expanded=True):
+    cols = st.columns([2, 3, 1])
+    preset = cols[0].selectbox("preset", PRESETS, index=2)
+    target = cols[1].slider("target parameters (% of the model)", 10, 100, 50, step=5)
+    if cols[2].button("Apply preset"):
+        try:
+            values = preset_spec(config, preset, target / 100).to_dict()
+            for axis in controls:
+                st.session_state[f"axis-{ref}-{axis.key}"] = int(values.get(axis.key, axis.current))
+        except ValueError as err:
+            st.error(str(err))
+
+st.markdown("**Sizes per axis**")
+values = {}
+grid = st.columns(3)
+for i, axis in enumerate(controls):
+    key = f"axis-{ref}-{axis.key}"  # per model: another model's sizes would not fit these ranges
+    st.session_state.setdefault(key, axis.current)
+    values[axis.key] = grid[i % 3].slider(axis.label, axis.minimum, axis.current, step=axis.step, key=key)
+try:
+    spec = spec_from_values(values, widths)
+    drop = dropped_layers(scores, config, spec)
+    summary = plan_summary(config, spec, drop_layers=drop)
+except ValueError as err:
+    st.error(f"impossible plan: {err}")
+    st.stop()
+st.session_state[state.PLAN_KEY] = spec.to_dict()
+
+cols = st.columns(4)
+cols[0].metric("parameters", f"{summary['params'] / 1e6:,.3f} M", f"{summary['param_ratio'] - 1:+.1%}", delta_color="off")
+cols[1].metric("FLOPs / token", f"{summary['flops_per_token'] / 1e6:,.2f} M", f"{summary['flops_ratio'] - 1:+.1%}", delta_color="off")
+cols[2].metric("inference state", f"{summary['state_bytes'] / 2**20:,.2f} MiB", f"{summary['state_ratio'] - 1:+.1%}", delta_color="off")
+cols[3].metric("estimated speedup", f"{summary['speedup']:.2f}x", help="parent FLOPs per token / plan FLOPs per token")
+st.caption(f"Plan: `{spec.to_dict() or 'keep everything'}`")
+st.plotly_chart(charts.layer_strip(list(widths.layer_kinds), set(drop or ())), width="stretch", key="plan-strip")
+if spec.num_layers is not None and drop is None:
+    st.caption("Which layers go is chosen by importance at prune time; load scores to see them (sizes assume an even spread).")
+
+st.subheader("Prune and evaluate")
+with st.form("prune"):
+    cols = st.columns(4)
+    name = cols[0].text_input("candidate name (optional)")
+    max_tokens = cols[1].number_input("validation tokens", 512, 10_000_000, 16384, step=512)
+    seq_len = cols[2].number_input("sequence length", 16, 8192, 128)
+    bench = cols[3].checkbox("measure latency", value=True)
+    val_tokens = None if ref == "demo" else st.text_input("validation tokens file (.npy)") or None
+    go = st.form_submit_button("Prune and evaluate", type="primary", disabled=scores is None or spec.is_empty())
+if scores is None:
+    st.caption("Pruning ranks units by importance: run or load scores on the Importance page first.")
+if go:
+    try:
+        settings = eval_settings(ref, val_tokens, max_tokens, seq_len, bench)
+    except ValueError as err:
+        st.error(str(err))
+        settings = None
+    prune_spec = {"model": ref, "spec": spec.to_dict(), "importance": st.session_state[state.SCORES_KEY],
+                  "name": name.strip() or None}
+    job_id = state.submit("prune", prune_spec) if settings else None
+    if job_id is not None:
+        state.chain(job_id, settings, JOBS_KEY)
+        submitted = st.session_state.setdefault(JOBS_KEY, [])
+        submitted.append(job_id)
+        evaluated = jobs.list_evaluations()
+        has_teacher = (not evaluated.empty and (evaluated["model_ref"] == ref).any()) or ref in st.session_state.get(TEACHER_KEY, {})
+        if not has_teacher:  # the teacher's own point on the Pareto chart
+            teacher_jobs = [state.submit(kind, job_spec) for kind, job_spec in model_jobs(ref, settings)]
+            st.session_state.setdefault(TEACHER_KEY, {})[ref] = teacher_jobs
+            submitted.extend(teacher_jobs)
+state.show_jobs(st.session_state.get(JOBS_KEY, [])[-6:], "planner")
+
+if scores is not None:
+    st.subheader("What this plan prunes")
+    views.importance_charts(scores, config, spec, key="planner")

@@ -1,0 +1,157 @@
+"""Streamlit glue shared by the pages: the chosen model, cached configs and scores,
+job submission with clear errors, and a non-blocking job progress view."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from hybridlab import jobs
+from hybridlab.store import FINISHED
+
+MODEL_KEY, SCORES_KEY, PLAN_KEY, CHAINS_KEY = "model_ref", "scores_dir", "plan_spec", "job_chains"
+POLL_S = 1.5
+
+
+# ---- the model everything refers to -----------------------------------------------------
+
+def check_model(text: str):
+    """'demo' or a folder -> (normalised ref, config); ValueError naming the problem."""
+    from transformers import AutoConfig
+
+    from hybridlab.families import family_for
+    from hybridlab.jobs.specs import model_ref
+    from hybridlab.loading import resolve_model_dir
+
+    ref = model_ref(text.strip())  # ValueError: missing demo, not a folder, no config.json
+    config = load_config(ref, _mtime(resolve_model_dir(ref) / "config.json"))
+    family_for(config)  # ValueError: an unsupported architecture
+    return ref, config
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def load_config(ref: str, mtime: float):
+    from transformers import AutoConfig
+
+    from hybridlab.loading import resolve_model_dir
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_dir(ref))
+    except (OSError, KeyError) as err:  # unreadable or unknown config.json
+        raise ValueError(f"{ref} has a config.json transformers cannot read ({err}); is it a Hugging Face model?")
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def current_model():
+    """(ref, config) of the chosen model, or None after telling the user to pick one."""
+    ref = st.session_state.get(MODEL_KEY)
+    if ref is None:
+        st.info("Choose a model on the **Model** page first.")
+        return None
+    try:
+        return check_model(ref)
+    except ValueError as err:
+        st.error(str(err))
+        return None
+
+
+def model_label(ref: str) -> str:
+    return "demo teacher" if ref == "demo" else Path(ref).name
+
+
+# ---- importance scores ---------------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_scores(path: str, mtime: float):
+    from hybridlab.importance import ImportanceScores
+
+    return ImportanceScores.load(path)
+
+
+def current_scores(config):
+    """The selected ImportanceScores if they fit the model, else None (with a message)."""
+    path = st.session_state.get(SCORES_KEY)
+    if not path:
+        return None
+    try:
+        scores = load_scores(path, _mtime(Path(path) / "scores.json"))
+    except (FileNotFoundError, ValueError) as err:
+        st.error(str(err))
+        return None
+    from hybridlab.families import family_for
+
+    if tuple(scores.layer_kinds) != family_for(config).widths(config).layer_kinds:
+        st.error(f"the scores in {path} were computed for a different model (layer pattern differs); "
+                 "run importance for this model or load matching scores")
+        return None
+    return scores
+
+
+# ---- jobs ----------------------------------------------------------------------------------
+
+def submit(kind: str, spec: dict) -> int | None:
+    """Submit a job and make sure a worker runs it; a bad spec becomes an st.error."""
+    try:
+        job_id = jobs.submit(kind, spec)
+    except ValueError as err:  # JobSpecError is a ValueError
+        st.error(str(err))
+        return None
+    try:
+        jobs.ensure_worker()
+    except RuntimeError as err:
+        st.error(f"job {job_id} is queued, but the background worker did not start: {err}")
+    return job_id
+
+
+def chain(job_id: int, settings: dict, watch_key: str) -> None:
+    """Evaluate (and bench) the model `job_id` makes once it succeeds; the new jobs are
+    appended to st.session_state[watch_key] so the page that started them shows them."""
+    st.session_state.setdefault(CHAINS_KEY, {})[job_id] = (settings, watch_key)
+
+
+def advance_chains() -> None:
+    """Submit the follow-ups of chained jobs that finished (called on every rerun)."""
+    from app.pipeline import follow_ups
+
+    chains = st.session_state.get(CHAINS_KEY, {})
+    for job_id, (settings, watch_key) in list(chains.items()):
+        try:
+            todo = follow_ups(jobs.get_job(job_id), settings)
+        except ValueError:
+            todo = []  # the job vanished (another workspace)
+        if todo is None:
+            continue
+        del chains[job_id]
+        for kind, spec in todo:
+            st.session_state.setdefault(watch_key, []).append(submit(kind, spec))
+
+
+def show_jobs(job_ids: list[int], key: str) -> None:
+    """Progress of `job_ids` with cancel buttons; polls while any is active, then reruns the
+    page once so it shows the results. Never blocks the script thread."""
+    job_ids = [j for j in job_ids if j is not None]
+    if not job_ids:
+        return
+    active = any(jobs.get_job(j)["status"] not in FINISHED for j in job_ids)
+
+    @st.fragment(run_every=POLL_S if active else None)
+    def view():
+        still_active = False
+        for job_id in job_ids:
+            job = jobs.get_job(job_id)
+            running = job["status"] not in FINISHED
+            still_active |= running
+            cols = st.columns([5, 1])
+            label = f"job {job_id} · {job['kind']} · {job['status']}" + (f" · {job['message']}" if job["message"] else "")
+            cols[0].progress(min(max(float(job["fraction"] or 0.0), 0.0), 1.0), text=label)
+            if running and cols[1].button("Cancel", key=f"{key}-cancel-{job_id}"):
+                jobs.cancel(job_id)
+            if job["status"] == "failed" and job["error"]:
+                st.error(f"job {job_id} failed: {job['error']}")
+        if active and not still_active:
+            st.rerun()
+
+    view()
