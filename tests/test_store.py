@@ -1,0 +1,257 @@
+"""The experiment store on real SQLite files: schema migrations, job transitions, run rows,
+metric streams, DataFrames, and artifact paths that cannot escape the workspace."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hybridlab.store import SCHEMA_VERSION, Store, artifact_path, runs_frame, write_artifact_dir
+from hybridlab.store import job_rows, run_rows
+from hybridlab.store.db import to_json
+from hybridlab.store.frames import metrics_frame
+
+# The version-1 schema exactly as hybridlab 0.1 shipped it, written out by hand so this
+# test does not depend on the code it checks.
+V1_SCHEMA = """
+CREATE TABLE models (id INTEGER PRIMARY KEY, ref TEXT NOT NULL UNIQUE, name TEXT NOT NULL, config_json TEXT,
+                     created_at REAL NOT NULL);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, spec_json TEXT NOT NULL, status TEXT NOT NULL,
+                   fraction REAL NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', error TEXT, result_json TEXT,
+                   created_at REAL NOT NULL, started_at REAL, finished_at REAL);
+CREATE INDEX jobs_status ON jobs(status);
+CREATE TABLE metrics (job_id INTEGER NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL, name TEXT NOT NULL,
+                      value REAL NOT NULL);
+CREATE TABLE importance_runs (id INTEGER PRIMARY KEY, job_id INTEGER REFERENCES jobs(id), name TEXT NOT NULL,
+    model_ref TEXT NOT NULL, spec_json TEXT NOT NULL, status TEXT NOT NULL, artifact TEXT, result_json TEXT,
+    created_at REAL NOT NULL, finished_at REAL);
+CREATE TABLE candidates (id INTEGER PRIMARY KEY, job_id INTEGER REFERENCES jobs(id), name TEXT NOT NULL,
+    model_ref TEXT NOT NULL, spec_json TEXT NOT NULL, status TEXT NOT NULL, artifact TEXT, result_json TEXT,
+    created_at REAL NOT NULL, finished_at REAL);
+"""
+
+
+def make_v1_store(path, drop_candidates: bool = False) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.executescript("""
+        INSERT INTO models VALUES (1, 'demo', 'demo', '{"hidden_size": 64}', 100.0);
+        INSERT INTO jobs (id, kind, spec_json, status, fraction, message, result_json, created_at, started_at,
+                          finished_at)
+            VALUES (1, 'importance', '{"model": "demo"}', 'succeeded', 1.0, 'done', '{"run_id": 1}', 100.0, 101.0,
+                    150.0),
+                   (2, 'distill', '{"student": "x"}', 'queued', 0.0, 'queued', NULL, 160.0, NULL, NULL);
+        INSERT INTO metrics VALUES (1, 0, 'loss', 3.0), (1, 1, 'loss', 2.5), (1, 1, 'loss', 2.0);
+        INSERT INTO importance_runs VALUES (1, 1, 'scores', 'demo', '{"samples": 8}', 'succeeded',
+                                            'artifacts/importance/scores', '{"samples": 8}', 100.0, 150.0);
+        INSERT INTO candidates VALUES (1, 1, 'half', 'demo', '{"hidden_size": 32}', 'succeeded',
+                                       'artifacts/candidates/half', '{"params": 1000, "strategy": "width"}', 151.0,
+                                       152.0);
+    """)
+    if drop_candidates:
+        conn.execute("DROP TABLE candidates")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+# ---- schema and migrations --------------------------------------------------------------------------
+
+
+def test_fresh_store_is_current_wal_with_busy_timeout(tmp_path):
+    store = Store(tmp_path)
+    assert store.path == tmp_path / "store.db"
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert store.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert store.query("PRAGMA busy_timeout")[0][0] >= 10_000
+
+
+def test_version_1_store_is_migrated_without_losing_rows(tmp_path):
+    make_v1_store(tmp_path / "store.db")
+    store = Store(tmp_path)
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+
+    done = job_rows.get_job(store, 1)
+    assert (done["kind"], done["status"], done["spec"], done["result"]) == (
+        "importance", "succeeded", {"model": "demo"}, {"run_id": 1})
+    assert (done["started_at"], done["finished_at"]) == (101.0, 150.0)
+    assert (done["attempts"], done["cancel_requested"], done["worker"], done["heartbeat"]) == (0, False, None, None)
+    assert [r["ref"] for r in store.query("SELECT ref FROM models")] == ["demo"]
+    # The duplicate metric point of v1 collapses to the last one written; old points have no time.
+    metrics = metrics_frame(store, 1)
+    assert metrics[["step", "name", "value"]].values.tolist() == [[0, "loss", 3.0], [1, "loss", 2.0]]
+    assert metrics["time"].isna().all()
+    candidates = runs_frame(store, "candidates")
+    assert candidates[["name", "params", "strategy", "spec.hidden_size"]].values.tolist() == [
+        ["half", 1000, "width", 32]]
+    assert runs_frame(store, "importance_runs")["artifact"].tolist() == ["artifacts/importance/scores"]
+
+    # The migrated store works like a new one: the old queued job runs, new tables take rows.
+    assert job_rows.claim_job(store, 2, "host:1")
+    assert job_rows.get_job(store, 2)["attempts"] == 1
+    run_id = run_rows.start_run(store, "distillations", 2, "d", "x", {"tokens": 10})
+    run_rows.add_metrics(store, 2, 5, {"kd_loss": 1.5})
+    assert run_rows.get_run(store, "distillations", run_id)["status"] == "running"
+    assert Store(tmp_path).query("PRAGMA user_version")[0][0] == SCHEMA_VERSION  # reopening is a no-op
+
+
+def test_a_failing_migration_leaves_the_old_store_untouched(tmp_path):
+    make_v1_store(tmp_path / "store.db", drop_candidates=True)  # v2 indexes candidates: it will fail
+    with pytest.raises(sqlite3.OperationalError, match="candidates"):
+        Store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "store.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+    assert "attempts" not in columns  # the ALTERs before the failure were rolled back
+    assert conn.execute("SELECT count(*) FROM metrics").fetchone()[0] == 3
+
+
+def test_a_store_from_a_newer_hybridlab_is_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "store.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this hybridlab"):
+        Store(tmp_path)
+
+
+def test_many_threads_creating_and_writing_one_store_at_once(tmp_path):
+    errors, ids = [], []
+    barrier = threading.Barrier(8)
+
+    def work():
+        try:
+            barrier.wait()
+            store = Store(tmp_path)
+            for _ in range(20):
+                ids.append(job_rows.insert_job(store, "count", {"steps": 1}))
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(ids) == list(range(1, 161))
+
+
+# ---- job transitions ------------------------------------------------------------------------------
+
+
+def test_job_transitions_happen_once_and_only_for_the_owner(tmp_path):
+    store = Store(tmp_path)
+    job = job_rows.insert_job(store, "count", {"steps": 1})
+    assert job_rows.claim_job(store, job, "a:1")
+    assert not job_rows.claim_job(store, job, "b:2")  # already running
+    assert job_rows.heartbeat(store, job, "a:1") == (True, False)
+    assert job_rows.heartbeat(store, job, "b:2") == (False, False)
+    assert not job_rows.set_progress(store, job, "b:2", 0.5, "not mine")
+    assert job_rows.set_progress(store, job, "a:1", 1.7, "clamped")
+    assert job_rows.get_job(store, job)["fraction"] == 1.0
+
+    assert job_rows.request_cancel(store, job) == "running"  # a running job is only flagged
+    assert job_rows.heartbeat(store, job, "a:1") == (True, True)
+    assert job_rows.release_job(store, job, "a:1", "interrupted")
+    assert job_rows.get_job(store, job)["status"] == "queued"
+    assert not job_rows.finish_job(store, job, "a:1", job_rows.SUCCEEDED)  # released: no longer a's
+    assert job_rows.claim_job(store, job, "b:2")
+    assert job_rows.finish_job(store, job, "b:2", job_rows.SUCCEEDED, result={"ok": np.float32(1.5)})
+    done = job_rows.get_job(store, job)
+    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 2, {"ok": 1.5})
+
+    queued = job_rows.insert_job(store, "count", {"steps": 1})
+    assert job_rows.request_cancel(store, queued) == "cancelled"
+    assert not job_rows.claim_job(store, queued, "a:1")
+    assert job_rows.request_cancel(store, 12345) is None
+
+
+def test_run_rows_are_resumed_by_job_and_name_and_closed_with_the_job(tmp_path):
+    store = Store(tmp_path)
+    job = job_rows.insert_job(store, "prune", {})
+    first = run_rows.start_run(store, "candidates", job, "c1", "demo", {"hidden_size": 32})
+    assert run_rows.start_run(store, "candidates", job, "c1", "demo", {"hidden_size": 32}) == first
+    other = run_rows.start_run(store, "candidates", job, "c2", "demo", {"hidden_size": 16})
+    run_rows.finish_run(store, "candidates", first, "succeeded", "artifacts/candidates/c1", {"params": 10})
+    run_rows.close_open_runs(store, job, "cancelled")
+    assert run_rows.get_run(store, "candidates", first)["status"] == "succeeded"
+    assert run_rows.get_run(store, "candidates", other)["status"] == "cancelled"
+    with pytest.raises(ValueError, match="unknown run table"):
+        run_rows.start_run(store, "jobs; DROP TABLE jobs", job, "x", "demo", {})
+
+
+def test_replayed_metric_steps_overwrite_and_frames_are_tidy(tmp_path):
+    store = Store(tmp_path)
+    job = job_rows.insert_job(store, "distill", {})
+    for step in range(3):
+        run_rows.add_metrics(store, job, step, {"loss": 3.0 - step, "lr": 0.1})
+    run_rows.add_metrics(store, job, 2, {"loss": 0.5})  # replayed after a resume
+    frame = metrics_frame(store, job)
+    assert frame[frame["name"] == "loss"][["step", "value"]].values.tolist() == [[0, 3.0], [1, 2.0], [2, 0.5]]
+    assert len(frame) == 6
+    assert isinstance(frame["time"].dtype, pd.DatetimeTZDtype)
+
+
+def test_runs_frame_flattens_results_and_specs(tmp_path):
+    store = Store(tmp_path)
+    job = job_rows.insert_job(store, "eval", {})
+    run = run_rows.start_run(store, "evaluations", job, "e", "demo", {"tasks": ["val_loss"], "seq_len": 64})
+    run_rows.finish_run(store, "evaluations", run, "succeeded", None,
+                        {"val_loss": 2.5, "status": "clash", "tasks": {"val_loss": {"loss": 2.5}}})
+    frame = runs_frame(store, "evaluations")
+    row = frame.iloc[0]
+    assert (row["status"], row["result.status"], row["val_loss"], row["tasks.val_loss.loss"]) == (
+        "succeeded", "clash", 2.5, 2.5)
+    assert row["spec.seq_len"] == 64 and row["spec.tasks"] == ["val_loss"]
+    assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
+    assert runs_frame(store, "benchmarks").empty
+
+
+def test_to_json_accepts_numpy_and_torch_scalars_and_rejects_objects():
+    assert to_json({"a": np.int64(3), "b": torch.tensor(0.5), "c": (1, 2)}) == '{"a": 3, "b": 0.5, "c": [1, 2]}'
+    with pytest.raises(TypeError, match="cannot store object"):
+        to_json({"x": object()})
+
+
+# ---- artifacts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", "/etc", "", ".hidden", "a\\b", "x" * 200, "a..b", "-rf"])
+def test_artifact_names_that_could_escape_or_hide_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="not allowed"):
+        artifact_path(tmp_path, "candidates", name)
+    with pytest.raises(ValueError, match="not allowed"):
+        artifact_path(tmp_path, name, "ok")
+
+
+def test_artifact_path_is_inside_the_workspace_even_through_a_symlink(tmp_path):
+    assert artifact_path(tmp_path, "candidates", "half-v1.2") == tmp_path.resolve() / "artifacts/candidates/half-v1.2"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "evil").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside"):
+        artifact_path(tmp_path, "evil", "x")
+
+
+def test_write_artifact_dir_appears_whole_or_not_at_all(tmp_path):
+    final = artifact_path(tmp_path, "candidates", "c")
+    with pytest.raises(RuntimeError):
+        with write_artifact_dir(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not final.exists() and list(final.parent.iterdir()) == []
+
+    with write_artifact_dir(final) as tmp:
+        (tmp / "v1").write_text("one")
+        assert not final.exists()
+    assert [p.name for p in final.iterdir()] == ["v1"]
+
+    with write_artifact_dir(final) as tmp:  # a retry replaces the earlier attempt's artifact
+        (tmp / "v2").write_text("two")
+    assert [p.name for p in final.iterdir()] == ["v2"]
+    assert [p.name for p in final.parent.iterdir()] == ["c"]  # no temporary folders left behind
