@@ -254,6 +254,9 @@ def test_two_submitters_at_once_without_database_locked(ws, start_worker):
     ("importance", {"model": "MODEL", "name": "../escape"}, "'name': artifact name '../escape' is not allowed"),
     ("prune", {"model": "MODEL", "spec": {"hidden_size": 32}, "importance": 7}, "importance run 7 does not exist"),
     ("prune", {"model": "MODEL", "spec": {"mamba_num_heads": 999}, "ranking": "random"}, "larger than"),
+    ("distill", {"student": "MODEL", "teacher": "MODEL", "tokens": 10, "train_tokens": __file__},
+     "less than one batch"),
+    ("distill", {"teacher": "MODEL", "tokens": 10_000, "candidate": 3}, "candidate 3 does not exist"),
 ])
 def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_path, kind, spec, message):
     from hybridlab.jobs import list_jobs, submit
@@ -262,8 +265,8 @@ def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(_tiny_config_dict()))
-    if isinstance(spec, dict) and spec.get("model") == "MODEL":
-        spec = {**spec, "model": str(model_dir)}
+    if isinstance(spec, dict):
+        spec = {key: str(model_dir) if value == "MODEL" else value for key, value in spec.items()}
     with pytest.raises(ValueError, match=message):
         submit(kind, spec, ws)
     assert list_jobs(ws).empty
@@ -379,3 +382,71 @@ def test_ensure_worker_starts_one_detached_worker_and_reuses_it(ws, monkeypatch)
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_curve(ws, tmp_path, start_worker,
+                                                                                     tiny_nemotron):
+    import numpy as np
+
+    from hybridlab import PruneSpec, prune, save_model
+    from hybridlab.jobs import job_metrics, run_sync, submit, wait
+
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    tiny_nemotron.save_pretrained(teacher_dir)
+    student = prune(tiny_nemotron, PruneSpec(mamba_num_heads=4, ffn_hidden_size=32), ranking="random")
+    save_model(student, None, student_dir)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.integers(3, 128, size=4096, dtype=np.uint16))
+    np.save(tmp_path / "val.npy", rng.integers(3, 128, size=512, dtype=np.uint16))
+    steps = 40
+    spec = {"student": str(student_dir), "teacher": str(teacher_dir), "tokens": steps * 2 * 16, "seq_len": 16,
+            "batch_size": 2, "eval_every": 10, "checkpoint_every": 5, "train_tokens": str(tmp_path / "train.npy"),
+            "val_tokens": str(tmp_path / "val.npy"), "device": "cpu", "name": "kd"}
+
+    job_id = submit("distill", spec, ws)
+    first = start_worker()
+    checkpoint = ws / "jobs" / str(job_id) / "checkpoint" / "checkpoint" / "state.pt"
+    wait_until(lambda: checkpoint.exists() and job(job_id, ws)["fraction"] >= 0.3, "a checkpoint mid-run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = time.time()
+    assert job(job_id, ws)["status"] == "running"
+
+    start_worker()
+    done = wait(job_id, TIMEOUT_S, ws)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["result"]["step"] == steps
+    assert done["result"]["artifact"] == "artifacts/distilled/kd" and (ws / "artifacts/distilled/kd/config.json").exists()
+    resumed = job_metrics(job_id, ws)
+    kd = resumed[resumed["name"] == "kd_loss"]
+    assert list(kd["step"]) == list(range(1, steps + 1))
+    assert (kd["time"].iloc[0].timestamp()) < killed_at  # early steps were not redone: it resumed
+
+    reference = run_sync("distill", {**spec, "name": "kd-reference"}, tmp_path / "reference", progress=lambda *a: None)
+    expected = job_metrics(reference["id"], tmp_path / "reference")
+    expected_kd = expected[expected["name"] == "kd_loss"]["value"].tolist()
+    np.testing.assert_allclose(kd["value"].tolist(), expected_kd, rtol=1e-5, atol=0)
+
+
+def test_eval_and_bench_jobs_run_synchronously_and_record_their_runs(ws, tmp_path, tiny_nemotron):
+    import numpy as np
+
+    from hybridlab.evaluate import validation_loss
+    from hybridlab.jobs import list_benchmarks, list_evaluations, run_sync
+
+    model_dir = tmp_path / "tiny"
+    tiny_nemotron.save_pretrained(model_dir)
+    val = np.random.default_rng(0).integers(3, 128, size=600, dtype=np.uint16)
+    np.save(tmp_path / "val.npy", val)
+    quiet = lambda *a: None  # noqa: E731
+    evaluated = run_sync("eval", {"model": str(model_dir), "val_tokens": str(tmp_path / "val.npy"), "seq_len": 32,
+                                  "device": "cpu"}, ws, progress=quiet)
+    expected = validation_loss(tiny_nemotron, val, seq_len=32)["loss"]
+    assert evaluated["result"]["val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert list_evaluations(ws)["val_loss"].tolist() == [evaluated["result"]["val_loss"]]
+
+    benched = run_sync("bench", {"model": str(model_dir), "seq_len": 8, "new_tokens": 2, "repeats": 1, "warmup": 0,
+                                 "device": "cpu"}, ws, progress=quiet)
+    row = list_benchmarks(ws).iloc[0]
+    assert row["status"] == "succeeded" and row["prefill_ms"] == benched["result"]["prefill_ms"] > 0
+    assert row["params"] == sum(p.numel() for p in tiny_nemotron.parameters())

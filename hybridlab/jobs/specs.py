@@ -37,13 +37,13 @@ def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
             clean[key] = _field_value(key, fld, spec[key])
         except ValueError as err:
             problems.append(str(err))
+    if not problems and kind.missing_modules():
+        problems.append(f"this installation lacks {', '.join(kind.missing_modules())}, which {kind.name} jobs need")
     if not problems and kind.check is not None:
         try:
             kind.check(clean, store)
         except ValueError as err:
             problems.append(str(err))
-    if not problems and kind.missing_modules():
-        problems.append(f"this installation lacks {', '.join(kind.missing_modules())}, which {kind.name} jobs need")
     if problems:
         keys_wrong = any(p.startswith(("unknown key", "missing key")) for p in problems)
         hint = ". " + describe_fields(kind) if keys_wrong else ""

@@ -48,14 +48,14 @@ def load(ref: str, spec: dict, dtype=None):
     return model.to(device(spec.get("device", "cpu"))), tokenizer
 
 
-def demo_tokens_or(path: str | None, model: str, split: str) -> Path | None:
-    """The token file to use: the given one, the demo's `<split>.npy` for the demo model, else None."""
+def demo_tokens_or(path: str | None, model: str, demo_file: str) -> Path | None:
+    """The token file to use: the given one, the demo's `demo_file` for the demo model, else None."""
     from hybridlab.paths import demo_dir
 
     if path is not None:
         return Path(path)
     if model == "demo":
-        return demo_dir() / f"{split}.npy"
+        return demo_dir() / demo_file
     return None
 
 

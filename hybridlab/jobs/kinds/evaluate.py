@@ -25,7 +25,7 @@ def run(spec: dict, ctx) -> dict:
     ctx.progress(0.0, "loading model")
     model, tokenizer = load(spec["model"], spec)
     ctx.register_model(spec["model"], model.config)
-    val_path = demo_tokens_or(spec["val_tokens"], spec["model"], "val")
+    val_path = demo_tokens_or(spec["val_tokens"], spec["model"], "val.npy")
     report = evaluate(
         model, tokenizer, spec["tasks"], val_tokens=load_tokens(val_path) if val_path else None,
         seq_len=spec["seq_len"], batch_size=spec["batch_size"], max_tokens=spec["max_tokens"],
