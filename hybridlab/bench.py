@@ -8,6 +8,7 @@ a synchronize; on the CPU with time.perf_counter.
 - decode: `model.generate` greedy with min_new_tokens = max_new_tokens = new_tokens, minus the
   same call with one new token (which is the prefill plus generate's fixed overhead); the
   difference is new_tokens - 1 cached single-token steps.
+- state: bytes of the cache tensors after prefill (KV cache, Mamba conv and SSM states).
 - peak memory, measured over one generate call made before any timed run:
   CUDA: torch.cuda.max_memory_allocated (tensors only, weights included).
   CPU (Linux): the process's resident-set high-water mark (VmHWM, reset through
@@ -108,14 +109,38 @@ def peak_memory(fn, device: torch.device) -> dict:
             "memory_measure": "process resident-set high-water mark (VmHWM)"}
 
 
-def analytic_sizes(config, seq_len: int, batch_size: int) -> dict | None:
+def cache_bytes(cache) -> int | None:
+    """Bytes held by the tensors of a transformers cache (KV tensors, Mamba conv and SSM
+    states), found by walking its layers' attributes; None when there is no cache."""
+    if cache is None:
+        return None
+    seen: dict[int, int] = {}
+
+    def walk(obj, depth: int) -> None:
+        if isinstance(obj, torch.Tensor):
+            seen[id(obj)] = obj.numel() * obj.element_size()
+        elif depth > 0 and isinstance(obj, dict):
+            for value in obj.values():
+                walk(value, depth - 1)
+        elif depth > 0 and isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value, depth - 1)
+        elif depth > 0 and hasattr(obj, "__dict__"):
+            for value in vars(obj).values():
+                walk(value, depth - 1)
+
+    walk(getattr(cache, "layers", cache), depth=4)
+    return sum(seen.values())
+
+
+def analytic_sizes(config, seq_len: int, batch_size: int, dtype_bytes: int) -> dict | None:
     """The engine core's analytic params / FLOPs per token / state bytes, or None if unavailable."""
     try:
         from hybridlab.sizes import estimate_sizes
     except ImportError:
         return None
     try:
-        sizes = estimate_sizes(config, seq_len=seq_len, batch_size=batch_size)
+        sizes = estimate_sizes(config, seq_len=seq_len, batch_size=batch_size, dtype_bytes=dtype_bytes)
     except (ValueError, KeyError, AttributeError) as err:  # a family sizes.py does not know
         return {"error": str(err)}
     return sizes.to_dict() if hasattr(sizes, "to_dict") else dict(vars(sizes))
@@ -174,6 +199,7 @@ def measure_latency(
         with torch.inference_mode():
             # Memory first: later runs reuse what the allocator kept, which would hide the rise.
             memory = peak_memory(generate(new_tokens), device)
+            state_bytes = cache_bytes(getattr(prefill(), "past_key_values", None))
             tick()
             prefill_s = median_time(prefill, device, repeats, warmup, tick)
             first_s = median_time(generate(1), device, repeats, warmup, tick)
@@ -206,5 +232,7 @@ def measure_latency(
         "decode_ms_per_step": 1000.0 * decode_s / (new_tokens - 1) if decode_s > 0 else None,
         "decode_tokens_per_s": decode_tokens / decode_s if decode_s > 0 else None,
         **memory,
-        "analytic": analytic_sizes(config, seq_len, batch_size),
+        "measured_state_bytes": state_bytes,  # the cache after prefill: compare with analytic state_bytes
+        # state_bytes at the model's own element size, for seq_len tokens of context
+        "analytic": analytic_sizes(config, seq_len, batch_size, next(model.parameters()).element_size()),
     }

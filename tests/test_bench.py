@@ -13,7 +13,7 @@ KEYS = {
     "device", "device_name", "dtype", "torch_threads", "mamba_kernels", "batch_size", "seq_len", "new_tokens",
     "repeats", "warmup", "params", "weights_bytes", "prefill_ms", "prefill_ms_runs", "prefill_tokens_per_s",
     "generate_ms", "decode_ms_per_step", "decode_tokens_per_s", "peak_memory_bytes", "peak_memory_delta_bytes",
-    "memory_measure", "analytic",
+    "memory_measure", "measured_state_bytes", "analytic",
 }
 
 
@@ -30,6 +30,8 @@ def check_report(report: dict, model) -> None:
     assert analytic["params"] == report["params"]  # the engine core's count is exact
     assert analytic["flops_per_token"] > 0 and analytic["state_bytes"] > 0
     assert analytic["seq_len"] == report["seq_len"] and analytic["batch_size"] == report["batch_size"]
+    # the cache transformers really holds after prefill is what the engine core predicts
+    assert report["measured_state_bytes"] == analytic["state_bytes"]
 
 
 def test_measure_latency_reports_every_field(tiny_nemotron):
