@@ -417,6 +417,7 @@ def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_cur
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and done["result"]["step"] == steps
     assert done["result"]["artifact"] == "artifacts/distilled/kd" and (ws / "artifacts/distilled/kd/config.json").exists()
+    assert done["result"]["model_path"] == str((ws / "artifacts/distilled/kd").resolve())
     resumed = job_metrics(job_id, ws)
     kd = resumed[resumed["name"] == "kd_loss"]
     assert list(kd["step"]) == list(range(1, steps + 1))

@@ -65,7 +65,8 @@ def run(spec: dict, ctx) -> dict:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(run_dir / "model", final)  # same filesystem: one atomic rename
     ctx.register_model(str(final), student.config)
-    result = {**result, "model_dir": str(final), "candidate": spec["candidate"], "teacher": spec["teacher"]}
+    result = {**result, "model_dir": str(final), "model_path": str(final),  # model_path: like prune's result
+              "candidate": spec["candidate"], "teacher": spec["teacher"]}
     ctx.finish_run("distillations", run_id, final, result)
     return {"run_id": run_id, "artifact": ctx.relative(final), **result}
 
