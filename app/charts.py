@@ -33,7 +33,7 @@ def layer_strip(kinds: list[str], dropped: set[int] | frozenset = frozenset()) -
         fig.add_scatter(x=sorted(dropped), y=[0.5] * len(dropped), mode="markers", name="dropped by plan",
                         marker=dict(symbol="x", size=12, color="black"), hovertemplate="layer %{x} dropped<extra></extra>")
     fig.update_yaxes(visible=False, range=[0, 1])
-    fig.update_xaxes(title="layer", dtick=1 if len(kinds) <= 60 else None)
+    fig.update_xaxes(title="layer", dtick=1 if len(kinds) <= 60 else None, range=[-0.5, len(kinds) - 0.5])
     fig.update_layout(barmode="overlay", bargap=0)
     return _layout(fig, f"Layer pattern ({len(kinds)} layers)", height=170)
 

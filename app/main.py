@@ -19,19 +19,19 @@ from hybridlab.paths import demo_dir, workspace_dir  # noqa: E402
 
 PAGES = Path(__file__).parent / "pages"
 
-st.set_page_config(page_title="hybridlab", page_icon="✂️", layout="wide")
+st.set_page_config(page_title="hybridlab", page_icon=":material/content_cut:", layout="wide")
 
 if state.MODEL_KEY not in st.session_state and (demo_dir() / "teacher" / "config.json").is_file():
     st.session_state[state.MODEL_KEY] = "demo"
 state.advance_chains()
 
 navigation = st.navigation([
-    st.Page(PAGES / "model.py", title="Model", icon="🧩", default=True),
-    st.Page(PAGES / "importance.py", title="Importance", icon="🔥"),
-    st.Page(PAGES / "planner.py", title="Prune planner", icon="✂️"),
-    st.Page(PAGES / "distill.py", title="Distill", icon="⚗️"),
-    st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
-    st.Page(PAGES / "jobs.py", title="Jobs", icon="⏱️"),
+    st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page(PAGES / "importance.py", title="Importance", icon=":material/local_fire_department:"),
+    st.Page(PAGES / "planner.py", title="Prune planner", icon=":material/content_cut:"),
+    st.Page(PAGES / "distill.py", title="Distill", icon=":material/science:"),
+    st.Page(PAGES / "pareto.py", title="Pareto", icon=":material/show_chart:"),
+    st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/schedule:"),
 ])
 with st.sidebar:
     ref = st.session_state.get(state.MODEL_KEY)

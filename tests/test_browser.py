@@ -1,0 +1,173 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright.
+
+Starts `streamlit run app/main.py` on a free port with a fresh workspace, computes
+importance (on the demo teacher when it is shipped, else a tiny model), checks that
+the heatmaps render, moves a planner control and sees the parameter count change,
+prunes and evaluates a candidate, and finds its point on the Pareto chart.
+Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import app_model
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+JOB_TIMEOUT_MS = 600_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed: run scripts/install-browser.sh (Debian's chromium)")
+    model = app_model(tmp_path)
+    workspace = tmp_path / "workspace"
+    port = free_port()
+    env = {**os.environ, "HYBRIDLAB_WORKSPACE": str(workspace), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=open(tmp_path / "streamlit.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url, model, workspace
+    proc.terminate()
+    proc.wait(timeout=20)
+    from hybridlab.jobs.worker import live_workers
+
+    for worker in live_workers(workspace):  # the worker the app started for this workspace
+        try:
+            os.kill(int(worker["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def go_to(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title).first.wait_for()
+
+
+def metric_value(page, label: str) -> str:
+    metric = page.get_by_test_id("stMetric").filter(has_text=label).first
+    return metric.get_by_test_id("stMetricValue").inner_text()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(800)  # let plotly finish drawing
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_importance_plan_prune_evaluate_pareto(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, model, workspace = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.goto(url)
+        page.get_by_role("heading", name="Model").first.wait_for(timeout=60_000)
+
+        # Bad input: a folder that is not a model gives a clear message, not a traceback.
+        page.get_by_text("local folder").click()
+        page.get_by_label("Hugging Face model folder").fill(str(workspace))
+        page.get_by_role("button", name="Use this folder").click()
+        expect(page.get_by_text("has no config.json")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        if model.is_demo:
+            page.get_by_text("demo teacher").first.click()
+        else:
+            page.get_by_label("Hugging Face model folder").fill(model.ref)
+            page.get_by_role("button", name="Use this folder").click()
+        expect(page.get_by_text("Layer pattern")).to_be_visible(timeout=60_000)
+        shot(page, "1-model")
+
+        go_to(page, "Importance")
+        if not model.is_demo:
+            page.get_by_label("calibration data").fill(model.calib)
+        page.get_by_label("calibration samples").fill("16")
+        page.get_by_label("sequence length").fill("64")
+        page.get_by_role("button", name="Run importance").click()
+        expect(page.get_by_text("Mamba heads").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        heatmap = page.locator(".js-plotly-plot").first
+        expect(heatmap).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_attached()
+        shot(page, "2-importance")
+
+        go_to(page, "Prune planner")
+        before = metric_value(page, "parameters")
+        slider = page.get_by_role("slider", name=re.compile("Mamba heads"))
+        slider.focus()
+        slider.press("ArrowLeft")  # one step: n_groups fewer heads
+        expect(page.get_by_test_id("stMetric").filter(has_text="parameters").first
+               .get_by_test_id("stMetricValue")).not_to_have_text(before, timeout=30_000)
+        after = metric_value(page, "parameters")
+        assert float(after.split()[0].replace(",", "")) < float(before.split()[0].replace(",", ""))
+        expect(page.locator(".js-plotly-plot .scatterlayer path.point").first).to_be_attached(timeout=30_000)
+        shot(page, "3-planner")
+
+        page.get_by_label("candidate name (optional)").fill("fewer-heads")
+        page.get_by_label("validation tokens", exact=True).fill("2048")
+        if not model.is_demo:
+            page.get_by_label("validation tokens file (.npy)").fill(model.val)
+        page.get_by_role("button", name="Prune and evaluate").click()
+        wait_for_jobs(page, workspace)
+        shot(page, "4-jobs-done")
+
+        go_to(page, "Pareto")
+        chart = page.locator(".js-plotly-plot").first
+        expect(chart).to_be_visible(timeout=60_000)
+        points = chart.locator(".scatterlayer path.point")
+        expect(points).to_have_count(2, timeout=30_000)  # the teacher and the candidate
+        expect(chart.locator("text.legendtext", has_text="width")).to_have_count(1)  # the candidate's strategy
+        shot(page, "5-pareto")
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        browser.close()
+
+
+def wait_for_jobs(page, workspace) -> None:
+    """Until the prune job and its eval/bench follow-ups, plus the teacher's, have all finished."""
+    from hybridlab import jobs
+
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        listing = jobs.list_jobs(workspace)
+        kinds = set(listing["kind"])
+        if {"prune", "eval", "bench"} <= kinds and listing["status"].isin(["succeeded", "failed", "cancelled"]).all() \
+                and (listing["kind"] == "eval").sum() >= 2:
+            failed = listing[listing["status"] != "succeeded"]
+            assert failed.empty, failed[["id", "kind", "status", "error"]].to_string()
+            return
+        page.wait_for_timeout(1000)  # the page keeps polling and chaining follow-ups meanwhile
+    pytest.fail(f"jobs did not finish:\n{jobs.list_jobs(workspace)[['id', 'kind', 'status', 'message']]}")
