@@ -1,0 +1,93 @@
+"""Turn documentation files (reStructuredText, plain text, Sphinx HTML) into plain English text."""
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+# Tags whose whole content is boilerplate, never prose.
+_SKIP_TAGS = {"script", "style", "nav", "head", "footer", "header", "noscript", "svg", "form", "button"}
+# Sphinx layout blocks around the article: sidebars, breadcrumbs, prev/next links.
+_SKIP_CLASSES = {"sphinxsidebar", "related", "footer", "headerlink", "mobile-nav", "sphinxsidebarwrapper"}
+_BLOCK_TAGS = {"p", "div", "section", "li", "ul", "ol", "pre", "h1", "h2", "h3", "h4", "h5", "h6",
+               "dt", "dd", "dl", "tr", "table", "br", "blockquote", "article"}
+_VOID_TAGS = {"br", "img", "hr", "meta", "link", "input", "wbr", "col", "area", "base", "source"}
+
+
+class _TextExtractor(HTMLParser):
+    """Collects text outside skipped subtrees; inside `<div role="main">` when the page has one."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.main_parts: list[str] = []
+        self._stack: list[tuple[str, bool, bool]] = []  # (tag, starts a skipped subtree, is main)
+        self._skip_depth = 0
+        self._main_depth = 0  # >0 while inside the role="main" element
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _VOID_TAGS:
+            if tag == "br":
+                self._emit("\n")
+            return
+        attr = dict(attrs)
+        classes = set((attr.get("class") or "").split())
+        skip = tag in _SKIP_TAGS or bool(classes & _SKIP_CLASSES) or attr.get("role") == "navigation"
+        is_main = attr.get("role") == "main"
+        self._stack.append((tag, skip, is_main))
+        self._skip_depth += skip
+        self._main_depth += is_main
+        if tag in _BLOCK_TAGS:
+            self._emit("\n")
+
+    def handle_endtag(self, tag):
+        if tag in _VOID_TAGS:
+            return
+        # Pop to the matching open tag; tolerates unclosed <p>/<li> as browsers do.
+        for i in range(len(self._stack) - 1, -1, -1):
+            if self._stack[i][0] == tag:
+                for _, skip, is_main in self._stack[i:]:
+                    self._skip_depth -= skip
+                    self._main_depth -= is_main
+                del self._stack[i:]
+                break
+        if tag in _BLOCK_TAGS:
+            self._emit("\n")
+
+    def handle_data(self, data):
+        self._emit(data)
+
+    def _emit(self, text: str) -> None:
+        if self._skip_depth:
+            return
+        self.parts.append(text)
+        if self._main_depth:
+            self.main_parts.append(text)
+
+
+def html_to_text(html: str) -> str:
+    """Visible article text of an HTML page: no scripts, styles, navigation or sidebars."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    chosen = parser.main_parts if "".join(parser.main_parts).strip() else parser.parts
+    return normalise_whitespace("".join(chosen))
+
+
+_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def normalise_whitespace(text: str) -> str:
+    """Unix newlines, no trailing spaces, runs of spaces collapsed, at most one blank line in a row.
+
+    Leading indentation is kept as a single space level so code and lists stay readable.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00b6", "")
+    lines = []
+    for line in text.split("\n"):
+        stripped = line.rstrip()
+        indent = len(stripped) - len(stripped.lstrip())
+        body = _SPACES.sub(" ", stripped.strip())
+        lines.append((" " * min(indent, 8)) + body if body else "")
+    text = _BLANK_LINES.sub("\n\n", "\n".join(lines))
+    return text.strip() + "\n" if text.strip() else ""
