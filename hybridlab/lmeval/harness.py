@@ -72,7 +72,10 @@ def prepare_task_manager(tasks: list[str], include_path=None):
     """
     if not tasks:
         raise ValueError("no lm-eval tasks given")
-    from lm_eval.tasks import TaskManager
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise ValueError(f"lm-eval tasks need lm-evaluation-harness ({err}): pip install 'hybridlab[eval]'") from err
 
     local = local_tasks(include_path)
     standard = [name for name in tasks if name not in local]
