@@ -384,6 +384,7 @@ def test_ensure_worker_starts_one_detached_worker_and_reuses_it(ws, monkeypatch)
             pass
 
 
+@pytest.mark.slow
 def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_curve(ws, tmp_path, start_worker,
                                                                                      tiny_nemotron):
     import numpy as np
@@ -451,3 +452,23 @@ def test_eval_and_bench_jobs_run_synchronously_and_record_their_runs(ws, tmp_pat
     row = list_benchmarks(ws).iloc[0]
     assert row["status"] == "succeeded" and row["prefill_ms"] == benched["result"]["prefill_ms"] > 0
     assert row["params"] == sum(p.numel() for p in tiny_nemotron.parameters())
+
+
+def test_jobs_cli_submit_list_show_cancel(ws, capsys):
+    from hybridlab.cli import main
+
+    assert main(["jobs", "submit", "count", '{"steps": 2}', "--workspace", str(ws)]) == 0
+    assert "job 1 queued" in capsys.readouterr().out
+    assert main(["jobs", "list", "--workspace", str(ws)]) == 0
+    listing = capsys.readouterr().out
+    assert "count" in listing and "queued" in listing
+    assert main(["jobs", "cancel", "1", "--workspace", str(ws)]) == 0
+    assert capsys.readouterr().out.strip() == "job 1: cancelled"
+    assert main(["jobs", "show", "1", "--workspace", str(ws)]) == 0
+    assert 'spec:   {"fail_at": null, "sleep_s": 0.0, "steps": 2}' in capsys.readouterr().out
+    assert main(["jobs", "submit", "count", '{"steps": "two"}', "--workspace", str(ws)]) == 2
+    assert "'steps' must be a whole number" in capsys.readouterr().err
+    assert main(["jobs", "submit", "count", "{steps: 2}", "--workspace", str(ws)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["worker", "--workspace", str(ws), "--stale-after", "1"]) == 2
+    assert "--stale-after must be more than twice --heartbeat" in capsys.readouterr().err

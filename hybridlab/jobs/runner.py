@@ -38,7 +38,11 @@ def execute_job(store: Store, job_id: int, worker: str, stopping: threading.Even
         return None
     job = job_rows.get_job(store, job_id)
     flags = Flags(interrupt=stopping) if stopping is not None else Flags()
-    ctx = JobContext(store, job, worker, flags, on_progress)
+    try:
+        ctx = JobContext(store, job, worker, flags, on_progress)
+    except Exception as err:  # e.g. the checkpoint folder cannot be made: fail, do not leave it running
+        job_rows.finish_job(store, job_id, worker, FAILED, error=f"{type(err).__name__}: {err}")
+        raise
     log.info("job %s (%s) started, attempt %s", job_id, job["kind"], job["attempts"])
     with Heartbeat(store, job_id, worker, flags, heartbeat_s):
         status = _run_handler(ctx, reraise)
