@@ -11,6 +11,8 @@ COMMAND_MODULES = [
     "evaluate",  # eval, bench
     "engine",  # importance, prune, plan
     "jobs",  # jobs list|show|cancel|submit, worker
+    "data",  # data build, train
+    "distill",  # distill, cache-logits
 ]
 
 

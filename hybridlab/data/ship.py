@@ -50,6 +50,7 @@ def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | No
     report(0.3, "measuring the shipped teacher", None)
     demo = load_demo(root=dest)
     facts = measure(demo, validation_loss)
+    facts["layer_pattern"] = demo.model.config.hybrid_override_pattern  # e.g. "M-M-M-M*-M-M-M-M-"
     facts["val_unigram_entropy"] = unigram_entropy(load_tokens(dest / "val.npy"), len(tokenizer))
     report(0.8, "sampling", None)
     facts["samples"] = samples(demo.model, demo.tokenizer)
@@ -92,8 +93,7 @@ def write_model_card(dest: Path, facts: dict) -> None:
     evals = [json.loads(line) for line in (dest / "train_metrics.jsonl").read_text().splitlines()
              if '"eval"' in line]
     curve = " → ".join(f"{e['val_loss']:.2f}" for e in evals[:: max(1, len(evals) // 8)])
-    pattern = cfg.get("hybrid_override_pattern") or "".join(
-        {"mamba": "M", "mlp": "-", "attention": "*"}.get(k, "?") for k in cfg.get("layers_block_type", []))
+    pattern = facts["layer_pattern"]
     sample_text = "\n\n".join(f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```"
                               for s in facts["samples"])
     card = f"""# Model card: hybridlab demo teacher

@@ -1,0 +1,73 @@
+"""`hybridlab data build` (the demo corpus), `hybridlab data ship` (the demo assets) and `hybridlab train`."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build the demo corpus and tokenizer")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data_sub.required = True
+    build = data_sub.add_parser("build", help="Debian docs -> BPE tokenizer -> uint16 token arrays")
+    build.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    build.add_argument("--debs", default=None, help="folder holding (or receiving) the .deb files; default: temp")
+    build.add_argument("--vocab-size", type=int, default=8192)
+    build.add_argument("--val-fraction", type=float, default=0.02)
+    build.set_defaults(func=_build)
+    ship = data_sub.add_parser("ship", help="copy a finished teacher run into assets/demo with its model card")
+    ship.add_argument("--run", required=True, help="output folder of `hybridlab train`")
+    ship.add_argument("--data", required=True, help="corpus folder of `hybridlab data build`")
+    ship.add_argument("--dest", default=None, help="default: assets/demo")
+    ship.set_defaults(func=_ship)
+
+    train = subparsers.add_parser("train", help="train a language model from scratch on token arrays")
+    train.add_argument("--data", required=True, help="corpus folder from `hybridlab data build`")
+    train.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
+    train.add_argument("--preset", default="demo-teacher", help="model preset (see hybridlab.train.PRESETS)")
+    train.add_argument("--config", default=None, help="JSON file with config overrides for the preset")
+    train.add_argument("--tokens", type=float, default=None, help="token budget, e.g. 8e6")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--seq-len", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU)")
+    train.add_argument("--eval-every", type=int, default=None, help="steps between validations")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.set_defaults(func=_train)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hybridlab.data.build import build_corpus
+
+    stats = build_corpus(args.out, debs_dir=args.debs, vocab_size=args.vocab_size, val_fraction=args.val_fraction)
+    print(f"train tokens {stats['tokens']['train']:,}  val tokens {stats['tokens']['val']:,}  "
+          f"val unigram entropy {stats['val_unigram_entropy_nats']:.4f} nats")
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    from hybridlab.data.ship import ship_demo
+
+    facts = ship_demo(args.run, args.data, args.dest)
+    print(f"val loss {facts['val_loss']:.4f} (unigram entropy {facts['val_unigram_entropy']:.4f})  "
+          f"subset {facts['subset_val_loss']:.4f}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from hybridlab.train import TrainSettings, train_language_model
+
+    overrides = json.loads(open(args.config).read()) if args.config else {}
+    settings = TrainSettings.for_preset(args.preset)
+    for name in ("batch_size", "seq_len", "lr", "eval_every", "checkpoint_every", "threads"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    if args.tokens is not None:
+        settings.token_budget = int(args.tokens)
+    settings.seed = args.seed
+    result = train_language_model(args.data, args.out, settings, config_overrides=overrides, resume=args.resume)
+    print(f"val loss {result['val_loss']:.4f}  perplexity {result['val_perplexity']:.2f}  -> {args.out}/model")
+    return 0

@@ -1,0 +1,200 @@
+"""A generic training loop. What is trained, and on what loss, is the caller's business.
+
+    train(model, batch_at, loss_fn, settings, out_dir, eval_fn=None, progress=None, resume=False)
+
+- `batch_at(step) -> batch` must be a pure function of the step, so the data position is the step
+  and a resumed run sees the same batches as an uninterrupted one.
+- `loss_fn(model, batch) -> (loss, metrics)` is pluggable: next-token cross-entropy for training from
+  scratch, a KL to teacher logits for distillation. `metrics` is a dict of floats that gets logged.
+- `eval_fn(model) -> metrics` runs under no_grad in eval mode every `eval_every` steps and at the end.
+
+AdamW, linear warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping, optional bf16
+autocast (measured fastest on CPU). Metrics go to `<out_dir>/metrics.jsonl` (one JSON object per
+line, `"kind": "train"` or `"eval"`); the latest checkpoint lives in `<out_dir>/checkpoint/`.
+If `progress` raises `Cancelled` (or Ctrl-C arrives), a checkpoint is saved and the exception re-raised.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hybridlab.checkpoint import load_checkpoint, save_checkpoint
+from hybridlab.progress import Cancelled, ProgressFn
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict]"]
+EvalFn = Callable[[torch.nn.Module], dict]
+
+
+@dataclass
+class TrainerSettings:
+    total_steps: int
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16_autocast: bool = True
+    log_every: int = 10
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    tokens_per_step: int = 0  # for logging only
+
+    def validate(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps={self.total_steps} must be >= 1: raise the token budget")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, total_steps={self.total_steps}]")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+
+
+def learning_rate(step: int, s: TrainerSettings) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to min_lr_ratio * lr."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, s: TrainerSettings) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and other 1-D parameters (A_log, D, dt_bias)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
+
+
+def _autocast(s: TrainerSettings, model: torch.nn.Module):
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type, dtype=torch.bfloat16) if s.bf16_autocast else nullcontext()
+
+
+def train(
+    model: torch.nn.Module,
+    batch_at: Callable[[int], Any],
+    loss_fn: LossFn,
+    settings: TrainerSettings,
+    out_dir: str | Path,
+    eval_fn: EvalFn | None = None,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    is_main: bool = True,
+) -> dict:
+    """Train until `settings.total_steps`; returns the last train and eval metrics.
+
+    `is_main=False` (data-parallel ranks other than 0) trains identically but writes nothing."""
+    settings.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+    optimizer = make_optimizer(model, settings)
+    state = {"step": 0, "tokens": 0, "wall_s": 0.0}
+    if resume and (ckpt_dir / "state.pt").exists():
+        state = load_checkpoint(ckpt_dir, model, optimizer)
+        if is_main:
+            _truncate_metrics(metrics_path, state["step"])
+    elif metrics_path.exists() and is_main:
+        metrics_path.unlink()  # a fresh run starts a fresh curve
+    if is_main:
+        (out_dir / "trainer_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    log = (lambda record: _append(metrics_path, record)) if is_main else (lambda record: None)
+
+    bar = _Reporter(progress, settings.total_steps, state["step"])
+    started = time.perf_counter() - state["wall_s"]
+    last_train: dict = {}
+    last_eval: dict = {}
+
+    def checkpoint() -> None:
+        state["wall_s"] = time.perf_counter() - started
+        save_checkpoint(ckpt_dir, model, optimizer, state, is_main=is_main)
+
+    try:
+        while state["step"] < settings.total_steps:
+            step = state["step"]
+            lr = learning_rate(step, settings)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            with _autocast(settings, model):
+                loss, metrics = loss_fn(model, batch_at(step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            state["step"] = step + 1
+            state["tokens"] += settings.tokens_per_step
+            last_train = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+            if state["step"] % settings.log_every == 0 or state["step"] == settings.total_steps:
+                log({"kind": "train", "step": state["step"], "tokens": state["tokens"],
+                                       "lr": lr, "grad_norm": float(grad_norm),
+                                       "wall_s": round(time.perf_counter() - started, 2), **last_train})
+            is_last = state["step"] == settings.total_steps
+            if eval_fn is not None and (state["step"] % settings.eval_every == 0 or is_last):
+                last_eval = evaluate(model, eval_fn, settings)
+                log({"kind": "eval", "step": state["step"], "tokens": state["tokens"],
+                                       "wall_s": round(time.perf_counter() - started, 2), **last_eval})
+            if state["step"] % settings.checkpoint_every == 0 or is_last:
+                checkpoint()
+            bar.update(state["step"], {**last_train, **last_eval})
+    except (Cancelled, KeyboardInterrupt):
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    return {"step": state["step"], "tokens": state["tokens"], "wall_s": state["wall_s"], **last_train, **last_eval}
+
+
+def evaluate(model: torch.nn.Module, eval_fn: EvalFn, settings: TrainerSettings) -> dict:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _autocast(settings, model):
+        result = {k: float(v) for k, v in eval_fn(model).items()}
+    model.train(was_training)
+    return result
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint, so the resumed curve continues without duplicates."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+class _Reporter:
+    """tqdm in a terminal when no callback is given; otherwise progress(fraction, message, metrics)."""
+
+    def __init__(self, progress: ProgressFn | None, total: int, initial: int):
+        self.progress, self.total, self.bar = progress, total, None
+        if progress is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc="train", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, step: int, metrics: dict) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "val_loss")})
+        else:
+            self.progress(step / self.total, f"step {step}/{self.total}", {"step": step, **metrics})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
