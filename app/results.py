@@ -58,6 +58,8 @@ def comparison(parent: str, parent_sizes: dict, candidates: pd.DataFrame, evalua
             rows.append({**student, "name": run["name"], "kind": "distilled", "model": run.get("model_path"),
                          "val_loss": run.get("val_loss", np.nan)})
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    repeated = frame["name"].duplicated(keep=False)  # names pick rows in the compare view: make them unique
+    frame.loc[repeated, "name"] = [f"{n} ({i})" for i, n in frame.loc[repeated, "name"].items()]
     for i, row in frame.iterrows():
         if pd.isna(row["val_loss"]) and row["model"] in losses:
             frame.at[i, "val_loss"] = losses[row["model"]]

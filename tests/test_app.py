@@ -322,3 +322,6 @@ def test_comparison_estimates_latency_from_flops_when_not_measured():
     assert table["latency_ms"].tolist() == [10.0, pytest.approx(4.0)]
     assert table["latency_source"].tolist() == ["measured", "estimated"]
     assert table.loc[1, "spec"] == {"hidden_size": 8}
+    twice = comparison("demo", {"params": 100, "flops_per_token": 100.0}, pd.concat([candidates, candidates.assign(id=2)]),
+                       evaluations, benchmarks, pd.DataFrame())
+    assert twice["name"].is_unique and len(twice) == 3
