@@ -17,14 +17,21 @@ def load_calibration(source: str | os.PathLike, tokenizer=None, samples: int = 2
     """LongTensor [samples, seq_len] (fewer rows if the source is short)."""
     if samples < 1 or seq_len < 2:
         raise ValueError(f"need at least 1 sample of 2 tokens (got samples={samples}, seq_len={seq_len})")
-    path = demo_dir() / "calib.npy" if str(source) == "demo" else Path(source).expanduser()
+    return windows(load_token_array("demo:calib.npy" if str(source) == "demo" else source, tokenizer), samples, seq_len)
+
+
+def load_token_array(source: str | os.PathLike, tokenizer=None) -> np.ndarray:
+    """Token ids from `demo:NAME.npy` (a bundled demo array), a .npy file, or local text."""
+    text = str(source)
+    path = demo_dir() / text.split(":", 1)[1] if text.startswith("demo:") else Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"calibration data {path} does not exist; pass 'demo', a .npy token array, or text files")
+        raise FileNotFoundError(f"token data {path} does not exist; pass a .npy token array or text files (.txt/.md/.rst, .jsonl, .parquet)")
     if path.suffix == ".npy":
         tokens = np.load(path, allow_pickle=False)
-    else:
-        tokens = _tokenize_text(path, tokenizer)
-    return windows(tokens, samples, seq_len)
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"{path} holds {tokens.dtype} values, not token ids")
+        return tokens
+    return _tokenize_text(path, tokenizer)
 
 
 def windows(tokens: np.ndarray, samples: int, seq_len: int) -> torch.Tensor:

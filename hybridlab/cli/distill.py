@@ -1,0 +1,105 @@
+"""`hybridlab distill` and `hybridlab cache-logits`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_TRAIN, DEMO_VAL = "demo:train_sample.npy", "demo:val.npy"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="distil a pruned student from its teacher (logit KD); torchrun for data parallel")
+    p.add_argument("--student", required=True, help="the pruned model directory")
+    p.add_argument("--teacher", default=None, help="'demo' or a model directory (optional with --logits-cache)")
+    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoint/, model/")
+    _data_options(p)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="distil from the teacher's top-k logits only")
+    p.add_argument("--lm-loss-weight", type=float, default=0.0, help="mix in next-token cross entropy (0 = pure KD)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--eval-tokens", type=int, default=32_768)
+    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
+    p.add_argument("--logits-cache", default=None, help="a folder from `hybridlab cache-logits`")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=run_distill)
+
+    p = sub.add_parser("cache-logits", help="precompute a teacher's top-k logits for a distillation run")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache-top-k", type=int, default=32)
+    _data_options(p)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=run_cache_logits)
+
+
+def _data_options(p) -> None:
+    p.add_argument("--tokens", required=True, help="token budget, e.g. 2M or 500k")
+    p.add_argument("--data", default=None, help="training tokens: .npy or text (default: the demo's training sample)")
+    p.add_argument("--val", default=None, help="validation tokens .npy (default: the demo's)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (bf16 autocast is the default)")
+
+
+def _settings(args):
+    from hybridlab.distill import DistillSettings, parse_token_count
+
+    settings = DistillSettings(
+        tokens=parse_token_count(args.tokens), seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
+        bf16_autocast=not args.no_bf16,
+        **{k: getattr(args, k) for k in ("lr", "temperature", "top_k", "lm_loss_weight", "log_every", "eval_every", "checkpoint_every", "eval_tokens") if hasattr(args, k)},
+    )
+    settings.validate()
+    return settings
+
+
+def _tokens(args, tokenizer, uses_demo: bool):
+    from hybridlab.calibration import load_token_array
+
+    data = args.data or (DEMO_TRAIN if uses_demo else None)
+    if data is None:
+        raise ValueError("--data is required unless the teacher is the demo (a .npy token array or text files)")
+    val = args.val or (DEMO_VAL if uses_demo else None)
+    train_tokens = load_token_array(data, tokenizer).reshape(-1)
+    val_tokens = load_token_array(val, tokenizer).reshape(-1) if val else None
+    return train_tokens, val_tokens
+
+
+def run_distill(args) -> int:
+    from hybridlab.distill import distill
+    from hybridlab.loading import load_model, resolve_model_dir
+    from hybridlab.logits_cache import LogitsCache
+
+    settings = _settings(args)
+    if args.teacher is None and args.logits_cache is None:
+        raise ValueError("give --teacher, or --logits-cache built from the teacher")
+    if not args.resume and Path(args.out, "checkpoint").exists():
+        raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    resolve_model_dir(args.student)
+    cache = LogitsCache(args.logits_cache) if args.logits_cache else None
+    student, student_tok = load_model(args.student, trust_remote_code=args.trust_remote_code)
+    teacher, teacher_tok = (None, None)
+    if args.teacher is not None:
+        teacher, teacher_tok = load_model(args.teacher, trust_remote_code=args.trust_remote_code)
+    train_tokens, val_tokens = _tokens(args, student_tok or teacher_tok, args.teacher == "demo")
+    result = distill(student, teacher, train_tokens, val_tokens, settings, args.out, resume=args.resume,
+                     logits_cache=cache, student_tokenizer=student_tok, teacher_tokenizer=teacher_tok)
+    if result.get("model_dir"):
+        print(json.dumps({k: result[k] for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir") if k in result}, indent=2))
+    return 0
+
+
+def run_cache_logits(args) -> int:
+    from hybridlab.loading import load_model
+    from hybridlab.logits_cache import build_logits_cache
+
+    settings = _settings(args)
+    teacher, tokenizer = load_model(args.teacher, trust_remote_code=args.trust_remote_code)
+    train_tokens, _ = _tokens(args, tokenizer, args.teacher == "demo")
+    out = build_logits_cache(teacher, train_tokens, settings, args.out, top_k=args.cache_top_k)
+    print(f"teacher top-{args.cache_top_k} logits for {settings.total_steps} steps written to {out}")
+    return 0

@@ -1,0 +1,209 @@
+"""Logit distillation of a pruned student from its teacher (Minitron: forward KL on
+next-token distributions, temperature 1, no cross-entropy term by default).
+
+    result = distill(student, teacher, train_tokens, val_tokens, DistillSettings(tokens=2_000_000), "runs/kd")
+
+The loop is hybridlab.trainer's (AdamW, warm-up + cosine, clipping, bf16 autocast,
+resumable checkpoints, JSONL metrics); this file supplies the loss, the data and the
+checks. Under `torchrun` it runs data-parallel (see hybridlab.distributed).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybridlab import distributed
+from hybridlab.data.tokens import TokenBatches
+from hybridlab.evaluate import validation_loss
+from hybridlab.progress import ProgressFn
+from hybridlab.trainer import TrainerSettings, train
+
+
+@dataclass
+class DistillSettings:
+    tokens: int  # training token budget
+    seq_len: int = 256
+    batch_size: int = 8  # global batch, split over data-parallel ranks
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    top_k: int | None = None  # distil from the teacher's top-k logits only (the paper's alignment stage: 100)
+    lm_loss_weight: float = 0.0  # 0 = pure KD; w mixes (1 - w) * KD + w * next-token cross entropy
+    bf16_autocast: bool = True
+    log_every: int = 10
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    eval_tokens: int = 32_768
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // (self.batch_size * self.seq_len)
+
+    def validate(self) -> None:
+        if self.tokens <= 0:
+            raise ValueError(f"the token budget must be positive, got {self.tokens}; e.g. --tokens 2M")
+        if self.total_steps < 1:
+            raise ValueError(
+                f"a budget of {self.tokens} tokens is less than one batch of {self.batch_size} x {self.seq_len}; raise --tokens"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or unset for full logits), got {self.top_k}")
+        if not 0 <= self.lm_loss_weight <= 1:
+            raise ValueError(f"lm_loss_weight must be in [0, 1], got {self.lm_loss_weight}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None, temperature: float = 1.0,
+            top_k: int | None = None, teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean forward KL(teacher || student) per token.
+
+    student_logits [B, T, V]; teacher_logits [B, T, V], or teacher_top = (values [B, T, k],
+    indices [B, T, k]) from a cache. With top-k the teacher distribution is renormalised
+    over its k largest logits and the student is scored on those entries.
+    """
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [B, T, V]
+    if teacher_top is None and top_k is not None:
+        teacher_top = torch.topk(teacher_logits.float(), top_k, dim=-1)
+    if teacher_top is not None:
+        values, indices = teacher_top
+        t_logp = F.log_softmax(values.float() / temperature, dim=-1)  # [B, T, k]
+        s_logp = s_logp.gather(-1, indices.long())  # [B, T, k]
+    else:
+        t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+
+
+def check_pair(student, teacher_config, student_tokenizer=None, teacher_tokenizer=None) -> None:
+    """Refuse a student and teacher that do not share a vocabulary, before any work."""
+    s_vocab, t_vocab = student.config.vocab_size, teacher_config.vocab_size
+    if s_vocab != t_vocab:
+        raise ValueError(
+            f"the student's vocabulary ({s_vocab} tokens) differs from the teacher's ({t_vocab}); "
+            "distillation compares next-token distributions, so prune the student from this teacher"
+        )
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+            raise ValueError("the student's tokenizer differs from the teacher's; use the teacher's tokenizer for the student")
+
+
+def distill(
+    student,
+    teacher,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray | None,
+    settings: DistillSettings,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    logits_cache=None,
+    student_tokenizer=None,
+    teacher_tokenizer=None,
+) -> dict:
+    """Distil `student` in place; writes metrics, checkpoints and the final model under out_dir.
+
+    `teacher` may be None when `logits_cache` (hybridlab.logits_cache.LogitsCache) holds its top-k logits.
+    """
+    settings.validate()
+    if teacher is None and logits_cache is None:
+        raise ValueError("distillation needs a teacher model or a teacher logits cache")
+    teacher_config = teacher.config if teacher is not None else logits_cache.teacher_config()
+    check_pair(student, teacher_config, student_tokenizer, teacher_tokenizer)
+    if logits_cache is not None:
+        logits_cache.check_compatible(settings)
+    if train_tokens is None or len(train_tokens) <= settings.seq_len:
+        raise ValueError(f"need more than seq_len={settings.seq_len} training tokens for distillation")
+    out_dir = Path(out_dir)
+    if resume and out_dir.exists() and not (out_dir / "checkpoint" / "state.pt").exists():
+        raise FileNotFoundError(f"nothing to resume in {out_dir}: no checkpoint/state.pt; start without --resume")
+
+    dist = distributed.setup()
+    student_class = type(student)
+    train_model = distributed.wrap(student, dist)
+    batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+
+    def batch_at(step: int) -> tuple[int, torch.Tensor]:
+        return step, dist.shard(batches.batch(step)).to(dist.device)
+
+    def loss_fn(model, batch) -> tuple[torch.Tensor, dict]:
+        step, input_ids = batch  # [b, T]
+        logits = model(input_ids=input_ids).logits  # [b, T, V]
+        if logits_cache is not None:
+            values, indices = logits_cache.targets(step)
+            top = (dist.shard(values).to(dist.device), dist.shard(indices).to(dist.device))
+            kd = kd_loss(logits, temperature=settings.temperature, teacher_top=top)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=input_ids).logits
+            kd = kd_loss(logits, teacher_logits, settings.temperature, settings.top_k)
+        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
+        w = settings.lm_loss_weight
+        loss = kd if w == 0 else (1 - w) * kd + w * ce
+        logged = {"loss": float(loss.detach()), "kd_loss": float(kd.detach()), "lm_loss": float(ce.detach())}
+        return loss, distributed.mean_across_ranks(logged, dist)
+
+    teacher_val = None
+    if val_tokens is not None and teacher is not None:
+        teacher_val = validation_loss(teacher, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]
+
+    def eval_fn(model) -> dict:
+        metrics = {"val_loss": validation_loss(student, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]}
+        if teacher_val is not None:
+            metrics["teacher_val_loss"] = teacher_val
+        return metrics
+
+    steps = settings.total_steps
+    trainer_settings = TrainerSettings(
+        total_steps=steps, lr=settings.lr, min_lr_ratio=settings.min_lr_ratio,
+        warmup_steps=min(steps, max(1, round(settings.warmup_fraction * steps))),
+        weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, bf16_autocast=settings.bf16_autocast,
+        log_every=settings.log_every, eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every,
+        tokens_per_step=settings.batch_size * settings.seq_len,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        (out_dir / "distill_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    result = train(train_model, batch_at, loss_fn, trainer_settings, out_dir,
+                   eval_fn=eval_fn if val_tokens is not None else None,
+                   progress=progress if dist.is_main else _silent, resume=resume, is_main=dist.is_main)
+    final = distributed.unsharded(student, dist, student_class)
+    if dist.is_main:
+        from hybridlab.loading import save_model
+
+        save_model(final, student_tokenizer, out_dir / "model", overwrite=True)
+        result = {**result, "teacher_val_loss": teacher_val, "model_dir": str(out_dir / "model")}
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    distributed.barrier(dist)
+    return result
+
+
+def _silent(fraction: float, message: str, metrics: dict | None) -> None:
+    """Progress sink for non-zero ranks: only rank 0 reports."""
+
+
+def parse_token_count(text: str | int) -> int:
+    """'2M' -> 2_000_000, '500k' -> 500_000, '1.5e6' -> 1_500_000."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().lower().replace("_", "").replace(",", "")
+    scale = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000, "g": 1_000_000_000}.get(value[-1:], 1)
+    number = value[:-1] if scale > 1 else value
+    try:
+        parsed = float(number) * scale
+    except ValueError:
+        raise ValueError(f"cannot read a token count from {text!r}; write e.g. 2M, 500k or 150000") from None
+    if not math.isfinite(parsed):
+        raise ValueError(f"token count {text!r} is not finite")
+    return int(parsed)
