@@ -12,7 +12,6 @@ COMMAND_MODULES = [
     "engine",  # importance, prune, plan
     "jobs",  # jobs list|show|cancel|submit, worker
     "data",  # data build, train
-    "distill",  # distill, cache-logits
 ]
 
 
