@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "engine",  # importance, prune, plan
     "jobs",  # jobs list|show|cancel|submit, worker
     "data",  # data build, train
+    "distill",  # distill, cache-logits
+    "search",  # search
 ]
 
 

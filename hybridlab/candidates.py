@@ -1,0 +1,181 @@
+"""Candidate architectures at a parameter budget (the paper's search space).
+
+Widths shrink in steps of a divisor down to `1 - max_width_prune` of the original;
+depth down to `1 - max_depth_prune` of the layers, dropping the least important ones
+by a layer metric (or the least important contiguous block). Every candidate carries
+explicit drop_layers, so its parameter count is exact.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hybridlab.distill import parse_token_count
+from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
+from hybridlab.sizes import planned_widths, sizes_of
+from hybridlab.spec import PruneSpec
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    max_width_prune: float = 0.5  # modelopt's default is 0.4; the paper's 8B -> 4B space went to 0.5
+    max_depth_prune: float = 0.5  # modelopt's default is 0.2; the paper dropped up to 26 of 52 layers
+    hidden_divisor: int | None = None  # default hidden/16 (modelopt: 256 for hidden 4096)
+    ffn_divisor: int | None = None  # default ffn/32 (modelopt: 512)
+    head_dim_divisor: int = 8  # modelopt's
+    layer_divisor: int = 1  # modelopt's is 2
+    prune_attention: bool = False  # the paper keeps attention whole (~8% of layers)
+    contiguous_depth: bool = False  # drop the least important contiguous block instead of single layers
+    layer_metric: str = "kl"
+
+    def validate(self) -> None:
+        for name in ("max_width_prune", "max_depth_prune"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        for name in ("hidden_divisor", "ffn_divisor", "head_dim_divisor", "layer_divisor"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    spec: PruneSpec
+    params: int
+    flops_per_token: float
+    strategy: str  # "width", "depth" or "mixed"
+
+
+def parse_target(target: str | int | float, total_params: int) -> int:
+    """'50%' of the model, or an absolute count such as 4.5e9, '4.5B' or 2_000_000."""
+    text = str(target).strip()
+    if text.endswith("%"):
+        try:
+            fraction = float(text[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"cannot read a percentage from {target!r}; write e.g. 50%") from None
+        if not 0 < fraction < 1:
+            raise ValueError(f"target {target} must be between 0% and 100% of the model")
+        return round(total_params * fraction)
+    count = parse_token_count(text)
+    if not 0 < count < total_params:
+        raise ValueError(f"target {count:,} parameters must be positive and below the model's {total_params:,}")
+    return count
+
+
+def width_values(current: int, divisor: int, max_prune: float) -> list[int]:
+    """current, then multiples of divisor down to (1 - max_prune) * current, largest first."""
+    floor = math.ceil(current * (1 - max_prune))
+    values = {current} | {k * divisor for k in range(1, current // divisor + 1) if floor <= k * divisor < current}
+    return sorted(values, reverse=True)
+
+
+def layers_to_drop(layer_scores: torch.Tensor, count: int, contiguous: bool) -> tuple[int, ...]:
+    if count == 0:
+        return ()
+    if not contiguous:
+        return tuple(sorted(int(i) for i in torch.argsort(layer_scores.float())[:count]))
+    sums = torch.stack([layer_scores[i : i + count].sum() for i in range(len(layer_scores) - count + 1)])
+    start = int(sums.argmin())
+    return tuple(range(start, start + count))
+
+
+def check_reachable(config, target_params: int, tolerance: float, space: SearchSpace) -> None:
+    """Fail before any model work when even the most pruned architecture in bounds is too big."""
+    from hybridlab.sizes import proportional_kinds
+
+    widths = family_for(config).widths(config)
+    shrink = lambda value, step: max(min(width_values(value, step, space.max_width_prune)), 1) if value else value
+    keep = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
+    smallest = widths.with_(
+        hidden_size=shrink(widths.hidden_size, space.hidden_divisor or max(1, widths.hidden_size // 16)),
+        ffn_hidden_size=shrink(widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32)),
+        mamba_num_heads=shrink(widths.mamba_num_heads, widths.mamba_n_groups),
+        mamba_head_dim=shrink(widths.mamba_head_dim, space.head_dim_divisor),
+        num_attention_heads=shrink(widths.num_attention_heads, widths.num_key_value_heads) if space.prune_attention else widths.num_attention_heads,
+        layer_kinds=proportional_kinds(widths.layer_kinds, keep),
+    )
+    floor = sizes_of(smallest).params
+    if floor > target_params * (1 + tolerance):
+        raise ValueError(
+            f"the budget of {target_params:,} parameters is below the smallest architecture the bounds allow "
+            f"(about {floor:,}: width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}); "
+            "raise --max-width-prune / --max-depth-prune or aim for a larger target"
+        )
+
+
+def enumerate_candidates(config, scores, target_params: int, tolerance: float, space: SearchSpace = SearchSpace(),
+                         seq_len: int = 4096) -> list[Candidate]:
+    """Every spec of the space whose exact parameter count is within tolerance of the target."""
+    space.validate()
+    widths = family_for(config).widths(config)
+    if space.layer_metric not in scores.layers:
+        raise ValueError(f"these scores have no {space.layer_metric!r} layer metric (have {sorted(scores.layers)})")
+    w_prune = space.max_width_prune
+    axes = {
+        "hidden_size": width_values(widths.hidden_size, space.hidden_divisor or max(1, widths.hidden_size // 16), w_prune),
+        "ffn_hidden_size": width_values(widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32), w_prune)
+        if MLP in widths.layer_kinds else [None],
+        "mamba_num_heads": width_values(widths.mamba_num_heads, widths.mamba_n_groups, w_prune) if MAMBA in widths.layer_kinds else [None],
+        "mamba_head_dim": width_values(widths.mamba_head_dim, space.head_dim_divisor, w_prune) if MAMBA in widths.layer_kinds else [None],
+        "num_attention_heads": width_values(widths.num_attention_heads, widths.num_key_value_heads, w_prune)
+        if space.prune_attention and ATTENTION in widths.layer_kinds else [None],
+    }
+    min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
+    depths = [n for n in range(widths.num_layers, min_layers - 1, -1) if (widths.num_layers - n) % space.layer_divisor == 0]
+    layer_scores = scores.layers[space.layer_metric]
+    drops = {n: layers_to_drop(layer_scores, widths.num_layers - n, space.contiguous_depth) for n in depths}
+
+    low, high = target_params * (1 - tolerance), target_params * (1 + tolerance)
+    found: list[Candidate] = []
+    for values in itertools.product(*axes.values()):
+        width_spec = {k: v for k, v in zip(axes, values) if v is not None and v != getattr(widths, k)}
+        for n_layers, drop in drops.items():
+            spec = PruneSpec(**width_spec, drop_layers=drop or None)
+            if spec.is_empty():
+                continue
+            try:
+                new = planned_widths(config, spec)
+            except ValueError:  # a family limit (e.g. Mamba2's integer expand)
+                continue
+            sizes = sizes_of(new, seq_len)
+            if low <= sizes.params <= high:
+                strategy = "mixed" if width_spec and drop else ("width" if width_spec else "depth")
+                found.append(Candidate(_name(spec), spec, sizes.params, sizes.flops_per_token, strategy))
+    if not found:
+        raise ValueError(
+            f"no candidate within {tolerance:.0%} of {target_params:,} parameters fits the search bounds "
+            f"(width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}); "
+            "raise --max-width-prune / --max-depth-prune, widen --tolerance, or aim for a larger target"
+        )
+    return found
+
+
+def pick_diverse(candidates: list[Candidate], limit: int, target_params: int) -> list[Candidate]:
+    """At most `limit` candidates, taken in turn from each strategy, closest to the target first."""
+    by_strategy: dict[str, list[Candidate]] = {}
+    for candidate in sorted(candidates, key=lambda c: (abs(c.params - target_params), c.name)):
+        by_strategy.setdefault(candidate.strategy, []).append(candidate)
+    queues = [by_strategy[s] for s in ("width", "mixed", "depth") if s in by_strategy]
+    picked: list[Candidate] = []
+    while len(picked) < limit and any(queues):
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop(0))
+    return picked
+
+
+SHORT = {"hidden_size": "h", "ffn_hidden_size": "ffn", "num_attention_heads": "att", "mamba_num_heads": "mh", "mamba_head_dim": "md"}
+
+
+def _name(spec: PruneSpec) -> str:
+    values = spec.to_dict()
+    parts = [f"{SHORT[k]}{values[k]}" for k in SHORT if k in values]
+    if spec.drop_layers:
+        parts.append(f"drop{len(spec.drop_layers)}")
+    return "-".join(parts)

@@ -1,0 +1,182 @@
+"""Architecture search at a parameter budget (the paper's procedure, scaled down):
+
+1. enumerate candidate specs near the budget (hybridlab.candidates);
+2. prune each from one set of importance scores and rank by zero-shot validation
+   loss (or KL to the teacher);
+3. distil the top k for a token budget and measure their latency;
+4. pick the lowest distilled loss, breaking near-ties by measured latency.
+Every candidate's numbers are recorded, so the Pareto frontier can be drawn from them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hybridlab.candidates import Candidate, SearchSpace, check_reachable, enumerate_candidates, parse_target, pick_diverse
+from hybridlab.distill import DistillSettings, distill
+from hybridlab.evaluate import kl_to_teacher, validation_loss
+from hybridlab.importance import ImportanceScores, estimate_importance
+from hybridlab.progress import ProgressFn, track
+from hybridlab.prune import prune
+from hybridlab.sizes import estimate_sizes
+
+RANK_BY = ("loss", "kl")
+
+
+@dataclass
+class SearchSettings:
+    target_params: str | int = "50%"
+    tolerance: float = 0.03
+    space: SearchSpace = field(default_factory=SearchSpace)
+    max_candidates: int = 16  # ranked zero-shot (the paper: >100)
+    rank_by: str = "loss"
+    top_k: int = 2  # distilled (the paper: 22)
+    distill_tokens: int = 200_000  # per distilled candidate
+    distill_lr: float = 1e-3
+    seq_len: int = 256
+    batch_size: int = 8
+    eval_tokens: int = 16_384
+    tie_tolerance: float = 0.01  # nats: closer distilled losses count as a tie, broken by latency
+    measure_latency: bool = True
+    accuracy_task: str | None = None  # e.g. "continuation_mc", run on the distilled candidates
+    accuracy_limit: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
+        if self.max_candidates < 1 or self.top_k < 0:
+            raise ValueError("max_candidates must be >= 1 and top_k >= 0")
+        if self.tolerance <= 0:
+            raise ValueError(f"tolerance must be positive, got {self.tolerance}")
+        if self.distill_tokens and self.top_k and self.distill_tokens < self.batch_size * self.seq_len:
+            raise ValueError(f"distill_tokens={self.distill_tokens} is less than one batch ({self.batch_size} x {self.seq_len})")
+        self.space.validate()
+
+
+@dataclass
+class SearchResult:
+    candidates: pd.DataFrame  # one row per ranked candidate (plus the teacher as reference)
+    best: dict
+    best_model: object
+    out_dir: Path | None
+
+
+def search(model, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, settings: SearchSettings,
+           scores: ImportanceScores | None = None, calib_batches: list | None = None,
+           out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> SearchResult:
+    settings.validate()
+    total = sum(p.numel() for p in model.parameters())
+    target = parse_target(settings.target_params, total)
+    check_reachable(model.config, target, settings.tolerance, settings.space)
+    if scores is None:
+        if not calib_batches:
+            raise ValueError("search needs importance scores or calibration batches to compute them")
+        scores = estimate_importance(model, calib_batches, layer_metric=settings.space.layer_metric, progress=_part(progress, 0.0, 0.1))
+    candidates = enumerate_candidates(model.config, scores, target, settings.tolerance, settings.space, settings.seq_len)
+    chosen = pick_diverse(candidates, settings.max_candidates, target)
+    out = Path(out_dir) if out_dir is not None else None
+
+    teacher_row = _teacher_row(model, val_tokens, settings)
+    rows = [_zero_shot(model, c, scores, val_tokens, settings, teacher_row) for c in
+            track(chosen, len(chosen), "search: zero-shot ranking", progress, 0.1, 0.4)]
+    rows.sort(key=lambda r: r["zero_shot_" + settings.rank_by])
+    for rank, row in enumerate(rows, 1):
+        row["zero_shot_rank"] = rank
+
+    finalists = rows[: settings.top_k] if settings.distill_tokens > 0 else []
+    for i, row in enumerate(track(finalists, len(finalists), "search: distil the top candidates", progress, 0.4, 0.95)):
+        _distil_finalist(model, tokenizer, row, scores, train_tokens, val_tokens, settings, out, i)
+    best = _choose(rows if not finalists else finalists, settings)
+    best_model = best.pop("_model")
+    for row in rows:
+        row.pop("_model", None)
+
+    frame = pd.DataFrame([teacher_row, *rows])
+    if out is not None:
+        from hybridlab.loading import save_model
+
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out / "candidates.csv", index=False)
+        best["model_dir"] = str(save_model(best_model, tokenizer, out / "best", overwrite=True))
+        (out / "search.json").write_text(json.dumps({"target_params": target, "best": best}, indent=2, default=str))
+    if progress:
+        progress(1.0, f"search: chose {best['name']}", None)
+    return SearchResult(frame, best, best_model, out)
+
+
+def _part(progress, lo, hi):
+    if progress is None:
+        return None
+    return lambda fraction, message, metrics: progress(lo + (hi - lo) * fraction, message, metrics)
+
+
+def _teacher_row(model, val_tokens, settings: SearchSettings) -> dict:
+    sizes = estimate_sizes(model.config, seq_len=settings.seq_len)
+    row = {"name": "teacher", "strategy": "teacher", "spec": "{}", "params": sizes.params,
+           "flops_per_token": sizes.flops_per_token,
+           "zero_shot_loss": validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"],
+           "zero_shot_kl": 0.0}
+    if settings.measure_latency:
+        row["latency_ms"] = _prefill_ms(model, settings)
+        row["estimated_latency_ms"] = row["latency_ms"]
+    return row
+
+
+def _zero_shot(teacher, candidate: Candidate, scores, val_tokens, settings: SearchSettings, teacher_row: dict) -> dict:
+    student = prune(teacher, candidate.spec, scores, layer_metric=settings.space.layer_metric)
+    if settings.rank_by == "kl":
+        measured = kl_to_teacher(student, teacher, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)
+        loss, kl = measured["loss"], measured["kl"]
+    else:
+        loss, kl = validation_loss(student, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"], None
+    row = {"name": candidate.name, "strategy": candidate.strategy, "spec": json.dumps(candidate.spec.to_dict()),
+           "params": candidate.params, "flops_per_token": candidate.flops_per_token,
+           "zero_shot_loss": loss, "zero_shot_kl": kl, "_model": student}
+    if "latency_ms" in teacher_row:  # latency scales with FLOPs to first order
+        row["estimated_latency_ms"] = teacher_row["latency_ms"] * candidate.flops_per_token / teacher_row["flops_per_token"]
+    return row
+
+
+def _distil_finalist(teacher, tokenizer, row, scores, train_tokens, val_tokens, settings: SearchSettings, out, index: int):
+    student = row["_model"]
+    run_dir = (out / "runs" / row["name"]) if out is not None else Path(_tempdir()) / row["name"]
+    kd = DistillSettings(tokens=settings.distill_tokens, seq_len=settings.seq_len, batch_size=settings.batch_size,
+                         lr=settings.distill_lr, eval_every=10**9, checkpoint_every=10**9, eval_tokens=settings.eval_tokens,
+                         seed=settings.seed + index)
+    result = distill(student, teacher, train_tokens, val_tokens, kd, run_dir, resume=(run_dir / "checkpoint" / "state.pt").exists(),
+                     student_tokenizer=tokenizer, teacher_tokenizer=tokenizer)
+    row["distilled_loss"] = result["val_loss"]
+    row["distill_tokens"] = result["tokens"]
+    if settings.measure_latency:
+        row["latency_ms"] = _prefill_ms(student, settings)
+    if settings.accuracy_task:
+        from hybridlab.evaluate import evaluate
+
+        report = evaluate(student, tokenizer, [settings.accuracy_task], val_tokens=val_tokens, limit=settings.accuracy_limit)
+        row["accuracy"] = report[settings.accuracy_task].get("acc")
+
+
+def _choose(rows: list[dict], settings: SearchSettings) -> dict:
+    key = "distilled_loss" if "distilled_loss" in rows[0] else "zero_shot_" + settings.rank_by
+    best_loss = min(r[key] for r in rows)
+    tied = [r for r in rows if r[key] <= best_loss + settings.tie_tolerance]
+    pick = min(tied, key=lambda r: (r.get("latency_ms") or r.get("estimated_latency_ms") or 0.0, r[key]))
+    pick["chosen"] = True
+    return pick
+
+
+def _prefill_ms(model, settings: SearchSettings) -> float:
+    from hybridlab.bench import measure_latency
+
+    return measure_latency(model, batch_size=1, seq_len=settings.seq_len, new_tokens=2, repeats=3, warmup=1)["prefill_ms"]
+
+
+def _tempdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="hybridlab-search-")

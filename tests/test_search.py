@@ -1,0 +1,71 @@
+"""Search: the candidate space, exact sizes, clear errors, and an end-to-end run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hybridlab import estimate_importance, prune
+from hybridlab.candidates import SearchSpace, check_reachable, enumerate_candidates, layers_to_drop, parse_target, pick_diverse, width_values
+from hybridlab.search import SearchSettings, _choose, search
+from tests.test_distill import corpus
+
+
+@pytest.fixture
+def scores(tiny_nemotron, token_batches):
+    return estimate_importance(tiny_nemotron, token_batches, layer_metric="kl")
+
+
+def test_width_values_and_layer_choice():
+    assert width_values(256, 32, 0.5) == [256, 224, 192, 160, 128]
+    assert width_values(48, 10, 0.4) == [48, 40, 30]
+    scores = torch.tensor([5.0, 1.0, 0.5, 4.0, 0.2, 3.0])
+    assert layers_to_drop(scores, 2, contiguous=False) == (2, 4)
+    assert layers_to_drop(scores, 2, contiguous=True) == (1, 2)  # 1.5 is the smallest adjacent sum
+
+
+def test_candidates_are_exact_and_near_the_target(tiny_nemotron, scores):
+    total = sum(p.numel() for p in tiny_nemotron.parameters())
+    target = parse_target("60%", total)
+    found = enumerate_candidates(tiny_nemotron.config, scores, target, 0.05, SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1))
+    assert len(found) > 10 and {c.strategy for c in found} >= {"width", "mixed"}
+    for candidate in pick_diverse(found, 6, target):
+        assert abs(candidate.params - target) <= 0.05 * target
+        assert sum(p.numel() for p in prune(tiny_nemotron, candidate.spec, scores).parameters()) == candidate.params
+
+
+def test_impossible_budgets_are_clear_errors(tiny_nemotron, scores):
+    total = sum(p.numel() for p in tiny_nemotron.parameters())
+    with pytest.raises(ValueError, match="below the smallest architecture"):
+        check_reachable(tiny_nemotron.config, parse_target("10%", total), 0.02, SearchSpace())
+    with pytest.raises(ValueError, match="no candidate within"):
+        enumerate_candidates(tiny_nemotron.config, scores, parse_target("90%", total), 0.001, SearchSpace(max_width_prune=0.05, max_depth_prune=0.0))
+    with pytest.raises(ValueError, match="between 0% and 100%"):
+        parse_target("150%", total)
+
+
+def test_near_ties_are_broken_by_latency():
+    rows = [{"name": "a", "distilled_loss": 2.000, "latency_ms": 9.0},
+            {"name": "b", "distilled_loss": 2.005, "latency_ms": 5.0},
+            {"name": "c", "distilled_loss": 2.5, "latency_ms": 1.0}]
+    assert _choose(rows, SearchSettings(tie_tolerance=0.01))["name"] == "b"
+    assert _choose(rows, SearchSettings(tie_tolerance=0.001))["name"] == "a"
+
+
+def test_search_end_to_end_saves_a_loadable_choice(tiny_nemotron, scores, tmp_path):
+    settings = SearchSettings(target_params="60%", tolerance=0.05, max_candidates=4, top_k=2, distill_tokens=4 * 4 * 32,
+                              seq_len=32, batch_size=4, eval_tokens=512,
+                              space=SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1))
+    result = search(tiny_nemotron, None, corpus(), corpus(2000, seed=1), settings, scores=scores, out_dir=tmp_path)
+    frame = result.candidates
+    assert frame.iloc[0]["name"] == "teacher" and len(frame) == 5
+    finalists = frame[frame["distilled_loss"].notna()]
+    assert len(finalists) == 2 and (finalists["zero_shot_rank"] <= 2).all()
+    assert frame["estimated_latency_ms"].notna().all() and finalists["latency_ms"].notna().all()
+    assert frame["chosen"].fillna(False).sum() == 1
+    chosen = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
+    assert sum(p.numel() for p in chosen.parameters()) == result.best["params"]
+    assert json.loads((tmp_path / "search.json").read_text())["best"]["name"] == result.best["name"]
