@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     ship.add_argument("--run", required=True, help="output folder of `hybridlab train`")
     ship.add_argument("--data", required=True, help="corpus folder of `hybridlab data build`")
     ship.add_argument("--dest", default=None, help="default: assets/demo")
+    ship.add_argument("--note", default="", help="text added to the model card's training section")
     ship.set_defaults(func=_ship)
 
     train = subparsers.add_parser("train", help="train a language model from scratch on token arrays")
@@ -49,7 +50,7 @@ def _build(args: argparse.Namespace) -> int:
 def _ship(args: argparse.Namespace) -> int:
     from hybridlab.data.ship import ship_demo
 
-    facts = ship_demo(args.run, args.data, args.dest)
+    facts = ship_demo(args.run, args.data, args.dest, notes=args.note)
     print(f"val loss {facts['val_loss']:.4f} (unigram entropy {facts['val_unigram_entropy']:.4f})  "
           f"subset {facts['subset_val_loss']:.4f}")
     return 0

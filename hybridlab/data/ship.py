@@ -22,7 +22,11 @@ SAMPLE_PROMPTS = ["The kernel", "To create a new list in Python,", "This driver 
 
 
 def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | None = None,
-              progress: ProgressFn | None = None) -> dict:
+              notes: str = "", progress: ProgressFn | None = None) -> dict:
+    """Copy the run's final model (as bf16), val/calib tokens, data card and metrics to `dest`; write the card.
+
+    `notes` is added to the card's training section verbatim (e.g. how the run was interrupted/resumed).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hybridlab.train import validation_loss
@@ -54,6 +58,7 @@ def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | No
     facts["val_unigram_entropy"] = unigram_entropy(load_tokens(dest / "val.npy"), len(tokenizer))
     report(0.8, "sampling", None)
     facts["samples"] = samples(demo.model, demo.tokenizer)
+    facts["notes"] = notes
     (dest / "teacher_eval.json").write_text(json.dumps(facts, indent=2) + "\n")
     write_model_card(dest, facts)
     report(1.0, f"shipped to {dest}", None)
@@ -142,6 +147,8 @@ Validation loss during training (in-training evaluation on the first {st['eval_w
 | seed | {st['seed']} |
 | wall time | {summary['wall_s'] / 60:.1f} min on a shared 2-core CPU ({st.get('threads') or 'default'} torch thread(s)), torch {run['torch']} |
 | data hashes (sha256) | train.npy `{run['data']['train.npy'][:16]}…`, val.npy `{run['data']['val.npy'][:16]}…`, tokenizer `{run['data']['tokenizer/tokenizer.json'][:16]}…` |
+
+{facts.get('notes', '')}
 
 The full configuration, settings and hashes are in `train_run.json`; the loss curve is `train_metrics.jsonl`.
 Reproduce with `hybridlab data build --out data/corpus`, then
