@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from hybridlab.atomic import atomic_directory
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 from hybridlab.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
 from hybridlab.progress import ProgressFn, track
@@ -51,7 +50,6 @@ class ImportanceScores:
     # -- persistence: safetensors + JSON, no pickle --------------------------------------
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir).expanduser().resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"hidden": self.hidden}
         for name, table in (("ffn", self.ffn), ("attention", self.attention), ("mamba", self.mamba)):
             tensors.update({f"{name}.{layer}": t for layer, t in table.items()})
@@ -63,16 +61,9 @@ class ImportanceScores:
             num_key_value_heads=self.num_key_value_heads,
             meta=self.meta,
         )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_directory(out, overwrite=True) as tmp:
             save_file({k: v.contiguous().float() for k, v in tensors.items()}, tmp / SCORES_FILE)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod

@@ -3,12 +3,11 @@ Hugging Face directory. Saves are atomic: a temporary folder renamed into place.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from hybridlab.atomic import atomic_directory
 from hybridlab.families import family_for, supported_architectures
 from hybridlab.paths import demo_dir
 
@@ -50,20 +49,10 @@ def load_model(ref: str | os.PathLike, trust_remote_code: bool = False, dtype: t
 def save_model(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """save_pretrained (safetensors) into a temporary sibling folder, then rename."""
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

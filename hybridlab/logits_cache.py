@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hybridlab.atomic import atomic_directory
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.progress import ProgressFn, track
 
@@ -30,15 +29,11 @@ def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLi
     if top_k < 1 or top_k > teacher.config.vocab_size:
         raise ValueError(f"top_k must be in [1, vocab size {teacher.config.vocab_size}], got {top_k}")
     out = Path(out_dir).expanduser().resolve()
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; choose another cache folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
     device = next(teacher.parameters()).device
     steps = settings.total_steps
     teacher.eval()
-    try:
+    with atomic_directory(out) as tmp:
         values, indices = [], []
         for step in track(range(steps), steps, "teacher logits", progress):
             with torch.no_grad():
@@ -56,10 +51,6 @@ def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLi
             "teacher_config": teacher.config.to_dict(),
         }
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
