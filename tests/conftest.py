@@ -78,3 +78,10 @@ def tiny_mamba2():
 def token_batches():
     generator = torch.Generator().manual_seed(1)
     return [torch.randint(3, 128, (4, 24), generator=generator) for _ in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def _own_workspace(tmp_path_factory, monkeypatch):
+    """Every test records its jobs (CLI commands run as recorded jobs) in a fresh store,
+    never in the user's ~/.hybridlab. Tests that want a particular workspace set it themselves."""
+    monkeypatch.setenv("HYBRIDLAB_WORKSPACE", str(tmp_path_factory.mktemp("workspace")))

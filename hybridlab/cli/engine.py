@@ -1,10 +1,15 @@
-"""`hybridlab importance`, `hybridlab prune` and `hybridlab plan`."""
+"""`hybridlab importance`, `hybridlab prune` and `hybridlab plan`.
+
+importance and prune run as recorded jobs of the experiment store (hybridlab.cli.recorded):
+`hybridlab jobs list` and the dashboard see them; --out gets a copy of the job's artifact.
+"""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
+from hybridlab.cli.recorded import add_workspace_option, artifact_dir, copy_out, refuse_existing, run_recorded
 from hybridlab.cli.spec_options import add_spec_options, spec_from_args
 
 
@@ -14,6 +19,7 @@ def register(sub) -> None:
     _calibration_options(p)
     p.add_argument("--out", required=True, help="folder for the scores (safetensors + JSON)")
     p.add_argument("--csv", default=None, help="also write the tidy score table as CSV")
+    add_workspace_option(p)
     p.set_defaults(func=run_importance)
 
     p = sub.add_parser("prune", help="prune a model to a target architecture")
@@ -25,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--mamba-ranking", choices=["group", "global"], default="group", help="rank Mamba heads within groups (the paper) or globally (ablation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the pruned Hugging Face model")
+    add_workspace_option(p)
     p.set_defaults(func=run_prune)
 
     p = sub.add_parser("plan", help="sizes of a model and of a pruning plan, without building it")
@@ -40,6 +47,7 @@ def register(sub) -> None:
 def _model_options(p) -> None:
     p.add_argument("--model", required=True, help="'demo' or a local Hugging Face model directory")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
 
 
 def _calibration_options(p) -> None:
@@ -50,31 +58,29 @@ def _calibration_options(p) -> None:
     p.add_argument("--layer-metric", choices=["kl", "loss", "cosine", "none"], default="kl")
 
 
-def _calibration_batches(args, tokenizer):
-    from hybridlab.calibration import batched, load_calibration
+def _check_model_and_calib(args, needs_calib: bool = True) -> None:
+    """Cheap checks with the option names a user typed, before any job is recorded."""
+    from hybridlab.loading import resolve_model_dir
 
-    source = args.calib or ("demo" if args.model == "demo" else None)
-    if source is None:
+    resolve_model_dir(args.model)  # a missing folder fails here with a clear message
+    if needs_calib and args.calib is None and args.model != "demo":
         raise ValueError("--calib is required for models other than the demo (a .npy token array or text files)")
-    return batched(load_calibration(source, tokenizer, args.samples, args.seq_len), args.batch_size)
 
 
-def _scores_for(args, model, tokenizer):
-    from hybridlab import estimate_importance
-
-    batches = _calibration_batches(args, tokenizer)
-    metric = None if args.layer_metric == "none" else args.layer_metric
-    return estimate_importance(model, batches, layer_metric=metric)
+def _calibration_spec(args) -> dict:
+    return {"model": args.model, "calib": args.calib, "samples": args.samples, "seq_len": args.seq_len,
+            "batch_size": args.batch_size, "layer_metric": args.layer_metric, "device": args.device,
+            "trust_remote_code": args.trust_remote_code}
 
 
 def run_importance(args) -> int:
-    from hybridlab import load_model
+    from hybridlab import ImportanceScores
 
-    if Path(args.out).exists():
-        raise ValueError(f"{args.out} already exists; choose another --out")
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    scores = _scores_for(args, model, tokenizer)
-    out = scores.save(args.out)
+    refuse_existing(args.out)
+    _check_model_and_calib(args)
+    result = run_recorded("importance", _calibration_spec(args), args)
+    out = copy_out(artifact_dir(result, args), args.out)
+    scores = ImportanceScores.load(out)
     frame = scores.to_frame()
     if args.csv:
         frame.to_csv(args.csv, index=False)
@@ -88,32 +94,21 @@ def run_importance(args) -> int:
 
 
 def run_prune(args) -> int:
-    from hybridlab import ImportanceScores, load_model, prune, save_model
-    from hybridlab.families import family_for
-    from hybridlab.sizes import planned_widths, sizes_of
-    from hybridlab.spec import resolve
+    from hybridlab.jobs.kinds.prune import check_architecture
 
     spec = spec_from_args(args)
     if spec.is_empty():
         raise ValueError("give at least one target size, e.g. --mamba-num-heads 96 or --num-layers 40")
-    if Path(args.out).exists():
-        raise ValueError(f"{args.out} already exists; choose another --out")
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    planned_widths(model.config, spec)  # reject a bad spec before scoring
-    resolve(spec, family_for(model).widths(model.config))
-    if args.scores:
-        scores = ImportanceScores.load(args.scores)
-    elif args.ranking == "importance":
-        scores = _scores_for(args, model, tokenizer)
-    else:
-        scores = None
-    metric = args.layer_metric if args.layer_metric != "none" else "cosine"
-    pruned = prune(model, spec, scores, ranking=args.ranking, mamba_ranking=args.mamba_ranking, layer_metric=metric, seed=args.seed)
-    out = save_model(pruned, tokenizer, args.out)
-    before = sum(p.numel() for p in model.parameters())
-    after = sum(p.numel() for p in pruned.parameters())
+    refuse_existing(args.out)
+    check_architecture(args.model, spec.to_dict(), args.trust_remote_code)  # reads the config only
+    _check_model_and_calib(args, needs_calib=args.scores is None and args.ranking == "importance")
+    job_spec = {**_calibration_spec(args), "spec": spec.to_dict(), "importance": args.scores,
+                "ranking": args.ranking, "mamba_ranking": args.mamba_ranking, "seed": args.seed}
+    result = run_recorded("prune", job_spec, args)  # an impossible spec is refused before any model is loaded
+    out = copy_out(artifact_dir(result, args), args.out)
+    before, after = result["parent_params"], result["params"]
     print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
-    print(f"layers: {len(model.config.layers_block_type) if hasattr(model.config, 'layers_block_type') else model.config.num_hidden_layers} -> {pruned.config.num_hidden_layers}")
+    print(f"layers: {result['parent_num_layers']} -> {result['num_layers']}")
     print(f"pruned model written to {out}")
     return 0
 

@@ -4,14 +4,19 @@ Records a candidate whose artifact is a loadable Hugging Face folder
 (artifacts/candidates/<name>) and whose result holds what the planner and the
 Pareto view need: actual and analytic parameters, FLOPs per token, state memory,
 their ratios to the parent, and the strategy (depth, width or mixed).
+
+Without 'importance', a job ranking by importance scores the model first on its
+'calib' data (the demo's for the demo model), as `hybridlab prune` without --scores does.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from hybridlab.jobs.kinds.common import DEVICE, TRUST_REMOTE_CODE, load, model_field, name_field, run_name
+from hybridlab.jobs.kinds.common import (
+    DEVICE, SEQ_LEN, TRUST_REMOTE_CODE, data_source, load, model_field, name_field, run_name,
+)
 from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import one_of
+from hybridlab.jobs.specs import one_of, positive
 
 DEPTH_KEYS = ("num_layers", "drop_layers")
 
@@ -38,7 +43,8 @@ def scores_dir(importance, store) -> Path:
     return path
 
 
-def _check(spec: dict, store) -> None:
+def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) -> None:
+    """ValueError unless PruneSpec `spec` is a possible target for `model`; reads only its config."""
     from transformers import AutoConfig
 
     from hybridlab.families import family_for
@@ -46,19 +52,24 @@ def _check(spec: dict, store) -> None:
     from hybridlab.sizes import planned_widths
     from hybridlab.spec import PruneSpec, resolve
 
-    prune_spec = PruneSpec.from_dict(spec["spec"])  # unknown keys -> ValueError
+    prune_spec = PruneSpec.from_dict(spec)  # unknown keys -> ValueError
     if prune_spec.is_empty():
         raise ValueError("'spec' keeps every size; give at least one target, e.g. {'mamba_num_heads': 4}")
+    config = AutoConfig.from_pretrained(resolve_model_dir(model), trust_remote_code=trust_remote_code)
+    planned_widths(config, prune_spec)  # an impossible spec fails here, before anything is queued
+    resolve(prune_spec, family_for(config).widths(config))
+
+
+def _check(spec: dict, store) -> None:
+    check_architecture(spec["model"], spec["spec"], spec["trust_remote_code"])
     importance = spec["importance"]
-    if importance is None and spec["ranking"] == "importance":
-        raise ValueError("'importance' is required when ranking by importance: an importance run id or scores folder")
+    if importance is None and spec["ranking"] == "importance" and spec["calib"] is None and spec["model"] != "demo":
+        raise ValueError("ranking by importance needs 'importance' (an importance run id or scores folder) "
+                         "or 'calib' data to score the model now")
     if isinstance(importance, str):
         spec["importance"] = str(scores_dir(importance, store))  # checked and made absolute
     elif importance is not None and store is not None:
         scores_dir(importance, store)
-    config = AutoConfig.from_pretrained(resolve_model_dir(spec["model"]), trust_remote_code=spec["trust_remote_code"])
-    planned_widths(config, prune_spec)  # an impossible spec fails here, before anything is queued
-    resolve(prune_spec, family_for(config).widths(config))
 
 
 def run(spec: dict, ctx) -> dict:
@@ -71,12 +82,17 @@ def run(spec: dict, ctx) -> dict:
     ctx.progress(0.0, "loading model")
     model, tokenizer = load(spec["model"], spec)
     ctx.register_model(spec["model"], model.config)
-    scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store)) if spec["importance"] is not None else None
+    if spec["importance"] is not None:
+        scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store))
+    elif spec["ranking"] == "importance":
+        scores = _score_now(model, tokenizer, spec, ctx.sub_progress(0.05, 0.6))
+    else:
+        scores = None
     prune_spec = PruneSpec.from_dict(spec["spec"])
-    ctx.progress(0.3, "pruning")
+    ctx.progress(0.6, "pruning")
     pruned = prune(model, prune_spec, scores, ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"],
                    layer_metric=spec["layer_metric"], seed=spec["seed"])
-    ctx.progress(0.7, "saving")
+    ctx.progress(0.8, "saving")
     out = save_model(pruned, tokenizer, ctx.artifact_path("candidates", name), overwrite=True)
     ctx.register_model(str(out), pruned.config)
     parent, planned = estimate_sizes(model.config), estimate_sizes(model.config, prune_spec)
@@ -90,14 +106,31 @@ def run(spec: dict, ctx) -> dict:
         "flops_ratio": planned.flops_per_token / parent.flops_per_token,
         "state_bytes": planned.state_bytes,
         "num_layers": int(pruned.config.num_hidden_layers),
+        "parent_params": parent_params,
+        "parent_num_layers": _layer_count(model.config),
         "model_path": str(out),
         "importance": spec["importance"],
+        "calib": (spec["calib"] or "demo") if spec["importance"] is None and scores is not None else None,
         "ranking": spec["ranking"],
         "mamba_ranking": spec["mamba_ranking"],
     }
     ctx.finish_run("candidates", run_id, out, result)
     ctx.progress(1.0, "done")
     return {"run_id": run_id, "artifact": ctx.relative(out), **result}
+
+
+def _score_now(model, tokenizer, spec: dict, progress):
+    """Importance scores of `model` on the spec's calibration data, kept in memory."""
+    from hybridlab import estimate_importance
+    from hybridlab.calibration import batched, load_calibration
+
+    rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
+    metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]
+    return estimate_importance(model, batched(rows, spec["batch_size"]), layer_metric=metric, progress=progress)
+
+
+def _layer_count(config) -> int:
+    return len(config.layers_block_type) if hasattr(config, "layers_block_type") else int(config.num_hidden_layers)
 
 
 register_kind(JobKind(
@@ -110,7 +143,13 @@ register_kind(JobKind(
                             doc="an importance run id, or a folder of saved ImportanceScores"),
         "ranking": Field(str, default="importance", check=one_of("importance", "random")),
         "mamba_ranking": Field(str, default="group", check=one_of("group", "global")),
-        "layer_metric": Field(str, default="kl", check=one_of("kl", "loss", "cosine")),
+        "layer_metric": Field(str, default="kl", check=one_of("kl", "loss", "cosine", "none"),
+                              doc="layer score that picks layers to drop ('none': no layer scores)"),
+        "calib": Field(str, default=None, nullable=True, check=data_source,
+                       doc="calibration data to score the model now when no 'importance' is given"),
+        "samples": Field(int, default=64, check=positive, doc="calibration sequences (scoring now only)"),
+        "seq_len": SEQ_LEN,
+        "batch_size": Field(int, default=8, check=positive),
         "seed": Field(int, default=0),
         "device": DEVICE,
         "name": name_field(),
