@@ -89,6 +89,10 @@ def test_cli_bench_json(tmp_path, tiny_nemotron, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == str(tmp_path / "model")
     check_report(report, tiny_nemotron)
+    from hybridlab.jobs import list_benchmarks
+
+    recorded = list_benchmarks()  # the command ran as a job of the (per-test) workspace's store
+    assert list(recorded["status"]) == ["succeeded"] and recorded["prefill_ms"][0] == report["prefill_ms"]
 
 
 def test_cli_bench_names_a_missing_model_folder(tmp_path, capsys):

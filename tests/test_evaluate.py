@@ -231,6 +231,11 @@ def test_cli_eval_json_matches_the_library(tmp_path, text_model, text_tokenizer,
     expected = validation_loss(text_model, text_tokens, seq_len=32)
     assert printed["tasks"]["val_loss"]["loss"] == pytest.approx(expected["loss"], abs=1e-5)
     assert printed["tasks"]["val_loss"]["tokens"] == expected["tokens"]
+    from hybridlab.jobs import list_evaluations, list_jobs
+
+    recorded = list_evaluations()  # the command ran as a job of the (per-test) workspace's store
+    assert list(list_jobs()["kind"]) == ["eval"] and list(recorded["status"]) == ["succeeded"]
+    assert recorded["val_loss"][0] == printed["tasks"]["val_loss"]["loss"]
 
 
 def test_cli_eval_names_a_missing_model_folder(tmp_path, capsys):
@@ -238,3 +243,6 @@ def test_cli_eval_names_a_missing_model_folder(tmp_path, capsys):
 
     assert main(["eval", "--model", str(tmp_path / "nope"), "--tasks", "val_loss"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    from hybridlab.jobs import list_jobs
+
+    assert list_jobs().empty  # refused before anything was recorded

@@ -1,9 +1,14 @@
-"""`hybridlab eval` (validation loss, lm-eval tasks) and `hybridlab bench` (latency, memory)."""
+"""`hybridlab eval` (validation loss, lm-eval tasks) and `hybridlab bench` (latency, memory).
+
+Both run as recorded jobs of the experiment store (hybridlab.cli.recorded), so their
+numbers appear in `hybridlab jobs list` and the dashboard's comparison views."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from hybridlab.cli.recorded import add_workspace_option, run_recorded
 
 DEFAULT_TASKS = "val_loss,continuation_mc"
 
@@ -40,6 +45,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_workspace_option(parser)
 
 
 def _device(name: str):
@@ -53,47 +59,34 @@ def _device(name: str):
     return device
 
 
-def _load(args, dtype=None):
-    from hybridlab.loading import load_model, resolve_model_dir
+def _check_model_and_device(args) -> None:
+    """Before a job is recorded: a missing model folder or an absent GPU is one clear line."""
+    from hybridlab.loading import resolve_model_dir
 
-    resolve_model_dir(args.model)  # a missing folder fails here with a clear message
-    device = _device(args.device)
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
-    return model.to(device), tokenizer
-
-
-def _val_tokens(args):
-    from hybridlab.data.tokens import load_tokens
-    from hybridlab.paths import demo_dir
-
-    if args.val_tokens is not None:
-        return load_tokens(args.val_tokens)
-    if args.model == "demo":
-        return load_tokens(demo_dir() / "val.npy")
-    return None
+    resolve_model_dir(args.model)
+    _device(args.device)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hybridlab.evaluate import VAL_LOSS_TASK, evaluate
+    from hybridlab.evaluate import VAL_LOSS_TASK
     from hybridlab.lmeval.harness import prepare_task_manager
-    from hybridlab.loading import resolve_model_dir
 
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     if not tasks:
         raise ValueError("--tasks is empty: pass e.g. --tasks val_loss,continuation_mc")
-    resolve_model_dir(args.model)  # a missing model fails first
+    _check_model_and_device(args)  # a missing model fails first
     lm_tasks = [name for name in tasks if name != VAL_LOSS_TASK]
-    manager = prepare_task_manager(lm_tasks, args.include_path) if lm_tasks else None  # unknown names fail here
+    if lm_tasks:
+        prepare_task_manager(lm_tasks, args.include_path)  # unknown names fail here, before a job is recorded
     if args.val_tokens is not None and not Path(args.val_tokens).exists():
         raise FileNotFoundError(f"--val-tokens {args.val_tokens} not found: pass a 1-D uint16 .npy token file")
-    val_tokens = _val_tokens(args)
-    model, tokenizer = _load(args)
-    limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
-    report = evaluate(
-        model, tokenizer, tasks, val_tokens=val_tokens, seq_len=args.seq_len, batch_size=args.batch_size,
-        max_tokens=None if args.max_tokens is None else int(args.max_tokens), limit=limit,
-        include_path=args.include_path, task_manager=manager,
-    )
+    if VAL_LOSS_TASK in tasks and args.val_tokens is None and args.model != "demo":
+        raise ValueError("val_loss needs validation tokens: pass --val-tokens FILE.npy")
+    spec = {"model": args.model, "tasks": tasks, "val_tokens": args.val_tokens, "seq_len": args.seq_len,
+            "batch_size": args.batch_size, "max_tokens": None if args.max_tokens is None else int(args.max_tokens),
+            "limit": args.limit, "include_path": args.include_path, "device": args.device,
+            "trust_remote_code": args.trust_remote_code}
+    report = run_recorded("eval", spec, args)["tasks"]
     if args.json:
         print(json.dumps({"model": str(args.model), "tasks": report}, indent=2))
         return 0
@@ -104,14 +97,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from hybridlab.bench import measure_latency
-
-    model, _ = _load(args, dtype=getattr(torch, args.dtype))
-    report = measure_latency(model, batch_size=args.batch_size, seq_len=args.seq_len, new_tokens=args.new_tokens,
-                             repeats=args.repeats, warmup=args.warmup)
-    report = {"model": str(args.model), **report}
+    _check_model_and_device(args)
+    spec = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype, "device": args.device,
+            "trust_remote_code": args.trust_remote_code}
+    result = run_recorded("bench", spec, args)
+    report = {"model": str(args.model), **{k: v for k, v in result.items() if k != "run_id"}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

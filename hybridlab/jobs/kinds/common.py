@@ -1,6 +1,7 @@
 """Spec fields and helpers shared by the built-in job kinds."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hybridlab.jobs.registry import Field
@@ -19,7 +20,16 @@ def name_field() -> Field:
 
 
 TRUST_REMOTE_CODE = Field(bool, default=False, doc="allow custom modeling code from the model folder")
-DEVICE = Field(str, default="auto", check=one_of(*DEVICES), doc="where to run: auto (cuda when available), cpu, cuda")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_name(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+DEVICE = Field(str, default="auto", check=device_name, doc="where to run: auto (cuda when available), cpu, cuda, cuda:N")
 SEQ_LEN = Field(int, default=256, check=positive)
 BATCH_SIZE = Field(int, default=8, check=positive)
 TOKENS_FILE = Field(str, default=None, nullable=True, check=existing_file,
@@ -35,8 +45,8 @@ def device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

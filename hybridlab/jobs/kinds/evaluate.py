@@ -12,8 +12,12 @@ from hybridlab.jobs.specs import existing_dir, positive
 def _check(spec: dict, store) -> None:
     if not spec["tasks"] or not all(isinstance(t, str) and t.strip() for t in spec["tasks"]):
         raise ValueError("'tasks' must be a non-empty list of task names, e.g. ['val_loss', 'continuation_mc']")
-    if spec["val_tokens"] is None and spec["model"] != "demo":
-        raise ValueError("'val_tokens' is required for models other than 'demo': a .npy token file")
+    from hybridlab.lmeval.harness import GENERATED_TASKS  # tasks built from validation tokens
+
+    needs_tokens = sorted({"val_loss", *GENERATED_TASKS} & set(spec["tasks"]))
+    if needs_tokens and spec["val_tokens"] is None and spec["model"] != "demo":
+        raise ValueError(f"'val_tokens' is required for {', '.join(needs_tokens)} on models other than 'demo': "
+                         "a .npy token file")
 
 
 def run(spec: dict, ctx) -> dict:
@@ -29,13 +33,18 @@ def run(spec: dict, ctx) -> dict:
     report = evaluate(
         model, tokenizer, spec["tasks"], val_tokens=load_tokens(val_path) if val_path else None,
         seq_len=spec["seq_len"], batch_size=spec["batch_size"], max_tokens=spec["max_tokens"],
-        limit=spec["limit"], include_path=spec["include_path"], progress=ctx.sub_progress(0.05, 1.0),
+        limit=_limit(spec["limit"]), include_path=spec["include_path"], progress=ctx.sub_progress(0.05, 1.0),
     )
     result = {"tasks": report, "params": sum(p.numel() for p in model.parameters())}
     if "val_loss" in report:  # the number every comparison view plots
         result.update(val_loss=report["val_loss"]["loss"], perplexity=report["val_loss"]["perplexity"])
     ctx.finish_run("evaluations", run_id, None, result)
     return {"run_id": run_id, **result}
+
+
+def _limit(value: float | None) -> float | int | None:
+    """lm-eval reads a limit below 1 as a fraction of each task, else as a count of items."""
+    return value if value is None or value < 1 else int(value)
 
 
 register_kind(JobKind(
@@ -48,7 +57,7 @@ register_kind(JobKind(
         "seq_len": SEQ_LEN,
         "batch_size": BATCH_SIZE,
         "max_tokens": Field(int, default=None, nullable=True, check=positive, doc="cap on tokens scored by val_loss"),
-        "limit": Field(float, default=None, nullable=True, check=positive, doc="items per lm-eval task"),
+        "limit": Field(float, default=None, nullable=True, check=positive, doc="items per lm-eval task (a fraction if < 1)"),
         "include_path": Field(str, default=None, nullable=True, check=existing_dir, doc="extra lm-eval task YAMLs"),
         "device": DEVICE,
         "name": name_field(),
