@@ -140,7 +140,43 @@ def test_two_cpu_ranks_match_one_process(pair, tmp_path):
                              env=env | {"HYBRIDLAB_FSDP": "1"}, capture_output=True, text=True, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     assert np.allclose(losses(tmp_path / "one"), losses(tmp_path / "fsdp"), atol=1e-4)
+    from hybridlab.jobs import list_jobs
+
+    assert list(list_jobs()["kind"]) == ["distill"]  # the single-process run is recorded; torchrun ranks are not
     from safetensors.torch import load_file
 
     single, gathered = load_file(tmp_path / "one" / "model" / "model.safetensors"), load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
     assert single.keys() == gathered.keys() and all(torch.allclose(single[k], gathered[k], atol=1e-5) for k in single)
+
+
+def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys):
+    """A single-process `hybridlab distill` runs as a distill job: listed with its numbers, its model kept
+    both in --out (with metrics and checkpoints, as before) and as the store's artifact."""
+    from safetensors.torch import load_file
+
+    from hybridlab.cli import main
+    from hybridlab.jobs import list_distillations, list_jobs
+
+    student, teacher = pair
+    student.save_pretrained(tmp_path / "student")
+    teacher.save_pretrained(tmp_path / "teacher")
+    np.save(tmp_path / "data.npy", corpus())
+    np.save(tmp_path / "val.npy", corpus(2000, seed=1))
+    argv = ["distill", "--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
+            "--data", str(tmp_path / "data.npy"), "--val", str(tmp_path / "val.npy"), "--tokens", str(4 * 4 * 32),
+            "--seq-len", "32", "--batch-size", "4", "--no-bf16", "--eval-every", "2", "--eval-tokens", "512",
+            "--log-every", "1", "--out", str(tmp_path / "run"), "--workspace", str(tmp_path / "ws")]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model_dir"] == str(tmp_path / "run" / "model") and printed["step"] == 4
+    assert len(losses(tmp_path / "run")) == 4  # --log-every 1 reached the trainer
+    runs = list_distillations(tmp_path / "ws")
+    assert list(list_jobs(tmp_path / "ws")["status"]) == ["succeeded"] and list(runs["status"]) == ["succeeded"]
+    assert runs["val_loss"][0] == printed["val_loss"] and runs["spec.bf16"][0] == False  # noqa: E712
+    ours, recorded = load_file(tmp_path / "run" / "model" / "model.safetensors"), load_file(
+        tmp_path / "ws" / runs["artifact"][0] / "model.safetensors")
+    assert ours.keys() == recorded.keys() and all(torch.equal(ours[k], recorded[k]) for k in ours)
+
+    assert main(argv) == 2  # the same --out again, without --resume: refused, nothing recorded
+    assert "already holds a run" in capsys.readouterr().err
+    assert len(list_jobs(tmp_path / "ws")) == 1

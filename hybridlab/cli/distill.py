@@ -1,8 +1,16 @@
-"""`hybridlab distill` and `hybridlab cache-logits`."""
+"""`hybridlab distill` and `hybridlab cache-logits`.
+
+A single-process `hybridlab distill` runs as a recorded `distill` job (hybridlab.cli.recorded)
+whose run folder is --out; under torchrun (WORLD_SIZE > 1) every rank calls the library
+directly, as a job is one process and only one rank may record it.
+"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from hybridlab.cli.recorded import add_workspace_option, run_recorded
 
 DEMO_TRAIN, DEMO_VAL = "demo:train_sample.npy", "demo:val.npy"
 
@@ -24,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
     p.add_argument("--logits-cache", default=None, help="a folder from `hybridlab cache-logits`")
     p.add_argument("--trust-remote-code", action="store_true")
+    add_workspace_option(p)
     p.set_defaults(func=run_distill)
 
     p = sub.add_parser("cache-logits", help="precompute a teacher's top-k logits for a distillation run")
@@ -69,10 +78,9 @@ def _tokens(args, tokenizer, uses_demo: bool):
     return train_tokens, val_tokens
 
 
-def run_distill(args) -> int:
-    from hybridlab.distill import distill
-    from hybridlab.loading import load_model, resolve_model_dir
-    from hybridlab.logits_cache import LogitsCache
+def _check(args):
+    """The command's own checks, named by its options, before any job is recorded; its settings."""
+    from hybridlab.loading import resolve_model_dir
 
     settings = _settings(args)
     if args.teacher is None and args.logits_cache is None:
@@ -80,6 +88,39 @@ def run_distill(args) -> int:
     if not args.resume and Path(args.out, "checkpoint").exists():
         raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     resolve_model_dir(args.student)
+    if args.teacher is not None:
+        resolve_model_dir(args.teacher)
+    if args.data is None and args.teacher != "demo":
+        raise ValueError("--data is required unless the teacher is the demo (a .npy token array or text files)")
+    return settings
+
+
+def run_distill(args) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_ranks(args)
+    settings = _check(args)
+    spec = {
+        "student": args.student, "teacher": args.teacher, "logits_cache": args.logits_cache,
+        "tokens": settings.tokens, "seq_len": settings.seq_len, "batch_size": settings.batch_size,
+        "seed": settings.seed, "bf16": settings.bf16_autocast, "lr": settings.lr, "temperature": settings.temperature,
+        "top_k": settings.top_k, "lm_loss_weight": settings.lm_loss_weight, "log_every": settings.log_every,
+        "eval_every": settings.eval_every, "checkpoint_every": settings.checkpoint_every,
+        "eval_tokens": settings.eval_tokens, "train_tokens": args.data, "val_tokens": args.val,
+        "run_dir": args.out, "resume": args.resume, "trust_remote_code": args.trust_remote_code,
+    }
+    result = run_recorded("distill", spec, args)
+    result["model_dir"] = str(Path(args.out) / "model")  # the run folder's copy, as before; the store has its own
+    print(json.dumps({k: result[k] for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir") if k in result}, indent=2))
+    return 0
+
+
+def _run_ranks(args) -> int:
+    """One rank of a torchrun launch: the library directly, nothing recorded in the store."""
+    from hybridlab.distill import distill
+    from hybridlab.loading import load_model
+    from hybridlab.logits_cache import LogitsCache
+
+    settings = _check(args)
     cache = LogitsCache(args.logits_cache) if args.logits_cache else None
     student, student_tok = load_model(args.student, trust_remote_code=args.trust_remote_code)
     teacher, teacher_tok = (None, None)

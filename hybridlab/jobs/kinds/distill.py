@@ -4,28 +4,45 @@ The run folder handed to `distill` is the job's `ctx.checkpoint_dir`, the same f
 every attempt, so a job re-queued after a worker crash resumes from its last
 checkpoint (model, optimizer, scheduler, RNG and data position) on the same loss
 curve. The distilled model then moves to artifacts/distilled/<name>.
+
+`hybridlab distill` gives its --out folder as 'run_dir' instead: metrics, checkpoints
+and the model stay there (so --resume works on it) and the model is copied to the
+artifact. With a teacher 'logits_cache' the teacher model itself may be left out.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from hybridlab.jobs.kinds.common import (
     BATCH_SIZE, DEVICE, SEQ_LEN, TOKENS_FILE, TRUST_REMOTE_CODE, demo_tokens_or, load, name_field,
     run_name,
 )
 from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import model_ref, non_negative, positive
+from hybridlab.jobs.specs import existing_dir, model_ref, non_negative, positive
 
 SETTINGS_KEYS = ("tokens", "seq_len", "batch_size", "lr", "temperature", "top_k", "lm_loss_weight",
-                 "eval_every", "checkpoint_every", "seed")
+                 "log_every", "eval_every", "checkpoint_every", "eval_tokens", "seed")
 DEMO_TRAIN, DEMO_VAL = "train_sample.npy", "val.npy"
 
 
 def settings_of(spec: dict):
     from hybridlab.distill import DistillSettings
 
-    return DistillSettings(**{k: spec[k] for k in SETTINGS_KEYS})
+    return DistillSettings(**{k: spec[k] for k in SETTINGS_KEYS}, bf16_autocast=spec["bf16"])
+
+
+def absolute_path(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
+
+
+def existing_path(value: str) -> str:
+    """A token file or a folder of text files (made absolute)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist; pass a .npy token array or text files")
+    return str(path.resolve())
 
 
 def _check(spec: dict, store) -> None:
@@ -36,34 +53,66 @@ def _check(spec: dict, store) -> None:
         if not rows or rows[0]["artifact"] is None:
             raise ValueError(f"candidate {spec['candidate']} does not exist or has no model yet; see list_candidates()")
         spec["student"] = model_ref(str(store.workspace / rows[0]["artifact"]))
+    if spec["teacher"] is None and spec["logits_cache"] is None:
+        raise ValueError("give 'teacher' (a model) or 'logits_cache' (a folder from `hybridlab cache-logits`)")
     if spec["train_tokens"] is None and spec["teacher"] != "demo":
-        raise ValueError("'train_tokens' is required unless the teacher is 'demo': a .npy token file")
-    settings_of(spec).validate()  # a zero or too small budget fails here, before queueing
+        raise ValueError("'train_tokens' is required unless the teacher is 'demo': a .npy token array or text files")
+    settings = settings_of(spec)
+    settings.validate()  # a zero or too small budget fails here, before queueing
+    if spec["logits_cache"] is not None:
+        from hybridlab.logits_cache import LogitsCache
+
+        try:
+            LogitsCache(spec["logits_cache"]).check_compatible(settings)
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
+    _check_run_dir(spec)
+
+
+def _check_run_dir(spec: dict) -> None:
+    if spec["run_dir"] is None:
+        if spec["resume"]:
+            raise ValueError("'resume' continues the run in 'run_dir'; give 'run_dir' (a job resumes its own "
+                             "folder by itself)")
+        return
+    run_dir = Path(spec["run_dir"])
+    if not spec["resume"] and (run_dir / "checkpoint").exists():
+        raise ValueError(f"{run_dir} already holds a run; set 'resume' to continue it or choose another 'run_dir'")
+    if spec["resume"] and run_dir.exists() and not (run_dir / "checkpoint" / "state.pt").exists():
+        raise ValueError(f"nothing to resume in {run_dir}: no checkpoint/state.pt; start without 'resume'")
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab.data.tokens import load_tokens
+    from hybridlab.calibration import load_token_array
     from hybridlab.distill import distill
+    from hybridlab.logits_cache import LogitsCache
 
     name = run_name(spec, ctx, "distill")
     run_id = ctx.start_run("distillations", name, spec["student"], spec)
     ctx.progress(0.0, "loading student and teacher")
     student, student_tokenizer = load(spec["student"], spec)
-    teacher, teacher_tokenizer = load(spec["teacher"], spec)
-    train = load_tokens(demo_tokens_or(spec["train_tokens"], spec["teacher"], DEMO_TRAIN))
+    teacher, teacher_tokenizer = load(spec["teacher"], spec) if spec["teacher"] is not None else (None, None)
+    cache = LogitsCache(spec["logits_cache"]) if spec["logits_cache"] is not None else None
+    tokenizer = student_tokenizer or teacher_tokenizer  # for text data
+    train = load_token_array(demo_tokens_or(spec["train_tokens"], spec["teacher"], DEMO_TRAIN), tokenizer).reshape(-1)
     val_path = demo_tokens_or(spec["val_tokens"], spec["teacher"], DEMO_VAL)
+    val = load_token_array(val_path, tokenizer).reshape(-1) if val_path else None
     settings = settings_of(spec)
-    run_dir = ctx.checkpoint_dir
+    run_dir = Path(spec["run_dir"]) if spec["run_dir"] is not None else ctx.checkpoint_dir
     result = distill(
-        student, teacher, train, load_tokens(val_path) if val_path else None, settings, run_dir,
+        student, teacher, train, val, settings, run_dir,
         resume=(run_dir / "checkpoint" / "state.pt").exists(), progress=_with_step(ctx.progress, settings.total_steps),
-        student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+        logits_cache=cache, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
     )
     final = ctx.artifact_path("distilled", name)
-    if final.exists():  # an earlier attempt moved it but died before recording the run
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(run_dir / "model", final)  # same filesystem: one atomic rename
+    if spec["run_dir"] is not None:  # the user's folder keeps its model; the artifact is a copy
+        with ctx.write_artifact("distilled", name) as tmp:
+            shutil.copytree(run_dir / "model", tmp, dirs_exist_ok=True)
+    else:
+        if final.exists():  # an earlier attempt moved it but died before recording the run
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir / "model", final)  # same filesystem: one atomic rename
     ctx.register_model(str(final), student.config)
     result = {**result, "model_dir": str(final), "model_path": str(final),  # model_path: like prune's result
               "candidate": spec["candidate"], "teacher": spec["teacher"]}
@@ -87,7 +136,10 @@ register_kind(JobKind(
     fields={
         "student": Field(str, default=None, nullable=True, check=model_ref, doc="the student's model folder"),
         "candidate": Field(int, default=None, nullable=True, doc="or: a candidate run id whose model is the student"),
-        "teacher": Field(str, check=model_ref, doc="'demo' or a local Hugging Face folder"),
+        "teacher": Field(str, default=None, nullable=True, check=model_ref,
+                         doc="'demo' or a local Hugging Face folder (may be left out with 'logits_cache')"),
+        "logits_cache": Field(str, default=None, nullable=True, check=existing_dir,
+                              doc="the teacher's top-k logits from `hybridlab cache-logits`"),
         "tokens": Field(int, check=positive, doc="token budget, e.g. 2000000"),
         "lr": Field(float, default=1e-3, check=positive),
         "seq_len": SEQ_LEN,
@@ -95,10 +147,18 @@ register_kind(JobKind(
         "temperature": Field(float, default=1.0, check=positive),
         "top_k": Field(int, default=None, nullable=True, check=positive, doc="distil from the teacher's top-k logits"),
         "lm_loss_weight": Field(float, default=0.0, check=non_negative),
+        "log_every": Field(int, default=10, check=positive),
         "eval_every": Field(int, default=50, check=positive),
         "checkpoint_every": Field(int, default=50, check=positive),
-        "train_tokens": TOKENS_FILE,
+        "eval_tokens": Field(int, default=32_768, check=positive, doc="validation tokens scored at each eval"),
+        "bf16": Field(bool, default=True, doc="bf16 autocast (false: train in fp32)"),
+        "train_tokens": Field(str, default=None, nullable=True, check=existing_path,
+                              doc="training data: a .npy token array or text files (default: the demo's "
+                                  "for the demo teacher)"),
         "val_tokens": TOKENS_FILE,
+        "run_dir": Field(str, default=None, nullable=True, check=absolute_path,
+                         doc="folder for metrics.jsonl, checkpoint/ and model/ (default: the job's own)"),
+        "resume": Field(bool, default=False, doc="continue the run in 'run_dir' from its checkpoint"),
         "seed": Field(int, default=0),
         "device": DEVICE,
         "name": name_field(),
