@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "data",  # data build, train
     "distill",  # distill, cache-logits
     "search",  # search
+    "study",  # study (the paper's ablations -> docs/results.md)
 ]
 
 

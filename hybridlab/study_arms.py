@@ -1,0 +1,231 @@
+"""The arms of the ablation study (`hybridlab study`): which pruned students the paper's
+comparisons need, with exact parameter counts, planned from the teacher's config and
+importance scores.
+
+Comparisons (paper section and what it found):
+- width_vs_depth: width-only (hidden, FFN, Mamba heads) versus dropping the least
+  important layers, both at the parameter target (Table 1: width 1.380 vs depth 1.533);
+- heads_vs_channels: pruning Mamba heads versus head channels at equal SSM width, a
+  sweep over fractions of the SSM width (Figure 7: heads win in loss and latency);
+- group_vs_global: one spec, heads ranked within their groups versus over the layer;
+- ssm_pruned_vs_whole: a width mix that prunes Mamba heads versus one that leaves the
+  SSM whole, at equal parameters (Table 1, candidates 1 and 2: equal loss);
+- importance_vs_random: one spec, importance ranking versus seeded random ranking.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from hybridlab.candidates import Candidate, SearchSpace, enumerate_candidates
+from hybridlab.families import ATTENTION, MAMBA, family_for
+from hybridlab.prune import prune, top_k
+from hybridlab.sizes import planned_widths, sizes_of
+from hybridlab.spec import PruneSpec
+
+WIDTH_VS_DEPTH = "width_vs_depth"
+HEADS_VS_CHANNELS = "heads_vs_channels"
+GROUP_VS_GLOBAL = "group_vs_global"
+SSM_PRUNED_VS_WHOLE = "ssm_pruned_vs_whole"
+IMPORTANCE_VS_RANDOM = "importance_vs_random"
+FROM_SCRATCH = "from_scratch"
+COMPARISONS = (WIDTH_VS_DEPTH, HEADS_VS_CHANNELS, GROUP_VS_GLOBAL, SSM_PRUNED_VS_WHOLE, IMPORTANCE_VS_RANDOM, FROM_SCRATCH)
+
+
+@dataclass(frozen=True)
+class Arm:
+    comparison: str
+    arm: str  # a short label within the comparison
+    spec: PruneSpec
+    ranking: str = "importance"  # or "random"
+    mamba_ranking: str = "group"  # or "global"
+    note: str = ""
+
+    @property
+    def run_key(self) -> str:
+        """Arms with the same key are the same student: it is pruned and distilled once."""
+        parts = [spec_name(self.spec)]
+        if self.ranking != "importance":
+            parts.append(self.ranking)
+        if self.mamba_ranking != "group":
+            parts.append(self.mamba_ranking)
+        return "-".join(parts)
+
+
+SHORT = {"hidden_size": "h", "ffn_hidden_size": "ffn", "num_attention_heads": "att", "mamba_num_heads": "mh", "mamba_head_dim": "md"}
+
+
+def spec_name(spec: PruneSpec) -> str:
+    values = spec.to_dict()
+    parts = [f"{SHORT[k]}{values[k]}" for k in SHORT if k in values]
+    if spec.drop_layers:
+        parts.append("drop" + ".".join(str(i) for i in spec.drop_layers))
+    return "-".join(parts) or "full"
+
+
+def spec_json(spec: PruneSpec) -> str:
+    return json.dumps(spec.to_dict(), separators=(",", ":"))
+
+
+def params_of(config, spec: PruneSpec) -> int:
+    return sizes_of(planned_widths(config, spec)).params
+
+
+# -- width-only candidates (the paper's search space without depth or head-dim pruning) ----
+
+def width_candidates(config, scores, target: int, tolerance: float, max_width_prune: float, layer_metric: str) -> list[Candidate]:
+    """Width-only specs within tolerance of the target: hidden, FFN and Mamba heads shrink;
+    the Mamba head dim stays (the paper's candidates 1 and 2 keep it)."""
+    widths = family_for(config).widths(config)
+    space = SearchSpace(max_width_prune=max_width_prune, max_depth_prune=0.0,
+                        head_dim_divisor=max(widths.mamba_head_dim, 1), layer_metric=layer_metric)
+    return enumerate_candidates(config, scores, target, tolerance, space)
+
+
+def prunes_heads(spec: PruneSpec, config) -> bool:
+    widths = family_for(config).widths(config)
+    return spec.mamba_num_heads is not None and spec.mamba_num_heads < widths.mamba_num_heads
+
+
+def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> list[Candidate]:
+    """At most `limit` width candidates to rank zero-shot: for each (prunes Mamba heads?, hidden
+    size) the one closest to the target, taken in turn from the two SSM groups so both are covered."""
+    best: dict[tuple[bool, int], Candidate] = {}
+    for candidate in sorted(candidates, key=lambda c: (abs(c.params - target), c.name)):
+        key = (prunes_heads(candidate.spec, config), candidate.spec.hidden_size or 0)
+        best.setdefault(key, candidate)
+    groups = [sorted((c for k, c in best.items() if k[0] == pruned), key=lambda c: -(c.spec.hidden_size or 10**9))
+              for pruned in (True, False)]
+    picked: list[Candidate] = []
+    while len(picked) < limit and any(groups):
+        for group in groups:
+            if group and len(picked) < limit:
+                picked.append(group.pop(0))
+    return picked
+
+
+# -- depth-only ---------------------------------------------------------------------------
+
+def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpec:
+    """Drop the least important layers (lowest score first) until the parameter count is
+    closest to the target. At least one layer stays, and so does the last attention layer:
+    transformers' Nemotron-H cannot build its cache (so cannot generate) without one."""
+    kinds = family_for(config).widths(config).layer_kinds
+    attention = [i for i, kind in enumerate(kinds) if kind == ATTENTION]
+    order = [int(i) for i in torch.argsort(layer_scores.float())]
+    if attention:
+        last = max(attention, key=lambda i: float(layer_scores[i]))  # the attention layer that stays
+        order.remove(last)
+    best: tuple[int, PruneSpec] | None = None
+    for count in range(1, min(len(order), len(kinds) - 1) + 1):
+        spec = PruneSpec(drop_layers=tuple(order[:count]))
+        gap = abs(params_of(config, spec) - target)
+        if best is None or gap < best[0]:
+            best = (gap, spec)
+    if best is None:
+        raise ValueError("depth-only pruning needs a model with at least two layers")
+    return best[1]
+
+
+# -- Mamba heads versus head channels (Figure 7) --------------------------------------------
+
+def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
+    """(heads spec, channels spec) removing about `fraction` of the SSM width H*P each way:
+    heads in steps of n_groups, then the head dim that gives the same H*P."""
+    w = family_for(config).widths(config)
+    if MAMBA not in w.layer_kinds:
+        raise ValueError("the heads-versus-channels sweep needs a model with Mamba layers")
+    groups = w.mamba_n_groups
+    heads = max(groups, groups * round(w.mamba_num_heads * (1 - fraction) / groups))
+    head_dim = max(1, round(heads * w.mamba_head_dim / w.mamba_num_heads))
+    if heads == w.mamba_num_heads or head_dim == w.mamba_head_dim:
+        raise ValueError(
+            f"a {fraction:.0%} SSM cut rounds to no change with {w.mamba_num_heads} heads in {groups} groups; "
+            "choose larger --ssm-sweep fractions"
+        )
+    return PruneSpec(mamba_num_heads=heads), PruneSpec(mamba_head_dim=head_dim)
+
+
+def sweep_arms(config, fractions: list[float]) -> list[Arm]:
+    w = family_for(config).widths(config)
+    arms: list[Arm] = []
+    for fraction in fractions:
+        by_heads, by_channels = mamba_sweep_specs(config, fraction)
+        cut = 1 - by_heads.mamba_num_heads / w.mamba_num_heads
+        label = f"-{cut:.0%} SSM"
+        arms.append(Arm(HEADS_VS_CHANNELS, f"heads {label}", by_heads))
+        arms.append(Arm(HEADS_VS_CHANNELS, f"channels {label}", by_channels))
+    return arms
+
+
+# -- group-aware versus global ranking --------------------------------------------------------
+
+def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
+    """(kept heads that global ranking moves into another group, kept heads in all), summed over
+    Mamba layers: with global ranking the j-th kept head reads the B/C of group j // (H'/G)."""
+    w = family_for(config).widths(config)
+    new = planned_widths(config, spec)
+    old_per_group, new_per_group = w.mamba_num_heads // w.mamba_n_groups, new.mamba_num_heads // w.mamba_n_groups
+    moved = total = 0
+    for layer in scores.mamba:
+        channels = top_k(scores.mamba_channel_scores(layer), new.mamba_head_dim)
+        heads = top_k(scores.mamba_head_scores(layer, channels), new.mamba_num_heads)  # [H'] ascending
+        old_group = heads // old_per_group
+        new_group = torch.arange(len(heads)) // new_per_group
+        moved += int((old_group != new_group).sum())
+        total += len(heads)
+    return moved, total
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str = "kl"):
+    """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report)."""
+    config = teacher.config
+    wanted = set(settings.comparisons)
+    facts: dict = {}
+    arms: list[Arm] = []
+    ranked = pd.DataFrame(columns=["name", "spec", "params", "prunes_mamba_heads", "zero_shot_loss"])
+    zero_shot: dict[str, float] = {}
+    if wanted - {HEADS_VS_CHANNELS}:
+        candidates = width_candidates(config, scores, target, settings.tolerance, settings.max_width_prune, layer_metric)
+        rows = []
+        for candidate in shortlist(candidates, config, target, settings.max_candidates):
+            loss = loss_of(prune(teacher, candidate.spec, scores, layer_metric=layer_metric))
+            rows.append({"name": candidate.name, "spec": spec_json(candidate.spec), "params": candidate.params,
+                         "prunes_mamba_heads": prunes_heads(candidate.spec, config), "zero_shot_loss": loss,
+                         "_spec": candidate.spec})
+            zero_shot[Arm("", "", candidate.spec).run_key] = loss
+        rows.sort(key=lambda r: r["zero_shot_loss"])
+        width_best = rows[0]["_spec"]
+        pruned = [r["_spec"] for r in rows if r["prunes_mamba_heads"]]
+        whole = [r["_spec"] for r in rows if not r["prunes_mamba_heads"]]
+        ranked = pd.DataFrame([{k: v for k, v in r.items() if k != "_spec"} for r in rows])
+        needs_pruned = wanted & {SSM_PRUNED_VS_WHOLE, GROUP_VS_GLOBAL, IMPORTANCE_VS_RANDOM}
+        if needs_pruned and not pruned:
+            raise ValueError(f"no width-only candidate near {target:,} parameters prunes Mamba heads; widen --tolerance or --max-width-prune")
+        if WIDTH_VS_DEPTH in wanted:
+            depth = depth_only_spec(config, scores.layers[layer_metric], target)
+            arms += [Arm(WIDTH_VS_DEPTH, "width-only", width_best, note="best width-only candidate zero-shot"),
+                     Arm(WIDTH_VS_DEPTH, "depth-only", depth,
+                         note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL")]
+        if SSM_PRUNED_VS_WHOLE in wanted:
+            if not whole:
+                raise ValueError(f"no width-only candidate near {target:,} parameters keeps the SSM whole; widen --tolerance")
+            arms += [Arm(SSM_PRUNED_VS_WHOLE, "prunes Mamba heads", pruned[0]),
+                     Arm(SSM_PRUNED_VS_WHOLE, "SSM whole", whole[0])]
+        if GROUP_VS_GLOBAL in wanted:
+            moved, kept = mispaired_heads(scores, config, pruned[0])
+            facts["global_ranking_moved_heads"], facts["global_ranking_kept_heads"] = moved, kept
+            arms += [Arm(GROUP_VS_GLOBAL, "group-aware", pruned[0]),
+                     Arm(GROUP_VS_GLOBAL, "global", pruned[0], mamba_ranking="global",
+                         note=f"global ranking pairs {moved} of {kept} kept heads with another group's B/C")]
+        if IMPORTANCE_VS_RANDOM in wanted:
+            arms += [Arm(IMPORTANCE_VS_RANDOM, "importance", pruned[0]),
+                     Arm(IMPORTANCE_VS_RANDOM, f"random (seed {settings.seed})", pruned[0], ranking="random")]
+    if HEADS_VS_CHANNELS in wanted:
+        arms += sweep_arms(config, list(settings.ssm_sweep))
+    return arms, ranked, zero_shot, facts

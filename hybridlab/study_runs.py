@@ -1,0 +1,153 @@
+"""The trained models of the ablation study: one distilled student per arm, the from-scratch
+baseline, and their prefill latencies. Each run lives in its own folder and is reused when
+the study is resumed (arm.json / scratch.json mark a finished run)."""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from hybridlab.bench import time_call
+from hybridlab.data.tokens import TokenBatches
+from hybridlab.distill import DistillSettings, distill
+from hybridlab.prune import prune
+from hybridlab.train import lm_loss
+from hybridlab.trainer import TrainerSettings, train
+
+
+@dataclass
+class RunResult:
+    model: torch.nn.Module
+    zero_shot_loss: float  # fp32, right after pruning
+    distilled_loss: float  # fp32, after distillation
+    tokens: int  # distillation tokens
+    curve_final_loss: float  # the run's last in-training evaluation (bf16 autocast, as the curves)
+
+
+def distil_arm(teacher, tokenizer, arm, scores, train_tokens, val_tokens, kd: DistillSettings, run_dir: Path, cache,
+               loss_of, zero_shot_loss: float | None, layer_metric: str, seed: int, progress=None) -> RunResult:
+    """Prune the arm's student from the teacher, score it, distil it; reuse a finished run."""
+    record = run_dir / "arm.json"
+    if record.exists() and (run_dir / "model" / "config.json").exists():
+        return RunResult(model=_load(run_dir / "model"), **json.loads(record.read_text()))
+    student = prune(teacher, arm.spec, scores, ranking=arm.ranking, mamba_ranking=arm.mamba_ranking,
+                    layer_metric=layer_metric, seed=seed)
+    zero_shot = loss_of(student) if zero_shot_loss is None else zero_shot_loss
+    resume = (run_dir / "checkpoint" / "state.pt").exists()
+    result = distill(student, None if cache is not None else teacher, train_tokens, val_tokens, kd, run_dir, resume=resume,
+                     progress=progress, logits_cache=cache, student_tokenizer=tokenizer, teacher_tokenizer=tokenizer)
+    student.eval()
+    values = {"zero_shot_loss": zero_shot, "distilled_loss": loss_of(student), "tokens": int(result["tokens"]),
+              "curve_final_loss": last_eval_loss(run_dir)}
+    _write_json(record, values)
+    return RunResult(model=student, **values)
+
+
+def train_from_scratch(template, tokenizer, arm, distilled: RunResult, train_tokens, val_tokens, settings, run_dir: Path,
+                       loss_of, progress=None) -> dict:
+    """Train a randomly initialised model of `template`'s architecture with next-token loss and
+    find the first evaluation whose validation loss reaches the distilled student's."""
+    record = run_dir / "scratch.json"
+    if record.exists():
+        return {"arm": arm, **json.loads(record.read_text())}
+    torch.manual_seed(settings.seed)
+    model = type(template)(copy.deepcopy(template.config))  # random init, same architecture
+    initial = loss_of(model)
+    per_step = settings.batch_size * settings.seq_len
+    steps = settings.scratch_budget // per_step
+    trainer_settings = TrainerSettings(
+        total_steps=steps, lr=settings.scratch_lr, min_lr_ratio=0.1, warmup_steps=min(100, max(1, steps // 10)),
+        weight_decay=0.1, grad_clip=1.0, bf16_autocast=settings.bf16_autocast, log_every=10,
+        eval_every=max(1, steps // settings.scratch_curve_points), checkpoint_every=max(1, steps // 4), tokens_per_step=per_step,
+    )
+    batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
+    resume = (run_dir / "checkpoint" / "state.pt").exists()
+    if not resume:
+        _write_json(run_dir / "scratch_init.json", {"initial_loss": initial})
+    else:  # the loss at initialisation was measured before the interruption
+        initial = json.loads((run_dir / "scratch_init.json").read_text())["initial_loss"]
+    result = train(model, batches.batch, lm_loss, trainer_settings, run_dir, eval_fn=lambda m: {"val_loss": loss_of(m)},
+                   progress=progress, resume=resume)
+    model.eval()
+    curve = eval_curve(run_dir)
+    values = {
+        "initial_loss": initial, "final_loss": loss_of(model), "tokens": int(result["tokens"]),
+        "distill_tokens": distilled.tokens, "target_curve_loss": distilled.curve_final_loss,
+        "tokens_to_match": tokens_to_match(curve, distilled.curve_final_loss),
+        "best_curve_loss": min(loss for _, loss in curve), "eval_every_tokens": trainer_settings.eval_every * per_step,
+    }
+    _write_json(record, values)
+    return {"arm": arm, **values}
+
+
+def tokens_to_match(curve: list[tuple[int, float]], target: float) -> int | None:
+    """Tokens at the first evaluation whose loss is at or below `target`; None if none is."""
+    for tokens, loss in curve:
+        if loss <= target:
+            return tokens
+    return None
+
+
+def eval_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """[(tokens, val_loss)] of a run's in-training evaluations, in order."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["tokens"], r["val_loss"]) for r in records if r["kind"] == "eval" and "val_loss" in r]
+
+
+def last_eval_loss(run_dir: Path) -> float:
+    curve = eval_curve(run_dir)
+    if not curve:
+        raise RuntimeError(f"{run_dir} has no validation evaluations in metrics.jsonl")
+    return curve[-1][1]
+
+
+def read_curve(run_dir: Path, run: str, training: str) -> pd.DataFrame:
+    """The run's metrics.jsonl as tidy rows: run, training, kind, step, tokens, loss, kd_loss, val_loss, lr."""
+    columns = ["step", "tokens", "loss", "kd_loss", "val_loss", "lr"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [{"run": run, "training": training, "kind": r["kind"], **{c: r.get(c) for c in columns}} for r in records]
+    return pd.DataFrame(rows, columns=["run", "training", "kind", *columns])
+
+
+@torch.inference_mode()
+def prefill_latencies(models: dict, seq_len: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Median prefill milliseconds of each model for one sequence of seq_len random tokens.
+    Models are timed in turn within each repeat, so a change in machine load hits all of them."""
+    any_model = next(iter(models.values()))
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, any_model.config.vocab_size, (1, seq_len), generator=generator)  # [1, T]
+
+    def prefill(model):
+        keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        device = next(model.parameters()).device
+        ids = input_ids.to(device)
+        return lambda: model(input_ids=ids, use_cache=True, **keep_last)
+
+    calls = {key: prefill(model.eval()) for key, model in models.items()}
+    for call in calls.values():
+        call()  # warm-up
+    times: dict[str, list[float]] = {key: [] for key in models}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            times[key].append(time_call(call, next(models[key].parameters()).device))
+    return {key: 1000.0 * statistics.median(values) for key, values in times.items()}
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
