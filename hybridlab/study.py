@@ -58,9 +58,9 @@ class StudySettings:
     lr: float = 1e-3  # distillation
     scratch_lr: float = 1.5e-3  # the demo teacher's own pretraining recipe
     teacher_top_k: int | None = 64  # distil from cached top-k teacher logits; None = the live teacher
-    eval_tokens: int = 16_384
-    curve_points: int = 8  # validation evaluations per distillation run
-    scratch_curve_points: int = 20
+    eval_tokens: int = 8_192  # the same validation tokens score every model (paired comparisons)
+    curve_points: int = 4  # validation evaluations per distillation run (each costs eval_tokens of forward)
+    scratch_curve_points: int = 16  # the resolution of the tokens-to-match count
     calib_samples: int = 64
     latency_repeats: int = 5
     bf16_autocast: bool = True
@@ -166,7 +166,7 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
     curves = _curves(out, runs, scratch)
     summary = _summary(settings, total, target, teacher_loss, teacher_pretraining_tokens, ranked, planned, scores,
                        config, scratch, command, time.perf_counter() - started)
-    summary.update(facts, model=model_name, bf16_autocast=settings.bf16_autocast)
+    summary.update(facts, model=model_name, bf16_autocast=settings.bf16_autocast, train_tokens_available=len(train_tokens))
     _write_csv(results, out / "results.csv")
     _write_csv(curves, out / "results_curves.csv")
     _write_json(out / "study.json", {"settings": _settings_dict(settings), "status": "done", **summary})

@@ -211,7 +211,8 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
             depth = depth_only_spec(config, scores.layers[layer_metric], target)
             arms += [Arm(WIDTH_VS_DEPTH, "width-only", width_best, note="best width-only candidate zero-shot"),
                      Arm(WIDTH_VS_DEPTH, "depth-only", depth,
-                         note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL")]
+                         note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL"
+                              + ("; the last attention layer always stays" if ATTENTION in family_for(config).widths(config).layer_kinds else ""))]
         if SSM_PRUNED_VS_WHOLE in wanted:
             if not whole:
                 raise ValueError(f"no width-only candidate near {target:,} parameters keeps the SSM whole; widen --tolerance")

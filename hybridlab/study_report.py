@@ -51,9 +51,10 @@ Regenerate everything with:
 
 **Setup.** Teacher: {summary['teacher_params']:,} parameters, validation loss {loss(summary['teacher_loss'])}.
 Target: remove {s['compression']:.0%} of the parameters, i.e. {summary['target_params']:,} parameters
-(arms at the target are within {s['tolerance']:.0%} of it). Every arm is distilled for {s['tokens']:,} tokens
-(batch {s['batch_size']} x {s['seq_len']}, learning rate {s['lr']:g}, forward KL to {top_k}), on the same
-batches in the same order. Losses are next-token cross entropy in nats, fp32, on the first
+(the width arms are within {s['tolerance']:.0%} of it; depth-only is the closest layer count). Every arm is
+distilled for {s['tokens']:,} tokens (batch {s['batch_size']} x {s['seq_len']}, learning rate {s['lr']:g}, forward KL
+to {top_k}), on the same batches in the same order, drawn from a training sample of
+{summary['train_tokens_available']:,} tokens. Losses are next-token cross entropy in nats, fp32, on the first
 {s['eval_tokens']:,} validation tokens. Latency is the median prefill time of one sequence of
 {s['seq_len']} tokens over {s['latency_repeats']} rounds in which every model is timed in turn, on this
 machine's CPU with {summary['torch_threads']} torch thread(s). One seed ({s['seed']}) per arm, so small
