@@ -166,7 +166,8 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
     curves = _curves(out, runs, scratch)
     summary = _summary(settings, total, target, teacher_loss, teacher_pretraining_tokens, ranked, planned, scores,
                        config, scratch, command, time.perf_counter() - started)
-    summary.update(facts, model=model_name, bf16_autocast=settings.bf16_autocast, train_tokens_available=len(train_tokens))
+    summary.update(facts, training_wall_s=float(curves.groupby("run")["wall_s"].max().sum()) if len(curves) else 0.0,
+                   model=model_name, bf16_autocast=settings.bf16_autocast, train_tokens_available=len(train_tokens))
     _write_csv(results, out / "results.csv")
     _write_csv(curves, out / "results_curves.csv")
     _write_json(out / "study.json", {"settings": _settings_dict(settings), "status": "done", **summary})

@@ -58,7 +58,8 @@ to {top_k}), on the same batches in the same order, drawn from a training sample
 {s['eval_tokens']:,} validation tokens. Latency is the median prefill time of one sequence of
 {s['seq_len']} tokens over {s['latency_repeats']} rounds in which every model is timed in turn, on this
 machine's CPU with {summary['torch_threads']} torch thread(s). One seed ({s['seed']}) per arm, so small
-differences carry no error bar. The study took {summary['wall_s'] / 60:.1f} minutes.
+differences carry no error bar. Training (every distillation and the from-scratch run) took
+{summary['training_wall_s'] / 60:.1f} minutes of wall time; the last pass of the command took {summary['wall_s'] / 60:.1f} minutes.
 """
 
 

@@ -108,8 +108,8 @@ def last_eval_loss(run_dir: Path) -> float:
 
 
 def read_curve(run_dir: Path, run: str, training: str) -> pd.DataFrame:
-    """The run's metrics.jsonl as tidy rows: run, training, kind, step, tokens, loss, kd_loss, val_loss, lr."""
-    columns = ["step", "tokens", "loss", "kd_loss", "val_loss", "lr"]
+    """The run's metrics.jsonl as tidy rows: run, training, kind, step, tokens, loss, kd_loss, val_loss, lr, wall_s."""
+    columns = ["step", "tokens", "loss", "kd_loss", "val_loss", "lr", "wall_s"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [{"run": run, "training": training, "kind": r["kind"], **{c: r.get(c) for c in columns}} for r in records]
     return pd.DataFrame(rows, columns=["run", "training", "kind", *columns])
