@@ -69,3 +69,40 @@ def test_search_end_to_end_saves_a_loadable_choice(tiny_nemotron, scores, tmp_pa
     chosen = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
     assert sum(p.numel() for p in chosen.parameters()) == result.best["params"]
     assert json.loads((tmp_path / "search.json").read_text())["best"]["name"] == result.best["name"]
+
+
+def test_cli_search_is_recorded_and_writes_its_folder(tiny_nemotron, scores, tmp_path, capsys):
+    """`hybridlab search` runs as a search job: the ranked candidates are candidate rows of the store,
+    the chosen model is its artifact, and --out holds candidates.csv, search.json and best/ as before."""
+    from hybridlab.cli import main
+    from hybridlab.jobs import list_candidates, list_jobs
+
+    tiny_nemotron.save_pretrained(tmp_path / "model")
+    scores.save(tmp_path / "scores")
+    np.save(tmp_path / "train.npy", corpus())
+    np.save(tmp_path / "val.npy", corpus(2000, seed=1))
+    ws, out = tmp_path / "ws", tmp_path / "search"
+    argv = ["search", "--model", str(tmp_path / "model"), "--target-params", "60%", "--tolerance", "0.05",
+            "--scores", str(tmp_path / "scores"), "--data", str(tmp_path / "train.npy"), "--val", str(tmp_path / "val.npy"),
+            "--max-candidates", "3", "--top-k", "1", "--distill-tokens", str(2 * 8 * 32), "--seq-len", "32",
+            "--eval-tokens", "512", "--hidden-divisor", "4", "--ffn-divisor", "8", "--head-dim-divisor", "1",
+            "--no-latency", "--out", str(out), "--workspace", str(ws)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    best = json.loads((out / "search.json").read_text())["best"]
+    assert f"chose {best['name']}" in printed and best["model_dir"] == str(out.resolve() / "best")
+    assert list(list_jobs(ws)["status"]) == ["succeeded"]
+    candidates = list_candidates(ws)
+    assert len(candidates) == 3 and set(candidates["status"]) == {"succeeded"}
+    job = list_jobs(ws).iloc[0]
+    from hybridlab.jobs import get_job
+
+    recorded = AutoModelForCausalLM.from_pretrained(get_job(int(job["id"]), ws)["result"]["model_path"])
+    ours = AutoModelForCausalLM.from_pretrained(out / "best")
+    assert sum(p.numel() for p in recorded.parameters()) == sum(p.numel() for p in ours.parameters()) == best["params"]
+
+    capsys.readouterr()
+    assert main([*argv[:-4], "--target-params", "5%", "--out", str(tmp_path / "other"), "--workspace", str(ws)]) == 2
+    err = capsys.readouterr().err
+    assert "below the smallest architecture" in err and "Traceback" not in err  # refused from the config alone
+    assert len(list_jobs(ws)) == 1 and not (tmp_path / "other").exists()

@@ -1,9 +1,14 @@
-"""`hybridlab search`: candidate architectures at a parameter budget, ranked and distilled."""
+"""`hybridlab search`: candidate architectures at a parameter budget, ranked and distilled.
+
+Runs as a recorded `search` job (hybridlab.cli.recorded) whose run folder is --out, so the
+ranked candidates appear in the store (and the dashboard's Pareto view) as well as in --out.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from hybridlab.cli.distill import DEMO_TRAIN, DEMO_VAL
+from hybridlab.cli.recorded import add_workspace_option, run_recorded
 
 
 def register(sub) -> None:
@@ -35,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
+    add_workspace_option(p)
     p.set_defaults(func=run_search)
 
 
@@ -59,11 +65,9 @@ def settings_from_args(args):
 
 
 def run_search(args) -> int:
-    from hybridlab.calibration import batched, load_calibration, load_token_array
-    from hybridlab.candidates import enumerate_candidates, parse_target
-    from hybridlab.importance import ImportanceScores
-    from hybridlab.loading import load_model
-    from hybridlab.search import search
+    import pandas as pd
+
+    from hybridlab.loading import resolve_model_dir
 
     settings = settings_from_args(args)
     if Path(args.out, "best").exists():
@@ -72,30 +76,27 @@ def run_search(args) -> int:
     for option, value in (("--data", args.data), ("--val", args.val)):
         if value is None and not demo:
             raise ValueError(f"{option} is required for models other than the demo")
-    from transformers import AutoConfig
-
-    from hybridlab.candidates import check_reachable
-    from hybridlab.loading import resolve_model_dir
-    from hybridlab.sizes import estimate_sizes
-
-    config = AutoConfig.from_pretrained(resolve_model_dir(args.model), trust_remote_code=args.trust_remote_code)
-    target = parse_target(settings.target_params, estimate_sizes(config).params)
-    check_reachable(config, target, settings.tolerance, settings.space)  # before loading any weights
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    scores = ImportanceScores.load(args.scores) if args.scores else None
-    calib = None
-    if scores is None:
-        source = args.calib or ("demo" if demo else None)
-        if source is None:
-            raise ValueError("give --scores, or --calib to compute importance")
-        calib = batched(load_calibration(source, tokenizer, 64, args.seq_len), 8)
-    train_tokens = load_token_array(args.data or DEMO_TRAIN, tokenizer).reshape(-1)
-    val_tokens = load_token_array(args.val or DEMO_VAL, tokenizer).reshape(-1)
-    if scores is not None:  # fail fast on an impossible budget before any model work
-        enumerate_candidates(model.config, scores, target, settings.tolerance, settings.space)
-    result = search(model, tokenizer, train_tokens, val_tokens, settings, scores=scores, calib_batches=calib, out_dir=args.out)
-    print(format_table(result.candidates))
-    print(f"chose {result.best['name']}: {result.best['params']:,} parameters; model saved to {result.best['model_dir']}")
+    resolve_model_dir(args.model)
+    if args.scores is None and args.calib is None and not demo:
+        raise ValueError("give --scores, or --calib to compute importance")
+    space = settings.space
+    spec = {
+        "model": args.model, "target_params": settings.target_params, "tolerance": settings.tolerance,
+        "importance": args.scores, "calib": args.calib, "train_tokens": args.data, "val_tokens": args.val,
+        "max_candidates": settings.max_candidates, "rank_by": settings.rank_by, "top_k": settings.top_k,
+        "tokens": settings.distill_tokens, "seq_len": settings.seq_len, "eval_tokens": settings.eval_tokens,
+        "max_width_prune": space.max_width_prune, "max_depth_prune": space.max_depth_prune,
+        "hidden_divisor": space.hidden_divisor, "ffn_divisor": space.ffn_divisor,
+        "head_dim_divisor": space.head_dim_divisor, "layer_divisor": space.layer_divisor,
+        "prune_attention": space.prune_attention, "contiguous_depth": space.contiguous_depth,
+        "layer_metric": space.layer_metric, "accuracy_task": settings.accuracy_task,
+        "measure_latency": settings.measure_latency, "seed": settings.seed, "run_dir": args.out,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    run_recorded("search", spec, args)  # an unreachable budget is refused before any weights load
+    print(format_table(pd.read_csv(Path(args.out, "candidates.csv"))))
+    best = json.loads(Path(args.out, "search.json").read_text())["best"]
+    print(f"chose {best['name']}: {best['params']:,} parameters; model saved to {best['model_dir']}")
     return 0
 
 

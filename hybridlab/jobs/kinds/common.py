@@ -77,3 +77,15 @@ def data_source(value: str) -> str:
     if not path.exists():
         raise ValueError(f"{value!r} does not exist; pass 'demo' or the path of your data")
     return str(path.resolve())
+
+
+def absolute_path(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
+
+
+def existing_path(value: str) -> str:
+    """A token file or a folder of text files (made absolute)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist; pass a .npy token array or text files")
+    return str(path.resolve())

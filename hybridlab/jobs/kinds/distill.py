@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from hybridlab.jobs.kinds.common import (
-    BATCH_SIZE, DEVICE, SEQ_LEN, TOKENS_FILE, TRUST_REMOTE_CODE, demo_tokens_or, load, name_field,
-    run_name,
+    BATCH_SIZE, DEVICE, SEQ_LEN, TOKENS_FILE, TRUST_REMOTE_CODE, absolute_path, demo_tokens_or, existing_path, load,
+    name_field, run_name,
 )
 from hybridlab.jobs.registry import Field, JobKind, register_kind
 from hybridlab.jobs.specs import existing_dir, model_ref, non_negative, positive
@@ -31,18 +31,6 @@ def settings_of(spec: dict):
     from hybridlab.distill import DistillSettings
 
     return DistillSettings(**{k: spec[k] for k in SETTINGS_KEYS}, bf16_autocast=spec["bf16"])
-
-
-def absolute_path(value: str) -> str:
-    return str(Path(value).expanduser().resolve())
-
-
-def existing_path(value: str) -> str:
-    """A token file or a folder of text files (made absolute)."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise ValueError(f"{value!r} does not exist; pass a .npy token array or text files")
-    return str(path.resolve())
 
 
 def _check(spec: dict, store) -> None:
