@@ -80,8 +80,19 @@ def token_batches():
     return [torch.randint(3, 128, (4, 24), generator=generator) for _ in range(2)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_workspace(tmp_path_factory):
+    """Never the user's ~/.hybridlab or $HYBRIDLAB_WORKSPACE: CLI commands record their runs there."""
+    path = str(tmp_path_factory.mktemp("workspace"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HYBRIDLAB_WORKSPACE", path)
+    yield path
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
-def _own_workspace(tmp_path_factory, monkeypatch):
-    """Every test records its jobs (CLI commands run as recorded jobs) in a fresh store,
-    never in the user's ~/.hybridlab. Tests that want a particular workspace set it themselves."""
-    monkeypatch.setenv("HYBRIDLAB_WORKSPACE", str(tmp_path_factory.mktemp("workspace")))
+def _own_workspace(_session_workspace, tmp_path_factory, monkeypatch):
+    """Every test records its jobs in a fresh store, unless a module- or class-scoped fixture
+    (set up before this one) chose a workspace for its tests to share."""
+    if os.environ.get("HYBRIDLAB_WORKSPACE") == _session_workspace:
+        monkeypatch.setenv("HYBRIDLAB_WORKSPACE", str(tmp_path_factory.mktemp("workspace")))
