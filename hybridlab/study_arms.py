@@ -91,14 +91,17 @@ def prunes_heads(spec: PruneSpec, config) -> bool:
 
 
 def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> list[Candidate]:
-    """At most `limit` width candidates to rank zero-shot: for each (prunes Mamba heads?, hidden
-    size) the one closest to the target, taken in turn from the two SSM groups so both are covered."""
-    best: dict[tuple[bool, int], Candidate] = {}
+    """At most `limit` width candidates to rank zero-shot, spread over the space: per (prunes Mamba
+    heads?, hidden size) the closest to the target first, then the next closest, and so on, taking
+    turns between the two SSM groups so both are covered."""
+    by_key: dict[tuple[bool, int], list[Candidate]] = {}
     for candidate in sorted(candidates, key=lambda c: (abs(c.params - target), c.name)):
-        key = (prunes_heads(candidate.spec, config), candidate.spec.hidden_size or 0)
-        best.setdefault(key, candidate)
-    groups = [sorted((c for k, c in best.items() if k[0] == pruned), key=lambda c: -(c.spec.hidden_size or 10**9))
-              for pruned in (True, False)]
+        by_key.setdefault((prunes_heads(candidate.spec, config), candidate.spec.hidden_size or 0), []).append(candidate)
+    groups = []
+    for pruned in (True, False):
+        keys = sorted((k for k in by_key if k[0] == pruned), key=lambda k: -(k[1] or 10**9))  # widest hidden first
+        depth = max((len(by_key[k]) for k in keys), default=0)
+        groups.append([by_key[k][rank] for rank in range(depth) for k in keys if rank < len(by_key[k])])
     picked: list[Candidate] = []
     while len(picked) < limit and any(groups):
         for group in groups:

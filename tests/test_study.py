@@ -190,7 +190,7 @@ def test_cli_runs_a_model_directory_and_publishes(tiny_nemotron, tmp_path, capsy
         np.save(tmp_path / f"{name}.npy", tokens)
     args = ["study", "--model", str(tmp_path / "teacher"), "--tokens", "512", "--scratch-tokens", "1024",
             "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--comparisons", "width_vs_depth,from_scratch",
-            "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "512", "--teacher-top-k", "16", "--tolerance", "0.05",
+            "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "512", "--tolerance", "0.05",
             "--max-candidates", "3", "--latency-repeats", "1", "--calib-samples", "8", "--no-bf16",
             "--data", str(tmp_path / "train.npy"), "--val", str(tmp_path / "val.npy"), "--calib", str(tmp_path / "calib.npy")]
     assert main(args) == 0

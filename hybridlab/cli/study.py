@@ -9,8 +9,8 @@ from hybridlab.cli.distill import DEMO_TRAIN, DEMO_VAL
 # Options echoed into the regeneration command (always, or when they differ from the default).
 ALWAYS = ("model", "compression", "tokens", "scratch_tokens", "out", "docs")
 DEFAULTS = {"comparisons": None, "ssm_sweep": "25,50", "tolerance": 0.03, "max_width_prune": 0.5, "max_candidates": 8,
-            "seq_len": 256, "batch_size": 8, "lr": 1e-3, "eval_tokens": 8_192, "teacher_top_k": 64, "latency_repeats": 5,
-            "calib_samples": 64, "seed": 0, "threads": None, "no_bf16": False, "data": None, "val": None, "calib": None,
+            "seq_len": 256, "batch_size": 8, "lr": 1e-3, "eval_tokens": 8_192, "teacher_top_k": 0, "latency_repeats": 5,
+            "calib_samples": 32, "seed": 0, "threads": None, "no_bf16": False, "data": None, "val": None, "calib": None,
             "trust_remote_code": False}
 
 
@@ -31,9 +31,11 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
     p.add_argument("--eval-tokens", type=int, default=8_192, help="validation tokens for every loss")
-    p.add_argument("--teacher-top-k", type=int, default=64, help="distil from cached top-k teacher logits (0 = live teacher)")
+    p.add_argument("--teacher-top-k", type=int, default=0,
+                   help="distil from cached top-k teacher logits, shared by all arms (faster; starves the student's tail); "
+                        "0 = the live teacher's full logits (default)")
     p.add_argument("--latency-repeats", type=int, default=5)
-    p.add_argument("--calib-samples", type=int, default=64, help="calibration windows for importance")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows for importance")
     p.add_argument("--data", default=None, help="training tokens .npy (default: the demo's training sample)")
     p.add_argument("--val", default=None, help="validation tokens .npy (default: the demo's)")
     p.add_argument("--calib", default=None, help="calibration tokens (default: the demo's)")
