@@ -5,6 +5,7 @@
     demo.tokenizer    its byte-level BPE tokenizer
     demo.calib        LongTensor [256, 256]: windows from the train split, for importance estimation
     demo.val          LongTensor [N]: the validation split, documents separated by <|endoftext|>
+    demo.train_sample numpy uint16 [M]: chunks of the train split, for distillation and search
 
 Everything is read from assets/demo/ (see hybridlab.paths.demo_dir); nothing touches the network.
 """
@@ -33,6 +34,7 @@ class Demo:
     calib: torch.Tensor  # [N, T] int64
     val: torch.Tensor  # [N] int64
     path: Path
+    train_sample: np.ndarray | None = None  # [M] uint16
 
     def calib_batches(self, batch_size: int = 8, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Calibration windows in batches of [B, T]; `limit` caps the number of windows."""
@@ -77,4 +79,6 @@ def load_demo(with_model: bool = True, root: str | Path | None = None) -> Demo:
         model.eval()
     calib = torch.from_numpy(np.load(root / "calib.npy", allow_pickle=False).astype(np.int64))
     val = torch.from_numpy(np.load(root / "val.npy", allow_pickle=False).astype(np.int64))
-    return Demo(model=model, tokenizer=tokenizer, calib=calib, val=val, path=root)
+    sample_file = root / "train_sample.npy"
+    sample = np.load(sample_file, allow_pickle=False) if sample_file.exists() else None
+    return Demo(model=model, tokenizer=tokenizer, calib=calib, val=val, path=root, train_sample=sample)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridlab.data.card import write_data_card
+from hybridlab.data.card import TRAIN_SAMPLE_CHUNK, TRAIN_SAMPLE_CHUNKS, write_data_card
 from hybridlab.data.sources import SOURCES, Document, download_and_unpack, read_documents
 from hybridlab.data.tokenizer import END_OF_TEXT, save_tokenizer, train_tokenizer
-from hybridlab.data.tokens import TokenBatches, save_tokens, sha256_file, unigram_entropy
+from hybridlab.data.tokens import TokenBatches, load_tokens, save_tokens, sha256_file, unigram_entropy
 from hybridlab.progress import ProgressFn
 
 CALIB_SEED = 1234
@@ -111,8 +111,17 @@ def build_corpus(
     return stats
 
 
+def train_sample(train: np.ndarray, chunks: int = TRAIN_SAMPLE_CHUNKS, chunk: int = TRAIN_SAMPLE_CHUNK) -> np.ndarray:
+    """Evenly spaced contiguous chunks of the train split: a small, deterministic training set
+    that covers both sources, for distillation on a fresh clone without the corpus."""
+    starts = np.linspace(0, len(train) - chunk, chunks).astype(np.int64)
+    return np.concatenate([train[s : s + chunk] for s in starts])
+
+
 def copy_for_shipping(corpus_dir: Path, dest: Path) -> None:
-    """The small parts shipped in assets/demo: val and calib tokens and the data card."""
+    """The small parts shipped in assets/demo: val, calib and a training sample of tokens, and the data card."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("val.npy", "calib.npy", "DATA_CARD.md", "corpus.json"):
+    for name in ("val.npy", "calib.npy", "corpus.json"):
         shutil.copyfile(corpus_dir / name, dest / name)
+    save_tokens(dest / "train_sample.npy", train_sample(load_tokens(corpus_dir / "train.npy")))
+    write_data_card(json.loads((corpus_dir / "corpus.json").read_text()), dest / "DATA_CARD.md")

@@ -1,6 +1,8 @@
 """The data card: a human-readable statement of what the corpus is made of."""
 from __future__ import annotations
 
+TRAIN_SAMPLE_CHUNKS, TRAIN_SAMPLE_CHUNK = 16, 65_536
+
 from pathlib import Path
 
 
@@ -42,6 +44,8 @@ Packages used for this build:
 4. Documents are tokenised and concatenated, each followed by `<|endoftext|>`, into 1-D `uint16` arrays.
 5. `calib.npy` holds {stats['tokens']['calib'][0]} windows of {stats['tokens']['calib'][1]} tokens drawn
    from the train split with a fixed seed (for importance estimation).
+6. `train_sample.npy` (shipped in assets/demo only) holds {TRAIN_SAMPLE_CHUNKS} evenly spaced chunks of
+   {TRAIN_SAMPLE_CHUNK:,} tokens of the train split, for distillation and search on a fresh clone.
 
 ## Sizes
 
