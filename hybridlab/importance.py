@@ -163,11 +163,14 @@ def estimate_importance(
     batches: Iterable,
     layer_metric: str | None = "kl",
     progress: ProgressFn | None = None,
+    layer_samples: int | None = None,
 ) -> ImportanceScores:
     """Score every prunable unit of `model` on calibration `batches`.
 
     layer_metric: "kl" or "loss" (drop-one-layer passes, both recorded), "cosine"
     (block importance, free), or None (width axes only; cosine is still recorded).
+    layer_samples: use only the first batches holding this many samples for the
+    drop-one-layer passes (each costs one forward per layer); None uses every batch.
     """
     if layer_metric not in LAYER_METRICS:
         raise ValueError(f"layer_metric must be one of {LAYER_METRICS}, got {layer_metric!r}")
@@ -216,7 +219,8 @@ def estimate_importance(
     drop_passes = layer_metric in ("kl", "loss")
     tokens = 0
     try:
-        width_share = 1.0 / (1 + widths.num_layers) if drop_passes else 1.0
+        layer_share = len(_first_samples(batches, layer_samples)) * (1 + widths.num_layers) if drop_passes else 0
+        width_share = len(batches) / (len(batches) + layer_share)
         for inputs in track(batches, len(batches), "importance: activations", progress, 0.0, width_share):
             inputs = {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}
             current_mask[0] = inputs["attention_mask"]
@@ -231,7 +235,8 @@ def estimate_importance(
 
     layer_scores = {"cosine": torch.tensor([cosine[i].result() for i in range(widths.num_layers)])}
     if drop_passes:
-        layer_scores.update(drop_one_layer_scores(model, parts, batches, device, progress, width_share))
+        layer_batches = _first_samples(batches, layer_samples)
+        layer_scores.update(drop_one_layer_scores(model, parts, layer_batches, device, progress, width_share))
     model.train(was_training)
 
     heads_scores = {}
@@ -248,5 +253,20 @@ def estimate_importance(
         attention=heads_scores,
         mamba={i: acc.result().view(widths.mamba_num_heads, widths.mamba_head_dim) for i, acc in mamba.items()},
         layers=layer_scores,
-        meta={"samples": sum(len(b["input_ids"]) for b in batches), "tokens": tokens, "layer_metric": layer_metric},
+        meta={"samples": sum(len(b["input_ids"]) for b in batches), "tokens": tokens, "layer_metric": layer_metric,
+              "layer_samples": sum(len(b["input_ids"]) for b in layer_batches) if drop_passes else 0},
     )
+
+
+def _first_samples(batches: list[dict], samples: int | None) -> list[dict]:
+    if samples is None:
+        return batches
+    if samples < 1:
+        raise ValueError(f"layer_samples must be at least 1, got {samples}")
+    chosen, count = [], 0
+    for batch in batches:
+        if count >= samples:
+            break
+        chosen.append(batch)
+        count += len(batch["input_ids"])
+    return chosen

@@ -76,3 +76,14 @@ def test_tidy_frame(tiny_nemotron, token_batches):
     assert heads["group"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     kl = frame[frame.axis == "layer_kl"]
     assert kl["layer"].tolist() == list(range(6)) and kl["layer_kind"].tolist()[2] == "attention"
+
+
+def test_layer_samples_limits_the_drop_one_layer_passes(tiny_nemotron, token_batches):
+    calls = []
+    handle = tiny_nemotron.register_forward_pre_hook(lambda m, a: calls.append(1))
+    limited = estimate_importance(tiny_nemotron, token_batches, layer_metric="kl", layer_samples=4)
+    handle.remove()
+    assert len(calls) == len(token_batches) + 1 * (1 + 6)  # the first batch (4 samples) alone for layers
+    first_only = estimate_importance(tiny_nemotron, token_batches[:1], layer_metric="kl")
+    assert torch.allclose(limited.layers["kl"], first_only.layers["kl"])
+    assert limited.meta["layer_samples"] == 4

@@ -56,6 +56,7 @@ def _calibration_options(p) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--layer-metric", choices=["kl", "loss", "cosine", "none"], default="kl")
+    p.add_argument("--layer-samples", type=int, default=16, help="sequences for the drop-one-layer passes (one forward per layer each)")
 
 
 def _check_model_and_calib(args, needs_calib: bool = True) -> None:
@@ -69,7 +70,7 @@ def _check_model_and_calib(args, needs_calib: bool = True) -> None:
 
 def _calibration_spec(args) -> dict:
     return {"model": args.model, "calib": args.calib, "samples": args.samples, "seq_len": args.seq_len,
-            "batch_size": args.batch_size, "layer_metric": args.layer_metric, "device": args.device,
+            "batch_size": args.batch_size, "layer_metric": args.layer_metric, "layer_samples": args.layer_samples, "device": args.device,
             "trust_remote_code": args.trust_remote_code}
 
 

@@ -31,7 +31,8 @@ def run(spec: dict, ctx) -> dict:
     batches = batched(rows, spec["batch_size"])
     metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]
     ctx.progress(0.02, "scoring")
-    scores = estimate_importance(model, batches, layer_metric=metric, progress=ctx.sub_progress(0.02, 0.97))
+    scores = estimate_importance(model, batches, layer_metric=metric, progress=ctx.sub_progress(0.02, 0.97),
+                                 layer_samples=spec["layer_samples"])
     out = scores.save(ctx.artifact_path("importance", name))  # atomic: temp folder, then rename
     least = {m: scores.layers[m].argsort().tolist()[:5] for m in scores.layers}
     result = {"samples": int(rows.shape[0]), "seq_len": int(rows.shape[1]), "layer_metric": spec["layer_metric"],
@@ -52,6 +53,7 @@ register_kind(JobKind(
         "seq_len": SEQ_LEN,
         "batch_size": Field(int, default=8, check=positive),
         "layer_metric": Field(str, default="kl", check=one_of(*LAYER_METRICS)),
+        "layer_samples": Field(int, default=16, check=positive, doc="sequences for the drop-one-layer passes"),
         "device": DEVICE,
         "name": name_field(),
         "trust_remote_code": TRUST_REMOTE_CODE,

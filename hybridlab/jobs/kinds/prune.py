@@ -126,7 +126,8 @@ def _score_now(model, tokenizer, spec: dict, progress):
 
     rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
     metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]
-    return estimate_importance(model, batched(rows, spec["batch_size"]), layer_metric=metric, progress=progress)
+    return estimate_importance(model, batched(rows, spec["batch_size"]), layer_metric=metric, progress=progress,
+                               layer_samples=spec["layer_samples"])
 
 
 def _layer_count(config) -> int:
@@ -148,6 +149,7 @@ register_kind(JobKind(
         "calib": Field(str, default=None, nullable=True, check=data_source,
                        doc="calibration data to score the model now when no 'importance' is given"),
         "samples": Field(int, default=64, check=positive, doc="calibration sequences (scoring now only)"),
+        "layer_samples": Field(int, default=16, check=positive, doc="sequences for the drop-one-layer passes"),
         "seq_len": SEQ_LEN,
         "batch_size": Field(int, default=8, check=positive),
         "seed": Field(int, default=0),
