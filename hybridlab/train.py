@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from hybridlab.data.tokenizer import load_tokenizer
 from hybridlab.data.tokens import TokenBatches, contiguous_windows, load_tokens, sha256_file, unigram_entropy
+from hybridlab.loading import save_model
 from hybridlab.progress import ProgressFn
 from hybridlab.trainer import TrainerSettings, train
 
@@ -150,17 +150,6 @@ def train_language_model(
         "val_unigram_entropy": entropy, "val_tokens_evaluated": (len(val_tokens) // settings.seq_len) * (settings.seq_len - 1),
         "parameters": run["parameters"],
     }
-    save_pretrained_atomic(model, tokenizer, out_dir / "model")
+    save_model(model, tokenizer, out_dir / "model", overwrite=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def save_pretrained_atomic(model, tokenizer, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
