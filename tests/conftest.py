@@ -4,8 +4,13 @@ from __future__ import annotations
 import os
 import warnings
 
-import pytest
-import torch
+# One math thread per process, inherited by every subprocess the tests start (workers,
+# torchrun ranks, the notebook kernel, streamlit): two pytest workers share two cores, and
+# OpenMP threads that outnumber the cores spin-wait each other into crawling.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
