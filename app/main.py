@@ -14,6 +14,11 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
+# Load transformers' lazy auto classes once, in this thread, before any page or polling
+# fragment imports them: concurrent first imports of its lazy modules can fail with
+# "cannot import name 'AutoConfig'" (seen on a fresh install).
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402,F401
+
 from app import state  # noqa: E402
 from hybridlab.paths import demo_dir, workspace_dir  # noqa: E402
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridlab.distill import parse_token_count
+from hybridlab.prune import least_important_layers
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 from hybridlab.sizes import planned_widths, sizes_of
 from hybridlab.spec import PruneSpec
@@ -75,11 +76,13 @@ def width_values(current: int, divisor: int, max_prune: float) -> list[int]:
     return sorted(values, reverse=True)
 
 
-def layers_to_drop(layer_scores: torch.Tensor, count: int, contiguous: bool) -> tuple[int, ...]:
+def layers_to_drop(layer_scores: torch.Tensor, count: int, contiguous: bool, widths=None, family=None) -> tuple[int, ...]:
     if count == 0:
         return ()
     if not contiguous:
-        return tuple(sorted(int(i) for i in torch.argsort(layer_scores.float())[:count]))
+        if widths is None:
+            return tuple(sorted(int(i) for i in torch.argsort(layer_scores.float())[:count]))
+        return least_important_layers(layer_scores, count, widths, family)
     sums = torch.stack([layer_scores[i : i + count].sum() for i in range(len(layer_scores) - count + 1)])
     start = int(sums.argmin())
     return tuple(range(start, start + count))
@@ -129,7 +132,13 @@ def enumerate_candidates(config, scores, target_params: int, tolerance: float, s
     min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
     depths = [n for n in range(widths.num_layers, min_layers - 1, -1) if (widths.num_layers - n) % space.layer_divisor == 0]
     layer_scores = scores.layers[space.layer_metric]
-    drops = {n: layers_to_drop(layer_scores, widths.num_layers - n, space.contiguous_depth) for n in depths}
+    family = family_for(config)
+    drops = {}
+    for n in depths:
+        try:
+            drops[n] = layers_to_drop(layer_scores, widths.num_layers - n, space.contiguous_depth, widths, family)
+        except ValueError:  # the family cannot lose that many layers
+            continue
 
     low, high = target_params * (1 - tolerance), target_params * (1 + tolerance)
     found: list[Candidate] = []

@@ -68,20 +68,28 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = 
             top_k: int | None = None, teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean forward KL(teacher || student) per token.
 
-    student_logits [B, T, V]; teacher_logits [B, T, V], or teacher_top = (values [B, T, k],
-    indices [B, T, k]) from a cache. With top-k the teacher distribution is renormalised
-    over its k largest logits and the student is scored on those entries.
+    student_logits [B, T, V]; teacher_logits [B, T, V], or teacher_top = (log-probs [B, T, k],
+    indices [B, T, k]) of the teacher's k likeliest tokens, e.g. from a cache. With top-k, the
+    KL runs over those k tokens plus one "tail" bucket holding the rest of each distribution,
+    so the student is not pushed to move the tail's mass onto the k tokens.
     """
     s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [B, T, V]
-    if teacher_top is None and top_k is not None:
-        teacher_top = torch.topk(teacher_logits.float(), top_k, dim=-1)
-    if teacher_top is not None:
-        values, indices = teacher_top
-        t_logp = F.log_softmax(values.float() / temperature, dim=-1)  # [B, T, k]
-        s_logp = s_logp.gather(-1, indices.long())  # [B, T, k]
-    else:
+    if teacher_top is None and top_k is None:
         t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+    if teacher_top is None:
+        teacher_top = torch.topk(F.log_softmax(teacher_logits.float() / temperature, dim=-1), top_k, dim=-1)
+    t_top, indices = teacher_top[0].float(), teacher_top[1].long()  # [B, T, k]
+    s_top = s_logp.gather(-1, indices)  # [B, T, k]
+    t_tail, s_tail = _log_rest(t_top), _log_rest(s_top)  # [B, T]: log of the mass outside the k tokens
+    kl = (t_top.exp() * (t_top - s_top)).sum(-1) + t_tail.exp() * (t_tail - s_tail)
+    return kl.mean()
+
+
+def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(top_logp))): the log-probability of every token not listed."""
+    covered = torch.logsumexp(top_logp, dim=-1).clamp(max=0.0)
+    return torch.log((-torch.expm1(covered)).clamp_min(1e-30))
 
 
 def check_pair(student, teacher_config, student_tokenizer=None, teacher_tokenizer=None) -> None:

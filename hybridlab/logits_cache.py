@@ -19,7 +19,7 @@ from hybridlab.atomic import atomic_directory
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.progress import ProgressFn, track
 
-BATCH_KEYS = ("seq_len", "batch_size", "seed")
+BATCH_KEYS = ("seq_len", "batch_size", "seed", "temperature")
 
 
 def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLike, top_k: int = 32,
@@ -38,7 +38,8 @@ def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLi
         for step in track(range(steps), steps, "teacher logits", progress):
             with torch.no_grad():
                 logits = teacher(input_ids=batches.batch(step).to(device)).logits.float()  # [B, T, V]
-            top = torch.topk(logits, top_k, dim=-1)
+            # log-probs over the whole vocabulary, so the student's KD loss knows the tail's mass
+            top = torch.topk(torch.log_softmax(logits / settings.temperature, dim=-1), top_k, dim=-1)
             values.append(top.values.to(torch.bfloat16).cpu())
             indices.append(top.indices.to(torch.int32).cpu())
             if len(values) == shard_steps or step == steps - 1:

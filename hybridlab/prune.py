@@ -42,7 +42,8 @@ class _Ranker:
         return torch.rand(real.shape, generator=self.generator) if self.random else real
 
 
-def choose_dropped_layers(spec: PruneSpec, widths: Widths, scores: ImportanceScores | None, layer_metric: str, rank: _Ranker) -> tuple[int, ...]:
+def choose_dropped_layers(spec: PruneSpec, widths: Widths, scores: ImportanceScores | None, layer_metric: str, rank: _Ranker,
+                          family=None) -> tuple[int, ...]:
     if spec.drop_layers is not None:
         return spec.drop_layers
     n_drop = widths.num_layers - kept_layer_count(spec, widths)
@@ -58,14 +59,32 @@ def choose_dropped_layers(spec: PruneSpec, widths: Widths, scores: ImportanceSco
         )
     else:
         layer_scores = scores.layers[layer_metric]
-    least = torch.argsort(layer_scores.float())[:n_drop]
-    return tuple(sorted(int(i) for i in least))
+    return least_important_layers(layer_scores, n_drop, widths, family)
+
+
+def least_important_layers(layer_scores: torch.Tensor, count: int, widths: Widths, family=None) -> tuple[int, ...]:
+    """The `count` lowest-scoring layers, skipping any whose removal the family forbids
+    (e.g. NemotronH's last attention layer)."""
+    dropped: list[int] = []
+    for index in torch.argsort(layer_scores.float()).tolist():
+        if len(dropped) == count:
+            break
+        kept = tuple(k for i, k in enumerate(widths.layer_kinds) if i not in {*dropped, index})
+        try:
+            if family is not None:
+                family.check(widths.with_(layer_kinds=kept))
+        except ValueError:
+            continue
+        dropped.append(index)
+    if len(dropped) < count:
+        raise ValueError(f"cannot drop {count} layers: the model family needs some of them (see its adapter's check)")
+    return tuple(sorted(dropped))
 
 
 def plan_drop_layers(config, spec: PruneSpec, scores: ImportanceScores | None = None, layer_metric: str = "kl", ranking: str = "importance", seed: int = 0) -> tuple[int, ...]:
     """The layers `prune` would remove for this spec (exact sizes need them)."""
     widths = family_for(config).widths(config)
-    return choose_dropped_layers(spec, widths, scores, layer_metric, _Ranker(scores, ranking, seed))
+    return choose_dropped_layers(spec, widths, scores, layer_metric, _Ranker(scores, ranking, seed), family_for(config))
 
 
 @torch.no_grad()
@@ -96,7 +115,7 @@ def prune(
     if scores is not None and tuple(scores.layer_kinds) != old.layer_kinds:
         raise ValueError("these importance scores were computed for a different model (layer pattern differs)")
 
-    dropped = choose_dropped_layers(spec, old, scores, layer_metric, rank)
+    dropped = choose_dropped_layers(spec, old, scores, layer_metric, rank, family)
     kept_layers = [i for i in range(old.num_layers) if i not in set(dropped)]
     new = resolve(spec, old, kept_kinds=tuple(old.layer_kinds[i] for i in kept_layers))
     family.check(new)

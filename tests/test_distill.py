@@ -41,10 +41,24 @@ def test_kd_loss_is_forward_kl_and_topk_renormalises():
     expected = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1).mean()
     assert torch.allclose(kd_loss(s, t), expected, atol=1e-6)
     assert kd_loss(t, t).abs() < 1e-6
-    top = torch.topk(t, 10, dim=-1)
+    top = torch.topk(F.log_softmax(t, -1), 10, dim=-1)
     assert torch.allclose(kd_loss(s, t, top_k=10), expected, atol=1e-5)  # k = V is the full KL
     assert torch.allclose(kd_loss(s, teacher_top=top), expected, atol=1e-5)
-    assert kd_loss(s, t, top_k=3) >= 0
+    assert kd_loss(s, t, top_k=3) >= 0 and kd_loss(t, t, top_k=3).abs() < 1e-5
+
+
+def test_top_k_kd_keeps_the_tail_mass_where_the_teacher_has_it():
+    """Minimising top-k KD must not push the student to put all its mass on the k tokens."""
+    teacher = torch.tensor([[[3.0, 2.0, 1.0, 1.0, 1.0, 1.0]]])
+    student = torch.zeros(1, 1, 6, requires_grad=True)
+    optimizer = torch.optim.SGD([student], lr=1.0)
+    for _ in range(500):
+        optimizer.zero_grad()
+        kd_loss(student, teacher, top_k=2).backward()
+        optimizer.step()
+    p_teacher, p_student = F.softmax(teacher, -1), F.softmax(student.detach(), -1)
+    assert torch.allclose(p_student[..., :2], p_teacher[..., :2], atol=1e-3)
+    assert torch.allclose(p_student[..., 2:].sum(), p_teacher[..., 2:].sum(), atol=1e-3)
 
 
 @pytest.fixture

@@ -35,10 +35,10 @@ def test_pruned_ffn_equals_original_with_neurons_zeroed(tiny_nemotron, token_bat
 
 
 def test_dropped_layer_equals_skipping_it(tiny_nemotron, token_batches):
-    pruned = prune(tiny_nemotron, PruneSpec(drop_layers=[2]))
-    assert pruned.config.layers_block_type == ["linear_attention", "mlp", "linear_attention", "mlp", "linear_attention"]
+    pruned = prune(tiny_nemotron, PruneSpec(drop_layers=[3]))
+    assert pruned.config.layers_block_type == ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"]
     parts = family_for(tiny_nemotron).parts(tiny_nemotron)
-    with skipped(parts.layers[2].block):
+    with skipped(parts.layers[3].block):
         reference = logits(tiny_nemotron, token_batches[0])
     assert torch.allclose(logits(pruned, token_batches[0]), reference, atol=ATOL)
 

@@ -33,7 +33,7 @@ def valid_specs(draw):
     if layers == "count":
         values["num_layers"] = draw(st.integers(1, 6))
     elif layers == "explicit":
-        values["drop_layers"] = draw(st.lists(st.integers(0, 5), unique=True, max_size=5))
+        values["drop_layers"] = draw(st.lists(st.sampled_from([0, 1, 3, 4, 5]), unique=True, max_size=4))  # 2: the attention layer
     return PruneSpec(**values)
 
 
@@ -78,6 +78,7 @@ def test_generate_same_tokens_with_and_without_cache():
         ({"drop_layers": [9]}, "out of range"),
         ({"num_layers": 4, "drop_layers": [1]}, "contradicts"),
         ({"mamba_heads": 4}, "unknown prune spec keys"),
+        ({"drop_layers": [2]}, "removes every attention layer"),
         ({"hidden_size": 2.5}, "whole number"),
     ],
 )
@@ -91,12 +92,18 @@ def test_importance_ranking_without_scores_is_a_clear_error():
         prune(_MODEL, PruneSpec(ffn_hidden_size=8))
 
 
-def test_num_layers_drops_the_least_important_by_metric():
-    pruned = prune(_MODEL, PruneSpec(num_layers=4), _SCORES, layer_metric="kl")
-    least = set(torch.argsort(_SCORES.layers["kl"])[:2].tolist())
+def test_num_layers_drops_the_least_important_by_metric_but_keeps_an_attention_layer():
+    scores = estimate_importance(_MODEL, _BATCHES, layer_metric="kl")
+    scores.layers["kl"][2] = -1.0  # the only attention layer now looks least important
+    pruned = prune(_MODEL, PruneSpec(num_layers=4), scores, layer_metric="kl")
+    assert "full_attention" in pruned.config.layers_block_type
+    order = [i for i in torch.argsort(scores.layers["kl"]).tolist() if i != 2]
+    least = set(order[:2])
     kinds = tiny_nemotron_config().layers_block_type
     expected = [k for i, k in enumerate(kinds) if i not in least]
     assert pruned.config.layers_block_type == expected
+    prompt = _BATCHES[0][:1, :6]
+    assert pruned.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 9)
 
 
 def test_mamba2_family_prunes_and_reloads(tiny_mamba2, token_batches, tmp_path):

@@ -46,6 +46,14 @@ def widths(config) -> Widths:
     )
 
 
+def check(new: Widths) -> None:
+    if ATTENTION not in new.layer_kinds:
+        raise ValueError(
+            "this plan removes every attention layer, but transformers' NemotronHForCausalLM needs at least one "
+            "to build its generation cache; keep one attention layer and drop others instead"
+        )
+
+
 def config_with(config, new: Widths):
     values = config.to_dict()
     values.update(
@@ -83,4 +91,5 @@ FAMILY = Family(
     widths=widths,
     config_with=config_with,
     parts=parts,
+    check=check,
 )
