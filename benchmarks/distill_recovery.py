@@ -25,7 +25,7 @@ from hybridlab.search import SearchSettings, search
 
 
 def teacher_training_tokens() -> int | None:
-    for name in ("training_summary.json", "summary.json"):
+    for name in ("train_summary.json",):
         path = demo_dir() / name
         if path.exists():
             return json.loads(path.read_text()).get("tokens_seen")
