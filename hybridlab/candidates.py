@@ -170,8 +170,12 @@ def pick_diverse(candidates: list[Candidate], limit: int, target_params: int) ->
     by_strategy: dict[str, list[Candidate]] = {}
     for candidate in sorted(candidates, key=lambda c: (abs(c.params - target_params), c.name)):
         by_strategy.setdefault(candidate.strategy, []).append(candidate)
-    queues = [by_strategy[s] for s in ("width", "mixed", "depth") if s in by_strategy]
-    picked: list[Candidate] = []
+    return round_robin([by_strategy[s] for s in ("width", "mixed", "depth") if s in by_strategy], limit)
+
+
+def round_robin(queues: list[list], limit: int) -> list:
+    """Take one item from each queue in turn (queues are consumed) until `limit` items or all are empty."""
+    picked: list = []
     while len(picked) < limit and any(queues):
         for queue in queues:
             if queue and len(picked) < limit:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from hybridlab.candidates import Candidate, SearchSpace, enumerate_candidates
+from hybridlab.candidates import Candidate, SearchSpace, enumerate_candidates, round_robin
 from hybridlab.families import ATTENTION, MAMBA, family_for
 from hybridlab.prune import prune, top_k
 from hybridlab.sizes import planned_widths, sizes_of
@@ -102,12 +102,7 @@ def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> l
         keys = sorted((k for k in by_key if k[0] == pruned), key=lambda k: -(k[1] or 10**9))  # widest hidden first
         depth = max((len(by_key[k]) for k in keys), default=0)
         groups.append([by_key[k][rank] for rank in range(depth) for k in keys if rank < len(by_key[k])])
-    picked: list[Candidate] = []
-    while len(picked) < limit and any(groups):
-        for group in groups:
-            if group and len(picked) < limit:
-                picked.append(group.pop(0))
-    return picked
+    return round_robin(groups, limit)
 
 
 # -- depth-only ---------------------------------------------------------------------------
