@@ -73,10 +73,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = 
     KL runs over those k tokens plus one "tail" bucket holding the rest of each distribution,
     so the student is not pushed to move the tail's mass onto the k tokens.
     """
-    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [B, T, V]
     if teacher_top is None and top_k is None:
-        t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+        # KL = cross entropy to the teacher's soft targets - the teacher's entropy; the fused
+        # soft-target cross entropy is cheaper than materialising p * (log p - log q).
+        with torch.no_grad():
+            t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # [B, T, V]
+            t_p = t_logp.exp()
+            neg_entropy = (t_p * t_logp).sum(-1).mean()
+        vocab = student_logits.shape[-1]
+        soft_ce = F.cross_entropy((student_logits.float() / temperature).reshape(-1, vocab), t_p.reshape(-1, vocab))
+        return soft_ce + neg_entropy
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [B, T, V]
     if teacher_top is None:
         teacher_top = torch.topk(F.log_softmax(teacher_logits.float() / temperature, dim=-1), top_k, dim=-1)
     t_top, indices = teacher_top[0].float(), teacher_top[1].long()  # [B, T, k]
