@@ -58,6 +58,14 @@ def current_model():
         return None
 
 
+def require_model():
+    """(ref, config) of the chosen model; otherwise the page stops after saying why."""
+    chosen = current_model()
+    if chosen is None:
+        st.stop()
+    return chosen
+
+
 def model_label(ref: str) -> str:
     return "demo teacher" if ref == "demo" else Path(ref).name
 

@@ -11,10 +11,7 @@ from hybridlab.store import FINISHED
 JOB_KEY, WATCH_KEY = "distill_job", "distill_jobs"
 
 st.title("Distill")
-chosen = state.current_model()
-if chosen is None:
-    st.stop()
-ref, config = chosen
+ref, config = state.require_model()
 missing = get_kind("distill").missing_modules()
 if missing:
     st.warning(f"Distillation is not available in this installation ({', '.join(missing)} is missing).")

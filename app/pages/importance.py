@@ -11,10 +11,7 @@ from hybridlab.spec import PruneSpec
 JOB_KEY = "importance_job"
 
 st.title("Importance")
-chosen = state.current_model()
-if chosen is None:
-    st.stop()
-ref, config = chosen
+ref, config = state.require_model()
 
 # A finished importance job selects its scores.
 job_id = st.session_state.get(JOB_KEY)

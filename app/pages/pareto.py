@@ -12,10 +12,7 @@ from hybridlab.sizes import estimate_sizes
 WATCH_KEY = "pareto_jobs"
 
 st.title("Pareto")
-chosen = state.current_model()
-if chosen is None:
-    st.stop()
-ref, config = chosen
+ref, config = state.require_model()
 parent = estimate_sizes(config)
 table = comparison(ref, {"params": parent.params, "flops_per_token": parent.flops_per_token},
                    jobs.list_candidates(), jobs.list_evaluations(), jobs.list_benchmarks(), jobs.list_distillations(),

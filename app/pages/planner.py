@@ -12,10 +12,7 @@ from hybridlab.families import family_for
 JOBS_KEY, TEACHER_KEY = "planner_jobs", "teacher_eval_jobs"
 
 st.title("Prune planner")
-chosen = state.current_model()
-if chosen is None:
-    st.stop()
-ref, config = chosen
+ref, config = state.require_model()
 widths = family_for(config).widths(config)
 scores = state.current_scores(config)
 controls = axes(widths)

@@ -89,7 +89,7 @@ def run(spec: dict, ctx) -> dict:
     run_dir = Path(spec["run_dir"]) if spec["run_dir"] is not None else ctx.checkpoint_dir
     result = distill(
         student, teacher, train, val, settings, run_dir,
-        resume=(run_dir / "checkpoint" / "state.pt").exists(), progress=_with_step(ctx.progress, settings.total_steps),
+        resume=(run_dir / "checkpoint" / "state.pt").exists(), progress=ctx.progress,
         logits_cache=cache, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
     )
     final = ctx.artifact_path("distilled", name)
@@ -106,16 +106,6 @@ def run(spec: dict, ctx) -> dict:
               "candidate": spec["candidate"], "teacher": spec["teacher"]}
     ctx.finish_run("distillations", run_id, final, result)
     return {"run_id": run_id, "artifact": ctx.relative(final), **result}
-
-
-def _with_step(progress, total_steps: int):
-    """The trainer reports fraction = step / total_steps; the store keys metric points by step,
-    so a resumed run overwrites the points it replays. Recover the step from the fraction."""
-    def report(fraction: float, message: str, metrics: dict | None = None) -> None:
-        if metrics and "step" not in metrics:
-            metrics = {"step": round(fraction * total_steps), **metrics}
-        progress(fraction, message, metrics)
-    return report
 
 
 register_kind(JobKind(
