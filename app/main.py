@@ -20,7 +20,7 @@ import streamlit as st  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402,F401
 
 from app import state  # noqa: E402
-from hybridlab.paths import demo_dir, workspace_dir  # noqa: E402
+from hybridlab.core.paths import demo_dir, workspace_dir  # noqa: E402
 
 PAGES = Path(__file__).parent / "pages"
 

@@ -1,4 +1,4 @@
-"""Which units a plan keeps, for the heatmap overlays: the same choices `hybridlab.prune`
+"""Which units a plan keeps, for the heatmap overlays: the same choices `hybridlab.compression.prune`
 makes (group-aware Mamba heads, KV-group-aware attention heads, least important layers),
 computed from the scores alone, as a tidy frame that joins `ImportanceScores.to_frame()`.
 """
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from hybridlab.importance import ImportanceScores
+from hybridlab.compression.importance import ImportanceScores
 from hybridlab.families import family_for
-from hybridlab.prune import plan_drop_layers, top_k, top_k_within_groups
-from hybridlab.spec import PruneSpec, resolve
+from hybridlab.compression.prune import plan_drop_layers, top_k, top_k_within_groups
+from hybridlab.model.spec import PruneSpec, resolve
 
 
 def units_frame(scores: ImportanceScores, config, spec: PruneSpec | None, layer_metric: str = "kl") -> pd.DataFrame:

@@ -4,7 +4,7 @@ bench job (measured latency). Plain functions; app.state keeps the chains in the
 """
 from __future__ import annotations
 
-from hybridlab.paths import demo_dir
+from hybridlab.core.paths import demo_dir
 
 
 def eval_settings(parent: str, val_tokens: str | None, max_tokens: int, seq_len: int, bench: bool) -> dict:

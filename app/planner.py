@@ -1,15 +1,15 @@
 """The pruning planner's arithmetic, without Streamlit: slider ranges per axis, presets
 that hit a target parameter fraction, and the analytic summary of a plan.
 
-Everything here reads only the config (hybridlab.sizes), so it is instant.
+Everything here reads only the config (hybridlab.model.sizes), so it is instant.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
-from hybridlab.sizes import estimate_sizes, planned_widths, sizes_of
-from hybridlab.spec import PruneSpec
+from hybridlab.model.sizes import estimate_sizes, planned_widths, sizes_of
+from hybridlab.model.spec import PruneSpec
 
 PRESETS = ("width only", "depth only", "paper-like mix")
 # The paper-like mix takes about this share of the reduction from depth (Nemotron-H 8B -> 4B

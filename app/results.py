@@ -32,7 +32,7 @@ def _spec_of(row: pd.Series) -> dict:
 def comparison(parent: str, parent_sizes: dict, candidates: pd.DataFrame, evaluations: pd.DataFrame,
                benchmarks: pd.DataFrame, distillations: pd.DataFrame, parent_name: str = "teacher") -> pd.DataFrame:
     """parent: the model ref candidates were pruned from ("demo" or an absolute path);
-    parent_sizes: {"params", "flops_per_token"} of the parent (hybridlab.sizes)."""
+    parent_sizes: {"params", "flops_per_token"} of the parent (hybridlab.model.sizes)."""
     losses = latest_by_model(evaluations, "val_loss")
     prefill = latest_by_model(benchmarks, "prefill_ms")
     rows = [{"name": parent_name, "kind": "teacher", "strategy": "teacher", "model": parent,

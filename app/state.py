@@ -21,7 +21,7 @@ def check_model(text: str):
 
     from hybridlab.families import family_for
     from hybridlab.jobs.specs import model_ref
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     ref = model_ref(text.strip())  # ValueError: missing demo, not a folder, no config.json
     config = load_config(ref, _mtime(resolve_model_dir(ref) / "config.json"))
@@ -33,7 +33,7 @@ def check_model(text: str):
 def load_config(ref: str, mtime: float):
     from transformers import AutoConfig
 
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     try:
         return AutoConfig.from_pretrained(resolve_model_dir(ref))
@@ -74,7 +74,7 @@ def model_label(ref: str) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def load_scores(path: str, mtime: float):
-    from hybridlab.importance import ImportanceScores
+    from hybridlab.compression.importance import ImportanceScores
 
     return ImportanceScores.load(path)
 

@@ -6,20 +6,20 @@ from typing import Callable
 
 import torch
 
-from hybridlab.bench import time_call
+from hybridlab.measure.bench import time_call
 
 
 def teacher_model(dtype: torch.dtype = torch.float32):
     """(model, description): the bundled demo teacher, or a randomly initialised model of the
     same architecture when the demo assets are missing (timing does not depend on the weights)."""
-    from hybridlab.paths import demo_dir
+    from hybridlab.core.paths import demo_dir
 
     if (demo_dir() / "teacher" / "config.json").exists():
-        from hybridlab.loading import load_model
+        from hybridlab.model.loading import load_model
 
         model, _ = load_model("demo", dtype=dtype)
         return model.eval(), "demo teacher"
-    from hybridlab.train import build_model
+    from hybridlab.training.pretrain import build_model
 
     torch.manual_seed(0)
     model = build_model("demo-teacher", vocab_size=8192, bos=0, eos=0, pad=1).to(dtype)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from benchmarks._common import device, interleaved_medians, teacher_model
 from hybridlab import PruneSpec, prune
-from hybridlab.distill import kd_loss
+from hybridlab.training.distill import kd_loss
 
 TARGET = 1.10
 

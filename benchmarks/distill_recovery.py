@@ -14,14 +14,14 @@ import tempfile
 
 import torch
 
-from hybridlab.calibration import batched
-from hybridlab.candidates import SearchSpace
-from hybridlab.demo import load_demo
-from hybridlab.distill import DistillSettings, distill, parse_token_count
-from hybridlab.evaluate import validation_loss
-from hybridlab.importance import estimate_importance
-from hybridlab.paths import demo_dir
-from hybridlab.search import SearchSettings, search
+from hybridlab.data.calibration import batched
+from hybridlab.search.space import SearchSpace
+from hybridlab.demo.load import load_demo
+from hybridlab.training.distill import DistillSettings, distill, parse_token_count
+from hybridlab.measure.evaluate import validation_loss
+from hybridlab.compression.importance import estimate_importance
+from hybridlab.core.paths import demo_dir
+from hybridlab.search.run import SearchSettings, search
 
 
 def teacher_training_tokens() -> int | None:

@@ -2,7 +2,7 @@
 
 The student is the teacher pruned (random ranking: the weights do not change the timing) to
 the uniform width shrink whose parameter count is closest to half. Teacher and student
-prefill are timed in alternation in one run; the analytic FLOPs come from hybridlab.sizes.
+prefill are timed in alternation in one run; the analytic FLOPs come from hybridlab.model.sizes.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.batch_size:>5} {seq_len:>6} {1000 * medians['teacher']:>11.1f} {1000 * medians['student']:>11.1f} "
               f"{speedup:>7.2f}x {flops_s / flops_t:>10.3f} {speedup / predicted:>25.2f}")
     print("speedup = teacher / student prefill latency (median, interleaved); FLOP-predicted speedup = "
-          "teacher FLOPs / student FLOPs per token (hybridlab.sizes); 1.00 in the last column means "
+          "teacher FLOPs / student FLOPs per token (hybridlab.model.sizes); 1.00 in the last column means "
           "latency scales exactly with FLOPs.")
     return 0
 

@@ -1,14 +1,14 @@
 """hybridlab: compress hybrid Mamba/attention language models (Minitron-SSM recipe)."""
-from hybridlab.importance import ImportanceScores, estimate_importance
-from hybridlab.loading import load_model, save_model
-from hybridlab.prune import prune
-from hybridlab.sizes import Sizes, estimate_sizes
-from hybridlab.spec import PruneSpec
+from hybridlab.compression.importance import ImportanceScores, estimate_importance
+from hybridlab.model.loading import load_model, save_model
+from hybridlab.compression.prune import prune
+from hybridlab.model.sizes import Sizes, estimate_sizes
+from hybridlab.model.spec import PruneSpec
 
 
 def load_demo():
     """The bundled demo teacher: an object with .model, .tokenizer, .calib and .val."""
-    from hybridlab.demo import load_demo as _load_demo
+    from hybridlab.demo.load import load_demo as _load_demo
 
     return _load_demo()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridlab.paths import demo_dir
+from hybridlab.core.paths import demo_dir
 
 
 @dataclass

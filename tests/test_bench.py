@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from hybridlab.bench import measure_latency, peak_memory
+from hybridlab.measure.bench import measure_latency, peak_memory
 
 KEYS = {
     "device", "device_name", "dtype", "torch_threads", "mamba_kernels", "batch_size", "seq_len", "new_tokens",
@@ -80,7 +80,7 @@ def test_bad_settings_are_refused(tiny_nemotron, kwargs, match):
 
 def test_cli_bench_json(tmp_path, tiny_nemotron, capsys):
     from hybridlab.cli import main
-    from hybridlab.loading import save_model
+    from hybridlab.model.loading import save_model
 
     save_model(tiny_nemotron, None, tmp_path / "model")
     code = main(["bench", "--model", str(tmp_path / "model"), "--seq-len", "8", "--new-tokens", "2",

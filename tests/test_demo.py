@@ -15,9 +15,9 @@ import torch
 
 from hybridlab.cli import main as cli
 from hybridlab.data.tokens import unigram_entropy
-from hybridlab.demo import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, DEMO_NAME, load_demo, teacher_dir
-from hybridlab.paths import demo_dir
-from hybridlab.train import validation_loss
+from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, DEMO_NAME, load_demo, teacher_dir
+from hybridlab.core.paths import demo_dir
+from hybridlab.training.pretrain import validation_loss
 from tests.test_data import tiny_debs  # noqa: F401  (fixture: real .deb files built with dpkg-deb)
 
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab import PruneSpec, prune
-from hybridlab.distill import DistillSettings, distill, kd_loss, parse_token_count
-from hybridlab.logits_cache import LogitsCache, build_logits_cache
-from hybridlab.progress import Cancelled
+from hybridlab.training.distill import DistillSettings, distill, kd_loss, parse_token_count
+from hybridlab.training.logits_cache import LogitsCache, build_logits_cache
+from hybridlab.core.progress import Cancelled
 
 
 def corpus(n=6000, seed=0):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize, tiny_nemotron_config
-from hybridlab.evaluate import evaluate, kl_to_teacher, token_windows, validation_loss
-from hybridlab.lmeval.continuation import build_continuation_items
-from hybridlab.lmeval.harness import prepare_task_manager, run_lm_eval
+from hybridlab.measure.evaluate import evaluate, kl_to_teacher, token_windows, validation_loss
+from hybridlab.measure.lmeval.continuation import build_continuation_items
+from hybridlab.measure.lmeval.harness import prepare_task_manager, run_lm_eval
 
 WORDS = {
     "adj": "quiet old bright small heavy green cold busy careful tired".split(),
@@ -220,7 +220,7 @@ def test_unknown_task_name_is_refused_before_loading_data():
 def test_cli_eval_json_matches_the_library(tmp_path, text_model, text_tokenizer, text_tokens, capsys):
     from hybridlab.cli import main
     from hybridlab.data.tokens import save_tokens
-    from hybridlab.loading import save_model
+    from hybridlab.model.loading import save_model
 
     save_model(text_model, text_tokenizer, tmp_path / "model")
     save_tokens(tmp_path / "val.npy", text_tokens)

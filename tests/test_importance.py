@@ -6,7 +6,7 @@ import json
 import torch
 
 from hybridlab import ImportanceScores, estimate_importance
-from hybridlab.importance import sequence_mean_magnitude
+from hybridlab.compression.importance import sequence_mean_magnitude
 
 
 def test_aggregation_is_mean_over_sequence_then_l2_over_samples():

@@ -287,7 +287,7 @@ def test_importance_job_in_a_worker_and_prune_run_sync_match_direct_calls(ws, tm
     import torch
 
     from hybridlab import ImportanceScores, PruneSpec, estimate_importance, load_model, prune
-    from hybridlab.calibration import batched, load_calibration
+    from hybridlab.data.calibration import batched, load_calibration
     from hybridlab.jobs import list_candidates, list_importance_runs, run_sync, submit, wait
 
     model_dir = tmp_path / "tiny"
@@ -433,7 +433,7 @@ def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_cur
 def test_eval_and_bench_jobs_run_synchronously_and_record_their_runs(ws, tmp_path, tiny_nemotron):
     import numpy as np
 
-    from hybridlab.evaluate import validation_loss
+    from hybridlab.measure.evaluate import validation_loss
     from hybridlab.jobs import list_benchmarks, list_evaluations, run_sync
 
     model_dir = tmp_path / "tiny"

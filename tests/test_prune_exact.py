@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from hybridlab import PruneSpec, estimate_importance, prune
 from hybridlab.families import family_for
-from hybridlab.layer_importance import skipped
-from hybridlab.prune import choose_mamba_units, _Ranker
+from hybridlab.compression.layer_importance import skipped
+from hybridlab.compression.prune import choose_mamba_units, _Ranker
 
 ATOL = 2e-5
 

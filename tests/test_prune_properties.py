@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, NemotronHForCausalLM
 
 from hybridlab import PruneSpec, estimate_importance, estimate_sizes, prune
-from hybridlab.prune import plan_drop_layers
+from hybridlab.compression.prune import plan_drop_layers
 from tests.conftest import randomize, tiny_nemotron_config
 
 _MODEL = randomize(NemotronHForCausalLM(tiny_nemotron_config()))

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hybridlab import estimate_importance, prune
-from hybridlab.candidates import SearchSpace, check_reachable, enumerate_candidates, layers_to_drop, parse_target, pick_diverse, width_values
-from hybridlab.search import SearchSettings, _choose, search
+from hybridlab.search.space import SearchSpace, check_reachable, enumerate_candidates, layers_to_drop, parse_target, pick_diverse, width_values
+from hybridlab.search.run import SearchSettings, _choose, search
 from tests.test_distill import corpus
 
 

@@ -5,7 +5,7 @@ import torch
 from transformers import NemotronHForCausalLM
 
 from hybridlab import PruneSpec, estimate_sizes
-from hybridlab.reference import REFERENCE_SPECS, reference_config
+from hybridlab.model.reference import REFERENCE_SPECS, reference_config
 
 
 def meta_params(config) -> int:

@@ -13,11 +13,11 @@ import torch
 from hybridlab import estimate_importance, prune
 from hybridlab.cli import build_parser, main
 from hybridlab.families import ATTENTION, MAMBA, family_for
-from hybridlab.progress import Cancelled
-from hybridlab.study import StudySettings, publish, run_study, target_params
-from hybridlab.study_arms import (COMPARISONS, depth_only_spec, mamba_sweep_specs, mispaired_heads, params_of,
+from hybridlab.core.progress import Cancelled
+from hybridlab.study.run import StudySettings, publish, run_study, target_params
+from hybridlab.study.arms import (COMPARISONS, depth_only_spec, mamba_sweep_specs, mispaired_heads, params_of,
                                   shortlist, width_candidates)
-from hybridlab.study_runs import tokens_to_match
+from hybridlab.study.runs import tokens_to_match
 from tests.test_distill import corpus
 
 
@@ -77,7 +77,7 @@ def test_sweep_cuts_heads_or_channels_to_the_same_ssm_width(tiny_nemotron):
 
 
 def test_mispaired_heads_counts_what_global_ranking_actually_moves(tiny_nemotron, scores):
-    from hybridlab.spec import PruneSpec
+    from hybridlab.model.spec import PruneSpec
 
     spec = PruneSpec(mamba_num_heads=4)
     moved, kept = mispaired_heads(scores, tiny_nemotron.config, spec)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from hybridlab.checkpoint import load_checkpoint
+from hybridlab.training.checkpoint import load_checkpoint
 from hybridlab.data.tokens import TokenBatches
-from hybridlab.progress import Cancelled
-from hybridlab.train import lm_loss, validation_loss
-from hybridlab.trainer import TrainerSettings, learning_rate, make_optimizer, train
+from hybridlab.core.progress import Cancelled
+from hybridlab.training.pretrain import lm_loss, validation_loss
+from hybridlab.training.trainer import TrainerSettings, learning_rate, make_optimizer, train
 from tests.conftest import tiny_nemotron_config
 
 

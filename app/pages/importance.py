@@ -5,8 +5,8 @@ import streamlit as st
 
 from app import state, views
 from hybridlab import jobs
-from hybridlab.paths import workspace_dir
-from hybridlab.spec import PruneSpec
+from hybridlab.core.paths import workspace_dir
+from hybridlab.model.spec import PruneSpec
 
 JOB_KEY = "importance_job"
 

@@ -5,7 +5,7 @@ import streamlit as st
 from app import charts, state
 from app.planner import params_per_unit
 from hybridlab.families import family_for
-from hybridlab.sizes import estimate_sizes
+from hybridlab.model.sizes import estimate_sizes
 
 st.title("Model")
 current = st.session_state.get(state.MODEL_KEY)

@@ -7,7 +7,7 @@ from app import charts, state
 from app.pipeline import eval_settings, model_jobs
 from app.results import architecture, comparison, side_by_side, unevaluated
 from hybridlab import jobs
-from hybridlab.sizes import estimate_sizes
+from hybridlab.model.sizes import estimate_sizes
 
 WATCH_KEY = "pareto_jobs"
 

@@ -1,5 +1,5 @@
 """Prune planner: a control per axis or a target with a preset; sizes update instantly
-(hybridlab.sizes, no model run); 'prune and evaluate' runs jobs whose results join the Pareto view."""
+(hybridlab.model.sizes, no model run); 'prune and evaluate' runs jobs whose results join the Pareto view."""
 import streamlit as st
 
 from app import charts, state, views

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a language model from scratch on token arrays")
     train.add_argument("--data", required=True, help="corpus folder from `hybridlab data build`")
     train.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
-    train.add_argument("--preset", default="demo-teacher", help="model preset (see hybridlab.train.PRESETS)")
+    train.add_argument("--preset", default="demo-teacher", help="model preset (see hybridlab.training.pretrain.PRESETS)")
     train.add_argument("--config", default=None, help="JSON file with config overrides for the preset")
     train.add_argument("--tokens", type=float, default=None, help="token budget, e.g. 8e6")
     train.add_argument("--batch-size", type=int, default=None)
@@ -48,7 +48,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _ship(args: argparse.Namespace) -> int:
-    from hybridlab.data.ship import ship_demo
+    from hybridlab.demo.ship import ship_demo
 
     facts = ship_demo(args.run, args.data, args.dest, notes=args.note)
     print(f"val loss {facts['val_loss']:.4f} (unigram entropy {facts['val_unigram_entropy']:.4f})  "
@@ -59,7 +59,7 @@ def _ship(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from hybridlab.train import TrainSettings, train_language_model
+    from hybridlab.training.pretrain import TrainSettings, train_language_model
 
     overrides = json.loads(open(args.config).read()) if args.config else {}
     settings = TrainSettings.for_preset(args.preset)

@@ -55,7 +55,7 @@ def _data_options(p) -> None:
 
 
 def _settings(args):
-    from hybridlab.distill import DistillSettings, parse_token_count
+    from hybridlab.training.distill import DistillSettings, parse_token_count
 
     settings = DistillSettings(
         tokens=parse_token_count(args.tokens), seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
@@ -67,7 +67,7 @@ def _settings(args):
 
 
 def _tokens(args, tokenizer, uses_demo: bool):
-    from hybridlab.calibration import load_token_array
+    from hybridlab.data.calibration import load_token_array
 
     data = args.data or (DEMO_TRAIN if uses_demo else None)
     if data is None:
@@ -80,7 +80,7 @@ def _tokens(args, tokenizer, uses_demo: bool):
 
 def _check(args):
     """The command's own checks, named by its options, before any job is recorded; its settings."""
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     settings = _settings(args)
     if args.teacher is None and args.logits_cache is None:
@@ -116,9 +116,9 @@ def run_distill(args) -> int:
 
 def _run_ranks(args) -> int:
     """One rank of a torchrun launch: the library directly, nothing recorded in the store."""
-    from hybridlab.distill import distill
-    from hybridlab.loading import load_model
-    from hybridlab.logits_cache import LogitsCache
+    from hybridlab.training.distill import distill
+    from hybridlab.model.loading import load_model
+    from hybridlab.training.logits_cache import LogitsCache
 
     settings = _check(args)
     cache = LogitsCache(args.logits_cache) if args.logits_cache else None
@@ -135,8 +135,8 @@ def _run_ranks(args) -> int:
 
 
 def run_cache_logits(args) -> int:
-    from hybridlab.loading import load_model
-    from hybridlab.logits_cache import build_logits_cache
+    from hybridlab.model.loading import load_model
+    from hybridlab.training.logits_cache import build_logits_cache
 
     settings = _settings(args)
     teacher, tokenizer = load_model(args.teacher, trust_remote_code=args.trust_remote_code)

@@ -61,7 +61,7 @@ def _calibration_options(p) -> None:
 
 def _check_model_and_calib(args, needs_calib: bool = True) -> None:
     """Cheap checks with the option names a user typed, before any job is recorded."""
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     resolve_model_dir(args.model)  # a missing folder fails here with a clear message
     if needs_calib and args.calib is None and args.model != "demo":
@@ -115,19 +115,19 @@ def run_prune(args) -> int:
 
 
 def _plan_config(ref: str, trust_remote_code: bool):
-    from hybridlab.reference import REFERENCE_CONFIGS, reference_config
+    from hybridlab.model.reference import REFERENCE_CONFIGS, reference_config
 
     if ref in REFERENCE_CONFIGS:
         return reference_config(ref)
     from transformers import AutoConfig
 
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     return AutoConfig.from_pretrained(resolve_model_dir(ref), trust_remote_code=trust_remote_code)
 
 
 def run_plan(args) -> int:
-    from hybridlab.sizes import estimate_sizes
+    from hybridlab.model.sizes import estimate_sizes
 
     config = _plan_config(args.model, args.trust_remote_code)
     spec = spec_from_args(args)

@@ -61,15 +61,15 @@ def _device(name: str):
 
 def _check_model_and_device(args) -> None:
     """Before a job is recorded: a missing model folder or an absent GPU is one clear line."""
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     resolve_model_dir(args.model)
     _device(args.device)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hybridlab.evaluate import VAL_LOSS_TASK
-    from hybridlab.lmeval.harness import prepare_task_manager
+    from hybridlab.measure.evaluate import VAL_LOSS_TASK
+    from hybridlab.measure.lmeval.harness import prepare_task_manager
 
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     if not tasks:

@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from hybridlab.atomic import atomic_directory
+from hybridlab.core.atomic import atomic_directory
 
 
 def add_workspace_option(parser) -> None:
@@ -46,7 +46,7 @@ def run_recorded(kind: str, spec: dict, args) -> dict:
 
 def artifact_dir(result: dict, args) -> Path:
     """The folder of a job's artifact (results record it relative to the workspace)."""
-    from hybridlab.paths import workspace_dir
+    from hybridlab.core.paths import workspace_dir
 
     return workspace_dir(args.workspace) / result["artifact"]
 

@@ -45,9 +45,9 @@ def register(sub) -> None:
 
 
 def settings_from_args(args):
-    from hybridlab.candidates import SearchSpace
-    from hybridlab.distill import parse_token_count
-    from hybridlab.search import SearchSettings
+    from hybridlab.search.space import SearchSpace
+    from hybridlab.training.distill import parse_token_count
+    from hybridlab.search.run import SearchSettings
 
     space = SearchSpace(
         max_width_prune=args.max_width_prune, max_depth_prune=args.max_depth_prune, hidden_divisor=args.hidden_divisor,
@@ -67,7 +67,7 @@ def settings_from_args(args):
 def run_search(args) -> int:
     import pandas as pd
 
-    from hybridlab.loading import resolve_model_dir
+    from hybridlab.model.loading import resolve_model_dir
 
     settings = settings_from_args(args)
     if Path(args.out, "best").exists():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridlab.spec import PruneSpec
+from hybridlab.model.spec import PruneSpec
 
 SIZE_OPTIONS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim", "num_layers")
 

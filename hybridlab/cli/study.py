@@ -58,9 +58,9 @@ def parse_compression(text: str) -> float:
 
 
 def settings_from_args(args):
-    from hybridlab.distill import parse_token_count
-    from hybridlab.study import StudySettings
-    from hybridlab.study_arms import COMPARISONS
+    from hybridlab.training.distill import parse_token_count
+    from hybridlab.study.run import StudySettings
+    from hybridlab.study.arms import COMPARISONS
 
     try:
         sweep = tuple(float(x) / 100 for x in args.ssm_sweep.split(",") if x.strip())
@@ -93,9 +93,9 @@ def command_line(args) -> str:
 def run_study_command(args) -> int:
     import torch
 
-    from hybridlab.calibration import batched, load_calibration, load_token_array
-    from hybridlab.loading import load_model, resolve_model_dir
-    from hybridlab.study import publish, run_study
+    from hybridlab.data.calibration import batched, load_calibration, load_token_array
+    from hybridlab.model.loading import load_model, resolve_model_dir
+    from hybridlab.study.run import publish, run_study
 
     settings = settings_from_args(args)
     model_dir = resolve_model_dir(args.model)  # an unknown model fails here, before any work

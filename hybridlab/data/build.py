@@ -18,7 +18,7 @@ from hybridlab.data.card import TRAIN_SAMPLE_CHUNK, TRAIN_SAMPLE_CHUNKS, write_d
 from hybridlab.data.sources import SOURCES, Document, download_and_unpack, read_documents
 from hybridlab.data.tokenizer import END_OF_TEXT, save_tokenizer, train_tokenizer
 from hybridlab.data.tokens import TokenBatches, load_tokens, save_tokens, sha256_file, unigram_entropy
-from hybridlab.progress import ProgressFn
+from hybridlab.core.progress import ProgressFn
 
 CALIB_SEED = 1234
 

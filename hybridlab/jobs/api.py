@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 from hybridlab.jobs.queue import JobQueue
-from hybridlab.paths import workspace_dir
+from hybridlab.core.paths import workspace_dir
 from hybridlab.jobs.specs import validate_spec
 from hybridlab.store import FINISHED, Store, jobs_frame, metrics_frame, runs_frame
 from hybridlab.store import job_rows

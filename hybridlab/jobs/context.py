@@ -1,6 +1,6 @@
 """What a job handler gets besides its spec: progress, metrics, cancellation, paths.
 
-`ctx.progress` is a `hybridlab.progress.ProgressFn`: pass it to any library function.
+`ctx.progress` is a `hybridlab.core.progress.ProgressFn`: pass it to any library function.
 It records (fraction, message) in the store (throttled), records metrics when given
 (a "step" key in the metrics dict names the step; without one, steps count up), and
 raises `Cancelled` when the user cancelled the job or `Interrupted` (a Cancelled)
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from hybridlab.progress import Cancelled, ProgressFn
+from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.store import artifact_path, relative_artifact, write_artifact_dir
 from hybridlab.store import job_rows, run_rows
 from hybridlab.store.db import Store

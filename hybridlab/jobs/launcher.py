@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hybridlab.jobs.worker import live_workers, workers_dir
-from hybridlab.paths import REPO_ROOT, workspace_dir
+from hybridlab.core.paths import REPO_ROOT, workspace_dir
 
 START_TIMEOUT_S = 60.0
 

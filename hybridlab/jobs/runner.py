@@ -16,7 +16,7 @@ from hybridlab.jobs.context import Flags, Interrupted, JobContext
 from hybridlab.jobs.heartbeat import Heartbeat
 from hybridlab.jobs.registry import get_kind
 from hybridlab.jobs.specs import validate_spec
-from hybridlab.progress import Cancelled, ProgressFn
+from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, Store
 from hybridlab.store import job_rows, run_rows
 

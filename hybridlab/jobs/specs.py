@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
-from hybridlab.paths import demo_dir
+from hybridlab.core.paths import demo_dir
 from hybridlab.store.artifacts import check_name
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from hybridlab.paths import workspace_dir
+from hybridlab.core.paths import workspace_dir
 from hybridlab.store.schema import migrate
 
 STORE_FILE = "store.db"

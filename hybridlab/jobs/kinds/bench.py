@@ -1,4 +1,4 @@
-"""`bench` jobs: prefill latency, decode throughput, peak memory (hybridlab.bench)."""
+"""`bench` jobs: prefill latency, decode throughput, peak memory (hybridlab.measure.bench)."""
 from __future__ import annotations
 
 from hybridlab.jobs.kinds.common import DEVICE, SEQ_LEN, TRUST_REMOTE_CODE, load, model_field, name_field, run_name
@@ -9,7 +9,7 @@ from hybridlab.jobs.specs import non_negative, one_of, positive
 def run(spec: dict, ctx) -> dict:
     import torch
 
-    from hybridlab.bench import measure_latency
+    from hybridlab.measure.bench import measure_latency
 
     name = run_name(spec, ctx, "bench")
     run_id = ctx.start_run("benchmarks", name, spec["model"], spec)
@@ -39,5 +39,5 @@ register_kind(JobKind(
         "trust_remote_code": TRUST_REMOTE_CODE,
     },
     handler=run,
-    requires=("hybridlab.bench",),
+    requires=("hybridlab.measure.bench",),
 ))

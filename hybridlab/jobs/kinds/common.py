@@ -52,7 +52,7 @@ def device(name: str):
 
 def load(ref: str, spec: dict, dtype=None):
     """(model on the spec's device, tokenizer or None)."""
-    from hybridlab.loading import load_model
+    from hybridlab.model.loading import load_model
 
     model, tokenizer = load_model(ref, trust_remote_code=spec.get("trust_remote_code", False), dtype=dtype)
     return model.to(device(spec.get("device", "cpu"))), tokenizer
@@ -60,7 +60,7 @@ def load(ref: str, spec: dict, dtype=None):
 
 def demo_tokens_or(path: str | None, model: str, demo_file: str) -> Path | None:
     """The token file to use: the given one, the demo's `demo_file` for the demo model, else None."""
-    from hybridlab.paths import demo_dir
+    from hybridlab.core.paths import demo_dir
 
     if path is not None:
         return Path(path)

@@ -1,4 +1,4 @@
-"""`distill` jobs: logit distillation of a pruned student from its teacher (hybridlab.distill).
+"""`distill` jobs: logit distillation of a pruned student from its teacher (hybridlab.training.distill).
 
 The run folder handed to `distill` is the job's `ctx.checkpoint_dir`, the same for
 every attempt, so a job re-queued after a worker crash resumes from its last
@@ -28,7 +28,7 @@ DEMO_TRAIN, DEMO_VAL = "train_sample.npy", "val.npy"
 
 
 def settings_of(spec: dict):
-    from hybridlab.distill import DistillSettings
+    from hybridlab.training.distill import DistillSettings
 
     return DistillSettings(**{k: spec[k] for k in SETTINGS_KEYS}, bf16_autocast=spec["bf16"])
 
@@ -48,7 +48,7 @@ def _check(spec: dict, store) -> None:
     settings = settings_of(spec)
     settings.validate()  # a zero or too small budget fails here, before queueing
     if spec["logits_cache"] is not None:
-        from hybridlab.logits_cache import LogitsCache
+        from hybridlab.training.logits_cache import LogitsCache
 
         try:
             LogitsCache(spec["logits_cache"]).check_compatible(settings)
@@ -71,9 +71,9 @@ def _check_run_dir(spec: dict) -> None:
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab.calibration import load_token_array
-    from hybridlab.distill import distill
-    from hybridlab.logits_cache import LogitsCache
+    from hybridlab.data.calibration import load_token_array
+    from hybridlab.training.distill import distill
+    from hybridlab.training.logits_cache import LogitsCache
 
     name = run_name(spec, ctx, "distill")
     run_id = ctx.start_run("distillations", name, spec["student"], spec)
@@ -144,5 +144,5 @@ register_kind(JobKind(
     },
     handler=run,
     check=_check,
-    requires=("hybridlab.distill",),
+    requires=("hybridlab.training.distill",),
 ))

@@ -1,4 +1,4 @@
-"""`eval` jobs: validation loss / perplexity and lm-eval tasks (hybridlab.evaluate)."""
+"""`eval` jobs: validation loss / perplexity and lm-eval tasks (hybridlab.measure.evaluate)."""
 from __future__ import annotations
 
 from hybridlab.jobs.kinds.common import (
@@ -12,7 +12,7 @@ from hybridlab.jobs.specs import existing_dir, positive
 def _check(spec: dict, store) -> None:
     if not spec["tasks"] or not all(isinstance(t, str) and t.strip() for t in spec["tasks"]):
         raise ValueError("'tasks' must be a non-empty list of task names, e.g. ['val_loss', 'continuation_mc']")
-    from hybridlab.lmeval.harness import GENERATED_TASKS  # tasks built from validation tokens
+    from hybridlab.measure.lmeval.harness import GENERATED_TASKS  # tasks built from validation tokens
 
     needs_tokens = sorted({"val_loss", *GENERATED_TASKS} & set(spec["tasks"]))
     if needs_tokens and spec["val_tokens"] is None and spec["model"] != "demo":
@@ -22,7 +22,7 @@ def _check(spec: dict, store) -> None:
 
 def run(spec: dict, ctx) -> dict:
     from hybridlab.data.tokens import load_tokens
-    from hybridlab.evaluate import evaluate
+    from hybridlab.measure.evaluate import evaluate
 
     name = run_name(spec, ctx, "eval")
     run_id = ctx.start_run("evaluations", name, spec["model"], spec)
@@ -65,5 +65,5 @@ register_kind(JobKind(
     },
     handler=run,
     check=_check,
-    requires=("hybridlab.evaluate",),
+    requires=("hybridlab.measure.evaluate",),
 ))

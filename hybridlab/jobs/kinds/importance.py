@@ -19,7 +19,7 @@ def _check(spec: dict, store) -> None:
 
 def run(spec: dict, ctx) -> dict:
     from hybridlab import estimate_importance
-    from hybridlab.calibration import batched, load_calibration
+    from hybridlab.data.calibration import batched, load_calibration
 
     name = run_name(spec, ctx, "importance")
     run_id = ctx.start_run("importance_runs", name, spec["model"], spec)

@@ -48,9 +48,9 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) 
     from transformers import AutoConfig
 
     from hybridlab.families import family_for
-    from hybridlab.loading import resolve_model_dir
-    from hybridlab.sizes import planned_widths
-    from hybridlab.spec import PruneSpec, resolve
+    from hybridlab.model.loading import resolve_model_dir
+    from hybridlab.model.sizes import planned_widths
+    from hybridlab.model.spec import PruneSpec, resolve
 
     prune_spec = PruneSpec.from_dict(spec)  # unknown keys -> ValueError
     if prune_spec.is_empty():
@@ -74,7 +74,7 @@ def _check(spec: dict, store) -> None:
 
 def run(spec: dict, ctx) -> dict:
     from hybridlab import ImportanceScores, PruneSpec, prune, save_model
-    from hybridlab.sizes import estimate_sizes
+    from hybridlab.model.sizes import estimate_sizes
 
     name = run_name(spec, ctx, "candidate")
     # A candidate's spec is its architecture (PruneSpec keys); how it was made goes in its result.
@@ -122,7 +122,7 @@ def run(spec: dict, ctx) -> dict:
 def _score_now(model, tokenizer, spec: dict, progress):
     """Importance scores of `model` on the spec's calibration data, kept in memory."""
     from hybridlab import estimate_importance
-    from hybridlab.calibration import batched, load_calibration
+    from hybridlab.data.calibration import batched, load_calibration
 
     rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
     metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]

@@ -1,5 +1,5 @@
 """`search` jobs: candidate architectures at a parameter budget, ranked and distilled
-(hybridlab.search). Every ranked candidate is recorded as a candidate row of this job
+(hybridlab.search.run). Every ranked candidate is recorded as a candidate row of this job
 (for the Pareto view); the chosen model lands in artifacts/search/<name>.
 
 The search's own files (candidates.csv, search.json, best/, runs/) go to the job's
@@ -23,8 +23,8 @@ SPACE_KEYS = ("max_width_prune", "max_depth_prune", "hidden_divisor", "ffn_divis
 
 
 def settings_of(spec: dict):
-    from hybridlab.candidates import SearchSpace
-    from hybridlab.search import SearchSettings
+    from hybridlab.search.space import SearchSpace
+    from hybridlab.search.run import SearchSettings
 
     return SearchSettings(
         target_params=spec["target_params"], tolerance=spec["tolerance"], max_candidates=spec["max_candidates"],
@@ -62,10 +62,10 @@ def _check_budget(spec: dict, settings, store) -> None:
     """An unreachable budget fails from the config alone (and the scores, when given), before any weights load."""
     from transformers import AutoConfig
 
-    from hybridlab.candidates import check_reachable, enumerate_candidates, parse_target
-    from hybridlab.importance import ImportanceScores
-    from hybridlab.loading import resolve_model_dir
-    from hybridlab.sizes import estimate_sizes
+    from hybridlab.search.space import check_reachable, enumerate_candidates, parse_target
+    from hybridlab.compression.importance import ImportanceScores
+    from hybridlab.model.loading import resolve_model_dir
+    from hybridlab.model.sizes import estimate_sizes
 
     config = AutoConfig.from_pretrained(resolve_model_dir(spec["model"]), trust_remote_code=spec["trust_remote_code"])
     target = parse_target(settings.target_params, estimate_sizes(config).params)
@@ -76,10 +76,10 @@ def _check_budget(spec: dict, settings, store) -> None:
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab.calibration import batched, load_calibration, load_token_array
-    from hybridlab.importance import ImportanceScores
-    from hybridlab.loading import save_model
-    from hybridlab.search import search
+    from hybridlab.data.calibration import batched, load_calibration, load_token_array
+    from hybridlab.compression.importance import ImportanceScores
+    from hybridlab.model.loading import save_model
+    from hybridlab.search.run import search
 
     name = run_name(spec, ctx, "search")
     ctx.progress(0.0, "loading model")
@@ -146,5 +146,5 @@ register_kind(JobKind(
     },
     handler=run,
     check=_check,
-    requires=("hybridlab.search",),
+    requires=("hybridlab.search.run",),
 ))

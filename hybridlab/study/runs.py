@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from hybridlab.bench import time_call
+from hybridlab.measure.bench import time_call
 from hybridlab.data.tokens import TokenBatches
-from hybridlab.distill import DistillSettings, distill
-from hybridlab.prune import prune
-from hybridlab.train import lm_loss
-from hybridlab.trainer import TrainerSettings, train
+from hybridlab.training.distill import DistillSettings, distill
+from hybridlab.compression.prune import prune
+from hybridlab.training.pretrain import lm_loss
+from hybridlab.training.trainer import TrainerSettings, train
 
 
 @dataclass

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from hybridlab.candidates import Candidate, SearchSpace, enumerate_candidates, round_robin
+from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
 from hybridlab.families import ATTENTION, MAMBA, family_for
-from hybridlab.prune import prune, top_k
-from hybridlab.sizes import planned_widths, sizes_of
-from hybridlab.spec import PruneSpec
+from hybridlab.compression.prune import prune, top_k
+from hybridlab.model.sizes import planned_widths, sizes_of
+from hybridlab.model.spec import PruneSpec
 
 WIDTH_VS_DEPTH = "width_vs_depth"
 HEADS_VS_CHANNELS = "heads_vs_channels"

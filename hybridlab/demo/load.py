@@ -7,7 +7,7 @@
     demo.val          LongTensor [N]: the validation split, documents separated by <|endoftext|>
     demo.train_sample numpy uint16 [M]: chunks of the train split, for distillation and search
 
-Everything is read from assets/demo/ (see hybridlab.paths.demo_dir); nothing touches the network.
+Everything is read from assets/demo/ (see hybridlab.core.paths.demo_dir); nothing touches the network.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from hybridlab.paths import demo_dir
+from hybridlab.core.paths import demo_dir
 
 DEMO_NAME = "demo"
 TEACHER_SUBDIR = "teacher"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
-from hybridlab.spec import PruneSpec, kept_layer_count, resolve
+from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 
 @dataclass(frozen=True)

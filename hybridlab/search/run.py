@@ -1,6 +1,6 @@
 """Architecture search at a parameter budget (the paper's procedure, scaled down):
 
-1. enumerate candidate specs near the budget (hybridlab.candidates);
+1. enumerate candidate specs near the budget (hybridlab.search.space);
 2. prune each from one set of importance scores and rank by zero-shot validation
    loss (or KL to the teacher);
 3. distil the top k for a token budget and measure their latency;
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hybridlab.candidates import Candidate, SearchSpace, check_reachable, enumerate_candidates, parse_target, pick_diverse
-from hybridlab.distill import DistillSettings, distill
-from hybridlab.evaluate import kl_to_teacher, validation_loss
-from hybridlab.importance import ImportanceScores, estimate_importance
-from hybridlab.progress import ProgressFn, track
-from hybridlab.prune import prune
-from hybridlab.sizes import estimate_sizes
+from hybridlab.search.space import Candidate, SearchSpace, check_reachable, enumerate_candidates, parse_target, pick_diverse
+from hybridlab.training.distill import DistillSettings, distill
+from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
+from hybridlab.compression.importance import ImportanceScores, estimate_importance
+from hybridlab.core.progress import ProgressFn, track
+from hybridlab.compression.prune import prune
+from hybridlab.model.sizes import estimate_sizes
 
 RANK_BY = ("loss", "kl")
 
@@ -98,7 +98,7 @@ def search(model, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, s
 
     frame = pd.DataFrame([teacher_row, *rows])
     if out is not None:
-        from hybridlab.loading import save_model
+        from hybridlab.model.loading import save_model
 
         out.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out / "candidates.csv", index=False)
@@ -155,7 +155,7 @@ def _distil_finalist(teacher, tokenizer, row, scores, train_tokens, val_tokens, 
     if settings.measure_latency:
         row["latency_ms"] = _prefill_ms(student, settings)
     if settings.accuracy_task:
-        from hybridlab.evaluate import evaluate
+        from hybridlab.measure.evaluate import evaluate
 
         report = evaluate(student, tokenizer, [settings.accuracy_task], val_tokens=val_tokens, limit=settings.accuracy_limit)
         row["accuracy"] = report[settings.accuracy_task].get("acc")
@@ -171,7 +171,7 @@ def _choose(rows: list[dict], settings: SearchSettings) -> dict:
 
 
 def _prefill_ms(model, settings: SearchSettings) -> float:
-    from hybridlab.bench import measure_latency
+    from hybridlab.measure.bench import measure_latency
 
     return measure_latency(model, batch_size=1, seq_len=settings.seq_len, new_tokens=2, repeats=3, warmup=1)["prefill_ms"]
 

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from hybridlab.checkpoint import load_checkpoint, save_checkpoint
-from hybridlab.progress import Cancelled, ProgressFn
+from hybridlab.training.checkpoint import load_checkpoint, save_checkpoint
+from hybridlab.core.progress import Cancelled, ProgressFn
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict]"]
 EvalFn = Callable[[torch.nn.Module], dict]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from hybridlab.atomic import atomic_directory
+from hybridlab.core.atomic import atomic_directory
 from hybridlab.families import family_for, supported_architectures
-from hybridlab.paths import demo_dir
+from hybridlab.core.paths import demo_dir
 
 DEMO_NAME = "demo"
 

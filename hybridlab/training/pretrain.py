@@ -2,7 +2,7 @@
 
 Inputs: a corpus folder from `hybridlab data build` (train.npy, val.npy, tokenizer/). Outputs in `out_dir`:
     run.json         config, seed, settings, data hashes
-    metrics.jsonl    the loss curve (see hybridlab.trainer)
+    metrics.jsonl    the loss curve (see hybridlab.training.trainer)
     checkpoint/      latest resumable checkpoint
     model/           the final model (safetensors + config + tokenizer), loadable offline
     summary.json     tokens seen, wall time, validation loss / perplexity, unigram entropy
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from hybridlab.data.tokenizer import load_tokenizer
 from hybridlab.data.tokens import TokenBatches, contiguous_windows, load_tokens, sha256_file, unigram_entropy
-from hybridlab.loading import save_model
-from hybridlab.progress import ProgressFn
-from hybridlab.trainer import TrainerSettings, train
+from hybridlab.model.loading import save_model
+from hybridlab.core.progress import ProgressFn
+from hybridlab.training.trainer import TrainerSettings, train
 
 # A mini Nemotron-H in the 8B's style: Mamba2 (M), ReLU² MLP (-), one GQA attention layer (*).
 PRESETS: dict[str, dict] = {

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hybridlab.atomic import atomic_directory
+from hybridlab.core.atomic import atomic_directory
 from hybridlab.data.tokens import TokenBatches
-from hybridlab.progress import ProgressFn, track
+from hybridlab.core.progress import ProgressFn, track
 
 BATCH_KEYS = ("seq_len", "batch_size", "seed", "temperature")
 

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from hybridlab.study_arms import (FROM_SCRATCH, GROUP_VS_GLOBAL, HEADS_VS_CHANNELS, IMPORTANCE_VS_RANDOM,
+from hybridlab.study.arms import (FROM_SCRATCH, GROUP_VS_GLOBAL, HEADS_VS_CHANNELS, IMPORTANCE_VS_RANDOM,
                                   SSM_PRUNED_VS_WHOLE, WIDTH_VS_DEPTH)
 
 TIE = 0.005  # relative: losses closer than this count as a tie (one seed per arm, no error bars)

@@ -1,7 +1,7 @@
 """Published architectures, buildable on the meta device, for planning at full scale."""
 from __future__ import annotations
 
-from hybridlab.spec import PruneSpec
+from hybridlab.model.spec import PruneSpec
 
 NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 

@@ -3,7 +3,7 @@
     result = run_study(teacher, tokenizer, train_tokens, val_tokens, calib_batches, StudySettings(), "runs/study")
 
 1. importance scores on calibration data (activations + drop-one-layer KL);
-2. plan the arms (hybridlab.study_arms): width-only candidates at the target are ranked
+2. plan the arms (hybridlab.study.arms): width-only candidates at the target are ranked
    zero-shot to pick the width, SSM-pruned and SSM-whole arms; depth-only drops the least
    important layers; the Mamba sweep cuts heads or head channels;
 3. every distinct student is pruned, scored zero-shot and distilled with the same token
@@ -13,7 +13,7 @@
 5. prefill latency of every model, measured round-robin so that load drifts hit all alike.
 
 Output in out_dir: results.csv (one row per arm), results_curves.csv (validation and training
-loss curves), width_candidates.csv (the zero-shot ranking), results.md (hybridlab.study_report),
+loss curves), width_candidates.csv (the zero-shot ranking), results.md (hybridlab.study.report),
 study.json, runs/<student>/. `publish` copies the report and its tables into docs/.
 An interrupted study resumes: finished students are reused, a cut-off run continues from
 its checkpoint.
@@ -30,15 +30,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hybridlab import study_arms as arms_lib
-from hybridlab.distill import DistillSettings
-from hybridlab.evaluate import validation_loss
-from hybridlab.importance import ImportanceScores, estimate_importance
-from hybridlab.progress import ProgressFn
-from hybridlab.sizes import estimate_sizes
-from hybridlab.study_arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
-from hybridlab.study_report import render
-from hybridlab.study_runs import RunResult, distil_arm, prefill_latencies, read_curve, train_from_scratch
+import hybridlab.study.arms as arms_lib
+from hybridlab.training.distill import DistillSettings
+from hybridlab.measure.evaluate import validation_loss
+from hybridlab.compression.importance import ImportanceScores, estimate_importance
+from hybridlab.core.progress import ProgressFn
+from hybridlab.model.sizes import estimate_sizes
+from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
+from hybridlab.study.report import render
+from hybridlab.study.runs import RunResult, distil_arm, prefill_latencies, read_curve, train_from_scratch
 
 LAYER_METRIC = "kl"  # the paper's drop-one-layer KL
 
@@ -274,7 +274,7 @@ def _scores(teacher, calib_batches, out: Path, progress) -> ImportanceScores:
 
 
 def _logits_cache(teacher, train_tokens, kd: DistillSettings, top_k: int, out: Path, progress):
-    from hybridlab.logits_cache import LogitsCache, build_logits_cache
+    from hybridlab.training.logits_cache import LogitsCache, build_logits_cache
 
     path = out / "teacher_logits"
     if not (path / "cache.json").exists():

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hybridlab.lmeval.harness import check_task_inputs, prepare_task_manager, run_lm_eval
-from hybridlab.progress import ProgressFn, track
+from hybridlab.measure.lmeval.harness import check_task_inputs, prepare_task_manager, run_lm_eval
+from hybridlab.core.progress import ProgressFn, track
 
 VAL_LOSS_TASK = "val_loss"
 
@@ -161,7 +161,7 @@ def evaluate(
 ) -> dict[str, dict]:
     """Run `val_loss` and/or lm-eval tasks: {task: metrics}. Inputs are checked before any model work.
 
-    `task_manager`: one from `hybridlab.lmeval.harness.prepare_task_manager`, when the caller
+    `task_manager`: one from `hybridlab.measure.lmeval.harness.prepare_task_manager`, when the caller
     already checked the task names (building it for standard tasks takes seconds).
     """
     tasks = [name.strip() for name in tasks if name.strip()]

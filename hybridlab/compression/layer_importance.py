@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from hybridlab.progress import ProgressFn, track
+from hybridlab.core.progress import ProgressFn, track
 
 LAYER_METRICS = ("kl", "loss", "cosine", None)
 

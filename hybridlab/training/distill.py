@@ -3,9 +3,9 @@ next-token distributions, temperature 1, no cross-entropy term by default).
 
     result = distill(student, teacher, train_tokens, val_tokens, DistillSettings(tokens=2_000_000), "runs/kd")
 
-The loop is hybridlab.trainer's (AdamW, warm-up + cosine, clipping, bf16 autocast,
+The loop is hybridlab.training.trainer's (AdamW, warm-up + cosine, clipping, bf16 autocast,
 resumable checkpoints, JSONL metrics); this file supplies the loss, the data and the
-checks. Under `torchrun` it runs data-parallel (see hybridlab.distributed).
+checks. Under `torchrun` it runs data-parallel (see hybridlab.training.distributed).
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hybridlab import distributed
+from hybridlab.training import distributed
 from hybridlab.data.tokens import TokenBatches
-from hybridlab.evaluate import validation_loss
-from hybridlab.progress import ProgressFn
-from hybridlab.trainer import TrainerSettings, train
+from hybridlab.measure.evaluate import validation_loss
+from hybridlab.core.progress import ProgressFn
+from hybridlab.training.trainer import TrainerSettings, train
 
 
 @dataclass
@@ -127,7 +127,7 @@ def distill(
 ) -> dict:
     """Distil `student` in place; writes metrics, checkpoints and the final model under out_dir.
 
-    `teacher` may be None when `logits_cache` (hybridlab.logits_cache.LogitsCache) holds its top-k logits.
+    `teacher` may be None when `logits_cache` (hybridlab.training.logits_cache.LogitsCache) holds its top-k logits.
     """
     settings.validate()
     if teacher is None and logits_cache is None:
@@ -195,7 +195,7 @@ def distill(
                    progress=progress if dist.is_main else _silent, resume=resume, is_main=dist.is_main)
     final = distributed.unsharded(student, dist, student_class)
     if dist.is_main:
-        from hybridlab.loading import save_model
+        from hybridlab.model.loading import save_model
 
         save_model(final, student_tokenizer, out_dir / "model", overwrite=True)
         result = {**result, "teacher_val_loss": teacher_val, "model_dir": str(out_dir / "model")}

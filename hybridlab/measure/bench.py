@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from hybridlab.progress import ProgressFn
+from hybridlab.core.progress import ProgressFn
 
 
 def _device(model) -> torch.device:
@@ -136,7 +136,7 @@ def cache_bytes(cache) -> int | None:
 def analytic_sizes(config, seq_len: int, batch_size: int, dtype_bytes: int) -> dict | None:
     """The engine core's analytic params / FLOPs per token / state bytes, or None if unavailable."""
     try:
-        from hybridlab.sizes import estimate_sizes
+        from hybridlab.model.sizes import estimate_sizes
     except ImportError:
         return None
     try:

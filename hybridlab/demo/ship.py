@@ -14,9 +14,9 @@ import torch
 
 from hybridlab.data.build import copy_for_shipping
 from hybridlab.data.tokens import load_tokens, unigram_entropy
-from hybridlab.demo import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, TEACHER_SUBDIR, load_demo
-from hybridlab.paths import demo_dir
-from hybridlab.progress import ProgressFn
+from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, TEACHER_SUBDIR, load_demo
+from hybridlab.core.paths import demo_dir
+from hybridlab.core.progress import ProgressFn
 
 SAMPLE_PROMPTS = ["The kernel", "To create a new list in Python,", "This driver supports"]
 
@@ -29,7 +29,7 @@ def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hybridlab.train import validation_loss
+    from hybridlab.training.pretrain import validation_loss
 
     run_dir, corpus_dir = Path(run_dir), Path(corpus_dir)
     dest = Path(dest) if dest else demo_dir()

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from hybridlab.distill import parse_token_count
-from hybridlab.prune import least_important_layers
+from hybridlab.training.distill import parse_token_count
+from hybridlab.compression.prune import least_important_layers
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
-from hybridlab.sizes import planned_widths, sizes_of
-from hybridlab.spec import PruneSpec
+from hybridlab.model.sizes import planned_widths, sizes_of
+from hybridlab.model.spec import PruneSpec
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def layers_to_drop(layer_scores: torch.Tensor, count: int, contiguous: bool, wid
 
 def check_reachable(config, target_params: int, tolerance: float, space: SearchSpace) -> None:
     """Fail before any model work when even the most pruned architecture in bounds is too big."""
-    from hybridlab.sizes import proportional_kinds
+    from hybridlab.model.sizes import proportional_kinds
 
     widths = family_for(config).widths(config)
     shrink = lambda value, step: max(min(width_values(value, step, space.max_width_prune)), 1) if value else value

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
-from hybridlab.importance import ImportanceScores
-from hybridlab.spec import PruneSpec, kept_layer_count, resolve
+from hybridlab.compression.importance import ImportanceScores
+from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 RANKINGS = ("importance", "random")
 MAMBA_RANKINGS = ("group", "global")

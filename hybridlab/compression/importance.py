@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from hybridlab.atomic import atomic_directory
+from hybridlab.core.atomic import atomic_directory
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
-from hybridlab.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
-from hybridlab.progress import ProgressFn, track
+from hybridlab.compression.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
+from hybridlab.core.progress import ProgressFn, track
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
 

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import yaml
 
-from hybridlab.lmeval.continuation import build_continuation_items, write_jsonl
-from hybridlab.progress import ProgressFn
+from hybridlab.measure.lmeval.continuation import build_continuation_items, write_jsonl
+from hybridlab.core.progress import ProgressFn
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 

@@ -1,0 +1,1 @@
+"""Importance (activations, whole layers), the kept-units rule, and structured pruning."""

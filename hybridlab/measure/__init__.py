@@ -1,0 +1,1 @@
+"""Measurement: validation loss and KL, lm-eval tasks, latency and memory."""
