@@ -1,5 +1,9 @@
 # The two commands a new user needs:  make app  and  make test
-.PHONY: app test setup bench
+.PHONY: app test setup bench lint
+
+lint: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 setup:
 	@bash scripts/setup.sh
@@ -9,6 +13,8 @@ app: setup
 
 test: setup
 	@bash scripts/install-browser.sh
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -n 2 --dist loadgroup -q
 
 bench: setup

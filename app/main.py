@@ -3,6 +3,7 @@
 Pages are thin views: they read the store, call the analytic parts of the library
 (sizes, plans) directly, and submit everything heavy as jobs to the background worker.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,24 +21,26 @@ import streamlit as st  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402,F401
 
 from app import state  # noqa: E402
-from hybridlab.core.paths import demo_dir, workspace_dir  # noqa: E402
+from hybridlab.core.paths import demo_teacher_dir, workspace_dir  # noqa: E402
 
 PAGES = Path(__file__).parent / "pages"
 
 st.set_page_config(page_title="hybridlab", page_icon=":material/content_cut:", layout="wide")
 
-if state.MODEL_KEY not in st.session_state and (demo_dir() / "teacher" / "config.json").is_file():
+if state.MODEL_KEY not in st.session_state and (demo_teacher_dir() / "config.json").is_file():
     st.session_state[state.MODEL_KEY] = "demo"
 state.advance_chains()
 
-navigation = st.navigation([
-    st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", default=True),
-    st.Page(PAGES / "importance.py", title="Importance", icon=":material/local_fire_department:"),
-    st.Page(PAGES / "planner.py", title="Prune planner", icon=":material/content_cut:"),
-    st.Page(PAGES / "distill.py", title="Distill", icon=":material/science:"),
-    st.Page(PAGES / "pareto.py", title="Pareto", icon=":material/show_chart:"),
-    st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/schedule:"),
-])
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", default=True),
+        st.Page(PAGES / "importance.py", title="Importance", icon=":material/local_fire_department:"),
+        st.Page(PAGES / "planner.py", title="Prune planner", icon=":material/content_cut:"),
+        st.Page(PAGES / "distill.py", title="Distill", icon=":material/science:"),
+        st.Page(PAGES / "pareto.py", title="Pareto", icon=":material/show_chart:"),
+        st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/schedule:"),
+    ]
+)
 with st.sidebar:
     ref = st.session_state.get(state.MODEL_KEY)
     st.caption(f"Model: **{state.model_label(ref) if ref else 'none chosen'}**")

@@ -2,14 +2,15 @@
 makes (group-aware Mamba heads, KV-group-aware attention heads, least important layers),
 computed from the scores alone, as a tidy frame that joins `ImportanceScores.to_frame()`.
 """
+
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
 from hybridlab.compression.importance import ImportanceScores
-from hybridlab.families import family_for
 from hybridlab.compression.prune import plan_drop_layers, top_k, top_k_within_groups
+from hybridlab.families import family_for
 from hybridlab.model.spec import PruneSpec, resolve
 
 
@@ -48,7 +49,9 @@ def units_frame(scores: ImportanceScores, config, spec: PruneSpec | None, layer_
     return frame
 
 
-def dropped_layers(scores: ImportanceScores | None, config, spec: PruneSpec, layer_metric: str = "kl") -> tuple[int, ...] | None:
+def dropped_layers(
+    scores: ImportanceScores | None, config, spec: PruneSpec, layer_metric: str = "kl"
+) -> tuple[int, ...] | None:
     """The exact layers the plan drops when scores are known (None: sizes use the proportional estimate)."""
     if scores is None or (spec.num_layers is None and spec.drop_layers is None):
         return spec.drop_layers

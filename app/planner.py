@@ -3,6 +3,7 @@ that hit a target parameter fraction, and the analytic summary of a plan.
 
 Everything here reads only the config (hybridlab.model.sizes), so it is instant.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ def axes(widths: Widths) -> list[Axis]:
         found.append(Axis("num_attention_heads", "attention heads", widths.num_attention_heads, kv, kv))
     if MAMBA in widths.layer_kinds:
         groups = widths.mamba_n_groups
-        found.append(Axis("mamba_num_heads", f"Mamba heads (steps of n_groups={groups})", widths.mamba_num_heads, groups, groups))
+        found.append(
+            Axis("mamba_num_heads", f"Mamba heads (steps of n_groups={groups})", widths.mamba_num_heads, groups, groups)
+        )
         found.append(Axis("mamba_head_dim", "Mamba head dim", widths.mamba_head_dim, 1, 1))
     found.append(Axis("num_layers", "layers", widths.num_layers, 1, 1))
     return found
@@ -130,8 +133,11 @@ def params_per_unit(config) -> dict:
             continue
         spec = PruneSpec.from_dict({axis.key: axis.current - axis.step})
         try:
-            out[axis.label] = {"size": axis.current, "step": axis.step,
-                               "params per step": total - estimate_sizes(config, spec).params}
+            out[axis.label] = {
+                "size": axis.current,
+                "step": axis.step,
+                "params per step": total - estimate_sizes(config, spec).params,
+            }
         except ValueError:
             continue
     return out

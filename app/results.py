@@ -3,13 +3,27 @@ the teacher, every pruned candidate and every distilled student, with validation
 loss (evaluations) and prefill latency (benchmarks, else estimated from FLOPs).
 Plain pandas, no Streamlit: the Pareto page and the tests share it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["name", "kind", "strategy", "model", "params", "param_ratio", "flops_per_token", "flops_ratio",
-           "val_loss", "prefill_ms", "latency_ms", "latency_source", "spec"]
+COLUMNS = [
+    "name",
+    "kind",
+    "strategy",
+    "model",
+    "params",
+    "param_ratio",
+    "flops_per_token",
+    "flops_ratio",
+    "val_loss",
+    "prefill_ms",
+    "latency_ms",
+    "latency_source",
+    "spec",
+]
 
 
 def _col(frame: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
@@ -25,27 +39,58 @@ def latest_by_model(runs: pd.DataFrame, value: str) -> dict:
 
 
 def _spec_of(row: pd.Series) -> dict:
-    return {k.removeprefix("spec.spec."): v for k, v in row.items()
-            if k.startswith("spec.spec.") and not (isinstance(v, float) and np.isnan(v))}
+    return {
+        k.removeprefix("spec.spec."): v
+        for k, v in row.items()
+        if k.startswith("spec.spec.") and not (isinstance(v, float) and np.isnan(v))
+    }
 
 
-def comparison(parent: str, parent_sizes: dict, candidates: pd.DataFrame, evaluations: pd.DataFrame,
-               benchmarks: pd.DataFrame, distillations: pd.DataFrame, parent_name: str = "teacher") -> pd.DataFrame:
+def comparison(
+    parent: str,
+    parent_sizes: dict,
+    candidates: pd.DataFrame,
+    evaluations: pd.DataFrame,
+    benchmarks: pd.DataFrame,
+    distillations: pd.DataFrame,
+    parent_name: str = "teacher",
+) -> pd.DataFrame:
     """parent: the model ref candidates were pruned from ("demo" or an absolute path);
     parent_sizes: {"params", "flops_per_token"} of the parent (hybridlab.model.sizes)."""
     losses = latest_by_model(evaluations, "val_loss")
     prefill = latest_by_model(benchmarks, "prefill_ms")
-    rows = [{"name": parent_name, "kind": "teacher", "strategy": "teacher", "model": parent,
-             "params": parent_sizes["params"], "param_ratio": 1.0, "flops_per_token": parent_sizes["flops_per_token"],
-             "flops_ratio": 1.0, "spec": {}}]
-    mine = candidates[(_col(candidates, "model_ref") == parent) & (_col(candidates, "status") == "succeeded")] \
-        if not candidates.empty else candidates
+    rows = [
+        {
+            "name": parent_name,
+            "kind": "teacher",
+            "strategy": "teacher",
+            "model": parent,
+            "params": parent_sizes["params"],
+            "param_ratio": 1.0,
+            "flops_per_token": parent_sizes["flops_per_token"],
+            "flops_ratio": 1.0,
+            "spec": {},
+        }
+    ]
+    mine = (
+        candidates[(_col(candidates, "model_ref") == parent) & (_col(candidates, "status") == "succeeded")]
+        if not candidates.empty
+        else candidates
+    )
     by_path = {}
     for _, run in mine.iterrows():
-        row = {"name": run["name"], "kind": "candidate", "strategy": run.get("strategy", "width"),
-               "model": run.get("model_path"), "params": run.get("params"), "param_ratio": run.get("param_ratio"),
-               "flops_per_token": run.get("flops_per_token"), "flops_ratio": run.get("flops_ratio"),
-               "spec": _spec_of(run), "val_loss": run.get("val_loss")}  # a search may record its own loss
+        row = {
+            "name": run["name"],
+            "kind": "candidate",
+            "strategy": run.get("strategy", "width"),
+            "model": run.get("model_path"),
+            "params": run.get("params"),
+            "param_ratio": run.get("param_ratio"),
+            "flops_per_token": run.get("flops_per_token"),
+            "flops_ratio": run.get("flops_ratio"),
+            "spec": _spec_of(run),
+            "val_loss": run.get("val_loss"),
+        }  # a search may record its own loss
         rows.append(row)
         if isinstance(row["model"], str):
             by_path[row["model"]] = row
@@ -55,8 +100,15 @@ def comparison(parent: str, parent_sizes: dict, candidates: pd.DataFrame, evalua
             student = by_path.get(run.get("spec.student"))
             if student is None:
                 continue  # a student that is not one of this parent's candidates
-            rows.append({**student, "name": run["name"], "kind": "distilled", "model": run.get("model_path"),
-                         "val_loss": run.get("val_loss", np.nan)})
+            rows.append(
+                {
+                    **student,
+                    "name": run["name"],
+                    "kind": "distilled",
+                    "model": run.get("model_path"),
+                    "val_loss": run.get("val_loss", np.nan),
+                }
+            )
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     repeated = frame["name"].duplicated(keep=False)  # names pick rows in the compare view: make them unique
     frame.loc[repeated, "name"] = [f"{n} ({i})" for i, n in frame.loc[repeated, "name"].items()]
@@ -66,7 +118,8 @@ def comparison(parent: str, parent_sizes: dict, candidates: pd.DataFrame, evalua
         if row["model"] in prefill:
             frame.at[i, "prefill_ms"] = prefill[row["model"]]
     frame[["params", "param_ratio", "flops_per_token", "flops_ratio", "val_loss", "prefill_ms"]] = frame[
-        ["params", "param_ratio", "flops_per_token", "flops_ratio", "val_loss", "prefill_ms"]].astype(float)
+        ["params", "param_ratio", "flops_per_token", "flops_ratio", "val_loss", "prefill_ms"]
+    ].astype(float)
     teacher_ms = frame.loc[0, "prefill_ms"]
     measured = frame["prefill_ms"].notna()
     frame["latency_ms"] = np.where(measured, frame["prefill_ms"], teacher_ms * frame["flops_ratio"])
@@ -92,6 +145,12 @@ def architecture(config) -> dict:
     from hybridlab.families import family_for
 
     w = family_for(config).widths(config)
-    return {"pattern": w.pattern, "layers": w.num_layers, "hidden": w.hidden_size, "FFN": w.ffn_hidden_size,
-            "attention heads": w.num_attention_heads, "Mamba heads": w.mamba_num_heads,
-            "Mamba head dim": w.mamba_head_dim}
+    return {
+        "pattern": w.pattern,
+        "layers": w.num_layers,
+        "hidden": w.hidden_size,
+        "FFN": w.ffn_hidden_size,
+        "attention heads": w.num_attention_heads,
+        "Mamba heads": w.mamba_num_heads,
+        "Mamba head dim": w.mamba_head_dim,
+    }

@@ -1,5 +1,6 @@
 """Streamlit glue shared by the pages: the chosen model, cached configs and scores,
 job submission with clear errors, and a non-blocking job progress view."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,9 @@ POLL_S = 1.5
 
 # ---- the model everything refers to -----------------------------------------------------
 
+
 def check_model(text: str):
     """'demo' or a folder -> (normalised ref, config); ValueError naming the problem."""
-    from transformers import AutoConfig
 
     from hybridlab.families import family_for
     from hybridlab.jobs.specs import model_ref
@@ -38,7 +39,9 @@ def load_config(ref: str, mtime: float):
     try:
         return AutoConfig.from_pretrained(resolve_model_dir(ref))
     except (OSError, KeyError) as err:  # unreadable or unknown config.json
-        raise ValueError(f"{ref} has a config.json transformers cannot read ({err}); is it a Hugging Face model?")
+        raise ValueError(
+            f"{ref} has a config.json transformers cannot read ({err}); is it a Hugging Face model?"
+        ) from None
 
 
 def _mtime(path: Path) -> float:
@@ -72,6 +75,7 @@ def model_label(ref: str) -> str:
 
 # ---- importance scores ---------------------------------------------------------------------
 
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def load_scores(path: str, mtime: float):
     from hybridlab.compression.importance import ImportanceScores
@@ -92,13 +96,16 @@ def current_scores(config):
     from hybridlab.families import family_for
 
     if tuple(scores.layer_kinds) != family_for(config).widths(config).layer_kinds:
-        st.error(f"the scores in {path} were computed for a different model (layer pattern differs); "
-                 "run importance for this model or load matching scores")
+        st.error(
+            f"the scores in {path} were computed for a different model (layer pattern differs); "
+            "run importance for this model or load matching scores"
+        )
         return None
     return scores
 
 
 # ---- jobs ----------------------------------------------------------------------------------
+
 
 def submit(kind: str, spec: dict) -> int | None:
     """Submit a job and make sure a worker runs it; a bad spec becomes an st.error."""
@@ -153,7 +160,9 @@ def show_jobs(job_ids: list[int], key: str) -> None:
             running = job["status"] not in FINISHED
             still_active |= running
             cols = st.columns([5, 1])
-            label = f"job {job_id} · {job['kind']} · {job['status']}" + (f" · {job['message']}" if job["message"] else "")
+            label = f"job {job_id} · {job['kind']} · {job['status']}" + (
+                f" · {job['message']}" if job["message"] else ""
+            )
             cols[0].progress(min(max(float(job["fraction"] or 0.0), 0.0), 1.0), text=label)
             if running and cols[1].button("Cancel", key=f"{key}-cancel-{job_id}"):
                 jobs.cancel(job_id)

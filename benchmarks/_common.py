@@ -1,4 +1,5 @@
 """What the benchmark scripts share: the model under test and interleaved timing."""
+
 from __future__ import annotations
 
 import statistics
@@ -26,7 +27,9 @@ def teacher_model(dtype: torch.dtype = torch.float32):
     return model.eval(), "demo-teacher architecture, random weights (assets/demo/teacher not found)"
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1
+) -> dict[str, float]:
     """Median seconds of each fn, timed in alternation (a, b, a, b, ...) so that drift in the
     machine's load affects every contender alike."""
     for _ in range(warmup):

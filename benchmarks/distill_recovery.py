@@ -6,6 +6,7 @@ search without distillation). It is then distilled once for the largest budget, 
 validation along the way; each row reports the loss after that many tokens of the run.
 Recovered = (loss before - loss after) / (loss before - teacher loss).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,14 @@ import tempfile
 
 import torch
 
-from hybridlab.data.calibration import batched
-from hybridlab.search.space import SearchSpace
-from hybridlab.demo.load import load_demo
-from hybridlab.training.distill import DistillSettings, distill, parse_token_count
-from hybridlab.measure.evaluate import validation_loss
 from hybridlab.compression.importance import estimate_importance
 from hybridlab.core.paths import demo_dir
+from hybridlab.data.calibration import batched
+from hybridlab.demo.load import load_demo
+from hybridlab.measure.evaluate import validation_loss
 from hybridlab.search.run import SearchSettings, search
+from hybridlab.search.space import SearchSpace
+from hybridlab.training.distill import DistillSettings, distill, parse_token_count
 
 
 def teacher_training_tokens() -> int | None:
@@ -45,9 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     teacher, val = demo.model, demo.val
     train = demo.train_sample
     scores = estimate_importance(teacher, batched(demo.calib[:64], 8), layer_metric="kl", progress=lambda *_: None)
-    ranked = search(teacher, demo.tokenizer, train, val, SearchSettings(
-        target_params=args.target, max_candidates=8, top_k=0, distill_tokens=0, measure_latency=False,
-        eval_tokens=16_384, space=SearchSpace()), scores=scores, progress=lambda *_: None)
+    ranked = search(
+        teacher,
+        demo.tokenizer,
+        train,
+        val,
+        SearchSettings(
+            target_params=args.target,
+            max_candidates=8,
+            top_k=0,
+            distill_tokens=0,
+            measure_latency=False,
+            eval_tokens=16_384,
+            space=SearchSpace(),
+        ),
+        scores=scores,
+        progress=lambda *_: None,
+    )
     student, chosen = ranked.best_model, ranked.best
     teacher_loss = validation_loss(teacher, val, max_tokens=args.eval_tokens)["loss"]
     before = validation_loss(student, val, max_tokens=args.eval_tokens)["loss"]
@@ -61,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pretrain = teacher_training_tokens()
     teacher_params = sum(p.numel() for p in teacher.parameters())
-    print(f"student: {chosen['name']} ({chosen['strategy']}), {chosen['params']:,} of {teacher_params:,} parameters "
-          f"({chosen['params'] / teacher_params:.1%}); {torch.get_num_threads()} threads")
+    print(
+        f"student: {chosen['name']} ({chosen['strategy']}), {chosen['params']:,} of {teacher_params:,} parameters "
+        f"({chosen['params'] / teacher_params:.1%}); {torch.get_num_threads()} threads"
+    )
     print(f"teacher validation loss {teacher_loss:.4f}; pruned student before distillation {before:.4f}")
     print(f"{'KD tokens':>10} {'% of teacher tokens':>20} {'student loss':>13} {'gap recovered':>14}")
     for point in curve:

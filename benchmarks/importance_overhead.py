@@ -5,6 +5,7 @@ timed in alternation in one run. The importance pass uses layer_metric=None (wid
 the free block-cosine score); drop-one-layer metrics ("kl", "loss") cost one extra forward
 per layer by design and are reported separately for reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     model, what = teacher_model()
     model.to(dev)
     generator = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len), generator=generator).to(dev)
-               for _ in range(args.batches)]  # each [B, T]
+    batches = [
+        torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len), generator=generator).to(dev)
+        for _ in range(args.batches)
+    ]  # each [B, T]
 
     def plain_forward():
         with torch.no_grad():
@@ -42,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = interleaved_medians({"forward": plain_forward, "importance": importance_pass}, dev, args.repeats)
     ratio = medians["importance"] / medians["forward"]
-    print(f"model: {what}; {args.batches} batches of {args.batch_size} x {args.seq_len} tokens; device {dev}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model: {what}; {args.batches} batches of {args.batch_size} x {args.seq_len} tokens; device {dev}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"plain forward     {1000 * medians['forward']:9.1f} ms")
     print(f"importance pass   {1000 * medians['importance']:9.1f} ms   (layer_metric=None)")
     print(f"ratio             {ratio:9.3f}x   target <= {TARGET:.2f}x: {'met' if ratio <= TARGET else 'NOT met'}")

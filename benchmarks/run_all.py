@@ -6,6 +6,7 @@
 A benchmark is any module here with a main() and no leading underscore. A failing one is
 reported and the rest still run; the exit code says whether all succeeded.
 """
+
 from __future__ import annotations
 
 import pkgutil
@@ -20,7 +21,8 @@ SKIP = {"run_all"}
 
 def benchmark_names() -> list[str]:
     return sorted(
-        info.name for info in pkgutil.iter_modules([str(HERE)])
+        info.name
+        for info in pkgutil.iter_modules([str(HERE)])
         if not info.name.startswith("_") and info.name not in SKIP
     )
 
@@ -36,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== benchmarks.{name}", flush=True)
         start = time.perf_counter()
         code = subprocess.call([sys.executable, "-m", f"benchmarks.{name}"], cwd=HERE.parent)
-        print(f"=== benchmarks.{name}: {'ok' if code == 0 else f'FAILED (exit {code})'} "
-              f"in {time.perf_counter() - start:.0f} s\n", flush=True)
+        print(
+            f"=== benchmarks.{name}: {'ok' if code == 0 else f'FAILED (exit {code})'} "
+            f"in {time.perf_counter() - start:.0f} s\n",
+            flush=True,
+        )
         if code != 0:
             failed.append(name)
     if failed:

@@ -1,7 +1,8 @@
 """hybridlab: compress hybrid Mamba/attention language models (Minitron-SSM recipe)."""
+
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
-from hybridlab.model.loading import load_model, save_model
 from hybridlab.compression.prune import prune
+from hybridlab.model.loading import load_model, save_model
 from hybridlab.model.sizes import Sizes, estimate_sizes
 from hybridlab.model.spec import PruneSpec
 
@@ -14,7 +15,14 @@ def load_demo():
 
 
 __all__ = [
-    "ImportanceScores", "PruneSpec", "Sizes", "estimate_importance", "estimate_sizes",
-    "load_demo", "load_model", "prune", "save_model",
+    "ImportanceScores",
+    "PruneSpec",
+    "Sizes",
+    "estimate_importance",
+    "estimate_sizes",
+    "load_demo",
+    "load_model",
+    "prune",
+    "save_model",
 ]
 __version__ = "0.1.0"

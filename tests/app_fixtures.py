@@ -1,5 +1,6 @@
 """A model for the dashboard tests: the bundled demo teacher when it is shipped, else a
 tiny random NemotronH saved to a folder with calibration and validation token files."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ def demo_shipped() -> bool:
 
 def tiny_model_dir(root: Path) -> AppModel:
     import torch
+    from conftest import randomize, tiny_nemotron_config
     from transformers import NemotronHForCausalLM
 
-    from conftest import randomize, tiny_nemotron_config
     from hybridlab import save_model
 
     torch.manual_seed(0)

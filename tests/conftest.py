@@ -1,4 +1,5 @@
 """Shared fixtures: tiny but real transformers models of both supported families."""
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,19 @@ def tiny_mamba2():
 
     torch.manual_seed(0)
     config = Mamba2Config(
-        vocab_size=128, hidden_size=32, num_heads=8, head_dim=8, expand=2, n_groups=2, state_size=8,
-        num_hidden_layers=3, chunk_size=8, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=128,
+        hidden_size=32,
+        num_heads=8,
+        head_dim=8,
+        expand=2,
+        n_groups=2,
+        state_size=8,
+        num_hidden_layers=3,
+        chunk_size=8,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     return randomize(Mamba2ForCausalLM(config))
 

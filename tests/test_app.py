@@ -1,5 +1,6 @@
 """The dashboard: every page under Streamlit's AppTest on a tiny real model and a real
 store, plus the plain view helpers (planner arithmetic, overlay, comparison, charts)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,6 @@ import pandas as pd
 import plotly.io as pio
 import pytest
 import torch
-
 from app_fixtures import demo_shipped, tiny_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,18 +29,26 @@ def lab(tmp_path_factory):
     workspace = root / "workspace"
     mp = pytest.MonkeyPatch()
     mp.setenv("HYBRIDLAB_WORKSPACE", str(workspace))
-    imp = run_sync("importance", {"model": model.ref, "calib": model.calib, "samples": 8, "seq_len": 32},
-                   progress=SILENT)
+    imp = run_sync(
+        "importance", {"model": model.ref, "calib": model.calib, "samples": 8, "seq_len": 32}, progress=SILENT
+    )
     candidates = {}
     for name, spec in (("narrow", {"mamba_num_heads": 4, "hidden_size": 48}), ("shallow", {"num_layers": 4})):
-        job = run_sync("prune", {"model": model.ref, "spec": spec, "importance": imp["result"]["run_id"], "name": name},
-                       progress=SILENT)
+        job = run_sync(
+            "prune",
+            {"model": model.ref, "spec": spec, "importance": imp["result"]["run_id"], "name": name},
+            progress=SILENT,
+        )
         candidates[name] = job["result"]["model_path"]
     for path in (model.ref, *candidates.values()):
         run_sync("eval", {"model": path, "val_tokens": model.val, "max_tokens": 1024, "seq_len": 32}, progress=SILENT)
     run_sync("bench", {"model": model.ref, "seq_len": 16, "new_tokens": 2, "repeats": 1, "warmup": 0}, progress=SILENT)
-    yield {"model": model, "workspace": workspace, "scores": str(workspace / imp["result"]["artifact"]),
-           "candidates": candidates}
+    yield {
+        "model": model,
+        "workspace": workspace,
+        "scores": str(workspace / imp["result"]["artifact"]),
+        "candidates": candidates,
+    }
     mp.undo()
 
 
@@ -87,10 +95,14 @@ def config_of(ref: str):
 
 # ---- Model -----------------------------------------------------------------------------------
 
+
 def test_model_page_bad_folder_shows_error_not_traceback(lab, tmp_path):
     at = app(lab, "model")
     at.radio[0].set_value("local folder").run()
-    for bad, message in ((tmp_path / "missing", "neither 'demo' nor an existing directory"), (tmp_path, "no config.json")):
+    for bad, message in (
+        (tmp_path / "missing", "neither 'demo' nor an existing directory"),
+        (tmp_path, "no config.json"),
+    ):
         at.text_input[0].input(str(bad)).run()
         button(at, "Use this folder").click().run()
         assert not at.exception
@@ -123,6 +135,7 @@ def test_app_opens_on_the_demo_teacher():
 
 
 # ---- Importance ---------------------------------------------------------------------------
+
 
 def test_importance_page_loads_a_run_and_draws_every_heatmap(lab):
     at = app(lab, "importance")
@@ -166,6 +179,7 @@ def test_scores_of_another_model_are_refused(lab, tmp_path):
 
 
 # ---- Prune planner --------------------------------------------------------------------------
+
 
 def test_planner_sizes_follow_the_controls_exactly(lab):
     from hybridlab import PruneSpec, estimate_sizes
@@ -211,6 +225,7 @@ def test_prune_and_evaluate_without_validation_tokens_is_refused(lab):
 
 # ---- Distill, Pareto, Jobs -----------------------------------------------------------------
 
+
 def test_pareto_page_plots_teacher_and_candidates_with_their_losses(lab):
     from hybridlab import jobs
 
@@ -234,9 +249,19 @@ def test_distill_page_runs_curves_of_a_real_distillation(lab):
     from hybridlab.jobs import run_sync
 
     model = lab["model"]
-    job = run_sync("distill", {"student": lab["candidates"]["narrow"], "teacher": model.ref, "tokens": 2048,
-                               "seq_len": 32, "batch_size": 4, "train_tokens": model.calib, "val_tokens": model.val},
-                   progress=SILENT)
+    job = run_sync(
+        "distill",
+        {
+            "student": lab["candidates"]["narrow"],
+            "teacher": model.ref,
+            "tokens": 2048,
+            "seq_len": 32,
+            "batch_size": 4,
+            "train_tokens": model.calib,
+            "val_tokens": model.val,
+        },
+        progress=SILENT,
+    )
     assert job["status"] == "succeeded"
     at = app(lab, "distill", distill_job=job["id"])
     assert not at.error
@@ -260,10 +285,10 @@ def test_jobs_page_lists_and_cancels(lab):
 
 # ---- plain helpers ----------------------------------------------------------------------------
 
-def test_overlay_kept_units_are_the_units_prune_keeps(lab):
-    from hybridlab import ImportanceScores, PruneSpec, load_model, prune
 
+def test_overlay_kept_units_are_the_units_prune_keeps(lab):
     from app.overlay import units_frame
+    from hybridlab import ImportanceScores, PruneSpec, load_model, prune
 
     model, _ = load_model(lab["model"].ref)
     scores = ImportanceScores.load(lab["scores"])
@@ -278,15 +303,16 @@ def test_overlay_kept_units_are_the_units_prune_keeps(lab):
     hidden = kept(-1, "hidden")
     assert torch.equal(pruned.model.embeddings.weight, model.model.embeddings.weight[:, hidden])
     neurons = kept(1, "ffn_neuron")
-    assert torch.equal(pruned.model.layers[1].mixer.down_proj.weight, model.model.layers[1].mixer.down_proj.weight[hidden][:, neurons])
+    assert torch.equal(
+        pruned.model.layers[1].mixer.down_proj.weight, model.model.layers[1].mixer.down_proj.weight[hidden][:, neurons]
+    )
     heads = kept(0, "mamba_head")
     assert torch.equal(pruned.model.layers[0].mixer.A_log, model.model.layers[0].mixer.A_log[heads])
 
 
 def test_preset_specs_land_near_the_target(lab):
-    from hybridlab import estimate_sizes
-
     from app.planner import PRESETS, preset_spec
+    from hybridlab import estimate_sizes
 
     config = config_of(lab["model"].ref)
     total = estimate_sizes(config).params
@@ -310,18 +336,43 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_comparison_estimates_latency_from_flops_when_not_measured():
     from app.results import comparison
 
-    candidates = pd.DataFrame([{"id": 1, "name": "c", "model_ref": "demo", "status": "succeeded", "strategy": "width",
-                                "model_path": "/m/c", "params": 50, "param_ratio": 0.5, "flops_per_token": 40.0,
-                                "flops_ratio": 0.4, "spec.spec.hidden_size": 8}])
-    evaluations = pd.DataFrame([{"id": 1, "model_ref": "/m/c", "status": "succeeded", "val_loss": 3.0},
-                                {"id": 2, "model_ref": "demo", "status": "succeeded", "val_loss": 2.0}])
+    candidates = pd.DataFrame(
+        [
+            {
+                "id": 1,
+                "name": "c",
+                "model_ref": "demo",
+                "status": "succeeded",
+                "strategy": "width",
+                "model_path": "/m/c",
+                "params": 50,
+                "param_ratio": 0.5,
+                "flops_per_token": 40.0,
+                "flops_ratio": 0.4,
+                "spec.spec.hidden_size": 8,
+            }
+        ]
+    )
+    evaluations = pd.DataFrame(
+        [
+            {"id": 1, "model_ref": "/m/c", "status": "succeeded", "val_loss": 3.0},
+            {"id": 2, "model_ref": "demo", "status": "succeeded", "val_loss": 2.0},
+        ]
+    )
     benchmarks = pd.DataFrame([{"id": 1, "model_ref": "demo", "status": "succeeded", "prefill_ms": 10.0}])
-    table = comparison("demo", {"params": 100, "flops_per_token": 100.0}, candidates, evaluations, benchmarks,
-                       pd.DataFrame())
+    table = comparison(
+        "demo", {"params": 100, "flops_per_token": 100.0}, candidates, evaluations, benchmarks, pd.DataFrame()
+    )
     assert table["val_loss"].tolist() == [2.0, 3.0]
     assert table["latency_ms"].tolist() == [10.0, pytest.approx(4.0)]
     assert table["latency_source"].tolist() == ["measured", "estimated"]
     assert table.loc[1, "spec"] == {"hidden_size": 8}
-    twice = comparison("demo", {"params": 100, "flops_per_token": 100.0}, pd.concat([candidates, candidates.assign(id=2)]),
-                       evaluations, benchmarks, pd.DataFrame())
+    twice = comparison(
+        "demo",
+        {"params": 100, "flops_per_token": 100.0},
+        pd.concat([candidates, candidates.assign(id=2)]),
+        evaluations,
+        benchmarks,
+        pd.DataFrame(),
+    )
     assert twice["name"].is_unique and len(twice) == 3

@@ -1,4 +1,5 @@
 """Latency benchmark: schema, sane values, memory measurement and input checks (never timings)."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,29 @@ import torch
 from hybridlab.measure.bench import measure_latency, peak_memory
 
 KEYS = {
-    "device", "device_name", "dtype", "torch_threads", "mamba_kernels", "batch_size", "seq_len", "new_tokens",
-    "repeats", "warmup", "params", "weights_bytes", "prefill_ms", "prefill_ms_runs", "prefill_tokens_per_s",
-    "generate_ms", "decode_ms_per_step", "decode_tokens_per_s", "peak_memory_bytes", "peak_memory_delta_bytes",
-    "memory_measure", "measured_state_bytes", "analytic",
+    "device",
+    "device_name",
+    "dtype",
+    "torch_threads",
+    "mamba_kernels",
+    "batch_size",
+    "seq_len",
+    "new_tokens",
+    "repeats",
+    "warmup",
+    "params",
+    "weights_bytes",
+    "prefill_ms",
+    "prefill_ms_runs",
+    "prefill_tokens_per_s",
+    "generate_ms",
+    "decode_ms_per_step",
+    "decode_tokens_per_s",
+    "peak_memory_bytes",
+    "peak_memory_delta_bytes",
+    "memory_measure",
+    "measured_state_bytes",
+    "analytic",
 }
 
 
@@ -50,8 +70,14 @@ def test_measure_latency_works_for_pure_mamba2(tiny_mamba2):
 
 def test_progress_reaches_one(tiny_nemotron):
     seen = []
-    measure_latency(tiny_nemotron, seq_len=8, new_tokens=2, repeats=1, warmup=0,
-                    progress=lambda fraction, message, metrics: seen.append(fraction))
+    measure_latency(
+        tiny_nemotron,
+        seq_len=8,
+        new_tokens=2,
+        repeats=1,
+        warmup=0,
+        progress=lambda fraction, message, metrics: seen.append(fraction),
+    )
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
 
 
@@ -70,8 +96,13 @@ def test_cpu_peak_memory_sees_a_64_mib_allocation():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"new_tokens": 1}, "new_tokens"), ({"repeats": 0}, "repeats"), ({"seq_len": 0}, "seq_len"),
-     ({"batch_size": 0}, "batch_size"), ({"warmup": -1}, "warmup")],
+    [
+        ({"new_tokens": 1}, "new_tokens"),
+        ({"repeats": 0}, "repeats"),
+        ({"seq_len": 0}, "seq_len"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"warmup": -1}, "warmup"),
+    ],
 )
 def test_bad_settings_are_refused(tiny_nemotron, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -83,8 +114,24 @@ def test_cli_bench_json(tmp_path, tiny_nemotron, capsys):
     from hybridlab.model.loading import save_model
 
     save_model(tiny_nemotron, None, tmp_path / "model")
-    code = main(["bench", "--model", str(tmp_path / "model"), "--seq-len", "8", "--new-tokens", "2",
-                 "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json"])
+    code = main(
+        [
+            "bench",
+            "--model",
+            str(tmp_path / "model"),
+            "--seq-len",
+            "8",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == str(tmp_path / "model")

@@ -6,6 +6,7 @@ the heatmaps render, moves a planner control and sees the parameter count change
 prunes and evaluates a candidate, and finds its point on the Pareto chart.
 Screenshots go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,14 +21,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from app_fixtures import app_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 JOB_TIMEOUT_MS = 600_000
 
 
@@ -46,9 +53,25 @@ def server(tmp_path):
     port = free_port()
     env = {**os.environ, "HYBRIDLAB_WORKSPACE": str(workspace), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=open(tmp_path / "streamlit.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app" / "main.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(tmp_path / "streamlit.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -130,8 +153,9 @@ def test_importance_plan_prune_evaluate_pareto(server):
         slider = page.get_by_role("slider", name=re.compile("Mamba heads"))
         slider.focus()
         slider.press("ArrowLeft")  # one step: n_groups fewer heads
-        expect(page.get_by_test_id("stMetric").filter(has_text="parameters").first
-               .get_by_test_id("stMetricValue")).not_to_have_text(before, timeout=30_000)
+        expect(
+            page.get_by_test_id("stMetric").filter(has_text="parameters").first.get_by_test_id("stMetricValue")
+        ).not_to_have_text(before, timeout=30_000)
         after = metric_value(page, "parameters")
         assert float(after.split()[0].replace(",", "")) < float(before.split()[0].replace(",", ""))
         expect(page.locator(".js-plotly-plot .scatterlayer path.point").first).to_be_attached(timeout=30_000)
@@ -164,8 +188,11 @@ def wait_for_jobs(page, workspace) -> None:
     while time.monotonic() < deadline:
         listing = jobs.list_jobs(workspace)
         kinds = set(listing["kind"])
-        if {"prune", "eval", "bench"} <= kinds and listing["status"].isin(["succeeded", "failed", "cancelled"]).all() \
-                and (listing["kind"] == "eval").sum() >= 2:
+        if (
+            {"prune", "eval", "bench"} <= kinds
+            and listing["status"].isin(["succeeded", "failed", "cancelled"]).all()
+            and (listing["kind"] == "eval").sum() >= 2
+        ):
             failed = listing[listing["status"] != "succeeded"]
             assert failed.empty, failed[["id", "kind", "status", "error"]].to_string()
             return

@@ -1,4 +1,5 @@
 """The engine commands as a user runs them: importance, prune, plan."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,47 @@ def model_dir(tiny_nemotron, tmp_path):
 
 def test_importance_then_prune_writes_a_loadable_model(model_dir, tmp_path, capsys):
     calib = str(tmp_path / "calib.npy")
-    assert main(["importance", "--model", str(model_dir), "--calib", calib, "--samples", "8", "--seq-len", "32",
-                 "--out", str(tmp_path / "scores"), "--csv", str(tmp_path / "scores.csv")]) == 0
+    assert (
+        main(
+            [
+                "importance",
+                "--model",
+                str(model_dir),
+                "--calib",
+                calib,
+                "--samples",
+                "8",
+                "--seq-len",
+                "32",
+                "--out",
+                str(tmp_path / "scores"),
+                "--csv",
+                str(tmp_path / "scores.csv"),
+            ]
+        )
+        == 0
+    )
     assert "mamba_head" in capsys.readouterr().out
-    assert main(["prune", "--model", str(model_dir), "--scores", str(tmp_path / "scores"), "--mamba-num-heads", "4",
-                 "--ffn-hidden-size", "24", "--num-layers", "5", "--out", str(tmp_path / "small")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(model_dir),
+                "--scores",
+                str(tmp_path / "scores"),
+                "--mamba-num-heads",
+                "4",
+                "--ffn-hidden-size",
+                "24",
+                "--num-layers",
+                "5",
+                "--out",
+                str(tmp_path / "small"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "parameters:" in out and "6 -> 5" in out
     small = AutoModelForCausalLM.from_pretrained(tmp_path / "small")
@@ -37,13 +74,67 @@ def test_importance_and_prune_are_recorded_in_the_store(model_dir, tmp_path, cap
 
     workspace = tmp_path / "ws"
     calib = str(tmp_path / "calib.npy")
-    assert main(["importance", "--model", str(model_dir), "--calib", calib, "--samples", "8", "--seq-len", "32",
-                 "--out", str(tmp_path / "scores"), "--workspace", str(workspace)]) == 0
-    assert main(["prune", "--model", str(model_dir), "--scores", str(tmp_path / "scores"), "--mamba-num-heads", "4",
-                 "--out", str(tmp_path / "from-scores"), "--workspace", str(workspace)]) == 0
+    assert (
+        main(
+            [
+                "importance",
+                "--model",
+                str(model_dir),
+                "--calib",
+                calib,
+                "--samples",
+                "8",
+                "--seq-len",
+                "32",
+                "--out",
+                str(tmp_path / "scores"),
+                "--workspace",
+                str(workspace),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(model_dir),
+                "--scores",
+                str(tmp_path / "scores"),
+                "--mamba-num-heads",
+                "4",
+                "--out",
+                str(tmp_path / "from-scores"),
+                "--workspace",
+                str(workspace),
+            ]
+        )
+        == 0
+    )
     # without --scores the prune job scores the model itself, on the same calibration data
-    assert main(["prune", "--model", str(model_dir), "--calib", calib, "--samples", "8", "--seq-len", "32",
-                 "--mamba-num-heads", "4", "--out", str(tmp_path / "scored-now"), "--workspace", str(workspace)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(model_dir),
+                "--calib",
+                calib,
+                "--samples",
+                "8",
+                "--seq-len",
+                "32",
+                "--mamba-num-heads",
+                "4",
+                "--out",
+                str(tmp_path / "scored-now"),
+                "--workspace",
+                str(workspace),
+            ]
+        )
+        == 0
+    )
     assert "recorded as prune job 3" in capsys.readouterr().err
 
     jobs = list_jobs(workspace)
@@ -68,8 +159,19 @@ def test_a_refused_spec_records_nothing_and_writes_nothing(model_dir, tmp_path, 
     from hybridlab.jobs import list_jobs
 
     workspace = tmp_path / "ws"
-    argv = ["prune", "--model", str(model_dir), "--scores", str(tmp_path), "--mamba-num-heads", "4",
-            "--out", str(tmp_path / "out"), "--workspace", str(workspace)]  # tmp_path holds no scores
+    argv = [
+        "prune",
+        "--model",
+        str(model_dir),
+        "--scores",
+        str(tmp_path),
+        "--mamba-num-heads",
+        "4",
+        "--out",
+        str(tmp_path / "out"),
+        "--workspace",
+        str(workspace),
+    ]  # tmp_path holds no scores
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "holds no importance scores" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -82,9 +184,25 @@ def test_a_job_failing_at_work_is_recorded_failed_and_out_stays_absent(model_dir
 
     workspace = tmp_path / "ws"
     # no layer scores (--layer-metric none), yet --num-layers asks to pick layers by them: fails after scoring
-    argv = ["prune", "--model", str(model_dir), "--calib", str(tmp_path / "calib.npy"), "--samples", "4",
-            "--seq-len", "16", "--layer-metric", "none", "--num-layers", "5", "--out", str(tmp_path / "out"),
-            "--workspace", str(workspace)]
+    argv = [
+        "prune",
+        "--model",
+        str(model_dir),
+        "--calib",
+        str(tmp_path / "calib.npy"),
+        "--samples",
+        "4",
+        "--seq-len",
+        "16",
+        "--layer-metric",
+        "none",
+        "--num-layers",
+        "5",
+        "--out",
+        str(tmp_path / "out"),
+        "--workspace",
+        str(workspace),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "num_layers needs layer scores" in err and "Traceback" not in err
@@ -95,8 +213,23 @@ def test_a_job_failing_at_work_is_recorded_failed_and_out_stays_absent(model_dir
 
 
 def test_plan_json_for_a_reference_config(capsys):
-    assert main(["plan", "--model", "nemotron-h-8b", "--hidden-size", "3072", "--ffn-hidden-size", "12288",
-                 "--mamba-num-heads", "112", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "nemotron-h-8b",
+                "--hidden-size",
+                "3072",
+                "--ffn-hidden-size",
+                "12288",
+                "--mamba-num-heads",
+                "112",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["original"]["params"] == 8_100_852_736 and report["pruned"]["params"] == 4_489_223_040
 

@@ -3,6 +3,7 @@
 The end-to-end test builds real .deb packages with `dpkg-deb --build` from a few synthetic documents,
 so the whole path (unpack, read, split, tokenizer, arrays, card) runs without apt or the network.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -123,19 +124,25 @@ def _fake_deb(debs: Path, package: str, root: str, files: dict[str, bytes]) -> N
     tree = debs / f"{package}-tree"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n")
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+    )
     for rel, data in files.items():
         path = tree / root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(debs / f"{package}_1.0_all.deb")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(tree), str(debs / f"{package}_1.0_all.deb")],
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(tree)
 
 
 def _sentence(i: int) -> str:
-    return (f"Section {i}. The device driver registers interrupt handler number {i} and then reads "
-            f"the status register before it clears the pending bit.\n\n")
+    return (
+        f"Section {i}. The device driver registers interrupt handler number {i} and then reads "
+        f"the status register before it clears the pending bit.\n\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +154,10 @@ def tiny_debs(tmp_path_factory):
     kernel["translations/zh_CN/index.rst.gz"] = gzip.compress(("中文文档 " * 100).encode())
     kernel["tiny.txt.gz"] = gzip.compress(b"stub")  # under 200 characters: dropped
     _fake_deb(debs, "linux-doc-6.1", "usr/share/doc/linux-doc-6.1/Documentation", kernel)
-    python = {f"library/mod{i}.html": PAGE.replace("functionality.", "functionality. " + _sentence(i) * 2).encode()
-              for i in range(10)}
+    python = {
+        f"library/mod{i}.html": PAGE.replace("functionality.", "functionality. " + _sentence(i) * 2).encode()
+        for i in range(10)
+    }
     python["genindex-A.html"] = PAGE.encode()
     python["_sources/library/os.rst.txt"] = b"x" * 500
     _fake_deb(debs, "python3.11-doc", "usr/share/doc/python3.11/html", python)
@@ -156,10 +165,24 @@ def tiny_debs(tmp_path_factory):
 
 
 def test_build_corpus_end_to_end_is_reproducible(tiny_debs, tmp_path):
-    a = build_corpus(tmp_path / "a", debs_dir=tiny_debs, vocab_size=300, val_fraction=0.2,
-                     calib_samples=4, calib_seq_len=16, progress=lambda *a: None)
-    b = build_corpus(tmp_path / "b", debs_dir=tiny_debs, vocab_size=300, val_fraction=0.2,
-                     calib_samples=4, calib_seq_len=16, progress=lambda *a: None)
+    a = build_corpus(
+        tmp_path / "a",
+        debs_dir=tiny_debs,
+        vocab_size=300,
+        val_fraction=0.2,
+        calib_samples=4,
+        calib_seq_len=16,
+        progress=lambda *a: None,
+    )
+    b = build_corpus(
+        tmp_path / "b",
+        debs_dir=tiny_debs,
+        vocab_size=300,
+        val_fraction=0.2,
+        calib_samples=4,
+        calib_seq_len=16,
+        progress=lambda *a: None,
+    )
     assert a == b  # same inputs, same hashes of every array and of the tokenizer
     assert [s["documents"] for s in a["sources"]] == [30, 10]  # translations, stubs, indexes, _sources skipped
     assert a["documents"]["train"] + a["documents"]["val"] == 40 and a["documents"]["val"] > 0

@@ -3,6 +3,7 @@
 The first group reads assets/demo/ (shipped in the repository). The last test runs the whole pipeline,
 `hybridlab data build` -> `hybridlab train` -> `hybridlab data ship`, at toy scale through the CLI.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ import pytest
 import torch
 
 from hybridlab.cli import main as cli
+from hybridlab.core.paths import demo_dir
 from hybridlab.data.tokens import unigram_entropy
 from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, DEMO_NAME, load_demo, teacher_dir
-from hybridlab.core.paths import demo_dir
 from hybridlab.training.pretrain import validation_loss
-from tests.test_data import tiny_debs  # noqa: F401  (fixture: real .deb files built with dpkg-deb)
+from tests.test_data import tiny_debs  # noqa: F401, F811  (fixture: real .deb files built with dpkg-deb)
 
 
 def _card_number(card: str, label: str) -> float:
@@ -77,19 +78,82 @@ def test_teacher_is_clearly_a_language_model(demo):
 
 def test_pipeline_reproduces_a_shipped_demo_at_toy_scale(tmp_path, tiny_debs):
     corpus, run, dest = tmp_path / "corpus", tmp_path / "run", tmp_path / "assets" / "demo"
-    assert cli(["data", "build", "--out", str(corpus), "--debs", str(tiny_debs), "--vocab-size", "300",
-                "--val-fraction", "0.3"]) == 0
-    tiny = dict(hybrid_override_pattern="M-*", hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=4,
-                ssm_state_size=8, chunk_size=8)
+    assert (
+        cli(
+            [
+                "data",
+                "build",
+                "--out",
+                str(corpus),
+                "--debs",
+                str(tiny_debs),
+                "--vocab-size",
+                "300",
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
+    tiny = dict(
+        hybrid_override_pattern="M-*",
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        mamba_num_heads=4,
+        mamba_head_dim=16,
+        n_groups=4,
+        ssm_state_size=8,
+        chunk_size=8,
+    )
     (tmp_path / "tiny.json").write_text(json.dumps(tiny))
-    assert cli(["train", "--data", str(corpus), "--out", str(run), "--config", str(tmp_path / "tiny.json"),
-                "--tokens", "4096", "--batch-size", "4", "--seq-len", "64", "--eval-every", "8",
-                "--checkpoint-every", "8", "--threads", "1"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--data",
+                str(corpus),
+                "--out",
+                str(run),
+                "--config",
+                str(tmp_path / "tiny.json"),
+                "--tokens",
+                "4096",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "64",
+                "--eval-every",
+                "8",
+                "--checkpoint-every",
+                "8",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["tokens_seen"] == 4096 and summary["val_loss"] < math.log(300)
-    assert cli(["data", "ship", "--run", str(run), "--data", str(corpus), "--dest", str(dest),
-                "--note", "Toy run for the test."]) == 0
+    assert (
+        cli(
+            [
+                "data",
+                "ship",
+                "--run",
+                str(run),
+                "--data",
+                str(corpus),
+                "--dest",
+                str(dest),
+                "--note",
+                "Toy run for the test.",
+            ]
+        )
+        == 0
+    )
     shipped = load_demo(root=dest)
     card = (dest / "MODEL_CARD.md").read_text()
     loss = validation_loss(shipped.model, shipped.val_windows(CARD_SEQ_LEN, CARD_SUBSET_WINDOWS))

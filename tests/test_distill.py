@@ -1,4 +1,5 @@
 """Distillation: the loss, recovery, resume, the logits cache, data parallel, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab import PruneSpec, prune
+from hybridlab.core.progress import Cancelled
 from hybridlab.training.distill import DistillSettings, distill, kd_loss, parse_token_count
 from hybridlab.training.logits_cache import LogitsCache, build_logits_cache
-from hybridlab.core.progress import Cancelled
 
 
 def corpus(n=6000, seed=0):
@@ -26,8 +27,18 @@ def corpus(n=6000, seed=0):
 
 
 def settings(**overrides):
-    values = dict(tokens=24 * 4 * 32, seq_len=32, batch_size=4, lr=3e-3, eval_every=4, checkpoint_every=4,
-                  eval_tokens=1024, bf16_autocast=False, warmup_fraction=0.1, log_every=1)
+    values = dict(
+        tokens=24 * 4 * 32,
+        seq_len=32,
+        batch_size=4,
+        lr=3e-3,
+        eval_every=4,
+        checkpoint_every=4,
+        eval_tokens=1024,
+        bf16_autocast=False,
+        warmup_fraction=0.1,
+        log_every=1,
+    )
     return DistillSettings(**(values | overrides))
 
 
@@ -70,7 +81,10 @@ def pair(tiny_nemotron):
 def test_distillation_closes_the_gap_and_logs_teacher(pair, tmp_path):
     student, teacher = pair
     data, val = corpus(), corpus(2000, seed=1)
-    before = F.cross_entropy(student(torch.from_numpy(val[:257].astype(np.int64))[None, :-1]).logits[0], torch.from_numpy(val[1:257].astype(np.int64)))
+    before = F.cross_entropy(
+        student(torch.from_numpy(val[:257].astype(np.int64))[None, :-1]).logits[0],
+        torch.from_numpy(val[1:257].astype(np.int64)),
+    )
     result = distill(student, teacher, data, val, settings(), tmp_path / "run")
     kd = losses(tmp_path / "run", key="kd_loss")
     assert kd[-1] < kd[0] * 0.7
@@ -101,7 +115,11 @@ def test_logits_cache_matches_live_top_k(pair, tmp_path):
     data = corpus()
     cfg = settings(tokens=6 * 4 * 32, top_k=8, eval_every=100)
     cache_dir = build_logits_cache(teacher, data, cfg, tmp_path / "cache", top_k=8, shard_steps=4)
-    assert sorted(p.name for p in cache_dir.iterdir()) == ["cache.json", "shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in cache_dir.iterdir()) == [
+        "cache.json",
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     copy = prune(teacher, PruneSpec(ffn_hidden_size=16, mamba_num_heads=4), ranking="random")
     distill(student, teacher, data, None, cfg, tmp_path / "live")
     distill(copy, None, data, None, cfg, tmp_path / "cached", logits_cache=LogitsCache(cache_dir))
@@ -138,20 +156,78 @@ def test_two_cpu_ranks_match_one_process(pair, tmp_path):
     student.save_pretrained(tmp_path / "student")
     teacher.save_pretrained(tmp_path / "teacher")
     np.save(tmp_path / "data.npy", corpus())
-    common = ["--log-every", "1", "--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--data", str(tmp_path / "data.npy"),
-              "--tokens", str(8 * 4 * 32), "--seq-len", "32", "--batch-size", "4", "--no-bf16", "--eval-every", "100"]
+    common = [
+        "--log-every",
+        "1",
+        "--student",
+        str(tmp_path / "student"),
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--tokens",
+        str(8 * 4 * 32),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--no-bf16",
+        "--eval-every",
+        "100",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "hybridlab", "distill", *common, "--out", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "hybridlab", "distill", *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "hybridlab", "distill", *common, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hybridlab",
+            "distill",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert np.allclose(losses(tmp_path / "one"), losses(tmp_path / "two"), atol=1e-4)
-    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "hybridlab", "distill", *common, "--checkpoint-every", "4", "--out", str(tmp_path / "fsdp")],
-                             env=env | {"HYBRIDLAB_FSDP": "1"}, capture_output=True, text=True, timeout=300)
+    sharded = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hybridlab",
+            "distill",
+            *common,
+            "--checkpoint-every",
+            "4",
+            "--out",
+            str(tmp_path / "fsdp"),
+        ],
+        env=env | {"HYBRIDLAB_FSDP": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     assert np.allclose(losses(tmp_path / "one"), losses(tmp_path / "fsdp"), atol=1e-4)
     from hybridlab.jobs import list_jobs
@@ -159,7 +235,10 @@ def test_two_cpu_ranks_match_one_process(pair, tmp_path):
     assert list(list_jobs()["kind"]) == ["distill"]  # the single-process run is recorded; torchrun ranks are not
     from safetensors.torch import load_file
 
-    single, gathered = load_file(tmp_path / "one" / "model" / "model.safetensors"), load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
+    single, gathered = (
+        load_file(tmp_path / "one" / "model" / "model.safetensors"),
+        load_file(tmp_path / "fsdp" / "model" / "model.safetensors"),
+    )
     assert single.keys() == gathered.keys() and all(torch.allclose(single[k], gathered[k], atol=1e-5) for k in single)
 
 
@@ -176,10 +255,34 @@ def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys):
     teacher.save_pretrained(tmp_path / "teacher")
     np.save(tmp_path / "data.npy", corpus())
     np.save(tmp_path / "val.npy", corpus(2000, seed=1))
-    argv = ["distill", "--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
-            "--data", str(tmp_path / "data.npy"), "--val", str(tmp_path / "val.npy"), "--tokens", str(4 * 4 * 32),
-            "--seq-len", "32", "--batch-size", "4", "--no-bf16", "--eval-every", "2", "--eval-tokens", "512",
-            "--log-every", "1", "--out", str(tmp_path / "run"), "--workspace", str(tmp_path / "ws")]
+    argv = [
+        "distill",
+        "--student",
+        str(tmp_path / "student"),
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--val",
+        str(tmp_path / "val.npy"),
+        "--tokens",
+        str(4 * 4 * 32),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--no-bf16",
+        "--eval-every",
+        "2",
+        "--eval-tokens",
+        "512",
+        "--log-every",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--workspace",
+        str(tmp_path / "ws"),
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model_dir"] == str(tmp_path / "run" / "model") and printed["step"] == 4
@@ -187,8 +290,10 @@ def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys):
     runs = list_distillations(tmp_path / "ws")
     assert list(list_jobs(tmp_path / "ws")["status"]) == ["succeeded"] and list(runs["status"]) == ["succeeded"]
     assert runs["val_loss"][0] == printed["val_loss"] and runs["spec.bf16"][0] == False  # noqa: E712
-    ours, recorded = load_file(tmp_path / "run" / "model" / "model.safetensors"), load_file(
-        tmp_path / "ws" / runs["artifact"][0] / "model.safetensors")
+    ours, recorded = (
+        load_file(tmp_path / "run" / "model" / "model.safetensors"),
+        load_file(tmp_path / "ws" / runs["artifact"][0] / "model.safetensors"),
+    )
     assert ours.keys() == recorded.keys() and all(torch.equal(ours[k], recorded[k]) for k in ours)
 
     assert main(argv) == 2  # the same --out again, without --resume: refused, nothing recorded

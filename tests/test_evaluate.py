@@ -1,4 +1,5 @@
 """Evaluation: validation loss, KL to a teacher, the continuation task and the lm-eval bridge."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import randomize, tiny_nemotron_config
+
 from hybridlab.measure.evaluate import evaluate, kl_to_teacher, token_windows, validation_loss
 from hybridlab.measure.lmeval.continuation import build_continuation_items
 from hybridlab.measure.lmeval.harness import prepare_task_manager, run_lm_eval
@@ -85,7 +86,8 @@ def test_validation_loss_matches_hand_computed_cross_entropy(tiny_nemotron):
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
     # batch size, input type and a token cap change nothing but what they should
     assert validation_loss(tiny_nemotron, torch.from_numpy(tokens.astype(np.int64)), 16, 3)["loss"] == pytest.approx(
-        result["loss"], abs=1e-5)
+        result["loss"], abs=1e-5
+    )
     capped = validation_loss(tiny_nemotron, tokens, seq_len=16, batch_size=1, max_tokens=40)
     assert capped["tokens"] == 32
     assert capped["loss"] == pytest.approx(hand_loss(tiny_nemotron, tokens, 16, 2), abs=1e-5)
@@ -179,7 +181,7 @@ def own_accuracy(model, tokenizer, items) -> float:
             for choice in item["choices"]:
                 context = tokenizer(item["context"], add_special_tokens=False)["input_ids"]
                 whole = tokenizer(item["context"] + choice, add_special_tokens=False)["input_ids"]
-                continuation = whole[len(context):]
+                continuation = whole[len(context) :]
                 logp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0].double(), -1)
                 positions = range(len(context) - 1, len(whole) - 1)
                 scores.append(sum(float(logp[p, t]) for p, t in zip(positions, continuation)))
@@ -190,8 +192,7 @@ def own_accuracy(model, tokenizer, items) -> float:
 def test_lm_eval_runs_the_local_task_offline_and_agrees_with_a_direct_computation(
     text_model, text_tokenizer, text_tokens
 ):
-    report = run_lm_eval(text_model, text_tokenizer, ["continuation_mc"], val_tokens=text_tokens, limit=8,
-                         batch_size=4)
+    report = run_lm_eval(text_model, text_tokenizer, ["continuation_mc"], val_tokens=text_tokens, limit=8, batch_size=4)
     metrics = report["continuation_mc"]
     assert metrics["samples"] == 8
     assert 0.0 <= metrics["acc"] <= 1.0 and 0.0 <= metrics["acc_norm"] <= 1.0
@@ -224,8 +225,22 @@ def test_cli_eval_json_matches_the_library(tmp_path, text_model, text_tokenizer,
 
     save_model(text_model, text_tokenizer, tmp_path / "model")
     save_tokens(tmp_path / "val.npy", text_tokens)
-    code = main(["eval", "--model", str(tmp_path / "model"), "--val-tokens", str(tmp_path / "val.npy"),
-                 "--tasks", "val_loss", "--seq-len", "32", "--device", "cpu", "--json"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "model"),
+            "--val-tokens",
+            str(tmp_path / "val.npy"),
+            "--tasks",
+            "val_loss",
+            "--seq-len",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     expected = validation_loss(text_model, text_tokens, seq_len=32)

@@ -1,4 +1,5 @@
 """Importance: masking, aggregation, one forward per batch, persistence, tidy frame."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def test_padded_positions_contribute_nothing(tiny_nemotron):
             assert torch.allclose(getattr(a, table)[layer], getattr(b, table)[layer], atol=1e-5)
     for metric in ("kl", "loss", "cosine"):
         assert torch.allclose(a.layers[metric], b.layers[metric], atol=1e-5)
-    c = estimate_importance(tiny_nemotron, [{"input_ids": other, "attention_mask": torch.ones_like(ids)}], layer_metric=None)
+    c = estimate_importance(
+        tiny_nemotron, [{"input_ids": other, "attention_mask": torch.ones_like(ids)}], layer_metric=None
+    )
     assert not torch.allclose(a.hidden, c.hidden, atol=1e-4)  # unmasked, the padding would count
 
 

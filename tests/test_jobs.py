@@ -5,6 +5,7 @@ state to a checkpoint file after every step, so a crash and resume can be checke
 exactly: the total is right only if every step ran exactly once across attempts.
 The worker subprocesses import this module as a plugin to get the same kind.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,18 @@ def count_job(spec: dict, ctx) -> dict:
     return {"total": state["total"], "starts": state["starts"]}
 
 
-register_kind(JobKind(
-    name="count",
-    fields={"steps": Field(int), "sleep_s": Field(float, default=0.0),
-            "fail_at": Field(int, default=None, nullable=True)},
-    handler=count_job,
-), replace=True)
+register_kind(
+    JobKind(
+        name="count",
+        fields={
+            "steps": Field(int),
+            "sleep_s": Field(float, default=0.0),
+            "fail_at": Field(int, default=None, nullable=True),
+        },
+        handler=count_job,
+    ),
+    replace=True,
+)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -55,8 +62,12 @@ register_kind(JobKind(
 def worker_env() -> dict:
     paths = [str(REPO), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]
     # One torch thread, like this test process (conftest), so floating-point results match exactly.
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), HYBRIDLAB_JOB_PLUGINS="test_jobs",
-                OMP_NUM_THREADS="1")
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in paths if p),
+        HYBRIDLAB_JOB_PLUGINS="test_jobs",
+        OMP_NUM_THREADS="1",
+    )
 
 
 def wait_until(predicate, what: str, timeout_s: float = TIMEOUT_S):
@@ -83,9 +94,25 @@ def start_worker(ws, tmp_path):
     def start(*extra: str) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hybridlab", "worker", "--workspace", str(ws), "--poll", "0.05",
-             "--heartbeat", "0.2", "--stale-after", "5", *extra],
-            env=worker_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "hybridlab",
+                "worker",
+                "--workspace",
+                str(ws),
+                "--poll",
+                "0.05",
+                "--heartbeat",
+                "0.2",
+                "--stale-after",
+                "5",
+                *extra,
+            ],
+            env=worker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         procs.append(proc)
         return proc
@@ -226,8 +253,14 @@ def test_two_submitters_at_once_without_database_locked(ws, start_worker):
     per_process = 40
     start_worker()  # creates the store at the same moment as the submitters
     submitters = [
-        subprocess.Popen([sys.executable, "-c", SUBMITTER, str(ws), str(per_process), name], env=worker_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        subprocess.Popen(
+            [sys.executable, "-c", SUBMITTER, str(ws), str(per_process), name],
+            env=worker_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         for name in ("a", "b")
     ]
     ids = []
@@ -237,27 +270,35 @@ def test_two_submitters_at_once_without_database_locked(ws, start_worker):
         assert "locked" not in err
         ids += json.loads(out)
     assert len(set(ids)) == 2 * per_process
-    wait_until(lambda: (list_jobs(ws)["status"] == "succeeded").sum() == 2 * per_process,
-               "the worker to run every submitted job")
+    wait_until(
+        lambda: (list_jobs(ws)["status"] == "succeeded").sum() == 2 * per_process,
+        "the worker to run every submitted job",
+    )
     assert integrity(ws) == "ok"
 
 
-@pytest.mark.parametrize("kind, spec, message", [
-    ("nope", {}, "unknown job kind 'nope'; known kinds: .*count"),
-    ("count", {}, "missing key 'steps'"),
-    ("count", {"steps": 3, "stpes": 3}, "unknown key 'stpes'"),
-    ("count", {"steps": "3"}, "'steps' must be a whole number, got str '3'"),
-    ("count", {"steps": True}, "'steps' must be a whole number, got the boolean True"),
-    ("count", [1, 2], "must be a dict of options"),
-    ("importance", {"model": "/no/such/model"}, "neither 'demo' nor an existing directory"),
-    ("importance", {"model": "MODEL", "calib": "demo", "layer_metric": "best"}, "'layer_metric': must be one of"),
-    ("importance", {"model": "MODEL", "name": "../escape"}, "'name': artifact name '../escape' is not allowed"),
-    ("prune", {"model": "MODEL", "spec": {"hidden_size": 32}, "importance": 7}, "importance run 7 does not exist"),
-    ("prune", {"model": "MODEL", "spec": {"mamba_num_heads": 999}, "ranking": "random"}, "larger than"),
-    ("distill", {"student": "MODEL", "teacher": "MODEL", "tokens": 10, "train_tokens": __file__},
-     "less than one batch"),
-    ("distill", {"teacher": "MODEL", "tokens": 10_000, "candidate": 3}, "candidate 3 does not exist"),
-])
+@pytest.mark.parametrize(
+    "kind, spec, message",
+    [
+        ("nope", {}, "unknown job kind 'nope'; known kinds: .*count"),
+        ("count", {}, "missing key 'steps'"),
+        ("count", {"steps": 3, "stpes": 3}, "unknown key 'stpes'"),
+        ("count", {"steps": "3"}, "'steps' must be a whole number, got str '3'"),
+        ("count", {"steps": True}, "'steps' must be a whole number, got the boolean True"),
+        ("count", [1, 2], "must be a dict of options"),
+        ("importance", {"model": "/no/such/model"}, "neither 'demo' nor an existing directory"),
+        ("importance", {"model": "MODEL", "calib": "demo", "layer_metric": "best"}, "'layer_metric': must be one of"),
+        ("importance", {"model": "MODEL", "name": "../escape"}, "'name': artifact name '../escape' is not allowed"),
+        ("prune", {"model": "MODEL", "spec": {"hidden_size": 32}, "importance": 7}, "importance run 7 does not exist"),
+        ("prune", {"model": "MODEL", "spec": {"mamba_num_heads": 999}, "ranking": "random"}, "larger than"),
+        (
+            "distill",
+            {"student": "MODEL", "teacher": "MODEL", "tokens": 10, "train_tokens": __file__},
+            "less than one batch",
+        ),
+        ("distill", {"teacher": "MODEL", "tokens": 10_000, "candidate": 3}, "candidate 3 does not exist"),
+    ],
+)
 def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_path, kind, spec, message):
     from hybridlab.jobs import list_jobs, submit
     from hybridlab.jobs.queue import JobQueue
@@ -294,8 +335,18 @@ def test_importance_job_in_a_worker_and_prune_run_sync_match_direct_calls(ws, tm
     tiny_nemotron.save_pretrained(model_dir)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).integers(3, 128, size=8 * 24, dtype=np.uint16))
-    job_id = submit("importance", {"model": str(model_dir), "calib": str(calib), "samples": 8, "seq_len": 24,
-                                   "batch_size": 4, "name": "tiny-scores"}, ws)
+    job_id = submit(
+        "importance",
+        {
+            "model": str(model_dir),
+            "calib": str(calib),
+            "samples": 8,
+            "seq_len": 24,
+            "batch_size": 4,
+            "name": "tiny-scores",
+        },
+        ws,
+    )
     start_worker()
     done = wait(job_id, TIMEOUT_S, ws)
     assert done["status"] == "succeeded", done["error"]
@@ -313,8 +364,12 @@ def test_importance_job_in_a_worker_and_prune_run_sync_match_direct_calls(ws, tm
     assert list(runs["status"]) == ["succeeded"] and runs["job_id"].tolist() == [job_id]
 
     spec = {"mamba_num_heads": 4, "ffn_hidden_size": 32}
-    finished = run_sync("prune", {"model": str(model_dir), "spec": spec, "importance": int(runs["id"][0]),
-                                  "name": "half-mamba"}, ws, progress=lambda *a: None)
+    finished = run_sync(
+        "prune",
+        {"model": str(model_dir), "spec": spec, "importance": int(runs["id"][0]), "name": "half-mamba"},
+        ws,
+        progress=lambda *a: None,
+    )
     assert finished["status"] == "succeeded" and finished["worker"].startswith("sync:")
     expected = prune(model, PruneSpec.from_dict(spec), direct)
     candidate, _ = load_model(ws / finished["result"]["artifact"])
@@ -335,8 +390,7 @@ def test_recovery_requeues_stale_remote_jobs_fails_orphaned_commands_and_requeue
 
     from hybridlab.jobs.queue import JobQueue
     from hybridlab.jobs.recovery import recover
-    from hybridlab.store import Store
-    from hybridlab.store import job_rows
+    from hybridlab.store import Store, job_rows
 
     store, queue = Store(ws), JobQueue(ws)
     remote = job_rows.insert_job(store, "count", {"steps": 1})
@@ -385,8 +439,9 @@ def test_ensure_worker_starts_one_detached_worker_and_reuses_it(ws, monkeypatch)
 
 
 @pytest.mark.slow
-def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_curve(ws, tmp_path, start_worker,
-                                                                                     tiny_nemotron):
+def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_curve(
+    ws, tmp_path, start_worker, tiny_nemotron
+):
     import numpy as np
 
     from hybridlab import PruneSpec, prune, save_model
@@ -400,9 +455,19 @@ def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_cur
     np.save(tmp_path / "train.npy", rng.integers(3, 128, size=4096, dtype=np.uint16))
     np.save(tmp_path / "val.npy", rng.integers(3, 128, size=512, dtype=np.uint16))
     steps = 40
-    spec = {"student": str(student_dir), "teacher": str(teacher_dir), "tokens": steps * 2 * 16, "seq_len": 16,
-            "batch_size": 2, "eval_every": 10, "checkpoint_every": 5, "train_tokens": str(tmp_path / "train.npy"),
-            "val_tokens": str(tmp_path / "val.npy"), "device": "cpu", "name": "kd"}
+    spec = {
+        "student": str(student_dir),
+        "teacher": str(teacher_dir),
+        "tokens": steps * 2 * 16,
+        "seq_len": 16,
+        "batch_size": 2,
+        "eval_every": 10,
+        "checkpoint_every": 5,
+        "train_tokens": str(tmp_path / "train.npy"),
+        "val_tokens": str(tmp_path / "val.npy"),
+        "device": "cpu",
+        "name": "kd",
+    }
 
     job_id = submit("distill", spec, ws)
     first = start_worker()
@@ -417,7 +482,9 @@ def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_cur
     done = wait(job_id, TIMEOUT_S, ws)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and done["result"]["step"] == steps
-    assert done["result"]["artifact"] == "artifacts/distilled/kd" and (ws / "artifacts/distilled/kd/config.json").exists()
+    assert (
+        done["result"]["artifact"] == "artifacts/distilled/kd" and (ws / "artifacts/distilled/kd/config.json").exists()
+    )
     assert done["result"]["model_path"] == str((ws / "artifacts/distilled/kd").resolve())
     resumed = job_metrics(job_id, ws)
     kd = resumed[resumed["name"] == "kd_loss"]
@@ -433,22 +500,30 @@ def test_sigkilled_distillation_resumes_from_its_checkpoint_on_the_same_loss_cur
 def test_eval_and_bench_jobs_run_synchronously_and_record_their_runs(ws, tmp_path, tiny_nemotron):
     import numpy as np
 
-    from hybridlab.measure.evaluate import validation_loss
     from hybridlab.jobs import list_benchmarks, list_evaluations, run_sync
+    from hybridlab.measure.evaluate import validation_loss
 
     model_dir = tmp_path / "tiny"
     tiny_nemotron.save_pretrained(model_dir)
     val = np.random.default_rng(0).integers(3, 128, size=600, dtype=np.uint16)
     np.save(tmp_path / "val.npy", val)
     quiet = lambda *a: None  # noqa: E731
-    evaluated = run_sync("eval", {"model": str(model_dir), "val_tokens": str(tmp_path / "val.npy"), "seq_len": 32,
-                                  "device": "cpu"}, ws, progress=quiet)
+    evaluated = run_sync(
+        "eval",
+        {"model": str(model_dir), "val_tokens": str(tmp_path / "val.npy"), "seq_len": 32, "device": "cpu"},
+        ws,
+        progress=quiet,
+    )
     expected = validation_loss(tiny_nemotron, val, seq_len=32)["loss"]
     assert evaluated["result"]["val_loss"] == pytest.approx(expected, rel=1e-6)
     assert list_evaluations(ws)["val_loss"].tolist() == [evaluated["result"]["val_loss"]]
 
-    benched = run_sync("bench", {"model": str(model_dir), "seq_len": 8, "new_tokens": 2, "repeats": 1, "warmup": 0,
-                                 "device": "cpu"}, ws, progress=quiet)
+    benched = run_sync(
+        "bench",
+        {"model": str(model_dir), "seq_len": 8, "new_tokens": 2, "repeats": 1, "warmup": 0, "device": "cpu"},
+        ws,
+        progress=quiet,
+    )
     row = list_benchmarks(ws).iloc[0]
     assert row["status"] == "succeeded" and row["prefill_ms"] == benched["result"]["prefill_ms"] > 0
     assert row["params"] == sum(p.numel() for p in tiny_nemotron.parameters())

@@ -1,13 +1,14 @@
 """Exactness: each pruned axis equals the original model with those units removed."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from hybridlab import PruneSpec, estimate_importance, prune
-from hybridlab.families import family_for
 from hybridlab.compression.layer_importance import skipped
-from hybridlab.compression.prune import choose_mamba_units, _Ranker
+from hybridlab.compression.prune import _Ranker, choose_mamba_units
+from hybridlab.families import family_for
 
 ATOL = 2e-5
 
@@ -66,7 +67,13 @@ def reference_mamba_mixer(mixer, x, heads, channels, n_groups, state_size):
     proj = F.linear(x, mixer.in_proj.weight, mixer.in_proj.bias)  # [B, T, 2HP + 2GN + H]
     z, xbc, dt = proj[..., :HP], proj[..., HP : 2 * HP + 2 * GN], proj[..., 2 * HP + 2 * GN :]
     T = x.shape[1]
-    xbc = F.conv1d(xbc.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv1d.kernel_size[0] - 1, groups=xbc.shape[-1])
+    xbc = F.conv1d(
+        xbc.transpose(1, 2),
+        mixer.conv1d.weight,
+        mixer.conv1d.bias,
+        padding=mixer.conv1d.kernel_size[0] - 1,
+        groups=xbc.shape[-1],
+    )
     xbc = F.silu(xbc[..., :T].transpose(1, 2))
     xs = xbc[..., :HP].view(*x.shape[:2], H, P)[:, :, heads][:, :, :, channels]  # [B, T, H', P']
     Bm = xbc[..., HP : HP + GN].view(*x.shape[:2], n_groups, state_size)
@@ -102,7 +109,9 @@ def test_group_aware_mamba_layer_matches_reference(tiny_nemotron, token_batches)
         expected = reference_mamba_mixer(tiny_nemotron.model.layers[0].mixer, x, heads, channels, 2, 8)
         got = pruned.model.layers[0].mixer(x)
         full = tiny_nemotron.model.layers[0].mixer(x)
-        all_units = reference_mamba_mixer(tiny_nemotron.model.layers[0].mixer, x, torch.arange(8), torch.arange(4), 2, 8)
+        all_units = reference_mamba_mixer(
+            tiny_nemotron.model.layers[0].mixer, x, torch.arange(8), torch.arange(4), 2, 8
+        )
     assert torch.allclose(all_units, full, atol=1e-4)  # the reference is right on the unpruned layer
     assert torch.allclose(got, expected, atol=1e-4)
 

@@ -1,4 +1,5 @@
 """Property tests over random valid specs, and every class of invalid spec."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,9 @@ def valid_specs(draw):
     if layers == "count":
         values["num_layers"] = draw(st.integers(1, 6))
     elif layers == "explicit":
-        values["drop_layers"] = draw(st.lists(st.sampled_from([0, 1, 3, 4, 5]), unique=True, max_size=4))  # 2: the attention layer
+        values["drop_layers"] = draw(
+            st.lists(st.sampled_from([0, 1, 3, 4, 5]), unique=True, max_size=4)
+        )  # 2: the attention layer
     return PruneSpec(**values)
 
 
@@ -57,7 +60,11 @@ def test_random_valid_specs_run_roundtrip_and_match_estimate(spec, ranking, tmp_
 
 
 def test_generate_same_tokens_with_and_without_cache():
-    pruned = prune(_MODEL, PruneSpec(hidden_size=24, ffn_hidden_size=32, mamba_num_heads=4, num_attention_heads=2, num_layers=5), _SCORES)
+    pruned = prune(
+        _MODEL,
+        PruneSpec(hidden_size=24, ffn_hidden_size=32, mamba_num_heads=4, num_attention_heads=2, num_layers=5),
+        _SCORES,
+    )
     prompt = _BATCHES[0][:1, :8]
     with torch.no_grad():
         cached = pruned.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
@@ -124,6 +131,8 @@ def test_mamba2_family_prunes_and_reloads(tiny_mamba2, token_batches, tmp_path):
 def test_unsupported_family_names_the_supported_ones():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
     with pytest.raises(ValueError, match="NemotronHForCausalLM, Mamba2ForCausalLM"):
         prune(model, PruneSpec(hidden_size=8), ranking="random")

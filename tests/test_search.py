@@ -1,4 +1,5 @@
 """Search: the candidate space, exact sizes, clear errors, and an end-to-end run."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hybridlab import estimate_importance, prune
-from hybridlab.search.space import SearchSpace, check_reachable, enumerate_candidates, layers_to_drop, parse_target, pick_diverse, width_values
 from hybridlab.search.run import SearchSettings, _choose, search
+from hybridlab.search.space import (
+    SearchSpace,
+    check_reachable,
+    enumerate_candidates,
+    layers_to_drop,
+    parse_target,
+    pick_diverse,
+    width_values,
+)
 from tests.test_distill import corpus
 
 
@@ -30,7 +39,9 @@ def test_width_values_and_layer_choice():
 def test_candidates_are_exact_and_near_the_target(tiny_nemotron, scores):
     total = sum(p.numel() for p in tiny_nemotron.parameters())
     target = parse_target("60%", total)
-    found = enumerate_candidates(tiny_nemotron.config, scores, target, 0.05, SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1))
+    found = enumerate_candidates(
+        tiny_nemotron.config, scores, target, 0.05, SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1)
+    )
     assert len(found) > 10 and {c.strategy for c in found} >= {"width", "mixed"}
     for candidate in pick_diverse(found, 6, target):
         assert abs(candidate.params - target) <= 0.05 * target
@@ -42,23 +53,39 @@ def test_impossible_budgets_are_clear_errors(tiny_nemotron, scores):
     with pytest.raises(ValueError, match="below the smallest architecture"):
         check_reachable(tiny_nemotron.config, parse_target("10%", total), 0.02, SearchSpace())
     with pytest.raises(ValueError, match="no candidate within"):
-        enumerate_candidates(tiny_nemotron.config, scores, parse_target("90%", total), 0.001, SearchSpace(max_width_prune=0.05, max_depth_prune=0.0))
+        enumerate_candidates(
+            tiny_nemotron.config,
+            scores,
+            parse_target("90%", total),
+            0.001,
+            SearchSpace(max_width_prune=0.05, max_depth_prune=0.0),
+        )
     with pytest.raises(ValueError, match="between 0% and 100%"):
         parse_target("150%", total)
 
 
 def test_near_ties_are_broken_by_latency():
-    rows = [{"name": "a", "distilled_loss": 2.000, "latency_ms": 9.0},
-            {"name": "b", "distilled_loss": 2.005, "latency_ms": 5.0},
-            {"name": "c", "distilled_loss": 2.5, "latency_ms": 1.0}]
+    rows = [
+        {"name": "a", "distilled_loss": 2.000, "latency_ms": 9.0},
+        {"name": "b", "distilled_loss": 2.005, "latency_ms": 5.0},
+        {"name": "c", "distilled_loss": 2.5, "latency_ms": 1.0},
+    ]
     assert _choose(rows, SearchSettings(tie_tolerance=0.01))["name"] == "b"
     assert _choose(rows, SearchSettings(tie_tolerance=0.001))["name"] == "a"
 
 
 def test_search_end_to_end_saves_a_loadable_choice(tiny_nemotron, scores, tmp_path):
-    settings = SearchSettings(target_params="60%", tolerance=0.05, max_candidates=4, top_k=2, distill_tokens=4 * 4 * 32,
-                              seq_len=32, batch_size=4, eval_tokens=512,
-                              space=SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1))
+    settings = SearchSettings(
+        target_params="60%",
+        tolerance=0.05,
+        max_candidates=4,
+        top_k=2,
+        distill_tokens=4 * 4 * 32,
+        seq_len=32,
+        batch_size=4,
+        eval_tokens=512,
+        space=SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1),
+    )
     result = search(tiny_nemotron, None, corpus(), corpus(2000, seed=1), settings, scores=scores, out_dir=tmp_path)
     frame = result.candidates
     assert frame.iloc[0]["name"] == "teacher" and len(frame) == 5
@@ -82,11 +109,42 @@ def test_cli_search_is_recorded_and_writes_its_folder(tiny_nemotron, scores, tmp
     np.save(tmp_path / "train.npy", corpus())
     np.save(tmp_path / "val.npy", corpus(2000, seed=1))
     ws, out = tmp_path / "ws", tmp_path / "search"
-    argv = ["search", "--model", str(tmp_path / "model"), "--target-params", "60%", "--tolerance", "0.05",
-            "--scores", str(tmp_path / "scores"), "--data", str(tmp_path / "train.npy"), "--val", str(tmp_path / "val.npy"),
-            "--max-candidates", "3", "--top-k", "1", "--distill-tokens", str(2 * 8 * 32), "--seq-len", "32",
-            "--eval-tokens", "512", "--hidden-divisor", "4", "--ffn-divisor", "8", "--head-dim-divisor", "1",
-            "--no-latency", "--out", str(out), "--workspace", str(ws)]
+    argv = [
+        "search",
+        "--model",
+        str(tmp_path / "model"),
+        "--target-params",
+        "60%",
+        "--tolerance",
+        "0.05",
+        "--scores",
+        str(tmp_path / "scores"),
+        "--data",
+        str(tmp_path / "train.npy"),
+        "--val",
+        str(tmp_path / "val.npy"),
+        "--max-candidates",
+        "3",
+        "--top-k",
+        "1",
+        "--distill-tokens",
+        str(2 * 8 * 32),
+        "--seq-len",
+        "32",
+        "--eval-tokens",
+        "512",
+        "--hidden-divisor",
+        "4",
+        "--ffn-divisor",
+        "8",
+        "--head-dim-divisor",
+        "1",
+        "--no-latency",
+        "--out",
+        str(out),
+        "--workspace",
+        str(ws),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     best = json.loads((out / "search.json").read_text())["best"]

@@ -1,4 +1,5 @@
 """Sizes without building: exact parameter counts, state memory and FLOPs."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """The experiment store on real SQLite files: schema migrations, job transitions, run rows,
 metric streams, DataFrames, and artifact paths that cannot escape the workspace."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -10,8 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridlab.store import SCHEMA_VERSION, Store, artifact_path, runs_frame, write_artifact_dir
-from hybridlab.store import job_rows, run_rows
+from hybridlab.store import SCHEMA_VERSION, Store, artifact_path, job_rows, run_rows, runs_frame, write_artifact_dir
 from hybridlab.store.db import to_json
 from hybridlab.store.frames import metrics_frame
 
@@ -77,7 +77,11 @@ def test_version_1_store_is_migrated_without_losing_rows(tmp_path):
 
     done = job_rows.get_job(store, 1)
     assert (done["kind"], done["status"], done["spec"], done["result"]) == (
-        "importance", "succeeded", {"model": "demo"}, {"run_id": 1})
+        "importance",
+        "succeeded",
+        {"model": "demo"},
+        {"run_id": 1},
+    )
     assert (done["started_at"], done["finished_at"]) == (101.0, 150.0)
     assert (done["attempts"], done["cancel_requested"], done["worker"], done["heartbeat"]) == (0, False, None, None)
     assert [r["ref"] for r in store.query("SELECT ref FROM models")] == ["demo"]
@@ -87,7 +91,8 @@ def test_version_1_store_is_migrated_without_losing_rows(tmp_path):
     assert metrics["time"].isna().all()
     candidates = runs_frame(store, "candidates")
     assert candidates[["name", "params", "strategy", "spec.hidden_size"]].values.tolist() == [
-        ["half", 1000, "width", 32]]
+        ["half", 1000, "width", 32]
+    ]
     assert runs_frame(store, "importance_runs")["artifact"].tolist() == ["artifacts/importance/scores"]
 
     # The migrated store works like a new one: the old queued job runs, new tables take rows.
@@ -200,12 +205,22 @@ def test_runs_frame_flattens_results_and_specs(tmp_path):
     store = Store(tmp_path)
     job = job_rows.insert_job(store, "eval", {})
     run = run_rows.start_run(store, "evaluations", job, "e", "demo", {"tasks": ["val_loss"], "seq_len": 64})
-    run_rows.finish_run(store, "evaluations", run, "succeeded", None,
-                        {"val_loss": 2.5, "status": "clash", "tasks": {"val_loss": {"loss": 2.5}}})
+    run_rows.finish_run(
+        store,
+        "evaluations",
+        run,
+        "succeeded",
+        None,
+        {"val_loss": 2.5, "status": "clash", "tasks": {"val_loss": {"loss": 2.5}}},
+    )
     frame = runs_frame(store, "evaluations")
     row = frame.iloc[0]
     assert (row["status"], row["result.status"], row["val_loss"], row["tasks.val_loss.loss"]) == (
-        "succeeded", "clash", 2.5, 2.5)
+        "succeeded",
+        "clash",
+        2.5,
+        2.5,
+    )
     assert row["spec.seq_len"] == 64 and row["spec.tasks"] == ["val_loss"]
     assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
     assert runs_frame(store, "benchmarks").empty

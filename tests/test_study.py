@@ -1,5 +1,6 @@
 """The ablation study: arm planning (exact sizes, the paper's definitions), an end-to-end run on a
 tiny model with tiny budgets, resume after cancel, the generated report, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,18 @@ import torch
 
 from hybridlab import estimate_importance, prune
 from hybridlab.cli import build_parser, main
-from hybridlab.families import ATTENTION, MAMBA, family_for
 from hybridlab.core.progress import Cancelled
+from hybridlab.families import ATTENTION, MAMBA, family_for
+from hybridlab.study.arms import (
+    COMPARISONS,
+    depth_only_spec,
+    mamba_sweep_specs,
+    mispaired_heads,
+    params_of,
+    shortlist,
+    width_candidates,
+)
 from hybridlab.study.run import StudySettings, publish, run_study, target_params
-from hybridlab.study.arms import (COMPARISONS, depth_only_spec, mamba_sweep_specs, mispaired_heads, params_of,
-                                  shortlist, width_candidates)
 from hybridlab.study.runs import tokens_to_match
 from tests.test_distill import corpus
 
@@ -27,9 +35,20 @@ def scores(tiny_nemotron, token_batches):
 
 
 def tiny_settings(**overrides) -> StudySettings:
-    values = dict(tokens=4 * 4 * 32, scratch_tokens=8 * 4 * 32, seq_len=32, batch_size=4, eval_tokens=512, teacher_top_k=16,
-                  tolerance=0.05, max_candidates=4, curve_points=2, scratch_curve_points=4, latency_repeats=1,
-                  bf16_autocast=False)
+    values = dict(
+        tokens=4 * 4 * 32,
+        scratch_tokens=8 * 4 * 32,
+        seq_len=32,
+        batch_size=4,
+        eval_tokens=512,
+        teacher_top_k=16,
+        tolerance=0.05,
+        max_candidates=4,
+        curve_points=2,
+        scratch_curve_points=4,
+        latency_repeats=1,
+        bf16_autocast=False,
+    )
     return StudySettings(**(values | overrides))
 
 
@@ -60,7 +79,7 @@ def test_depth_only_is_closest_to_target_and_keeps_the_attention_layer(tiny_nemo
     assert 2 not in spec.drop_layers
     order = [5, 4, 3, 1, 0]  # least important first, attention skipped
     gaps = {k: abs(params_of(config, type(spec)(drop_layers=tuple(order[:k]))) - target) for k in range(1, 6)}
-    assert spec.drop_layers == tuple(sorted(order[:min(gaps, key=gaps.get)]))
+    assert spec.drop_layers == tuple(sorted(order[: min(gaps, key=gaps.get)]))
     pruned = prune(tiny_nemotron, spec, scores)
     pruned(input_ids=torch.tensor([[3, 4, 5]]), use_cache=True)  # still builds its cache
     assert n_params(pruned) == params_of(config, spec)
@@ -109,7 +128,9 @@ def finished(tmp_path_factory):
     teacher = randomize(NemotronHForCausalLM(tiny_nemotron_config()))
     calib = [torch.randint(3, 128, (4, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
     out = tmp_path_factory.mktemp("study")
-    result = run_study(teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), out, command="hybridlab study --x")
+    result = run_study(
+        teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), out, command="hybridlab study --x"
+    )
     return teacher, calib, result
 
 
@@ -129,13 +150,17 @@ def test_study_rows_are_exact_and_shared_students_are_trained_once(finished):
     assert pair["spec"].nunique() == 1 and list(pair["mamba_ranking"]) == ["group", "global"]
     ranked = pd.read_csv(result.out_dir / "width_candidates.csv")
     width = frame[frame["arm"] == "width-only"].iloc[0]
-    assert json.loads(width["spec"]) == json.loads(ranked.iloc[0]["spec"]) and ranked["zero_shot_loss"].is_monotonic_increasing
+    assert (
+        json.loads(width["spec"]) == json.loads(ranked.iloc[0]["spec"])
+        and ranked["zero_shot_loss"].is_monotonic_increasing
+    )
     at_target = arms[arms["comparison"] != "heads_vs_channels"]
     best = at_target.loc[at_target["distilled_loss"].idxmin()]
     scratch = frame[frame["comparison"] == "from_scratch"].iloc[0]
     assert (scratch["spec"], scratch["params"], scratch["tokens"]) == (best["spec"], best["params"], 8 * 4 * 32)
     assert result.summary["scratch"]["target_curve_loss"] == pytest.approx(
-        curves[(curves["run"] == best["run"]) & (curves["kind"] == "eval")]["val_loss"].iloc[-1])
+        curves[(curves["run"] == best["run"]) & (curves["kind"] == "eval")]["val_loss"].iloc[-1]
+    )
     assert set(curves["run"]) == set(arms["run"]) | {"scratch"}
     assert (curves[curves["kind"] == "eval"].groupby("run").size() >= 2).all()
 
@@ -144,8 +169,14 @@ def test_report_numbers_come_from_the_results(finished):
     _, _, result = finished
     text = (result.out_dir / "results.md").read_text()
     assert "hybridlab study --x" in text
-    for heading in ("Width-only versus depth-only", "Mamba heads versus head channels", "Group-aware versus global",
-                    "Pruning the SSM versus leaving it whole", "Importance ranking versus random", "training from scratch"):
+    for heading in (
+        "Width-only versus depth-only",
+        "Mamba heads versus head channels",
+        "Group-aware versus global",
+        "Pruning the SSM versus leaving it whole",
+        "Importance ranking versus random",
+        "training from scratch",
+    ):
         assert heading in text
     table = [line for line in text.splitlines() if line.startswith("| ") and "`" in line.split("|")[3]]
     csv = pd.read_csv(result.out_dir / "results.csv")
@@ -174,10 +205,21 @@ def test_cancelled_study_resumes_to_the_same_numbers(finished, tmp_path):
             raise Cancelled()
 
     with pytest.raises(Cancelled):
-        run_study(teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), tmp_path, progress=cancel_in_third_run)
+        run_study(
+            teacher,
+            None,
+            corpus(),
+            corpus(2000, seed=1),
+            calib,
+            tiny_settings(),
+            tmp_path,
+            progress=cancel_in_third_run,
+        )
     assert len(list((tmp_path / "runs").glob("*/arm.json"))) == 2
     assert len(list((tmp_path / "runs").glob("*/checkpoint/state.pt"))) == 3
-    resumed = run_study(teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), tmp_path, command="hybridlab study --x")
+    resumed = run_study(
+        teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), tmp_path, command="hybridlab study --x"
+    )
     columns = ["arm", "params", "zero_shot_loss", "distilled_loss", "scratch_loss", "tokens"]
     pd.testing.assert_frame_equal(resumed.results[columns], whole.results[columns], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="other settings"):
@@ -188,30 +230,68 @@ def test_cli_runs_a_model_directory_and_publishes(tiny_nemotron, tmp_path, capsy
     tiny_nemotron.save_pretrained(tmp_path / "teacher")
     for name, tokens in (("train", corpus()), ("val", corpus(2000, seed=1)), ("calib", corpus(1000, seed=2))):
         np.save(tmp_path / f"{name}.npy", tokens)
-    args = ["study", "--model", str(tmp_path / "teacher"), "--tokens", "512", "--scratch-tokens", "1024",
-            "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--comparisons", "width_vs_depth,from_scratch",
-            "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "512", "--tolerance", "0.05",
-            "--max-candidates", "3", "--latency-repeats", "1", "--calib-samples", "8", "--no-bf16",
-            "--data", str(tmp_path / "train.npy"), "--val", str(tmp_path / "val.npy"), "--calib", str(tmp_path / "calib.npy")]
+    args = [
+        "study",
+        "--model",
+        str(tmp_path / "teacher"),
+        "--tokens",
+        "512",
+        "--scratch-tokens",
+        "1024",
+        "--out",
+        str(tmp_path / "out"),
+        "--docs",
+        str(tmp_path / "docs"),
+        "--comparisons",
+        "width_vs_depth,from_scratch",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--eval-tokens",
+        "512",
+        "--tolerance",
+        "0.05",
+        "--max-candidates",
+        "3",
+        "--latency-repeats",
+        "1",
+        "--calib-samples",
+        "8",
+        "--no-bf16",
+        "--data",
+        str(tmp_path / "train.npy"),
+        "--val",
+        str(tmp_path / "val.npy"),
+        "--calib",
+        str(tmp_path / "calib.npy"),
+    ]
     assert main(args) == 0
     text = (tmp_path / "docs" / "results.md").read_text()
     command = re.search(r"```\n(hybridlab study .*)\n```", text).group(1)
     parse = lambda argv: {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k != "func"}
     assert parse(command.split()[1:]) == parse(args)  # the printed command reruns exactly this study
-    assert set(pd.read_csv(tmp_path / "docs" / "results.csv")["comparison"]) == {"reference", "width_vs_depth", "from_scratch"}
+    assert set(pd.read_csv(tmp_path / "docs" / "results.csv")["comparison"]) == {
+        "reference",
+        "width_vs_depth",
+        "from_scratch",
+    }
     assert (tmp_path / "docs" / "results_curves.csv").exists()
     with pytest.raises(FileNotFoundError, match="no finished study"):
         publish(tmp_path / "nothing", tmp_path / "docs2")
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--compression", "1.5"], "between 0 and 1"),
-    (["--compression", "half"], "cannot read a compression"),
-    (["--tokens", "0"], "less than one batch"),
-    (["--comparisons", "width_vs_depth,bogus"], "unknown comparisons"),
-    (["--ssm-sweep", "0,50"], "ssm-sweep fractions"),
-    (["--model", "/nonexistent/model"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--compression", "1.5"], "between 0 and 1"),
+        (["--compression", "half"], "cannot read a compression"),
+        (["--tokens", "0"], "less than one batch"),
+        (["--comparisons", "width_vs_depth,bogus"], "unknown comparisons"),
+        (["--ssm-sweep", "0,50"], "ssm-sweep fractions"),
+        (["--model", "/nonexistent/model"], "does not exist"),
+    ],
+)
 def test_bad_input_is_a_clear_error_before_any_work(extra, message, tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "out"), *extra]) == 2
     assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The generic training loop: it learns, it resumes on the same curve, it checkpoints when cancelled."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hybridlab.training.checkpoint import load_checkpoint
-from hybridlab.data.tokens import TokenBatches
 from hybridlab.core.progress import Cancelled
+from hybridlab.data.tokens import TokenBatches
+from hybridlab.training.checkpoint import load_checkpoint
 from hybridlab.training.pretrain import lm_loss, validation_loss
 from hybridlab.training.trainer import TrainerSettings, learning_rate, make_optimizer, train
 from tests.conftest import tiny_nemotron_config
@@ -32,8 +33,16 @@ def _tokens() -> np.ndarray:
 
 
 def _settings(**kw) -> TrainerSettings:
-    values = dict(total_steps=12, lr=3e-3, warmup_steps=3, log_every=1, eval_every=4, checkpoint_every=100,
-                  tokens_per_step=4 * 16, bf16_autocast=True)
+    values = dict(
+        total_steps=12,
+        lr=3e-3,
+        warmup_steps=3,
+        log_every=1,
+        eval_every=4,
+        checkpoint_every=100,
+        tokens_per_step=4 * 16,
+        bf16_autocast=True,
+    )
     values.update(kw)
     return TrainerSettings(**values)
 
@@ -73,8 +82,15 @@ def test_loss_goes_down(tmp_path):
     batches = TokenBatches(_tokens(), batch_size=4, seq_len=16, seed=0)
     val = torch.from_numpy(_tokens()[:160].astype(np.int64)).view(10, 16)
     before = validation_loss(model, val)
-    result = train(model, batches.batch, lm_loss, _settings(total_steps=40, warmup_steps=5), tmp_path,
-                   eval_fn=lambda m: {"val_loss": validation_loss(m, val)}, progress=lambda *a: None)
+    result = train(
+        model,
+        batches.batch,
+        lm_loss,
+        _settings(total_steps=40, warmup_steps=5),
+        tmp_path,
+        eval_fn=lambda m: {"val_loss": validation_loss(m, val)},
+        progress=lambda *a: None,
+    )
     after = validation_loss(model.eval(), val)
     assert after < before - 1.5, (before, after)
     assert result["step"] == 40 and result["tokens"] == 40 * 64

@@ -1,5 +1,6 @@
 """Distill: a short logit distillation of a pruned candidate from its teacher, with live
 KD-loss and validation-loss curves against the teacher's, and cancel."""
+
 import streamlit as st
 
 from app import charts, state
@@ -33,12 +34,21 @@ else:
         batch_size = cols[3].number_input("batch size", 1, 512, 8)
         token_files = {}
         if ref != "demo":
-            token_files = {"train_tokens": st.text_input("training tokens (.npy)") or None,
-                           "val_tokens": st.text_input("validation tokens (.npy)") or None}
+            token_files = {
+                "train_tokens": st.text_input("training tokens (.npy)") or None,
+                "val_tokens": st.text_input("validation tokens (.npy)") or None,
+            }
         evaluate = st.checkbox("evaluate the distilled model afterwards (Pareto)", value=True)
         if st.form_submit_button("Start distillation", type="primary"):
-            spec = {"student": paths[student], "teacher": ref, "tokens": int(tokens), "lr": float(lr),
-                    "seq_len": int(seq_len), "batch_size": int(batch_size), **token_files}
+            spec = {
+                "student": paths[student],
+                "teacher": ref,
+                "tokens": int(tokens),
+                "lr": float(lr),
+                "seq_len": int(seq_len),
+                "batch_size": int(batch_size),
+                **token_files,
+            }
             job_id = state.submit("distill", spec)
             if job_id is not None:
                 st.session_state[JOB_KEY] = job_id
@@ -59,7 +69,9 @@ if len(distills):
     current = st.session_state.get(JOB_KEY)
     shown = st.selectbox("curves of distillation job", ids, index=ids.index(current) if current in ids else 0)
     teacher = jobs.list_evaluations()
-    teacher = teacher[(teacher["model_ref"] == ref) & (teacher["status"] == "succeeded")] if not teacher.empty else teacher
+    teacher = (
+        teacher[(teacher["model_ref"] == ref) & (teacher["status"] == "succeeded")] if not teacher.empty else teacher
+    )
     teacher_loss = float(teacher["val_loss"].iloc[-1]) if len(teacher) and "val_loss" in teacher else None
 
     @st.fragment(run_every=state.POLL_S if jobs.get_job(shown)["status"] not in FINISHED else None)
@@ -72,6 +84,8 @@ if len(distills):
         training = metrics[~metrics["name"].str.contains("val")]
         left, right = st.columns(2)
         left.plotly_chart(charts.metric_curves(training, "Training (KD loss)"), width="stretch", key="train-curves")
-        right.plotly_chart(charts.metric_curves(validation, "Validation loss", teacher_loss), width="stretch", key="val-curves")
+        right.plotly_chart(
+            charts.metric_curves(validation, "Validation loss", teacher_loss), width="stretch", key="val-curves"
+        )
 
     curves()

@@ -1,4 +1,5 @@
 """Importance: run an importance job or load scores; heatmaps with the current plan overlaid."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -28,14 +29,23 @@ with run_tab:
         samples = cols[0].number_input("calibration samples", 1, 4096, 32)
         seq_len = cols[1].number_input("sequence length", 8, 8192, 128)
         batch_size = cols[2].number_input("batch size", 1, 256, 8)
-        metric = cols[3].selectbox("layer metric", ["kl", "loss", "cosine", "none"],
-                                   help="kl / loss: one extra pass per layer (drop-one-layer); cosine is free")
+        metric = cols[3].selectbox(
+            "layer metric",
+            ["kl", "loss", "cosine", "none"],
+            help="kl / loss: one extra pass per layer (drop-one-layer); cosine is free",
+        )
         calib = None
         if ref != "demo":
             calib = st.text_input("calibration data", placeholder=".npy token array, text files, .jsonl or .parquet")
         if st.form_submit_button("Run importance", type="primary"):
-            spec = {"model": ref, "samples": int(samples), "seq_len": int(seq_len), "batch_size": int(batch_size),
-                    "layer_metric": metric, "calib": calib or None}
+            spec = {
+                "model": ref,
+                "samples": int(samples),
+                "seq_len": int(seq_len),
+                "batch_size": int(batch_size),
+                "layer_metric": metric,
+                "calib": calib or None,
+            }
             st.session_state[JOB_KEY] = state.submit("importance", spec)
     state.show_jobs([st.session_state.get(JOB_KEY)], "importance")
 
@@ -43,8 +53,10 @@ with load_tab:
     runs = jobs.list_importance_runs()
     runs = runs[(runs["model_ref"] == ref) & (runs["status"] == "succeeded")] if not runs.empty else runs
     if len(runs):
-        labels = {f"#{r.id} {r.name} ({r.finished_at:%Y-%m-%d %H:%M})": str(workspace_dir() / r.artifact)
-                  for r in runs.itertuples()}
+        labels = {
+            f"#{r.id} {r.name} ({r.finished_at:%Y-%m-%d %H:%M})": str(workspace_dir() / r.artifact)
+            for r in runs.itertuples()
+        }
         picked = st.selectbox("finished importance runs of this model", list(labels)[::-1])
         if st.button("Load run"):
             st.session_state[state.SCORES_KEY] = labels[picked]
@@ -61,9 +73,13 @@ scores = state.current_scores(config)
 if scores is None:
     st.info("Run importance or load scores to see the heatmaps.")
     st.stop()
-st.caption(f"Scores: `{st.session_state[state.SCORES_KEY]}` · {scores.meta.get('samples', '?')} samples, "
-           f"{scores.meta.get('tokens', '?')} tokens")
+st.caption(
+    f"Scores: `{st.session_state[state.SCORES_KEY]}` · {scores.meta.get('samples', '?')} samples, "
+    f"{scores.meta.get('tokens', '?')} tokens"
+)
 plan = PruneSpec.from_dict(st.session_state.get(state.PLAN_KEY) or {})
 if not plan.is_empty():
-    st.caption(f"Crossed out: units the current plan would prune ({plan.to_dict()}); change it on the Prune planner page.")
+    st.caption(
+        f"Crossed out: units the current plan would prune ({plan.to_dict()}); change it on the Prune planner page."
+    )
 views.importance_charts(scores, config, plan, key="importance")

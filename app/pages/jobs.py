@@ -1,4 +1,5 @@
 """Jobs: every job in the workspace with status and progress; details and cancel."""
+
 import streamlit as st
 
 from app import state
@@ -19,7 +20,8 @@ def table():
     st.dataframe(
         frame[["id", "kind", "status", "fraction", "message", "error", "attempts", "created_at", "finished_at"]],
         column_config={"fraction": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
-        hide_index=True, width="stretch",
+        hide_index=True,
+        width="stretch",
     )
 
 

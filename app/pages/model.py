@@ -1,4 +1,5 @@
 """Model: the demo teacher or a local folder; its layer pattern, parameters and config."""
+
 import pandas as pd
 import streamlit as st
 
@@ -9,11 +10,15 @@ from hybridlab.model.sizes import estimate_sizes
 
 st.title("Model")
 current = st.session_state.get(state.MODEL_KEY)
-choice = st.radio("Model", ["demo teacher", "local folder"], horizontal=True,
-                  index=1 if current not in (None, "demo") else 0)
+choice = st.radio(
+    "Model", ["demo teacher", "local folder"], horizontal=True, index=1 if current not in (None, "demo") else 0
+)
 if choice == "local folder":
-    folder = st.text_input("Hugging Face model folder", value=current if current not in (None, "demo") else "",
-                           placeholder="/path/to/saved/model (a folder with config.json)")
+    folder = st.text_input(
+        "Hugging Face model folder",
+        value=current if current not in (None, "demo") else "",
+        placeholder="/path/to/saved/model (a folder with config.json)",
+    )
     if st.button("Use this folder", type="primary"):
         try:
             ref, _ = state.check_model(folder)

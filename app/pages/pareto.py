@@ -1,5 +1,6 @@
 """Pareto: validation loss against latency for the teacher and every candidate; the
 frontier, depth vs width, and two candidates side by side."""
+
 import pandas as pd
 import streamlit as st
 
@@ -14,9 +15,15 @@ WATCH_KEY = "pareto_jobs"
 st.title("Pareto")
 ref, config = state.require_model()
 parent = estimate_sizes(config)
-table = comparison(ref, {"params": parent.params, "flops_per_token": parent.flops_per_token},
-                   jobs.list_candidates(), jobs.list_evaluations(), jobs.list_benchmarks(), jobs.list_distillations(),
-                   parent_name=state.model_label(ref))
+table = comparison(
+    ref,
+    {"params": parent.params, "flops_per_token": parent.flops_per_token},
+    jobs.list_candidates(),
+    jobs.list_evaluations(),
+    jobs.list_benchmarks(),
+    jobs.list_distillations(),
+    parent_name=state.model_label(ref),
+)
 todo = unevaluated(table)
 if todo:
     st.caption(f"{len(todo)} model(s) without a validation loss yet: {', '.join(map(state.model_label, todo))}")
@@ -34,7 +41,9 @@ state.show_jobs(st.session_state.get(WATCH_KEY, [])[-6:], "pareto")
 if len(table) < 2:
     st.info("Only the teacher so far: prune and evaluate candidates on the Prune planner page.")
 axis = st.radio("latency axis", ["latency (measured, else estimated from FLOPs)", "FLOPs per token"], horizontal=True)
-x, x_title = ("latency_ms", "prefill latency (ms)") if axis.startswith("latency") else ("flops_per_token", "FLOPs per token")
+x, x_title = (
+    ("latency_ms", "prefill latency (ms)") if axis.startswith("latency") else ("flops_per_token", "FLOPs per token")
+)
 if x == "latency_ms" and table["latency_ms"].isna().all():
     st.caption("No measured latency yet (bench jobs): showing FLOPs per token instead.")
     x, x_title = "flops_per_token", "FLOPs per token"

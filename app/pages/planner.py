@@ -1,5 +1,6 @@
 """Prune planner: a control per axis or a target with a preset; sizes update instantly
 (hybridlab.model.sizes, no model run); 'prune and evaluate' runs jobs whose results join the Pareto view."""
+
 import streamlit as st
 
 from app import charts, state, views
@@ -46,14 +47,28 @@ except ValueError as err:
 st.session_state[state.PLAN_KEY] = spec.to_dict()
 
 cols = st.columns(4)
-cols[0].metric("parameters", f"{summary['params'] / 1e6:,.3f} M", f"{summary['param_ratio'] - 1:+.1%}", delta_color="off")
-cols[1].metric("FLOPs / token", f"{summary['flops_per_token'] / 1e6:,.2f} M", f"{summary['flops_ratio'] - 1:+.1%}", delta_color="off")
-cols[2].metric("inference state", f"{summary['state_bytes'] / 2**20:,.2f} MiB", f"{summary['state_ratio'] - 1:+.1%}", delta_color="off")
+cols[0].metric(
+    "parameters", f"{summary['params'] / 1e6:,.3f} M", f"{summary['param_ratio'] - 1:+.1%}", delta_color="off"
+)
+cols[1].metric(
+    "FLOPs / token",
+    f"{summary['flops_per_token'] / 1e6:,.2f} M",
+    f"{summary['flops_ratio'] - 1:+.1%}",
+    delta_color="off",
+)
+cols[2].metric(
+    "inference state",
+    f"{summary['state_bytes'] / 2**20:,.2f} MiB",
+    f"{summary['state_ratio'] - 1:+.1%}",
+    delta_color="off",
+)
 cols[3].metric("estimated speedup", f"{summary['speedup']:.2f}x", help="parent FLOPs per token / plan FLOPs per token")
 st.caption(f"Plan: `{spec.to_dict() or 'keep everything'}`")
 st.plotly_chart(charts.layer_strip(list(widths.layer_kinds), set(drop or ())), width="stretch", key="plan-strip")
 if spec.num_layers is not None and drop is None:
-    st.caption("Which layers go is chosen by importance at prune time; load scores to see them (sizes assume an even spread).")
+    st.caption(
+        "Which layers go is chosen by importance at prune time; load scores to see them (sizes assume an even spread)."
+    )
 
 st.subheader("Prune and evaluate")
 with st.form("prune"):
@@ -72,15 +87,21 @@ if go:
     except ValueError as err:
         st.error(str(err))
         settings = None
-    prune_spec = {"model": ref, "spec": spec.to_dict(), "importance": st.session_state[state.SCORES_KEY],
-                  "name": name.strip() or None}
+    prune_spec = {
+        "model": ref,
+        "spec": spec.to_dict(),
+        "importance": st.session_state[state.SCORES_KEY],
+        "name": name.strip() or None,
+    }
     job_id = state.submit("prune", prune_spec) if settings else None
     if job_id is not None:
         state.chain(job_id, settings, JOBS_KEY)
         submitted = st.session_state.setdefault(JOBS_KEY, [])
         submitted.append(job_id)
         evaluated = jobs.list_evaluations()
-        has_teacher = (not evaluated.empty and (evaluated["model_ref"] == ref).any()) or ref in st.session_state.get(TEACHER_KEY, {})
+        has_teacher = (not evaluated.empty and (evaluated["model_ref"] == ref).any()) or ref in st.session_state.get(
+            TEACHER_KEY, {}
+        )
         if not has_teacher:  # the teacher's own point on the Pareto chart
             teacher_jobs = [state.submit(kind, job_spec) for kind, job_spec in model_jobs(ref, settings)]
             st.session_state.setdefault(TEACHER_KEY, {})[ref] = teacher_jobs

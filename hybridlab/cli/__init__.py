@@ -1,5 +1,6 @@
 """The `hybridlab` command. Each command group lives in its own module with a
 `register(subparsers)` function; this file only wires them together."""
+
 from __future__ import annotations
 
 import argparse

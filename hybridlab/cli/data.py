@@ -1,4 +1,5 @@
 """`hybridlab data build` (the demo corpus), `hybridlab data ship` (the demo assets) and `hybridlab train`."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a language model from scratch on token arrays")
     train.add_argument("--data", required=True, help="corpus folder from `hybridlab data build`")
     train.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
-    train.add_argument("--preset", default="demo-teacher", help="model preset (see hybridlab.training.pretrain.PRESETS)")
+    train.add_argument(
+        "--preset", default="demo-teacher", help="model preset (see hybridlab.training.pretrain.PRESETS)"
+    )
     train.add_argument("--config", default=None, help="JSON file with config overrides for the preset")
     train.add_argument("--tokens", type=float, default=None, help="token budget, e.g. 8e6")
     train.add_argument("--batch-size", type=int, default=None)
@@ -42,8 +45,10 @@ def _build(args: argparse.Namespace) -> int:
     from hybridlab.data.build import build_corpus
 
     stats = build_corpus(args.out, debs_dir=args.debs, vocab_size=args.vocab_size, val_fraction=args.val_fraction)
-    print(f"train tokens {stats['tokens']['train']:,}  val tokens {stats['tokens']['val']:,}  "
-          f"val unigram entropy {stats['val_unigram_entropy_nats']:.4f} nats")
+    print(
+        f"train tokens {stats['tokens']['train']:,}  val tokens {stats['tokens']['val']:,}  "
+        f"val unigram entropy {stats['val_unigram_entropy_nats']:.4f} nats"
+    )
     return 0
 
 
@@ -51,8 +56,10 @@ def _ship(args: argparse.Namespace) -> int:
     from hybridlab.demo.ship import ship_demo
 
     facts = ship_demo(args.run, args.data, args.dest, notes=args.note)
-    print(f"val loss {facts['val_loss']:.4f} (unigram entropy {facts['val_unigram_entropy']:.4f})  "
-          f"subset {facts['subset_val_loss']:.4f}")
+    print(
+        f"val loss {facts['val_loss']:.4f} (unigram entropy {facts['val_unigram_entropy']:.4f})  "
+        f"subset {facts['subset_val_loss']:.4f}"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ A single-process `hybridlab distill` runs as a recorded `distill` job (hybridlab
 whose run folder is --out; under torchrun (WORLD_SIZE > 1) every rank calls the library
 directly, as a job is one process and only one rank may record it.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,13 @@ import os
 from pathlib import Path
 
 from hybridlab.cli.recorded import add_workspace_option, run_recorded
-
-DEMO_TRAIN, DEMO_VAL = "demo:train_sample.npy", "demo:val.npy"
+from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL, demo_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("distill", help="distil a pruned student from its teacher (logit KD); torchrun for data parallel")
+    p = sub.add_parser(
+        "distill", help="distil a pruned student from its teacher (logit KD); torchrun for data parallel"
+    )
     p.add_argument("--student", required=True, help="the pruned model directory")
     p.add_argument("--teacher", default=None, help="'demo' or a model directory (optional with --logits-cache)")
     p.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoint/, model/")
@@ -58,9 +60,25 @@ def _settings(args):
     from hybridlab.training.distill import DistillSettings, parse_token_count
 
     settings = DistillSettings(
-        tokens=parse_token_count(args.tokens), seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
+        tokens=parse_token_count(args.tokens),
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
         bf16_autocast=not args.no_bf16,
-        **{k: getattr(args, k) for k in ("lr", "temperature", "top_k", "lm_loss_weight", "log_every", "eval_every", "checkpoint_every", "eval_tokens") if hasattr(args, k)},
+        **{
+            k: getattr(args, k)
+            for k in (
+                "lr",
+                "temperature",
+                "top_k",
+                "lm_loss_weight",
+                "log_every",
+                "eval_every",
+                "checkpoint_every",
+                "eval_tokens",
+            )
+            if hasattr(args, k)
+        },
     )
     settings.validate()
     return settings
@@ -69,10 +87,10 @@ def _settings(args):
 def _tokens(args, tokenizer, uses_demo: bool):
     from hybridlab.data.calibration import load_token_array
 
-    data = args.data or (DEMO_TRAIN if uses_demo else None)
+    data = args.data or (demo_dir() / DEMO_TRAIN if uses_demo else None)
     if data is None:
         raise ValueError("--data is required unless the teacher is the demo (a .npy token array or text files)")
-    val = args.val or (DEMO_VAL if uses_demo else None)
+    val = args.val or (demo_dir() / DEMO_VAL if uses_demo else None)
     train_tokens = load_token_array(data, tokenizer).reshape(-1)
     val_tokens = load_token_array(val, tokenizer).reshape(-1) if val else None
     return train_tokens, val_tokens
@@ -100,24 +118,47 @@ def run_distill(args) -> int:
         return _run_ranks(args)
     settings = _check(args)
     spec = {
-        "student": args.student, "teacher": args.teacher, "logits_cache": args.logits_cache,
-        "tokens": settings.tokens, "seq_len": settings.seq_len, "batch_size": settings.batch_size,
-        "seed": settings.seed, "bf16": settings.bf16_autocast, "lr": settings.lr, "temperature": settings.temperature,
-        "top_k": settings.top_k, "lm_loss_weight": settings.lm_loss_weight, "log_every": settings.log_every,
-        "eval_every": settings.eval_every, "checkpoint_every": settings.checkpoint_every,
-        "eval_tokens": settings.eval_tokens, "train_tokens": args.data, "val_tokens": args.val,
-        "run_dir": args.out, "resume": args.resume, "trust_remote_code": args.trust_remote_code,
+        "student": args.student,
+        "teacher": args.teacher,
+        "logits_cache": args.logits_cache,
+        "tokens": settings.tokens,
+        "seq_len": settings.seq_len,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "bf16": settings.bf16_autocast,
+        "lr": settings.lr,
+        "temperature": settings.temperature,
+        "top_k": settings.top_k,
+        "lm_loss_weight": settings.lm_loss_weight,
+        "log_every": settings.log_every,
+        "eval_every": settings.eval_every,
+        "checkpoint_every": settings.checkpoint_every,
+        "eval_tokens": settings.eval_tokens,
+        "train_tokens": args.data,
+        "val_tokens": args.val,
+        "run_dir": args.out,
+        "resume": args.resume,
+        "trust_remote_code": args.trust_remote_code,
     }
     result = run_recorded("distill", spec, args)
     result["model_dir"] = str(Path(args.out) / "model")  # the run folder's copy, as before; the store has its own
-    print(json.dumps({k: result[k] for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir") if k in result}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir")
+                if k in result
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
 def _run_ranks(args) -> int:
     """One rank of a torchrun launch: the library directly, nothing recorded in the store."""
-    from hybridlab.training.distill import distill
     from hybridlab.model.loading import load_model
+    from hybridlab.training.distill import distill
     from hybridlab.training.logits_cache import LogitsCache
 
     settings = _check(args)
@@ -127,10 +168,29 @@ def _run_ranks(args) -> int:
     if args.teacher is not None:
         teacher, teacher_tok = load_model(args.teacher, trust_remote_code=args.trust_remote_code)
     train_tokens, val_tokens = _tokens(args, student_tok or teacher_tok, args.teacher == "demo")
-    result = distill(student, teacher, train_tokens, val_tokens, settings, args.out, resume=args.resume,
-                     logits_cache=cache, student_tokenizer=student_tok, teacher_tokenizer=teacher_tok)
+    result = distill(
+        student,
+        teacher,
+        train_tokens,
+        val_tokens,
+        settings,
+        args.out,
+        resume=args.resume,
+        logits_cache=cache,
+        student_tokenizer=student_tok,
+        teacher_tokenizer=teacher_tok,
+    )
     if result.get("model_dir"):
-        print(json.dumps({k: result[k] for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir") if k in result}, indent=2))
+        print(
+            json.dumps(
+                {
+                    k: result[k]
+                    for k in ("step", "tokens", "loss", "val_loss", "teacher_val_loss", "model_dir")
+                    if k in result
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

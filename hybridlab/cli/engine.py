@@ -3,11 +3,11 @@
 importance and prune run as recorded jobs of the experiment store (hybridlab.cli.recorded):
 `hybridlab jobs list` and the dashboard see them; --out gets a copy of the job's artifact.
 """
+
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from hybridlab.cli.recorded import add_workspace_option, artifact_dir, copy_out, refuse_existing, run_recorded
 from hybridlab.cli.spec_options import add_spec_options, spec_from_args
@@ -28,7 +28,12 @@ def register(sub) -> None:
     add_spec_options(p)
     p.add_argument("--scores", default=None, help="scores from `hybridlab importance` (computed now if omitted)")
     p.add_argument("--ranking", choices=["importance", "random"], default="importance")
-    p.add_argument("--mamba-ranking", choices=["group", "global"], default="group", help="rank Mamba heads within groups (the paper) or globally (ablation)")
+    p.add_argument(
+        "--mamba-ranking",
+        choices=["group", "global"],
+        default="group",
+        help="rank Mamba heads within groups (the paper) or globally (ablation)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the pruned Hugging Face model")
     add_workspace_option(p)
@@ -51,12 +56,21 @@ def _model_options(p) -> None:
 
 
 def _calibration_options(p) -> None:
-    p.add_argument("--calib", default=None, help="calibration data: 'demo', a .npy token array, text files or .jsonl/.parquet (default: demo set for the demo model)")
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="calibration data: 'demo', a .npy token array, text files or .jsonl/.parquet (default: demo set for the demo model)",
+    )
     p.add_argument("--samples", type=int, default=64, help="calibration sequences (the paper used 1024)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--layer-metric", choices=["kl", "loss", "cosine", "none"], default="kl")
-    p.add_argument("--layer-samples", type=int, default=16, help="sequences for the drop-one-layer passes (one forward per layer each)")
+    p.add_argument(
+        "--layer-samples",
+        type=int,
+        default=16,
+        help="sequences for the drop-one-layer passes (one forward per layer each)",
+    )
 
 
 def _check_model_and_calib(args, needs_calib: bool = True) -> None:
@@ -69,9 +83,17 @@ def _check_model_and_calib(args, needs_calib: bool = True) -> None:
 
 
 def _calibration_spec(args) -> dict:
-    return {"model": args.model, "calib": args.calib, "samples": args.samples, "seq_len": args.seq_len,
-            "batch_size": args.batch_size, "layer_metric": args.layer_metric, "layer_samples": args.layer_samples, "device": args.device,
-            "trust_remote_code": args.trust_remote_code}
+    return {
+        "model": args.model,
+        "calib": args.calib,
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "layer_metric": args.layer_metric,
+        "layer_samples": args.layer_samples,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+    }
 
 
 def run_importance(args) -> int:
@@ -103,8 +125,14 @@ def run_prune(args) -> int:
     refuse_existing(args.out)
     check_architecture(args.model, spec.to_dict(), args.trust_remote_code)  # reads the config only
     _check_model_and_calib(args, needs_calib=args.scores is None and args.ranking == "importance")
-    job_spec = {**_calibration_spec(args), "spec": spec.to_dict(), "importance": args.scores,
-                "ranking": args.ranking, "mamba_ranking": args.mamba_ranking, "seed": args.seed}
+    job_spec = {
+        **_calibration_spec(args),
+        "spec": spec.to_dict(),
+        "importance": args.scores,
+        "ranking": args.ranking,
+        "mamba_ranking": args.mamba_ranking,
+        "seed": args.seed,
+    }
     result = run_recorded("prune", job_spec, args)  # an impossible spec is refused before any model is loaded
     out = copy_out(artifact_dir(result, args), args.out)
     before, after = result["parent_params"], result["params"]
@@ -134,13 +162,25 @@ def run_plan(args) -> int:
     base = estimate_sizes(config, None, args.seq_len, args.batch_size)
     planned = estimate_sizes(config, spec, args.seq_len, args.batch_size)
     if args.json:
-        json.dump({"spec": spec.to_dict(), "original": base.to_dict(), "pruned": planned.to_dict()}, sys.stdout, indent=2)
+        json.dump(
+            {"spec": spec.to_dict(), "original": base.to_dict(), "pruned": planned.to_dict()}, sys.stdout, indent=2
+        )
         print()
         return 0
     rows = [
         ("parameters", f"{base.params:,}", f"{planned.params:,}", planned.params / base.params),
-        ("GFLOPs per token", f"{base.flops_per_token / 1e9:.3f}", f"{planned.flops_per_token / 1e9:.3f}", planned.flops_per_token / base.flops_per_token),
-        (f"state MiB @ {args.seq_len} tok x {args.batch_size}", f"{base.state_bytes / 2**20:.2f}", f"{planned.state_bytes / 2**20:.2f}", planned.state_bytes / max(base.state_bytes, 1)),
+        (
+            "GFLOPs per token",
+            f"{base.flops_per_token / 1e9:.3f}",
+            f"{planned.flops_per_token / 1e9:.3f}",
+            planned.flops_per_token / base.flops_per_token,
+        ),
+        (
+            f"state MiB @ {args.seq_len} tok x {args.batch_size}",
+            f"{base.state_bytes / 2**20:.2f}",
+            f"{planned.state_bytes / 2**20:.2f}",
+            planned.state_bytes / max(base.state_bytes, 1),
+        ),
     ]
     print(f"{'':34}{'original':>18}{'pruned':>18}{'ratio':>9}")
     for name, a, b, ratio in rows:

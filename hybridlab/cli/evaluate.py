@@ -2,6 +2,7 @@
 
 Both run as recorded jobs of the experiment store (hybridlab.cli.recorded), so their
 numbers appear in `hybridlab jobs list` and the dashboard's comparison views."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,17 @@ DEFAULT_TASKS = "val_loss,continuation_mc"
 def register(subparsers) -> None:
     ev = subparsers.add_parser("eval", help="validation loss / perplexity and lm-eval accuracy")
     ev.add_argument("--model", required=True, help="'demo' or a local Hugging Face model directory")
-    ev.add_argument("--tasks", default=DEFAULT_TASKS,
-                    help=f"comma-separated: val_loss, continuation_mc, YAML tasks under --include-path, or "
-                         f"standard lm-eval names (those need the network); default {DEFAULT_TASKS}")
-    ev.add_argument("--val-tokens", default=None,
-                    help="1-D uint16 .npy of held-out tokens; default for --model demo: assets/demo/val.npy")
+    ev.add_argument(
+        "--tasks",
+        default=DEFAULT_TASKS,
+        help=f"comma-separated: val_loss, continuation_mc, YAML tasks under --include-path, or "
+        f"standard lm-eval names (those need the network); default {DEFAULT_TASKS}",
+    )
+    ev.add_argument(
+        "--val-tokens",
+        default=None,
+        help="1-D uint16 .npy of held-out tokens; default for --model demo: assets/demo/val.npy",
+    )
     ev.add_argument("--seq-len", type=int, default=256, help="window length for val_loss")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-tokens", type=float, default=None, help="cap on tokens scored by val_loss, e.g. 2e5")
@@ -82,10 +89,18 @@ def _eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--val-tokens {args.val_tokens} not found: pass a 1-D uint16 .npy token file")
     if VAL_LOSS_TASK in tasks and args.val_tokens is None and args.model != "demo":
         raise ValueError("val_loss needs validation tokens: pass --val-tokens FILE.npy")
-    spec = {"model": args.model, "tasks": tasks, "val_tokens": args.val_tokens, "seq_len": args.seq_len,
-            "batch_size": args.batch_size, "max_tokens": None if args.max_tokens is None else int(args.max_tokens),
-            "limit": args.limit, "include_path": args.include_path, "device": args.device,
-            "trust_remote_code": args.trust_remote_code}
+    spec = {
+        "model": args.model,
+        "tasks": tasks,
+        "val_tokens": args.val_tokens,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "max_tokens": None if args.max_tokens is None else int(args.max_tokens),
+        "limit": args.limit,
+        "include_path": args.include_path,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+    }
     report = run_recorded("eval", spec, args)["tasks"]
     if args.json:
         print(json.dumps({"model": str(args.model), "tasks": report}, indent=2))
@@ -98,25 +113,39 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     _check_model_and_device(args)
-    spec = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
-            "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype, "device": args.device,
-            "trust_remote_code": args.trust_remote_code}
+    spec = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "dtype": args.dtype,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+    }
     result = run_recorded("bench", spec, args)
     report = {"model": str(args.model), **{k: v for k, v in result.items() if k != "run_id"}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     decode = report["decode_tokens_per_s"]
-    print(f"{report['model']} on {report['device_name']} ({report['dtype']}), batch {args.batch_size}, "
-          f"prompt {args.seq_len}, {args.new_tokens} new tokens, mamba kernels "
-          f"{'on' if report['mamba_kernels']['in_use'] else 'off'}")
+    print(
+        f"{report['model']} on {report['device_name']} ({report['dtype']}), batch {args.batch_size}, "
+        f"prompt {args.seq_len}, {args.new_tokens} new tokens, mamba kernels "
+        f"{'on' if report['mamba_kernels']['in_use'] else 'off'}"
+    )
     print(f"prefill   {report['prefill_ms']:.2f} ms ({report['prefill_tokens_per_s']:.0f} tokens/s)")
     print(f"decode    {'n/a' if decode is None else f'{decode:.1f} tokens/s'}")
     peak = report["peak_memory_bytes"]
-    print(f"memory    peak {'n/a' if peak is None else f'{peak / 2**20:.1f} MiB'} "
-          f"(+{(report['peak_memory_delta_bytes'] or 0) / 2**20:.1f} MiB during generate; {report['memory_measure']})")
+    print(
+        f"memory    peak {'n/a' if peak is None else f'{peak / 2**20:.1f} MiB'} "
+        f"(+{(report['peak_memory_delta_bytes'] or 0) / 2**20:.1f} MiB during generate; {report['memory_measure']})"
+    )
     if report.get("analytic") and "flops_per_token" in report["analytic"]:
         a = report["analytic"]
-        print(f"analytic  {a['params']:,} params, {a['flops_per_token']:.3g} FLOPs/token, "
-              f"state {a['state_bytes'] / 2**20:.2f} MiB")
+        print(
+            f"analytic  {a['params']:,} params, {a['flops_per_token']:.3g} FLOPs/token, "
+            f"state {a['state_bytes'] / 2**20:.2f} MiB"
+        )
     return 0

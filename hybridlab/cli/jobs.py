@@ -1,4 +1,5 @@
 """`hybridlab jobs list|show|cancel|submit` and `hybridlab worker`."""
+
 from __future__ import annotations
 
 import json
@@ -37,20 +38,30 @@ def register(sub) -> None:
 
     p = sub.add_parser("worker", help="run queued jobs in this process until stopped (Ctrl-C / SIGTERM)")
     _workspace_option(p)
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it may register extra job kinds); repeatable")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it may register extra job kinds); repeatable",
+    )
     p.add_argument("--poll", type=float, default=0.2, help="seconds between queue polls when idle")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
-    p.add_argument("--stale-after", type=float, default=30.0,
-                   help="seconds without a heartbeat after which another worker's job is taken over")
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=30.0,
+        help="seconds without a heartbeat after which another worker's job is taken over",
+    )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
     p.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=run_worker_command)
 
 
 def _workspace_option(p) -> None:
-    p.add_argument("--workspace", default=None,
-                   help="experiment store folder (default: $HYBRIDLAB_WORKSPACE, else ~/.hybridlab)")
+    p.add_argument(
+        "--workspace", default=None, help="experiment store folder (default: $HYBRIDLAB_WORKSPACE, else ~/.hybridlab)"
+    )
 
 
 def run_list(args) -> int:
@@ -77,8 +88,10 @@ def run_show(args) -> int:
     from hybridlab.jobs import get_job, job_metrics
 
     job = get_job(args.job_id, args.workspace)
-    print(f"job {job['id']}: {job['kind']}, {job['status']} ({job['fraction']:.0%}, {job['message']}), "
-          f"attempts {job['attempts']}, worker {job['worker'] or '-'}")
+    print(
+        f"job {job['id']}: {job['kind']}, {job['status']} ({job['fraction']:.0%}, {job['message']}), "
+        f"attempts {job['attempts']}, worker {job['worker'] or '-'}"
+    )
     print("spec:   " + json.dumps(job["spec"], sort_keys=True))
     if job["error"]:
         print("error:  " + job["error"])
@@ -114,7 +127,7 @@ def run_submit(args) -> int:
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"the spec is not valid JSON ({err}); write it like '{{\"model\": \"demo\"}}'")
+        raise UserError(f'the spec is not valid JSON ({err}); write it like \'{{"model": "demo"}}\'') from None
     job_id = submit(args.kind, spec, args.workspace)
     print(f"job {job_id} queued; run `hybridlab worker` to process it, `hybridlab jobs show {job_id}` to follow it")
     return 0
@@ -129,6 +142,13 @@ def run_worker_command(args) -> int:
     if args.stale_after <= 2 * args.heartbeat:
         raise UserError("--stale-after must be more than twice --heartbeat, or live jobs would look dead")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(args.workspace, poll_s=args.poll, heartbeat_s=args.heartbeat, stale_s=args.stale_after,
-               max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle, plugins=tuple(args.plugin))
+    run_worker(
+        args.workspace,
+        poll_s=args.poll,
+        heartbeat_s=args.heartbeat,
+        stale_s=args.stale_after,
+        max_jobs=args.max_jobs,
+        exit_when_idle=args.exit_when_idle,
+        plugins=tuple(args.plugin),
+    )
     return 0

@@ -6,6 +6,7 @@ a job the worker ran. The job writes its artifact inside the workspace; the comm
 copies it to the `--out` folder the user asked for (a temporary sibling folder, renamed
 when complete), so `--out` holds what it always held and nothing half-written.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,9 +17,12 @@ from hybridlab.core.atomic import atomic_directory
 
 
 def add_workspace_option(parser) -> None:
-    parser.add_argument("--workspace", default=None, metavar="DIR",
-                        help="experiment store this run is recorded in "
-                             "(default: $HYBRIDLAB_WORKSPACE, else ~/.hybridlab)")
+    parser.add_argument(
+        "--workspace",
+        default=None,
+        metavar="DIR",
+        help="experiment store this run is recorded in (default: $HYBRIDLAB_WORKSPACE, else ~/.hybridlab)",
+    )
 
 
 def refuse_existing(path: str | Path, option: str = "--out") -> None:

@@ -3,6 +3,7 @@
 Runs as a recorded `search` job (hybridlab.cli.recorded) whose run folder is --out, so the
 ranked candidates appear in the store (and the dashboard's Pareto view) as well as in --out.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,13 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="distillation tokens (default: the demo's training sample)")
     p.add_argument("--val", default=None, help="validation tokens (default: the demo's)")
     p.add_argument("--max-candidates", type=int, default=16, help="candidates ranked zero-shot")
-    p.add_argument("--rank-by", choices=["loss", "kl"], default="loss", help="zero-shot validation loss or KL to the teacher")
+    p.add_argument(
+        "--rank-by", choices=["loss", "kl"], default="loss", help="zero-shot validation loss or KL to the teacher"
+    )
     p.add_argument("--top-k", type=int, default=2, help="candidates distilled")
-    p.add_argument("--distill-tokens", default="200k", help="distillation budget per finalist (0 = rank zero-shot only)")
+    p.add_argument(
+        "--distill-tokens", default="200k", help="distillation budget per finalist (0 = rank zero-shot only)"
+    )
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-width-prune", type=float, default=0.5)
@@ -45,20 +50,34 @@ def register(sub) -> None:
 
 
 def settings_from_args(args):
+    from hybridlab.search.run import SearchSettings
     from hybridlab.search.space import SearchSpace
     from hybridlab.training.distill import parse_token_count
-    from hybridlab.search.run import SearchSettings
 
     space = SearchSpace(
-        max_width_prune=args.max_width_prune, max_depth_prune=args.max_depth_prune, hidden_divisor=args.hidden_divisor,
-        ffn_divisor=args.ffn_divisor, head_dim_divisor=args.head_dim_divisor, layer_divisor=args.layer_divisor,
-        prune_attention=args.prune_attention, contiguous_depth=args.contiguous_depth, layer_metric=args.layer_metric,
+        max_width_prune=args.max_width_prune,
+        max_depth_prune=args.max_depth_prune,
+        hidden_divisor=args.hidden_divisor,
+        ffn_divisor=args.ffn_divisor,
+        head_dim_divisor=args.head_dim_divisor,
+        layer_divisor=args.layer_divisor,
+        prune_attention=args.prune_attention,
+        contiguous_depth=args.contiguous_depth,
+        layer_metric=args.layer_metric,
     )
     settings = SearchSettings(
-        target_params=args.target_params, tolerance=args.tolerance, space=space, max_candidates=args.max_candidates,
-        rank_by=args.rank_by, top_k=args.top_k, distill_tokens=parse_token_count(args.distill_tokens),
-        seq_len=args.seq_len, eval_tokens=args.eval_tokens, measure_latency=not args.no_latency,
-        accuracy_task=args.accuracy_task, seed=args.seed,
+        target_params=args.target_params,
+        tolerance=args.tolerance,
+        space=space,
+        max_candidates=args.max_candidates,
+        rank_by=args.rank_by,
+        top_k=args.top_k,
+        distill_tokens=parse_token_count(args.distill_tokens),
+        seq_len=args.seq_len,
+        eval_tokens=args.eval_tokens,
+        measure_latency=not args.no_latency,
+        accuracy_task=args.accuracy_task,
+        seed=args.seed,
     )
     settings.validate()
     return settings
@@ -81,16 +100,32 @@ def run_search(args) -> int:
         raise ValueError("give --scores, or --calib to compute importance")
     space = settings.space
     spec = {
-        "model": args.model, "target_params": settings.target_params, "tolerance": settings.tolerance,
-        "importance": args.scores, "calib": args.calib, "train_tokens": args.data, "val_tokens": args.val,
-        "max_candidates": settings.max_candidates, "rank_by": settings.rank_by, "top_k": settings.top_k,
-        "tokens": settings.distill_tokens, "seq_len": settings.seq_len, "eval_tokens": settings.eval_tokens,
-        "max_width_prune": space.max_width_prune, "max_depth_prune": space.max_depth_prune,
-        "hidden_divisor": space.hidden_divisor, "ffn_divisor": space.ffn_divisor,
-        "head_dim_divisor": space.head_dim_divisor, "layer_divisor": space.layer_divisor,
-        "prune_attention": space.prune_attention, "contiguous_depth": space.contiguous_depth,
-        "layer_metric": space.layer_metric, "accuracy_task": settings.accuracy_task,
-        "measure_latency": settings.measure_latency, "seed": settings.seed, "run_dir": args.out,
+        "model": args.model,
+        "target_params": settings.target_params,
+        "tolerance": settings.tolerance,
+        "importance": args.scores,
+        "calib": args.calib,
+        "train_tokens": args.data,
+        "val_tokens": args.val,
+        "max_candidates": settings.max_candidates,
+        "rank_by": settings.rank_by,
+        "top_k": settings.top_k,
+        "tokens": settings.distill_tokens,
+        "seq_len": settings.seq_len,
+        "eval_tokens": settings.eval_tokens,
+        "max_width_prune": space.max_width_prune,
+        "max_depth_prune": space.max_depth_prune,
+        "hidden_divisor": space.hidden_divisor,
+        "ffn_divisor": space.ffn_divisor,
+        "head_dim_divisor": space.head_dim_divisor,
+        "layer_divisor": space.layer_divisor,
+        "prune_attention": space.prune_attention,
+        "contiguous_depth": space.contiguous_depth,
+        "layer_metric": space.layer_metric,
+        "accuracy_task": settings.accuracy_task,
+        "measure_latency": settings.measure_latency,
+        "seed": settings.seed,
+        "run_dir": args.out,
         "trust_remote_code": args.trust_remote_code,
     }
     run_recorded("search", spec, args)  # an unreachable budget is refused before any weights load
@@ -101,7 +136,21 @@ def run_search(args) -> int:
 
 
 def format_table(frame) -> str:
-    columns = [c for c in ("zero_shot_rank", "name", "strategy", "params", "zero_shot_loss", "distilled_loss",
-                           "estimated_latency_ms", "latency_ms", "accuracy", "chosen") if c in frame]
+    columns = [
+        c
+        for c in (
+            "zero_shot_rank",
+            "name",
+            "strategy",
+            "params",
+            "zero_shot_loss",
+            "distilled_loss",
+            "estimated_latency_ms",
+            "latency_ms",
+            "accuracy",
+            "chosen",
+        )
+        if c in frame
+    ]
     table = frame[columns].copy()
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")

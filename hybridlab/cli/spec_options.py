@@ -1,11 +1,19 @@
 """Command-line options named like PruneSpec keys, shared by prune, plan and jobs."""
+
 from __future__ import annotations
 
 import argparse
 
 from hybridlab.model.spec import PruneSpec
 
-SIZE_OPTIONS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim", "num_layers")
+SIZE_OPTIONS = (
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "num_layers",
+)
 
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:

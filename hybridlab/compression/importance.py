@@ -4,6 +4,7 @@ Every width axis is scored from activations collected by forward hooks, aggregat
 as the mean magnitude over the sequence, then the L2 norm over samples. Padded
 positions (attention_mask 0) contribute nothing. Higher score = more important.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from hybridlab.core.atomic import atomic_directory
-from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 from hybridlab.compression.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
+from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
+from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
 
@@ -70,7 +71,9 @@ class ImportanceScores:
     def load(cls, path: str | os.PathLike) -> "ImportanceScores":
         path = Path(path).expanduser()
         if not (path / SCORES_FILE).exists() or not (path / META_FILE).exists():
-            raise FileNotFoundError(f"{path} holds no importance scores (expected {SCORES_FILE} and {META_FILE}); run `hybridlab importance` first")
+            raise FileNotFoundError(
+                f"{path} holds no importance scores (expected {SCORES_FILE} and {META_FILE}); run `hybridlab importance` first"
+            )
         meta = json.loads((path / META_FILE).read_text())
         tensors = load_file(path / SCORES_FILE)
         tables: dict[str, dict] = {"ffn": {}, "attention": {}, "mamba": {}, "layers": {}}
@@ -154,7 +157,9 @@ def as_model_inputs(batch) -> dict:
         return {"input_ids": batch, "attention_mask": None}
     if isinstance(batch, dict) and "input_ids" in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
-    raise ValueError("calibration batches must be LongTensors [batch, seq] or dicts with input_ids (and attention_mask)")
+    raise ValueError(
+        "calibration batches must be LongTensors [batch, seq] or dicts with input_ids (and attention_mask)"
+    )
 
 
 @torch.no_grad()
@@ -198,17 +203,21 @@ def estimate_importance(
     def input_hook(acc):
         def hook(module, args):  # args[0] [B, T, channels]
             acc.add(sequence_mean_magnitude(args[0], current_mask[0]))
+
         return hook
 
     def mamba_x_hook(acc):
         def hook(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
             acc.add(sequence_mean_magnitude(output[..., inner : 2 * inner], current_mask[0]))
+
         return hook
 
     handles = [parts.final_norm.register_forward_hook(norm_hook)]
     for layer in parts.layers:
         handles.append(layer.norm.register_forward_hook(norm_hook))
-        handles.append(layer.block.register_forward_hook(block_cosine_hook(cosine, layer.index, current_mask), with_kwargs=True))
+        handles.append(
+            layer.block.register_forward_hook(block_cosine_hook(cosine, layer.index, current_mask), with_kwargs=True)
+        )
         if layer.kind == MLP:
             handles.append(layer.mixer.down_proj.register_forward_pre_hook(input_hook(ffn[layer.index])))
         elif layer.kind == ATTENTION:
@@ -227,7 +236,11 @@ def estimate_importance(
             model(**inputs, use_cache=False)
             hidden.add(torch.stack(hidden_per_batch).sum(0))  # summed over all consumers
             hidden_per_batch.clear()
-            tokens += int(inputs["attention_mask"].sum()) if inputs["attention_mask"] is not None else inputs["input_ids"].numel()
+            tokens += (
+                int(inputs["attention_mask"].sum())
+                if inputs["attention_mask"] is not None
+                else inputs["input_ids"].numel()
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -253,8 +266,12 @@ def estimate_importance(
         attention=heads_scores,
         mamba={i: acc.result().view(widths.mamba_num_heads, widths.mamba_head_dim) for i, acc in mamba.items()},
         layers=layer_scores,
-        meta={"samples": sum(len(b["input_ids"]) for b in batches), "tokens": tokens, "layer_metric": layer_metric,
-              "layer_samples": sum(len(b["input_ids"]) for b in layer_batches) if drop_passes else 0},
+        meta={
+            "samples": sum(len(b["input_ids"]) for b in batches),
+            "tokens": tokens,
+            "layer_metric": layer_metric,
+            "layer_samples": sum(len(b["input_ids"]) for b in layer_batches) if drop_passes else 0,
+        },
     )
 
 

@@ -5,6 +5,7 @@
 - "cosine": block importance 1 - cos(layer input, layer output) (modelopt's metric).
 Higher = more important. The first two need one extra forward per layer and batch.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -60,7 +61,9 @@ def _next_token_logprobs(model, inputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def drop_one_layer_scores(model, parts, batches, device, progress: ProgressFn | None = None, start: float = 0.0) -> dict:
+def drop_one_layer_scores(
+    model, parts, batches, device, progress: ProgressFn | None = None, start: float = 0.0
+) -> dict:
     """{"kl": [L], "loss": [L]} from removing each layer in turn."""
     n_layers = len(parts.layers)
     kl = [_Mean() for _ in range(n_layers)]
@@ -73,7 +76,9 @@ def drop_one_layer_scores(model, parts, batches, device, progress: ProgressFn | 
             full_logprobs = _next_token_logprobs(model, inputs)
             targets = inputs["input_ids"][:, 1:]  # [B, T-1]
             mask = inputs["attention_mask"]
-            weights = torch.ones_like(targets, dtype=torch.float32) if mask is None else (mask[:, 1:] * mask[:, :-1]).float()
+            weights = (
+                torch.ones_like(targets, dtype=torch.float32) if mask is None else (mask[:, 1:] * mask[:, :-1]).float()
+            )
             full_nll = -full_logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             continue
         with skipped(parts.layers[layer].block):

@@ -5,12 +5,13 @@ Mamba pruning is group-aware (paper Eqs. 19-24): the same head channels are kept
 every head, and the same number of heads in every group, chosen within the group, so
 that every kept head still reads its own group's B and C.
 """
+
 from __future__ import annotations
 
 import torch
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
 from hybridlab.compression.importance import ImportanceScores
+from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 RANKINGS = ("importance", "random")
@@ -42,8 +43,9 @@ class _Ranker:
         return torch.rand(real.shape, generator=self.generator) if self.random else real
 
 
-def choose_dropped_layers(spec: PruneSpec, widths: Widths, scores: ImportanceScores | None, layer_metric: str, rank: _Ranker,
-                          family=None) -> tuple[int, ...]:
+def choose_dropped_layers(
+    spec: PruneSpec, widths: Widths, scores: ImportanceScores | None, layer_metric: str, rank: _Ranker, family=None
+) -> tuple[int, ...]:
     if spec.drop_layers is not None:
         return spec.drop_layers
     n_drop = widths.num_layers - kept_layer_count(spec, widths)
@@ -81,7 +83,14 @@ def least_important_layers(layer_scores: torch.Tensor, count: int, widths: Width
     return tuple(sorted(dropped))
 
 
-def plan_drop_layers(config, spec: PruneSpec, scores: ImportanceScores | None = None, layer_metric: str = "kl", ranking: str = "importance", seed: int = 0) -> tuple[int, ...]:
+def plan_drop_layers(
+    config,
+    spec: PruneSpec,
+    scores: ImportanceScores | None = None,
+    layer_metric: str = "kl",
+    ranking: str = "importance",
+    seed: int = 0,
+) -> tuple[int, ...]:
     """The layers `prune` would remove for this spec (exact sizes need them)."""
     widths = family_for(config).widths(config)
     return choose_dropped_layers(spec, widths, scores, layer_metric, _Ranker(scores, ranking, seed), family_for(config))
@@ -111,7 +120,9 @@ def prune(
     resolve(spec, old)  # validate widths before any work
     rank = _Ranker(scores, ranking, seed)
     if scores is None and ranking == "importance" and _needs_ranking(spec, old):
-        raise ValueError("pruning by importance needs ImportanceScores; run estimate_importance first or use ranking='random'")
+        raise ValueError(
+            "pruning by importance needs ImportanceScores; run estimate_importance first or use ranking='random'"
+        )
     if scores is not None and tuple(scores.layer_kinds) != old.layer_kinds:
         raise ValueError("these importance scores were computed for a different model (layer pattern differs)")
 
@@ -149,7 +160,11 @@ def prune(
             _slice_linear(put, dst.up_proj, src.up_proj, rows=neurons, cols=hidden_keep)
             _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden_keep, cols=neurons)
         elif old_layer.kind == ATTENTION:
-            heads = top_k_within_groups(rank(real.attention[old_index]), old.num_key_value_heads, new.num_attention_heads // old.num_key_value_heads)
+            heads = top_k_within_groups(
+                rank(real.attention[old_index]),
+                old.num_key_value_heads,
+                new.num_attention_heads // old.num_key_value_heads,
+            )
             channels = _head_channels(heads, old.attention_head_dim)
             _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden_keep)
             _slice_linear(put, dst.k_proj, src.k_proj, rows=None, cols=hidden_keep)
@@ -206,7 +221,9 @@ def _slice_mamba(put, dst, src, old: Widths, heads, head_channels, hidden_keep) 
     x_channels = (heads[:, None] * P + head_channels[None, :]).flatten()  # [H'*P'] into the H*P axis
     group_state = torch.arange(GN)
     # in_proj rows [z | x | B | C | dt]: z and x follow the kept (head, channel) pairs, B and C stay whole.
-    in_rows = torch.cat([x_channels, HP + x_channels, 2 * HP + group_state, 2 * HP + GN + group_state, 2 * HP + 2 * GN + heads])
+    in_rows = torch.cat(
+        [x_channels, HP + x_channels, 2 * HP + group_state, 2 * HP + GN + group_state, 2 * HP + 2 * GN + heads]
+    )
     _slice_linear(put, dst.in_proj, src.in_proj, rows=in_rows, cols=hidden_keep)
     # conv1d channels [x | B | C]
     conv_channels = torch.cat([x_channels, HP + group_state, HP + GN + group_state])
@@ -240,5 +257,7 @@ def _uniform_scores(parts, widths: Widths) -> ImportanceScores:
         hidden=ones(widths.hidden_size),
         ffn={l.index: ones(widths.ffn_hidden_size) for l in parts.layers if l.kind == MLP},
         attention={l.index: ones(widths.num_attention_heads) for l in parts.layers if l.kind == ATTENTION},
-        mamba={l.index: torch.ones(widths.mamba_num_heads, widths.mamba_head_dim) for l in parts.layers if l.kind == MAMBA},
+        mamba={
+            l.index: torch.ones(widths.mamba_num_heads, widths.mamba_head_dim) for l in parts.layers if l.kind == MAMBA
+        },
     )

@@ -1,4 +1,5 @@
 """Where hybridlab finds its bundled assets and keeps its workspace."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,20 @@ def assets_dir() -> Path:
     return Path(os.environ.get("HYBRIDLAB_ASSETS", REPO_ROOT / "assets"))
 
 
+# The bundled demo's files, named once (see assets/demo/DATA_CARD.md).
+DEMO_TEACHER = "teacher"  # a Hugging Face model folder with its tokenizer
+DEMO_CALIB = "calib.npy"  # [N, T] uint16 windows of the train split, for importance
+DEMO_VAL = "val.npy"  # [M] uint16, the whole validation split
+DEMO_TRAIN = "train_sample.npy"  # [M] uint16 chunks of the train split, for distillation and search
+
+
 def demo_dir() -> Path:
     """The bundled demo: teacher model, tokenizer and token sets."""
     return assets_dir() / "demo"
+
+
+def demo_teacher_dir(root: Path | None = None) -> Path:
+    return (root or demo_dir()) / DEMO_TEACHER
 
 
 def workspace_dir(override: str | os.PathLike | None = None) -> Path:

@@ -4,6 +4,7 @@ Long functions take `progress: ProgressFn | None`. The CLI leaves it None and ge
 tqdm bar; the job engine passes a callback that records progress in the store and
 raises `Cancelled` when the user asked to stop, which unwinds the work cleanly.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,3 +43,10 @@ def track(
         yield item
         done = (i + 1) / total if total else 0.0
         progress(start_fraction + span * min(done, 1.0), desc, None)
+
+
+def subrange(progress: ProgressFn | None, start: float, end: float) -> ProgressFn | None:
+    """A callback that maps a step's own 0..1 onto [start, end] of the caller's progress (None stays None)."""
+    if progress is None:
+        return None
+    return lambda fraction, message, metrics: progress(start + (end - start) * fraction, message, metrics)

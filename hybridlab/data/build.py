@@ -4,6 +4,7 @@ Same packages in, same bytes out: documents are read in sorted path order, the s
 each path, the tokenizer is trained on the train split in that order, and calibration windows come
 from a fixed seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridlab.core.progress import ProgressFn
 from hybridlab.data.card import TRAIN_SAMPLE_CHUNK, TRAIN_SAMPLE_CHUNKS, write_data_card
 from hybridlab.data.sources import SOURCES, Document, download_and_unpack, read_documents
 from hybridlab.data.tokenizer import END_OF_TEXT, save_tokenizer, train_tokenizer
 from hybridlab.data.tokens import TokenBatches, load_tokens, save_tokens, sha256_file, unigram_entropy
-from hybridlab.core.progress import ProgressFn
 
 CALIB_SEED = 1234
 
@@ -71,11 +72,16 @@ def build_corpus(
             report(0.1, f"reading {source.package}", None)
             found = list(read_documents(unpacked[source.package], source))
             deb = sorted(workdir.glob(f"{source.package}_*.deb"))[-1]
-            per_source.append({
-                "package": source.package, "deb": deb.name, "deb_sha256": sha256_file(deb),
-                "license": source.license, "documents": len(found),
-                "bytes": sum(len(d.text.encode("utf-8")) for d in found),
-            })
+            per_source.append(
+                {
+                    "package": source.package,
+                    "deb": deb.name,
+                    "deb_sha256": sha256_file(deb),
+                    "license": source.license,
+                    "documents": len(found),
+                    "bytes": sum(len(d.text.encode("utf-8")) for d in found),
+                }
+            )
             docs += found
     train_docs, val_docs = split_documents(docs, val_fraction)
     report(0.3, f"training BPE tokenizer (vocab {vocab_size}) on {len(train_docs)} documents", None)
@@ -94,8 +100,10 @@ def build_corpus(
         "val_fraction": val_fraction,
         "split": "sha256(document path)[:8] / 2**64 < val_fraction",
         "documents": {"train": len(train_docs), "val": len(val_docs)},
-        "bytes": {"train": sum(len(d.text.encode()) for d in train_docs),
-                  "val": sum(len(d.text.encode()) for d in val_docs)},
+        "bytes": {
+            "train": sum(len(d.text.encode()) for d in train_docs),
+            "val": sum(len(d.text.encode()) for d in val_docs),
+        },
         "tokens": {"train": int(len(train)), "val": int(len(val)), "calib": [calib_samples, calib_seq_len]},
         "val_unigram_entropy_nats": unigram_entropy(val, tokenizer.get_vocab_size()),
         "sha256": {name: sha256_file(stage / name) for name in ("train.npy", "val.npy", "calib.npy")},

@@ -1,9 +1,12 @@
 """The data card: a human-readable statement of what the corpus is made of."""
+
 from __future__ import annotations
 
-TRAIN_SAMPLE_CHUNKS, TRAIN_SAMPLE_CHUNK = 16, 65_536
-
 from pathlib import Path
+
+from hybridlab.core.atomic import write_text
+
+TRAIN_SAMPLE_CHUNKS, TRAIN_SAMPLE_CHUNK = 16, 65_536
 
 
 def write_data_card(stats: dict, path: Path) -> None:
@@ -38,11 +41,11 @@ Packages used for this build:
 
 1. Each file is decoded as UTF-8, HTML pages are reduced to their main article text, whitespace is
    normalised (no trailing spaces, at most one blank line in a row). Files under 200 characters are dropped.
-2. Split by document path: {stats['split']}, val_fraction = {stats['val_fraction']}.
-3. A byte-level BPE tokenizer (`tokenizers`, vocabulary {stats['vocab_size']:,}, special tokens
+2. Split by document path: {stats["split"]}, val_fraction = {stats["val_fraction"]}.
+3. A byte-level BPE tokenizer (`tokenizers`, vocabulary {stats["vocab_size"]:,}, special tokens
    `<|endoftext|>` (document separator, bos, eos) and `<|pad|>`) is trained on the train split only.
 4. Documents are tokenised and concatenated, each followed by `<|endoftext|>`, into 1-D `uint16` arrays.
-5. `calib.npy` holds {stats['tokens']['calib'][0]} windows of {stats['tokens']['calib'][1]} tokens drawn
+5. `calib.npy` holds {stats["tokens"]["calib"][0]} windows of {stats["tokens"]["calib"][1]} tokens drawn
    from the train split with a fixed seed (for importance estimation).
 6. `train_sample.npy` (shipped in assets/demo only) holds {TRAIN_SAMPLE_CHUNKS} evenly spaced chunks of
    {TRAIN_SAMPLE_CHUNK:,} tokens of the train split, for distillation and search on a fresh clone.
@@ -51,16 +54,16 @@ Packages used for this build:
 
 | split | documents | bytes | tokens |
 |---|---:|---:|---:|
-| train | {stats['documents']['train']:,} | {stats['bytes']['train']:,} | {stats['tokens']['train']:,} |
-| val | {stats['documents']['val']:,} | {stats['bytes']['val']:,} | {stats['tokens']['val']:,} |
+| train | {stats["documents"]["train"]:,} | {stats["bytes"]["train"]:,} | {stats["tokens"]["train"]:,} |
+| val | {stats["documents"]["val"]:,} | {stats["bytes"]["val"]:,} | {stats["tokens"]["val"]:,} |
 
-Unigram entropy of the validation tokens: {stats['val_unigram_entropy_nats']:.4f} nats/token (the loss of the
+Unigram entropy of the validation tokens: {stats["val_unigram_entropy_nats"]:.4f} nats/token (the loss of the
 best model that ignores context).
 
 ## Checksums (sha256)
 
 {hashes}
-- `tokenizer/tokenizer.json`: `{stats['tokenizer_sha256']}`
+- `tokenizer/tokenizer.json`: `{stats["tokenizer_sha256"]}`
 
 ## Intended use and limits
 
@@ -68,6 +71,4 @@ A small, licence-clean corpus for training a demo teacher that the compression p
 on, on a CPU. It is narrow (two technical manuals), contains code and command lines, and is not meant for
 training general-purpose models.
 """
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)

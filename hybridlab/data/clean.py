@@ -1,4 +1,5 @@
 """Turn documentation files (reStructuredText, plain text, Sphinx HTML) into plain English text."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,29 @@ from html.parser import HTMLParser
 _SKIP_TAGS = {"script", "style", "nav", "head", "footer", "header", "noscript", "svg", "form", "button"}
 # Sphinx layout blocks around the article: sidebars, breadcrumbs, prev/next links.
 _SKIP_CLASSES = {"sphinxsidebar", "related", "footer", "headerlink", "mobile-nav", "sphinxsidebarwrapper"}
-_BLOCK_TAGS = {"p", "div", "section", "li", "ul", "ol", "pre", "h1", "h2", "h3", "h4", "h5", "h6",
-               "dt", "dd", "dl", "tr", "table", "br", "blockquote", "article"}
+_BLOCK_TAGS = {
+    "p",
+    "div",
+    "section",
+    "li",
+    "ul",
+    "ol",
+    "pre",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "dt",
+    "dd",
+    "dl",
+    "tr",
+    "table",
+    "br",
+    "blockquote",
+    "article",
+}
 _VOID_TAGS = {"br", "img", "hr", "meta", "link", "input", "wbr", "col", "area", "base", "source"}
 
 

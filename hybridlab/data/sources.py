@@ -3,6 +3,7 @@
 linux-doc-6.1   kernel documentation (reStructuredText and text, gzipped)   GPL-2.0
 python3.11-doc  Python 3.11 documentation (Sphinx HTML)                     PSF-2.0
 """
+
 from __future__ import annotations
 
 import gzip
@@ -44,8 +45,11 @@ def download_and_unpack(workdir: Path, packages: tuple[str, ...]) -> dict[str, P
     for package in packages:
         debs = sorted(workdir.glob(f"{package}_*.deb"))
         if not debs:
-            _run(["apt-get", "download", package], workdir,
-                 hint="run `apt-get update` (needs root) or pass --debs DIR with the .deb files")
+            _run(
+                ["apt-get", "download", package],
+                workdir,
+                hint="run `apt-get update` (needs root) or pass --debs DIR with the .deb files",
+            )
             debs = sorted(workdir.glob(f"{package}_*.deb"))
         target = workdir / package
         if not target.exists():

@@ -1,4 +1,5 @@
 """Byte-level BPE tokenizer trained with `tokenizers`, saved so `AutoTokenizer.from_pretrained` loads it offline."""
+
 from __future__ import annotations
 
 from pathlib import Path

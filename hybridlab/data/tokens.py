@@ -3,14 +3,16 @@
 A batch depends only on (seed, step), so a resumed run sees exactly the batches an
 uninterrupted run would have seen: the data position is just the step number.
 """
+
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hybridlab.core.atomic import atomic_file
 
 
 def save_tokens(path: str | Path, tokens: np.ndarray) -> None:
@@ -18,11 +20,8 @@ def save_tokens(path: str | Path, tokens: np.ndarray) -> None:
     tokens = np.asarray(tokens)
     if tokens.ndim not in (1, 2) or tokens.dtype != np.uint16:
         raise ValueError(f"token arrays are uint16 with 1 or 2 dims, got {tokens.dtype} with shape {tokens.shape}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.save(f, tokens, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def load_tokens(path: str | Path) -> np.ndarray:
@@ -56,7 +55,7 @@ class TokenBatches:
     def batch(self, step: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.tokens) - self.seq_len + 1, size=self.batch_size)
-        windows = np.stack([self.tokens[s:s + self.seq_len] for s in starts])  # [B, T]
+        windows = np.stack([self.tokens[s : s + self.seq_len] for s in starts])  # [B, T]
         return torch.from_numpy(windows.astype(np.int64))
 
 

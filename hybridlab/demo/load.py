@@ -9,6 +9,7 @@
 
 Everything is read from assets/demo/ (see hybridlab.core.paths.demo_dir); nothing touches the network.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,10 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from hybridlab.core.paths import demo_dir
+from hybridlab.core.paths import DEMO_CALIB, DEMO_TRAIN, DEMO_VAL, demo_dir, demo_teacher_dir
 
 DEMO_NAME = "demo"
-TEACHER_SUBDIR = "teacher"
 # The fixed subset the model card's "subset loss" is computed on (fast on CPU, checked by tests).
 CARD_SUBSET_WINDOWS = 32
 CARD_SEQ_LEN = 256
@@ -40,7 +40,7 @@ class Demo:
         """Calibration windows in batches of [B, T]; `limit` caps the number of windows."""
         windows = self.calib if limit is None else self.calib[:limit]
         for i in range(0, len(windows), batch_size):
-            yield windows[i:i + batch_size]
+            yield windows[i : i + batch_size]
 
     def val_windows(self, seq_len: int = CARD_SEQ_LEN, max_windows: int | None = None) -> torch.Tensor:
         """Non-overlapping validation windows from the start of the split: [N, seq_len]."""
@@ -49,15 +49,16 @@ class Demo:
             count = min(count, max_windows)
         return self.val[: count * seq_len].view(count, seq_len)
 
-    def val_batches(self, batch_size: int = 8, seq_len: int = CARD_SEQ_LEN,
-                    max_windows: int | None = None) -> Iterator[torch.Tensor]:
+    def val_batches(
+        self, batch_size: int = 8, seq_len: int = CARD_SEQ_LEN, max_windows: int | None = None
+    ) -> Iterator[torch.Tensor]:
         windows = self.val_windows(seq_len, max_windows)
         for i in range(0, len(windows), batch_size):
-            yield windows[i:i + batch_size]
+            yield windows[i : i + batch_size]
 
 
 def teacher_dir(root: Path | None = None) -> Path:
-    return (root or demo_dir()) / TEACHER_SUBDIR
+    return demo_teacher_dir(root)
 
 
 def load_demo(with_model: bool = True, root: str | Path | None = None) -> Demo:
@@ -66,19 +67,20 @@ def load_demo(with_model: bool = True, root: str | Path | None = None) -> Demo:
 
     root = Path(root) if root else demo_dir()
     teacher = teacher_dir(root)
-    for needed in (teacher / "config.json", root / "calib.npy", root / "val.npy"):
+    for needed in (teacher / "config.json", root / DEMO_CALIB, root / DEMO_VAL):
         if not needed.exists():
             raise FileNotFoundError(
                 f"{needed} missing: the demo assets are not shipped in {root}; "
-                "rebuild them with `hybridlab data build` + `hybridlab train` + `hybridlab data ship`")
+                "rebuild them with `hybridlab data build` + `hybridlab train` + `hybridlab data ship`"
+            )
     tokenizer = AutoTokenizer.from_pretrained(str(teacher), local_files_only=True)
     model = None
     if with_model:
         # Weights are stored in bfloat16 to keep the repository small; all work happens in float32.
         model = AutoModelForCausalLM.from_pretrained(str(teacher), local_files_only=True, dtype=torch.float32)
         model.eval()
-    calib = torch.from_numpy(np.load(root / "calib.npy", allow_pickle=False).astype(np.int64))
-    val = torch.from_numpy(np.load(root / "val.npy", allow_pickle=False).astype(np.int64))
-    sample_file = root / "train_sample.npy"
+    calib = torch.from_numpy(np.load(root / DEMO_CALIB, allow_pickle=False).astype(np.int64))
+    val = torch.from_numpy(np.load(root / DEMO_VAL, allow_pickle=False).astype(np.int64))
+    sample_file = root / DEMO_TRAIN
     sample = np.load(sample_file, allow_pickle=False) if sample_file.exists() else None
     return Demo(model=model, tokenizer=tokenizer, calib=calib, val=val, path=root, train_sample=sample)

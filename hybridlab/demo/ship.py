@@ -3,6 +3,7 @@
 The teacher is stored in bfloat16 (half the bytes; the repository stays small) and every number in the
 model card is measured on exactly the shipped weights, loaded back in float32.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,23 @@ from pathlib import Path
 
 import torch
 
+from hybridlab.core.atomic import atomic_directory, write_text
+from hybridlab.core.paths import DEMO_TEACHER, DEMO_VAL, demo_dir
+from hybridlab.core.progress import ProgressFn
 from hybridlab.data.build import copy_for_shipping
 from hybridlab.data.tokens import load_tokens, unigram_entropy
-from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, TEACHER_SUBDIR, load_demo
-from hybridlab.core.paths import demo_dir
-from hybridlab.core.progress import ProgressFn
+from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, load_demo
 
 SAMPLE_PROMPTS = ["The kernel", "To create a new list in Python,", "This driver supports"]
 
 
-def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | None = None,
-              notes: str = "", progress: ProgressFn | None = None) -> dict:
+def ship_demo(
+    run_dir: str | Path,
+    corpus_dir: str | Path,
+    dest: str | Path | None = None,
+    notes: str = "",
+    progress: ProgressFn | None = None,
+) -> dict:
     """Copy the run's final model (as bf16), val/calib tokens, data card and metrics to `dest`; write the card.
 
     `notes` is added to the card's training section verbatim (e.g. how the run was interrupted/resumed).
@@ -41,12 +48,9 @@ def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | No
     report(0.0, "writing the bfloat16 teacher", None)
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), local_files_only=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "model"), local_files_only=True)
-    tmp = dest / f".{TEACHER_SUBDIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(dest / TEACHER_SUBDIR, ignore_errors=True)
-    tmp.rename(dest / TEACHER_SUBDIR)
+    with atomic_directory(dest / DEMO_TEACHER, overwrite=True) as tmp:
+        model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
     copy_for_shipping(corpus_dir, dest)
     for name in ("metrics.jsonl", "run.json", "summary.json"):
         shutil.copyfile(run_dir / name, dest / f"train_{name}")
@@ -55,7 +59,7 @@ def ship_demo(run_dir: str | Path, corpus_dir: str | Path, dest: str | Path | No
     demo = load_demo(root=dest)
     facts = measure(demo, validation_loss)
     facts["layer_pattern"] = demo.model.config.hybrid_override_pattern  # e.g. "M-M-M-M*-M-M-M-M-"
-    facts["val_unigram_entropy"] = unigram_entropy(load_tokens(dest / "val.npy"), len(tokenizer))
+    facts["val_unigram_entropy"] = unigram_entropy(load_tokens(dest / DEMO_VAL), len(tokenizer))
     report(0.8, "sampling", None)
     facts["samples"] = samples(demo.model, demo.tokenizer)
     facts["notes"] = notes
@@ -72,10 +76,14 @@ def measure(demo, validation_loss) -> dict:
     full = validation_loss(demo.model, demo.val_windows(CARD_SEQ_LEN))
     n_full = len(demo.val_windows(CARD_SEQ_LEN))
     return {
-        "subset_windows": CARD_SUBSET_WINDOWS, "seq_len": CARD_SEQ_LEN,
-        "subset_val_loss": subset, "subset_val_perplexity": math.exp(subset),
-        "full_windows": n_full, "full_tokens_predicted": n_full * (CARD_SEQ_LEN - 1),
-        "val_loss": full, "val_perplexity": math.exp(full),
+        "subset_windows": CARD_SUBSET_WINDOWS,
+        "seq_len": CARD_SEQ_LEN,
+        "subset_val_loss": subset,
+        "subset_val_perplexity": math.exp(subset),
+        "full_windows": n_full,
+        "full_tokens_predicted": n_full * (CARD_SEQ_LEN - 1),
+        "val_loss": full,
+        "val_perplexity": math.exp(full),
     }
 
 
@@ -85,8 +93,14 @@ def samples(model, tokenizer, max_new_tokens: int = 60) -> list[dict]:
         torch.manual_seed(i)
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=50,
-                                 pad_token_id=tokenizer.pad_token_id)
+            gen = model.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=0.8,
+                top_k=50,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         out.append({"prompt": prompt, "seed": i, "text": tokenizer.decode(gen[0], skip_special_tokens=False)})
     return out
 
@@ -95,12 +109,12 @@ def write_model_card(dest: Path, facts: dict) -> None:
     run = json.loads((dest / "train_run.json").read_text())
     summary = json.loads((dest / "train_summary.json").read_text())
     cfg, st = run["config"], run["settings"]
-    evals = [json.loads(line) for line in (dest / "train_metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [json.loads(line) for line in (dest / "train_metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     curve = " → ".join(f"{e['val_loss']:.2f}" for e in evals[:: max(1, len(evals) // 8)])
     pattern = facts["layer_pattern"]
-    sample_text = "\n\n".join(f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```"
-                              for s in facts["samples"])
+    sample_text = "\n\n".join(
+        f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```" for s in facts["samples"]
+    )
     card = f"""# Model card: hybridlab demo teacher
 
 A mini **Nemotron-H** (`NemotronHForCausalLM`) trained from scratch on CPU by `hybridlab train`, shipped so that
@@ -113,27 +127,27 @@ Load it with `hybridlab.load_demo()`, `--model demo`, or
 | | |
 |---|---|
 | layer pattern | `{pattern}` ({len(pattern)} layers: M = Mamba2, - = ReLU² MLP, * = GQA attention) |
-| parameters | {run['parameters']:,} |
-| hidden size | {cfg['hidden_size']} |
-| Mamba2 | {cfg['mamba_num_heads']} heads × head dim {cfg['mamba_head_dim']}, n_groups {cfg['n_groups']}, state {cfg['ssm_state_size']}, conv {cfg['conv_kernel']}, chunk {cfg['chunk_size']} |
-| MLP | intermediate {cfg['intermediate_size']}, ReLU² |
-| attention | {cfg['num_attention_heads']} query heads / {cfg['num_key_value_heads']} KV heads, head dim {cfg['head_dim']} |
-| vocabulary | {cfg['vocab_size']:,} (byte-level BPE, see DATA_CARD.md) |
+| parameters | {run["parameters"]:,} |
+| hidden size | {cfg["hidden_size"]} |
+| Mamba2 | {cfg["mamba_num_heads"]} heads × head dim {cfg["mamba_head_dim"]}, n_groups {cfg["n_groups"]}, state {cfg["ssm_state_size"]}, conv {cfg["conv_kernel"]}, chunk {cfg["chunk_size"]} |
+| MLP | intermediate {cfg["intermediate_size"]}, ReLU² |
+| attention | {cfg["num_attention_heads"]} query heads / {cfg["num_key_value_heads"]} KV heads, head dim {cfg["head_dim"]} |
+| vocabulary | {cfg["vocab_size"]:,} (byte-level BPE, see DATA_CARD.md) |
 | stored as | bfloat16 safetensors (all numbers below are measured after loading it back in float32) |
 
 ## Quality (validation split, never trained on)
 
 | measure | value |
 |---|---:|
-| validation loss, whole split ({facts['full_windows']} windows × {facts['seq_len']}, {facts['full_tokens_predicted']:,} predicted tokens) | **{facts['val_loss']:.4f}** nats/token |
-| validation perplexity, whole split | **{facts['val_perplexity']:.2f}** |
-| unigram entropy of the validation tokens (best context-free model) | {facts['val_unigram_entropy']:.4f} nats/token |
-| validation loss, test subset (first {facts['subset_windows']} windows × {facts['seq_len']}, float32, batch 8) | {facts['subset_val_loss']:.4f} |
-| perplexity, test subset | {facts['subset_val_perplexity']:.2f} |
+| validation loss, whole split ({facts["full_windows"]} windows × {facts["seq_len"]}, {facts["full_tokens_predicted"]:,} predicted tokens) | **{facts["val_loss"]:.4f}** nats/token |
+| validation perplexity, whole split | **{facts["val_perplexity"]:.2f}** |
+| unigram entropy of the validation tokens (best context-free model) | {facts["val_unigram_entropy"]:.4f} nats/token |
+| validation loss, test subset (first {facts["subset_windows"]} windows × {facts["seq_len"]}, float32, batch 8) | {facts["subset_val_loss"]:.4f} |
+| perplexity, test subset | {facts["subset_val_perplexity"]:.2f} |
 
 `tests/test_demo.py` recomputes the subset loss from the shipped files and checks it against this card (tolerance 1e-3).
 
-Validation loss during training (in-training evaluation on the first {st['eval_windows']} windows, bf16 autocast):
+Validation loss during training (in-training evaluation on the first {st["eval_windows"]} windows, bf16 autocast):
 {curve}
 
 ## Training
@@ -141,14 +155,14 @@ Validation loss during training (in-training evaluation on the first {st['eval_w
 | | |
 |---|---|
 | data | demo corpus (Linux kernel docs, GPL-2.0; Python 3.11 docs, PSF-2.0), train split |
-| tokens seen | {summary['tokens_seen']:,} ({summary['steps']:,} steps × batch {st['batch_size']} × {st['seq_len']} tokens) |
-| optimiser | AdamW (β = 0.9, 0.95), lr {st['lr']}, weight decay {st['weight_decay']}, {st['warmup_steps']} warm-up steps, cosine to {st['min_lr_ratio']} × lr, grad clip {st['grad_clip']} |
+| tokens seen | {summary["tokens_seen"]:,} ({summary["steps"]:,} steps × batch {st["batch_size"]} × {st["seq_len"]} tokens) |
+| optimiser | AdamW (β = 0.9, 0.95), lr {st["lr"]}, weight decay {st["weight_decay"]}, {st["warmup_steps"]} warm-up steps, cosine to {st["min_lr_ratio"]} × lr, grad clip {st["grad_clip"]} |
 | precision | bf16 autocast on CPU, fp32 master weights |
-| seed | {st['seed']} |
-| wall time | {summary['wall_s'] / 60:.1f} min on a shared 2-core CPU ({st.get('threads') or 'default'} torch thread(s)), torch {run['torch']} |
-| data hashes (sha256) | train.npy `{run['data']['train.npy'][:16]}…`, val.npy `{run['data']['val.npy'][:16]}…`, tokenizer `{run['data']['tokenizer/tokenizer.json'][:16]}…` |
+| seed | {st["seed"]} |
+| wall time | {summary["wall_s"] / 60:.1f} min on a shared 2-core CPU ({st.get("threads") or "default"} torch thread(s)), torch {run["torch"]} |
+| data hashes (sha256) | train.npy `{run["data"]["train.npy"][:16]}…`, val.npy `{run["data"]["val.npy"][:16]}…`, tokenizer `{run["data"]["tokenizer/tokenizer.json"][:16]}…` |
 
-{facts.get('notes', '')}
+{facts.get("notes", "")}
 
 The full configuration, settings and hashes are in `train_run.json`; the loss curve is `train_metrics.jsonl`.
 Reproduce with `hybridlab data build --out data/corpus`, then
@@ -161,11 +175,9 @@ Reproduce with `hybridlab data build --out data/corpus`, then
 
 ## Limits
 
-A {run['parameters'] / 1e6:.1f}M-parameter model trained for well under an hour on two manuals: it writes text that
+A {run["parameters"] / 1e6:.1f}M-parameter model trained for well under an hour on two manuals: it writes text that
 looks like technical documentation but is not factual, and it knows nothing outside those manuals. It exists
 to exercise compression code, not to be used for anything else. The weights are derived from GPL-2.0 and
 PSF-licensed text.
 """
-    tmp = dest / ".MODEL_CARD.md.tmp"
-    tmp.write_text(card)
-    tmp.replace(dest / "MODEL_CARD.md")
+    write_text(dest / "MODEL_CARD.md", card)

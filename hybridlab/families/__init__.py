@@ -1,5 +1,6 @@
 """Model families hybridlab can prune. To add one (Bamba, GraniteMoeHybrid, FalconH1,
 Zamba2...), write one adapter file that builds a `Family` and list it here."""
+
 from __future__ import annotations
 
 from hybridlab.families import mamba2, nemotron_h
@@ -33,12 +34,23 @@ def family_for(model_or_config) -> Family:
             return family
     found = getattr(config, "architectures", None) or model_type or type(model_or_config).__name__
     raise ValueError(
-        f"hybridlab cannot prune {found}: supported model families are "
-        f"{', '.join(supported_architectures())}."
+        f"hybridlab cannot prune {found}: supported model families are {', '.join(supported_architectures())}."
     )
 
 
 __all__ = [
-    "ATTENTION", "LAYER_KINDS", "MAMBA", "MLP", "AttentionParts", "FAMILIES", "Family", "Layer",
-    "MambaParts", "MLPParts", "ModelParts", "Widths", "family_for", "supported_architectures",
+    "ATTENTION",
+    "LAYER_KINDS",
+    "MAMBA",
+    "MLP",
+    "AttentionParts",
+    "FAMILIES",
+    "Family",
+    "Layer",
+    "MambaParts",
+    "MLPParts",
+    "ModelParts",
+    "Widths",
+    "family_for",
+    "supported_architectures",
 ]

@@ -4,6 +4,7 @@
 The engine reads and writes weights only through these references, so the
 knowledge of tensor names stays in the adapter files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

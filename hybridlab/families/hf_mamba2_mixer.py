@@ -1,5 +1,6 @@
 """transformers' Mamba2 mixer layout, shared by every family that reuses it
 (NemotronH, Mamba2; Bamba and GraniteMoeHybrid copy it too)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,5 +1,6 @@
 """Mamba2 (transformers' Mamba2ForCausalLM): a pure state-space model, every layer a
 Mamba2 mixer behind a pre-RMSNorm and a residual."""
+
 from __future__ import annotations
 
 from torch import nn

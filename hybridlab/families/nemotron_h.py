@@ -1,5 +1,6 @@
 """NVIDIA Nemotron-H (transformers' NemotronHForCausalLM): Mamba2, ReLU² MLP and GQA
 attention layers, each one mixer behind a pre-RMSNorm and a residual."""
+
 from __future__ import annotations
 
 from torch import nn

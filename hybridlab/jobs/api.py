@@ -1,23 +1,23 @@
 """What the dashboard, notebooks and CLI call; nothing here exposes the worker's internals.
 
-    job_id = submit("importance", {"model": "demo"})
-    ensure_worker()                      # a background worker, if none is alive
-    get_job(job_id)["fraction"]          # poll: status, fraction, message, error, result
-    job_metrics(job_id)                  # tidy DataFrame: step, name, value, time
-    cancel(job_id)
-    list_candidates()                    # runs with their results as DataFrames
+job_id = submit("importance", {"model": "demo"})
+ensure_worker()                      # a background worker, if none is alive
+get_job(job_id)["fraction"]          # poll: status, fraction, message, error, result
+job_metrics(job_id)                  # tidy DataFrame: step, name, value, time
+cancel(job_id)
+list_candidates()                    # runs with their results as DataFrames
 """
+
 from __future__ import annotations
 
 import time
 
 import pandas as pd
 
-from hybridlab.jobs.queue import JobQueue
 from hybridlab.core.paths import workspace_dir
+from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.specs import validate_spec
-from hybridlab.store import FINISHED, Store, jobs_frame, metrics_frame, runs_frame
-from hybridlab.store import job_rows
+from hybridlab.store import FINISHED, Store, job_rows, jobs_frame, metrics_frame, runs_frame
 
 _stores: dict = {}
 _queues: dict = {}

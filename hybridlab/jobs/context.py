@@ -8,6 +8,7 @@ when the worker is shutting down or lost the job, so long work unwinds at its ne
 step. Work that checkpoints into `ctx.checkpoint_dir` resumes from there: the folder
 is the same for every attempt of a job.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hybridlab.core.progress import Cancelled, ProgressFn
-from hybridlab.store import artifact_path, relative_artifact, write_artifact_dir
-from hybridlab.store import job_rows, run_rows
+from hybridlab.store import artifact_path, job_rows, relative_artifact, run_rows, write_artifact_dir
 from hybridlab.store.db import Store
 
 PROGRESS_WRITE_INTERVAL_S = 0.25
@@ -82,8 +82,10 @@ class JobContext:
 
     def sub_progress(self, start: float, end: float) -> ProgressFn:
         """A ProgressFn for one stage of the job, mapped onto [start, end] of its fraction."""
+
         def report(fraction: float, message: str, metrics: dict | None = None) -> None:
             self.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message, metrics)
+
         return report
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:

@@ -6,6 +6,7 @@ stale and gets its job taken over. Each beat also reads the cancel flag and whet
 the job still belongs to this worker, and sets the matching `Flags` event that the
 job's progress callback raises on.
 """
+
 from __future__ import annotations
 
 import logging

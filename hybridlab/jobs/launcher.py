@@ -4,6 +4,7 @@ For the dashboard: the worker runs as its own process in its own session (so a
 Streamlit reload or Ctrl-C does not kill it), logging to <workspace>/logs/worker.log.
 A file lock makes concurrent calls (two browser tabs) start only one worker.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -13,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from hybridlab.jobs.worker import live_workers, workers_dir
 from hybridlab.core.paths import REPO_ROOT, workspace_dir
+from hybridlab.jobs.worker import live_workers, workers_dir
 
 START_TIMEOUT_S = 60.0
 
@@ -37,8 +38,10 @@ def ensure_worker(workspace=None, extra_args: tuple[str, ...] = (), stale_s: flo
                 break
             time.sleep(0.1)
         log_tail = _tail(workspace / "logs" / "worker.log")
-        raise RuntimeError(f"the background worker did not start (exit code {proc.poll()}); "
-                           f"last lines of {workspace / 'logs' / 'worker.log'}:\n{log_tail}")
+        raise RuntimeError(
+            f"the background worker did not start (exit code {proc.poll()}); "
+            f"last lines of {workspace / 'logs' / 'worker.log'}:\n{log_tail}"
+        )
 
 
 def _spawn(workspace: Path, extra_args: tuple[str, ...]) -> subprocess.Popen:
@@ -50,8 +53,12 @@ def _spawn(workspace: Path, extra_args: tuple[str, ...]) -> subprocess.Popen:
     with open(logs / "worker.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "hybridlab", "worker", "--workspace", str(workspace), *extra_args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
         )
 
 

@@ -8,6 +8,7 @@ message for a job that is no longer queued is ignored (claiming is atomic).
 Messages are JSON instead of huey's default pickle, so reading the queue can never
 run code from the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,12 @@ class JobQueue:
     def __init__(self, workspace: Path):
         self.path = Path(workspace) / QUEUE_FILE
         self.huey = SqliteHuey(
-            name="hybridlab", filename=str(self.path), results=False, utc=True,
-            serializer=JsonSerializer(), timeout=60,
+            name="hybridlab",
+            filename=str(self.path),
+            results=False,
+            utc=True,
+            serializer=JsonSerializer(),
+            timeout=60,
         )
         self.executor: Callable[[int], None] | None = None
         self._task = self.huey.task(name=TASK_NAME)(self._run)

@@ -7,6 +7,7 @@ folder; a job a CLI command ran synchronously is marked failed, since nobody is
 waiting for it to come back. Every queued job also gets a queue message if it lost
 its own (a submitter killed between writing the job and queuing it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,7 @@ import time
 
 from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.runner import SYNC_PREFIX
-from hybridlab.store import QUEUED, RUNNING, Store
-from hybridlab.store import job_rows
+from hybridlab.store import QUEUED, RUNNING, Store, job_rows
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,10 @@ def recover(store: Store, queue: JobQueue, stale_s: float) -> list[int]:
         if not presumed_dead(owner, job["heartbeat"], stale_s):
             continue
         if owner.startswith(SYNC_PREFIX):
-            error = (f"the command that ran this job ({owner}) stopped without finishing it; "
-                     "run it again (it resumes from the job's checkpoint folder where the kind supports it)")
+            error = (
+                f"the command that ran this job ({owner}) stopped without finishing it; "
+                "run it again (it resumes from the job's checkpoint folder where the kind supports it)"
+            )
             job_rows.fail_orphan(store, job["id"], owner, error)
         elif job_rows.release_job(store, job["id"], owner, f"worker {owner} stopped; resuming"):
             log.warning("job %s: worker %s stopped; re-queued to resume from its checkpoint", job["id"], owner)

@@ -9,6 +9,7 @@ Extra kinds (a user's own, or the test suite's) come from plugin modules that ca
 `register_kind` when imported: $HYBRIDLAB_JOB_PLUGINS="mod1,mod2" (read by every
 process on first use of the registry) or `hybridlab worker --plugin MODULE`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -75,7 +76,9 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
         try:
             importlib.import_module(name)
         except ImportError as err:
-            raise ValueError(f"job plugin module {name!r} cannot be imported ({err}); check its name and PYTHONPATH")
+            raise ValueError(
+                f"job plugin module {name!r} cannot be imported ({err}); check its name and PYTHONPATH"
+            ) from None
 
 
 def _load_builtins() -> None:

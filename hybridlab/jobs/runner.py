@@ -3,6 +3,7 @@
 The worker and `run_sync` (the CLI commands' synchronous path) share this code, so a
 job run in either place leaves the same records in the store.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,13 +13,12 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.jobs.context import Flags, Interrupted, JobContext
 from hybridlab.jobs.heartbeat import Heartbeat
 from hybridlab.jobs.registry import get_kind
 from hybridlab.jobs.specs import validate_spec
-from hybridlab.core.progress import Cancelled, ProgressFn
-from hybridlab.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, Store
-from hybridlab.store import job_rows, run_rows
+from hybridlab.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, Store, job_rows, run_rows
 
 log = logging.getLogger(__name__)
 SYNC_PREFIX = "sync:"
@@ -29,8 +29,15 @@ def worker_id(sync: bool = False) -> str:
     return f"{SYNC_PREFIX if sync else ''}{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_job(store: Store, job_id: int, worker: str, stopping: threading.Event | None = None,
-                heartbeat_s: float = 1.0, on_progress: ProgressFn | None = None, reraise: bool = False) -> str | None:
+def execute_job(
+    store: Store,
+    job_id: int,
+    worker: str,
+    stopping: threading.Event | None = None,
+    heartbeat_s: float = 1.0,
+    on_progress: ProgressFn | None = None,
+    reraise: bool = False,
+) -> str | None:
     """Run queued job `job_id` if this worker can claim it; returns the status it ended in
     (None: not claimed, or taken away). QUEUED means interrupted and waiting to resume."""
     if not job_rows.claim_job(store, job_id, worker):

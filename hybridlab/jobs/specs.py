@@ -5,14 +5,15 @@ values normalized (model paths made absolute), or raises JobSpecError naming eve
 problem at once: unknown kind, missing or unknown keys, wrong types, bad values.
 The helpers below are the `check` functions kinds use for their fields.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
 
+from hybridlab.core.paths import demo_teacher_dir
 from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
-from hybridlab.core.paths import demo_dir
 from hybridlab.store.artifacts import check_name
 
 
@@ -76,7 +77,7 @@ def _field_value(key: str, fld: Field, value):
         try:
             value = json.loads(json.dumps(value))
         except (TypeError, ValueError):
-            raise ValueError(f"{key!r} must hold only numbers, strings, booleans, lists and dicts")
+            raise ValueError(f"{key!r} must hold only numbers, strings, booleans, lists and dicts") from None
     if fld.check is not None:
         try:
             value = fld.check(value)
@@ -87,8 +88,14 @@ def _field_value(key: str, fld: Field, value):
 
 def _type_name(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    names = {bool: "true/false", int: "a whole number", float: "a number", str: "a string",
-             dict: "a dict", list: "a list"}
+    names = {
+        bool: "true/false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        dict: "a dict",
+        list: "a list",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -98,14 +105,18 @@ def _type_name(types) -> str:
 def model_ref(value: str) -> str:
     """'demo', or a local Hugging Face model directory (made absolute: the worker may run elsewhere)."""
     if value == "demo":
-        if not (demo_dir() / "teacher" / "config.json").is_file():
-            raise ValueError(f"the bundled demo teacher is missing at {demo_dir() / 'teacher'}; "
-                             "reinstall hybridlab from a full clone or pass a local model folder")
+        if not (demo_teacher_dir() / "config.json").is_file():
+            raise ValueError(
+                f"the bundled demo teacher is missing at {demo_teacher_dir()}; "
+                "reinstall hybridlab from a full clone or pass a local model folder"
+            )
         return value
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise ValueError(f"model {value!r} is neither 'demo' nor an existing directory; pass 'demo' or a local "
-                         "Hugging Face model folder")
+        raise ValueError(
+            f"model {value!r} is neither 'demo' nor an existing directory; pass 'demo' or a local "
+            "Hugging Face model folder"
+        )
     if not (path / "config.json").is_file():
         raise ValueError(f"model folder {value!r} has no config.json; point at a saved Hugging Face model")
     return str(path.resolve())
@@ -142,6 +153,7 @@ def one_of(*choices):
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
+
     return check
 
 

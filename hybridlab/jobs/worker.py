@@ -9,6 +9,7 @@ SIGTERM or Ctrl-C stops the worker gracefully: the running job is interrupted at
 its next progress report and put back in the queue, to resume from its checkpoint.
 A second signal exits at once (the job is then recovered like after a crash).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from hybridlab.core.atomic import write_text
 from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.recovery import pid_alive, recover
 from hybridlab.jobs.registry import load_plugins
@@ -30,8 +32,16 @@ log = logging.getLogger(__name__)
 WORKERS_DIR = "workers"
 
 
-def run_worker(workspace=None, *, poll_s: float = 0.2, heartbeat_s: float = 1.0, stale_s: float = 30.0,
-               max_jobs: int | None = None, exit_when_idle: bool = False, plugins: tuple[str, ...] = ()) -> int:
+def run_worker(
+    workspace=None,
+    *,
+    poll_s: float = 0.2,
+    heartbeat_s: float = 1.0,
+    stale_s: float = 30.0,
+    max_jobs: int | None = None,
+    exit_when_idle: bool = False,
+    plugins: tuple[str, ...] = (),
+) -> int:
     """Run jobs until stopped; returns how many jobs this worker ran."""
     load_plugins(plugins)
     store = Store(workspace)
@@ -112,11 +122,14 @@ class _WorkerBeat:
                 log.exception("worker beat failed")
 
     def _write(self) -> None:
-        record = {"worker": self.me, "pid": os.getpid(), "host": socket.gethostname(),
-                  "started": self.started, "heartbeat": time.time()}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.path)
+        record = {
+            "worker": self.me,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": self.started,
+            "heartbeat": time.time(),
+        }
+        write_text(self.path, json.dumps(record))
 
 
 def workers_dir(workspace: Path) -> Path:

@@ -18,6 +18,7 @@ a synchronize; on the CPU with time.perf_counter.
   the process is reused without raising the mark, so the delta is a lower bound. None where
   unavailable.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -97,16 +98,22 @@ def peak_memory(fn, device: torch.device) -> dict:
         fn()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {"peak_memory_bytes": peak, "peak_memory_delta_bytes": peak - before,
-                "memory_measure": "cuda max_memory_allocated"}
+        return {
+            "peak_memory_bytes": peak,
+            "peak_memory_delta_bytes": peak - before,
+            "memory_measure": "cuda max_memory_allocated",
+        }
     before = _rss_bytes("VmRSS")
     if before is None or not _reset_rss_peak():
         fn()
         return {"peak_memory_bytes": None, "peak_memory_delta_bytes": None, "memory_measure": "unavailable"}
     fn()
     peak = _rss_bytes("VmHWM")
-    return {"peak_memory_bytes": peak, "peak_memory_delta_bytes": max(peak - before, 0),
-            "memory_measure": "process resident-set high-water mark (VmHWM)"}
+    return {
+        "peak_memory_bytes": peak,
+        "peak_memory_delta_bytes": max(peak - before, 0),
+        "memory_measure": "process resident-set high-water mark (VmHWM)",
+    }
 
 
 def cache_bytes(cache) -> int | None:
@@ -147,8 +154,13 @@ def analytic_sizes(config, seq_len: int, batch_size: int, dtype_bytes: int) -> d
 
 
 def _check(batch_size: int, seq_len: int, new_tokens: int, repeats: int, warmup: int) -> None:
-    for name, value, least in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1),
-                               ("new_tokens", new_tokens, 2), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+    for name, value, least in (
+        ("batch_size", batch_size, 1),
+        ("seq_len", seq_len, 1),
+        ("new_tokens", new_tokens, 2),
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+    ):
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
 
@@ -178,11 +190,18 @@ def measure_latency(
 
     def generate(n: int):
         def run():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                 min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=False,
+                min_new_tokens=n,
+                max_new_tokens=n,
+                pad_token_id=pad_id,
+            )
             if out.shape != (batch_size, seq_len + n):  # [B, T + n]
                 raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(batch_size, seq_len + n)}")
             return out
+
         return run
 
     steps = 3 * (warmup + repeats) + 1

@@ -8,6 +8,7 @@ share one boundary token, so every token after the first is predicted exactly on
 All functions are deterministic, run in eval mode without gradients and restore the model's
 training flag afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hybridlab.core.progress import ProgressFn, subrange, track
 from hybridlab.measure.lmeval.harness import check_task_inputs, prepare_task_manager, run_lm_eval
-from hybridlab.core.progress import ProgressFn, track
 
 VAL_LOSS_TASK = "val_loss"
 
@@ -178,20 +179,22 @@ def evaluate(
     report: dict[str, dict] = {}
     split = 1.0 / len(tasks) if VAL_LOSS_TASK in tasks else 0.0
 
-    def sub_progress(lo: float, hi: float):
-        if progress is None:
-            return None
-        return lambda fraction, message, metrics: progress(lo + (hi - lo) * fraction, message, metrics)
-
     if VAL_LOSS_TASK in tasks:
         report[VAL_LOSS_TASK] = validation_loss(
-            model, val_tokens, seq_len, batch_size, max_tokens, progress=sub_progress(0.0, split)
+            model, val_tokens, seq_len, batch_size, max_tokens, progress=subrange(progress, 0.0, split)
         )
     if lm_tasks:
         report.update(
             run_lm_eval(
-                model, tokenizer, lm_tasks, val_tokens=val_tokens, limit=limit, batch_size=batch_size,
-                include_path=include_path, task_manager=task_manager, progress=sub_progress(split, 1.0),
+                model,
+                tokenizer,
+                lm_tasks,
+                val_tokens=val_tokens,
+                limit=limit,
+                batch_size=batch_size,
+                include_path=include_path,
+                task_manager=task_manager,
+                progress=subrange(progress, split, 1.0),
             )
         )
     return {name: report[name] for name in tasks}

@@ -1,4 +1,5 @@
 """Published architectures, buildable on the meta device, for planning at full scale."""
+
 from __future__ import annotations
 
 from hybridlab.model.spec import PruneSpec

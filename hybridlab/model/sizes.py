@@ -3,6 +3,7 @@
 Parameter counts are exact (tests compare them with what transformers builds on the
 meta device). FLOPs and state memory are analytic estimates for inference.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -81,7 +82,9 @@ def flops_per_token(w: Widths, seq_len: int) -> float:
     return flops
 
 
-def state_bytes(w: Widths, seq_len: int, batch_size: int, dtype_bytes: int = 2, ssm_dtype_bytes: int = 4) -> tuple[int, int]:
+def state_bytes(
+    w: Widths, seq_len: int, batch_size: int, dtype_bytes: int = 2, ssm_dtype_bytes: int = 4
+) -> tuple[int, int]:
     """(KV cache bytes, Mamba state bytes). The SSM state is kept in float32 by default
     (transformers' mamba_ssm_cache_dtype), the rest in the model dtype."""
     kv = w.count(ATTENTION) * 2 * w.num_key_value_heads * w.attention_head_dim * seq_len * batch_size * dtype_bytes
@@ -133,6 +136,8 @@ def proportional_kinds(kinds: tuple[str, ...], keep: int) -> tuple[str, ...]:
     return tuple(kinds[i] for i in picked)
 
 
-def estimate_sizes(config, spec: PruneSpec | None = None, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2) -> Sizes:
+def estimate_sizes(
+    config, spec: PruneSpec | None = None, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2
+) -> Sizes:
     """Parameters, FLOPs/token and inference-state memory for `config` pruned by `spec`."""
     return sizes_of(planned_widths(config, spec), seq_len, batch_size, dtype_bytes)

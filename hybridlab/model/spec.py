@@ -3,6 +3,7 @@
 Every field left as None keeps the model's own size. `resolve` turns a spec into the
 pruned model's `Widths` and rejects invalid specs before any work is done.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -85,12 +86,18 @@ def resolve(spec: PruneSpec, widths: Widths, kept_kinds: tuple[str, ...] | None 
     kept_layer_count(spec, widths)
     new = widths.with_(
         hidden_size=_check_size("hidden_size", spec.hidden_size, widths.hidden_size, True),
-        ffn_hidden_size=_check_size("ffn_hidden_size", spec.ffn_hidden_size, widths.ffn_hidden_size, MLP in widths.layer_kinds),
+        ffn_hidden_size=_check_size(
+            "ffn_hidden_size", spec.ffn_hidden_size, widths.ffn_hidden_size, MLP in widths.layer_kinds
+        ),
         num_attention_heads=_check_size(
             "num_attention_heads", spec.num_attention_heads, widths.num_attention_heads, ATTENTION in widths.layer_kinds
         ),
-        mamba_num_heads=_check_size("mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, MAMBA in widths.layer_kinds),
-        mamba_head_dim=_check_size("mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, MAMBA in widths.layer_kinds),
+        mamba_num_heads=_check_size(
+            "mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, MAMBA in widths.layer_kinds
+        ),
+        mamba_head_dim=_check_size(
+            "mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, MAMBA in widths.layer_kinds
+        ),
         layer_kinds=tuple(kinds),
     )
     if new.mamba_num_heads % widths.mamba_n_groups:

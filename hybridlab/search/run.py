@@ -7,6 +7,7 @@
 4. pick the lowest distilled loss, breaking near-ties by measured latency.
 Every candidate's numbers are recorded, so the Pareto frontier can be drawn from them.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hybridlab.search.space import Candidate, SearchSpace, check_reachable, enumerate_candidates, parse_target, pick_diverse
-from hybridlab.training.distill import DistillSettings, distill
-from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
-from hybridlab.core.progress import ProgressFn, track
 from hybridlab.compression.prune import prune
+from hybridlab.core.progress import ProgressFn, subrange, track
+from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
 from hybridlab.model.sizes import estimate_sizes
+from hybridlab.search.space import (
+    Candidate,
+    SearchSpace,
+    check_reachable,
+    enumerate_candidates,
+    parse_target,
+    pick_diverse,
+)
+from hybridlab.training.distill import DistillSettings, distill
 
 RANK_BY = ("loss", "kl")
 
@@ -54,7 +62,9 @@ class SearchSettings:
         if self.tolerance <= 0:
             raise ValueError(f"tolerance must be positive, got {self.tolerance}")
         if self.distill_tokens and self.top_k and self.distill_tokens < self.batch_size * self.seq_len:
-            raise ValueError(f"distill_tokens={self.distill_tokens} is less than one batch ({self.batch_size} x {self.seq_len})")
+            raise ValueError(
+                f"distill_tokens={self.distill_tokens} is less than one batch ({self.batch_size} x {self.seq_len})"
+            )
         self.space.validate()
 
 
@@ -66,9 +76,17 @@ class SearchResult:
     out_dir: Path | None
 
 
-def search(model, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, settings: SearchSettings,
-           scores: ImportanceScores | None = None, calib_batches: list | None = None,
-           out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> SearchResult:
+def search(
+    model,
+    tokenizer,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    settings: SearchSettings,
+    scores: ImportanceScores | None = None,
+    calib_batches: list | None = None,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> SearchResult:
     settings.validate()
     total = sum(p.numel() for p in model.parameters())
     target = parse_target(settings.target_params, total)
@@ -76,14 +94,20 @@ def search(model, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, s
     if scores is None:
         if not calib_batches:
             raise ValueError("search needs importance scores or calibration batches to compute them")
-        scores = estimate_importance(model, calib_batches, layer_metric=settings.space.layer_metric, progress=_part(progress, 0.0, 0.1))
-    candidates = enumerate_candidates(model.config, scores, target, settings.tolerance, settings.space, settings.seq_len)
+        scores = estimate_importance(
+            model, calib_batches, layer_metric=settings.space.layer_metric, progress=subrange(progress, 0.0, 0.1)
+        )
+    candidates = enumerate_candidates(
+        model.config, scores, target, settings.tolerance, settings.space, settings.seq_len
+    )
     chosen = pick_diverse(candidates, settings.max_candidates, target)
     out = Path(out_dir) if out_dir is not None else None
 
     teacher_row = _teacher_row(model, val_tokens, settings)
-    rows = [_zero_shot(model, c, scores, val_tokens, settings, teacher_row) for c in
-            track(chosen, len(chosen), "search: zero-shot ranking", progress, 0.1, 0.4)]
+    rows = [
+        _zero_shot(model, c, scores, val_tokens, settings, teacher_row)
+        for c in track(chosen, len(chosen), "search: zero-shot ranking", progress, 0.1, 0.4)
+    ]
     rows.sort(key=lambda r: r["zero_shot_" + settings.rank_by])
     for rank, row in enumerate(rows, 1):
         row["zero_shot_rank"] = rank
@@ -109,18 +133,17 @@ def search(model, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, s
     return SearchResult(frame, best, best_model, out)
 
 
-def _part(progress, lo, hi):
-    if progress is None:
-        return None
-    return lambda fraction, message, metrics: progress(lo + (hi - lo) * fraction, message, metrics)
-
-
 def _teacher_row(model, val_tokens, settings: SearchSettings) -> dict:
     sizes = estimate_sizes(model.config, seq_len=settings.seq_len)
-    row = {"name": "teacher", "strategy": "teacher", "spec": "{}", "params": sizes.params,
-           "flops_per_token": sizes.flops_per_token,
-           "zero_shot_loss": validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"],
-           "zero_shot_kl": 0.0}
+    row = {
+        "name": "teacher",
+        "strategy": "teacher",
+        "spec": "{}",
+        "params": sizes.params,
+        "flops_per_token": sizes.flops_per_token,
+        "zero_shot_loss": validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"],
+        "zero_shot_kl": 0.0,
+    }
     if settings.measure_latency:
         row["latency_ms"] = _prefill_ms(model, settings)
         row["estimated_latency_ms"] = row["latency_ms"]
@@ -134,22 +157,49 @@ def _zero_shot(teacher, candidate: Candidate, scores, val_tokens, settings: Sear
         loss, kl = measured["loss"], measured["kl"]
     else:
         loss, kl = validation_loss(student, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"], None
-    row = {"name": candidate.name, "strategy": candidate.strategy, "spec": json.dumps(candidate.spec.to_dict()),
-           "params": candidate.params, "flops_per_token": candidate.flops_per_token,
-           "zero_shot_loss": loss, "zero_shot_kl": kl, "_model": student}
+    row = {
+        "name": candidate.name,
+        "strategy": candidate.strategy,
+        "spec": json.dumps(candidate.spec.to_dict()),
+        "params": candidate.params,
+        "flops_per_token": candidate.flops_per_token,
+        "zero_shot_loss": loss,
+        "zero_shot_kl": kl,
+        "_model": student,
+    }
     if "latency_ms" in teacher_row:  # latency scales with FLOPs to first order
-        row["estimated_latency_ms"] = teacher_row["latency_ms"] * candidate.flops_per_token / teacher_row["flops_per_token"]
+        row["estimated_latency_ms"] = (
+            teacher_row["latency_ms"] * candidate.flops_per_token / teacher_row["flops_per_token"]
+        )
     return row
 
 
-def _distil_finalist(teacher, tokenizer, row, scores, train_tokens, val_tokens, settings: SearchSettings, out, index: int):
+def _distil_finalist(
+    teacher, tokenizer, row, scores, train_tokens, val_tokens, settings: SearchSettings, out, index: int
+):
     student = row["_model"]
     run_dir = (out / "runs" / row["name"]) if out is not None else Path(_tempdir()) / row["name"]
-    kd = DistillSettings(tokens=settings.distill_tokens, seq_len=settings.seq_len, batch_size=settings.batch_size,
-                         lr=settings.distill_lr, eval_every=10**9, checkpoint_every=10**9, eval_tokens=settings.eval_tokens,
-                         seed=settings.seed + index)
-    result = distill(student, teacher, train_tokens, val_tokens, kd, run_dir, resume=(run_dir / "checkpoint" / "state.pt").exists(),
-                     student_tokenizer=tokenizer, teacher_tokenizer=tokenizer)
+    kd = DistillSettings(
+        tokens=settings.distill_tokens,
+        seq_len=settings.seq_len,
+        batch_size=settings.batch_size,
+        lr=settings.distill_lr,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        eval_tokens=settings.eval_tokens,
+        seed=settings.seed + index,
+    )
+    result = distill(
+        student,
+        teacher,
+        train_tokens,
+        val_tokens,
+        kd,
+        run_dir,
+        resume=(run_dir / "checkpoint" / "state.pt").exists(),
+        student_tokenizer=tokenizer,
+        teacher_tokenizer=tokenizer,
+    )
     row["distilled_loss"] = result["val_loss"]
     row["distill_tokens"] = result["tokens"]
     if settings.measure_latency:
@@ -157,7 +207,9 @@ def _distil_finalist(teacher, tokenizer, row, scores, train_tokens, val_tokens, 
     if settings.accuracy_task:
         from hybridlab.measure.evaluate import evaluate
 
-        report = evaluate(student, tokenizer, [settings.accuracy_task], val_tokens=val_tokens, limit=settings.accuracy_limit)
+        report = evaluate(
+            student, tokenizer, [settings.accuracy_task], val_tokens=val_tokens, limit=settings.accuracy_limit
+        )
         row["accuracy"] = report[settings.accuracy_task].get("acc")
 
 
@@ -173,7 +225,9 @@ def _choose(rows: list[dict], settings: SearchSettings) -> dict:
 def _prefill_ms(model, settings: SearchSettings) -> float:
     from hybridlab.measure.bench import measure_latency
 
-    return measure_latency(model, batch_size=1, seq_len=settings.seq_len, new_tokens=2, repeats=3, warmup=1)["prefill_ms"]
+    return measure_latency(model, batch_size=1, seq_len=settings.seq_len, new_tokens=2, repeats=3, warmup=1)[
+        "prefill_ms"
+    ]
 
 
 def _tempdir() -> str:

@@ -5,6 +5,7 @@ depth down to `1 - max_depth_prune` of the layers, dropping the least important 
 by a layer metric (or the least important contiguous block). Every candidate carries
 explicit drop_layers, so its parameter count is exact.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from hybridlab.training.distill import parse_token_count
 from hybridlab.compression.prune import least_important_layers
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
+from hybridlab.training.distill import parse_token_count
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def width_values(current: int, divisor: int, max_prune: float) -> list[int]:
     return sorted(values, reverse=True)
 
 
-def layers_to_drop(layer_scores: torch.Tensor, count: int, contiguous: bool, widths=None, family=None) -> tuple[int, ...]:
+def layers_to_drop(
+    layer_scores: torch.Tensor, count: int, contiguous: bool, widths=None, family=None
+) -> tuple[int, ...]:
     if count == 0:
         return ()
     if not contiguous:
@@ -100,7 +103,9 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
         ffn_hidden_size=shrink(widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32)),
         mamba_num_heads=shrink(widths.mamba_num_heads, widths.mamba_n_groups),
         mamba_head_dim=shrink(widths.mamba_head_dim, space.head_dim_divisor),
-        num_attention_heads=shrink(widths.num_attention_heads, widths.num_key_value_heads) if space.prune_attention else widths.num_attention_heads,
+        num_attention_heads=shrink(widths.num_attention_heads, widths.num_key_value_heads)
+        if space.prune_attention
+        else widths.num_attention_heads,
         layer_kinds=proportional_kinds(widths.layer_kinds, keep),
     )
     floor = sizes_of(smallest).params
@@ -112,8 +117,9 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
         )
 
 
-def enumerate_candidates(config, scores, target_params: int, tolerance: float, space: SearchSpace = SearchSpace(),
-                         seq_len: int = 4096) -> list[Candidate]:
+def enumerate_candidates(
+    config, scores, target_params: int, tolerance: float, space: SearchSpace = SearchSpace(), seq_len: int = 4096
+) -> list[Candidate]:
     """Every spec of the space whose exact parameter count is within tolerance of the target."""
     space.validate()
     widths = family_for(config).widths(config)
@@ -121,16 +127,28 @@ def enumerate_candidates(config, scores, target_params: int, tolerance: float, s
         raise ValueError(f"these scores have no {space.layer_metric!r} layer metric (have {sorted(scores.layers)})")
     w_prune = space.max_width_prune
     axes = {
-        "hidden_size": width_values(widths.hidden_size, space.hidden_divisor or max(1, widths.hidden_size // 16), w_prune),
-        "ffn_hidden_size": width_values(widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32), w_prune)
-        if MLP in widths.layer_kinds else [None],
-        "mamba_num_heads": width_values(widths.mamba_num_heads, widths.mamba_n_groups, w_prune) if MAMBA in widths.layer_kinds else [None],
-        "mamba_head_dim": width_values(widths.mamba_head_dim, space.head_dim_divisor, w_prune) if MAMBA in widths.layer_kinds else [None],
+        "hidden_size": width_values(
+            widths.hidden_size, space.hidden_divisor or max(1, widths.hidden_size // 16), w_prune
+        ),
+        "ffn_hidden_size": width_values(
+            widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32), w_prune
+        )
+        if MLP in widths.layer_kinds
+        else [None],
+        "mamba_num_heads": width_values(widths.mamba_num_heads, widths.mamba_n_groups, w_prune)
+        if MAMBA in widths.layer_kinds
+        else [None],
+        "mamba_head_dim": width_values(widths.mamba_head_dim, space.head_dim_divisor, w_prune)
+        if MAMBA in widths.layer_kinds
+        else [None],
         "num_attention_heads": width_values(widths.num_attention_heads, widths.num_key_value_heads, w_prune)
-        if space.prune_attention and ATTENTION in widths.layer_kinds else [None],
+        if space.prune_attention and ATTENTION in widths.layer_kinds
+        else [None],
     }
     min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
-    depths = [n for n in range(widths.num_layers, min_layers - 1, -1) if (widths.num_layers - n) % space.layer_divisor == 0]
+    depths = [
+        n for n in range(widths.num_layers, min_layers - 1, -1) if (widths.num_layers - n) % space.layer_divisor == 0
+    ]
     layer_scores = scores.layers[space.layer_metric]
     family = family_for(config)
     drops = {}
@@ -144,7 +162,7 @@ def enumerate_candidates(config, scores, target_params: int, tolerance: float, s
     found: list[Candidate] = []
     for values in itertools.product(*axes.values()):
         width_spec = {k: v for k, v in zip(axes, values) if v is not None and v != getattr(widths, k)}
-        for n_layers, drop in drops.items():
+        for drop in drops.values():
             spec = PruneSpec(**width_spec, drop_layers=drop or None)
             if spec.is_empty():
                 continue
@@ -183,7 +201,13 @@ def round_robin(queues: list[list], limit: int) -> list:
     return picked
 
 
-SHORT = {"hidden_size": "h", "ffn_hidden_size": "ffn", "num_attention_heads": "att", "mamba_num_heads": "mh", "mamba_head_dim": "md"}
+SHORT = {
+    "hidden_size": "h",
+    "ffn_hidden_size": "ffn",
+    "num_attention_heads": "att",
+    "mamba_num_heads": "mh",
+    "mamba_head_dim": "md",
+}
 
 
 def _name(spec: PruneSpec) -> str:

@@ -5,6 +5,7 @@ plain path component: no separators, no "..", nothing absolute. An artifact is
 built in a hidden temporary folder next to its final place and renamed when
 complete, so a reader (or a resumed job) never sees half of one.
 """
+
 from __future__ import annotations
 
 import contextlib

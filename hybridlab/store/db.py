@@ -4,6 +4,7 @@ WAL lets the dashboard read while a worker writes; every write is a short
 BEGIN IMMEDIATE transaction (it takes the write lock up front, so SQLite's busy
 timeout applies instead of failing with "database is locked" on a lock upgrade).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,4 +108,6 @@ def _plain(value: Any) -> Any:
         return sorted(value)
     if hasattr(value, "to_dict"):
         return value.to_dict()
-    raise TypeError(f"cannot store {type(value).__name__} {value!r} as JSON; convert it to numbers, strings, lists or dicts")
+    raise TypeError(
+        f"cannot store {type(value).__name__} {value!r} as JSON; convert it to numbers, strings, lists or dicts"
+    )

@@ -4,6 +4,7 @@ Run tables are flattened: the run's own columns, then every key of its result as
 column (nested dicts joined with '.'), then its spec as `spec.<key>` columns.
 Timestamps become pandas datetimes (UTC).
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,8 +13,20 @@ from hybridlab.store.db import Store
 from hybridlab.store.job_rows import job_rows
 from hybridlab.store.run_rows import run_rows
 
-JOB_COLUMNS = ["id", "kind", "status", "fraction", "message", "error", "attempts", "worker",
-               "created_at", "started_at", "finished_at", "heartbeat"]
+JOB_COLUMNS = [
+    "id",
+    "kind",
+    "status",
+    "fraction",
+    "message",
+    "error",
+    "attempts",
+    "worker",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "heartbeat",
+]
 RUN_COLUMNS = ["id", "job_id", "name", "model_ref", "status", "artifact", "created_at", "finished_at"]
 METRIC_COLUMNS = ["step", "name", "value", "time"]
 _TIMES = ["created_at", "started_at", "finished_at", "heartbeat", "time"]

@@ -6,6 +6,7 @@ still queued, and a worker may only touch a running job it owns (`worker` matche
 A worker that lost its job (re-queued after it was presumed dead) learns so from
 the rowcount and stops.
 """
+
 from __future__ import annotations
 
 import time

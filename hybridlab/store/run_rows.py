@@ -6,6 +6,7 @@ and completes the row it started instead of adding a second one; a metric point 
 keyed by (job_id, name, step), so steps replayed after a resume overwrite their
 earlier values instead of duplicating them.
 """
+
 from __future__ import annotations
 
 import time

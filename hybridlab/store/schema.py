@@ -5,6 +5,7 @@ applies the missing ones in order inside one write transaction, so an older data
 is upgraded in place without losing rows, and two processes opening a fresh store at
 the same time cannot both migrate it.
 """
+
 from __future__ import annotations
 
 import sqlite3

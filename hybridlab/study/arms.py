@@ -12,6 +12,7 @@ Comparisons (paper section and what it found):
   SSM whole, at equal parameters (Table 1, candidates 1 and 2: equal loss);
 - importance_vs_random: one spec, importance ranking versus seeded random ranking.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
-from hybridlab.families import ATTENTION, MAMBA, family_for
 from hybridlab.compression.prune import prune, top_k
+from hybridlab.families import ATTENTION, MAMBA, family_for
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
+from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
 
 WIDTH_VS_DEPTH = "width_vs_depth"
 HEADS_VS_CHANNELS = "heads_vs_channels"
@@ -32,7 +33,14 @@ GROUP_VS_GLOBAL = "group_vs_global"
 SSM_PRUNED_VS_WHOLE = "ssm_pruned_vs_whole"
 IMPORTANCE_VS_RANDOM = "importance_vs_random"
 FROM_SCRATCH = "from_scratch"
-COMPARISONS = (WIDTH_VS_DEPTH, HEADS_VS_CHANNELS, GROUP_VS_GLOBAL, SSM_PRUNED_VS_WHOLE, IMPORTANCE_VS_RANDOM, FROM_SCRATCH)
+COMPARISONS = (
+    WIDTH_VS_DEPTH,
+    HEADS_VS_CHANNELS,
+    GROUP_VS_GLOBAL,
+    SSM_PRUNED_VS_WHOLE,
+    IMPORTANCE_VS_RANDOM,
+    FROM_SCRATCH,
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,13 @@ class Arm:
         return "-".join(parts)
 
 
-SHORT = {"hidden_size": "h", "ffn_hidden_size": "ffn", "num_attention_heads": "att", "mamba_num_heads": "mh", "mamba_head_dim": "md"}
+SHORT = {
+    "hidden_size": "h",
+    "ffn_hidden_size": "ffn",
+    "num_attention_heads": "att",
+    "mamba_num_heads": "mh",
+    "mamba_head_dim": "md",
+}
 
 
 def spec_name(spec: PruneSpec) -> str:
@@ -76,12 +90,19 @@ def params_of(config, spec: PruneSpec) -> int:
 
 # -- width-only candidates (the paper's search space without depth or head-dim pruning) ----
 
-def width_candidates(config, scores, target: int, tolerance: float, max_width_prune: float, layer_metric: str) -> list[Candidate]:
+
+def width_candidates(
+    config, scores, target: int, tolerance: float, max_width_prune: float, layer_metric: str
+) -> list[Candidate]:
     """Width-only specs within tolerance of the target: hidden, FFN and Mamba heads shrink;
     the Mamba head dim stays (the paper's candidates 1 and 2 keep it)."""
     widths = family_for(config).widths(config)
-    space = SearchSpace(max_width_prune=max_width_prune, max_depth_prune=0.0,
-                        head_dim_divisor=max(widths.mamba_head_dim, 1), layer_metric=layer_metric)
+    space = SearchSpace(
+        max_width_prune=max_width_prune,
+        max_depth_prune=0.0,
+        head_dim_divisor=max(widths.mamba_head_dim, 1),
+        layer_metric=layer_metric,
+    )
     return enumerate_candidates(config, scores, target, tolerance, space)
 
 
@@ -107,6 +128,7 @@ def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> l
 
 # -- depth-only ---------------------------------------------------------------------------
 
+
 def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpec:
     """Drop the least important layers (lowest score first) until the parameter count is
     closest to the target. At least one layer stays, and so does the last attention layer:
@@ -129,6 +151,7 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
 
 
 # -- Mamba heads versus head channels (Figure 7) --------------------------------------------
+
 
 def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
     """(heads spec, channels spec) removing about `fraction` of the SSM width H*P each way:
@@ -161,6 +184,7 @@ def sweep_arms(config, fractions: list[float]) -> list[Arm]:
 
 # -- group-aware versus global ranking --------------------------------------------------------
 
+
 def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
     """(kept heads that global ranking moves into another group, kept heads in all), summed over
     Mamba layers: with global ranking the j-th kept head reads the B/C of group j // (H'/G)."""
@@ -180,6 +204,7 @@ def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
 
 # -- the plan -----------------------------------------------------------------------------------
 
+
 def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str = "kl"):
     """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report)."""
     config = teacher.config
@@ -189,13 +214,22 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
     ranked = pd.DataFrame(columns=["name", "spec", "params", "prunes_mamba_heads", "zero_shot_loss"])
     zero_shot: dict[str, float] = {}
     if wanted - {HEADS_VS_CHANNELS}:
-        candidates = width_candidates(config, scores, target, settings.tolerance, settings.max_width_prune, layer_metric)
+        candidates = width_candidates(
+            config, scores, target, settings.tolerance, settings.max_width_prune, layer_metric
+        )
         rows = []
         for candidate in shortlist(candidates, config, target, settings.max_candidates):
             loss = loss_of(prune(teacher, candidate.spec, scores, layer_metric=layer_metric))
-            rows.append({"name": candidate.name, "spec": spec_json(candidate.spec), "params": candidate.params,
-                         "prunes_mamba_heads": prunes_heads(candidate.spec, config), "zero_shot_loss": loss,
-                         "_spec": candidate.spec})
+            rows.append(
+                {
+                    "name": candidate.name,
+                    "spec": spec_json(candidate.spec),
+                    "params": candidate.params,
+                    "prunes_mamba_heads": prunes_heads(candidate.spec, config),
+                    "zero_shot_loss": loss,
+                    "_spec": candidate.spec,
+                }
+            )
             zero_shot[Arm("", "", candidate.spec).run_key] = loss
         rows.sort(key=lambda r: r["zero_shot_loss"])
         width_best = rows[0]["_spec"]
@@ -204,27 +238,52 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
         ranked = pd.DataFrame([{k: v for k, v in r.items() if k != "_spec"} for r in rows])
         needs_pruned = wanted & {SSM_PRUNED_VS_WHOLE, GROUP_VS_GLOBAL, IMPORTANCE_VS_RANDOM}
         if needs_pruned and not pruned:
-            raise ValueError(f"no width-only candidate near {target:,} parameters prunes Mamba heads; widen --tolerance or --max-width-prune")
+            raise ValueError(
+                f"no width-only candidate near {target:,} parameters prunes Mamba heads; widen --tolerance or --max-width-prune"
+            )
         if WIDTH_VS_DEPTH in wanted:
             depth = depth_only_spec(config, scores.layers[layer_metric], target)
-            arms += [Arm(WIDTH_VS_DEPTH, "width-only", width_best, note="best width-only candidate zero-shot"),
-                     Arm(WIDTH_VS_DEPTH, "depth-only", depth,
-                         note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL"
-                              + ("; the last attention layer always stays" if ATTENTION in family_for(config).widths(config).layer_kinds else ""))]
+            arms += [
+                Arm(WIDTH_VS_DEPTH, "width-only", width_best, note="best width-only candidate zero-shot"),
+                Arm(
+                    WIDTH_VS_DEPTH,
+                    "depth-only",
+                    depth,
+                    note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL"
+                    + (
+                        "; the last attention layer always stays"
+                        if ATTENTION in family_for(config).widths(config).layer_kinds
+                        else ""
+                    ),
+                ),
+            ]
         if SSM_PRUNED_VS_WHOLE in wanted:
             if not whole:
-                raise ValueError(f"no width-only candidate near {target:,} parameters keeps the SSM whole; widen --tolerance")
-            arms += [Arm(SSM_PRUNED_VS_WHOLE, "prunes Mamba heads", pruned[0]),
-                     Arm(SSM_PRUNED_VS_WHOLE, "SSM whole", whole[0])]
+                raise ValueError(
+                    f"no width-only candidate near {target:,} parameters keeps the SSM whole; widen --tolerance"
+                )
+            arms += [
+                Arm(SSM_PRUNED_VS_WHOLE, "prunes Mamba heads", pruned[0]),
+                Arm(SSM_PRUNED_VS_WHOLE, "SSM whole", whole[0]),
+            ]
         if GROUP_VS_GLOBAL in wanted:
             moved, kept = mispaired_heads(scores, config, pruned[0])
             facts["global_ranking_moved_heads"], facts["global_ranking_kept_heads"] = moved, kept
-            arms += [Arm(GROUP_VS_GLOBAL, "group-aware", pruned[0]),
-                     Arm(GROUP_VS_GLOBAL, "global", pruned[0], mamba_ranking="global",
-                         note=f"global ranking pairs {moved} of {kept} kept heads with another group's B/C")]
+            arms += [
+                Arm(GROUP_VS_GLOBAL, "group-aware", pruned[0]),
+                Arm(
+                    GROUP_VS_GLOBAL,
+                    "global",
+                    pruned[0],
+                    mamba_ranking="global",
+                    note=f"global ranking pairs {moved} of {kept} kept heads with another group's B/C",
+                ),
+            ]
         if IMPORTANCE_VS_RANDOM in wanted:
-            arms += [Arm(IMPORTANCE_VS_RANDOM, "importance", pruned[0]),
-                     Arm(IMPORTANCE_VS_RANDOM, f"random (seed {settings.seed})", pruned[0], ranking="random")]
+            arms += [
+                Arm(IMPORTANCE_VS_RANDOM, "importance", pruned[0]),
+                Arm(IMPORTANCE_VS_RANDOM, f"random (seed {settings.seed})", pruned[0], ranking="random"),
+            ]
     if HEADS_VS_CHANNELS in wanted:
         arms += sweep_arms(config, list(settings.ssm_sweep))
     return arms, ranked, zero_shot, facts

@@ -1,14 +1,21 @@
 """docs/results.md from a finished study: the measured table, the command that regenerates it,
 and one paragraph per finding. Every number comes from the study's results and summary;
 the paper's findings are named, never quoted as numbers."""
+
 from __future__ import annotations
 
 import math
 
 import pandas as pd
 
-from hybridlab.study.arms import (FROM_SCRATCH, GROUP_VS_GLOBAL, HEADS_VS_CHANNELS, IMPORTANCE_VS_RANDOM,
-                                  SSM_PRUNED_VS_WHOLE, WIDTH_VS_DEPTH)
+from hybridlab.study.arms import (
+    FROM_SCRATCH,
+    GROUP_VS_GLOBAL,
+    HEADS_VS_CHANNELS,
+    IMPORTANCE_VS_RANDOM,
+    SSM_PRUNED_VS_WHOLE,
+    WIDTH_VS_DEPTH,
+)
 
 TIE = 0.005  # relative: losses closer than this count as a tie (one seed per arm, no error bars)
 
@@ -25,9 +32,13 @@ def render(results: pd.DataFrame, summary: dict, settings: dict, candidates: pd.
     if candidates is not None and len(candidates):
         parts.append(_candidates(candidates))
     parts.append("## Findings\n")
-    for comparison, writer in ((WIDTH_VS_DEPTH, _width_vs_depth), (HEADS_VS_CHANNELS, _heads_vs_channels),
-                               (GROUP_VS_GLOBAL, _group_vs_global), (SSM_PRUNED_VS_WHOLE, _ssm_pruned_vs_whole),
-                               (IMPORTANCE_VS_RANDOM, _importance_vs_random)):
+    for comparison, writer in (
+        (WIDTH_VS_DEPTH, _width_vs_depth),
+        (HEADS_VS_CHANNELS, _heads_vs_channels),
+        (GROUP_VS_GLOBAL, _group_vs_global),
+        (SSM_PRUNED_VS_WHOLE, _ssm_pruned_vs_whole),
+        (IMPORTANCE_VS_RANDOM, _importance_vs_random),
+    ):
         arms = [r for r in rows if r["comparison"] == comparison]
         if arms:
             parts.append(writer(arms, teacher, summary))
@@ -37,7 +48,11 @@ def render(results: pd.DataFrame, summary: dict, settings: dict, candidates: pd.
 
 
 def _header(summary: dict, s: dict, teacher: dict) -> str:
-    top_k = f"the teacher's top-{s['teacher_top_k']} logits, cached once" if s.get("teacher_top_k") else "the live teacher's full logits"
+    top_k = (
+        f"the teacher's top-{s['teacher_top_k']} logits, cached once"
+        if s.get("teacher_top_k")
+        else "the live teacher's full logits"
+    )
     model = "the demo teacher" if summary.get("model") in (None, "demo") else f"`{summary['model']}`"
     return f"""# Results: the Minitron-SSM ablations on {model}
 
@@ -46,40 +61,49 @@ rows are `results.csv` and the loss curves `results_curves.csv`, both next to th
 Regenerate everything with:
 
 ```
-{summary.get('command') or 'hybridlab study'}
+{summary.get("command") or "hybridlab study"}
 ```
 
-**Setup.** Teacher: {summary['teacher_params']:,} parameters, validation loss {loss(summary['teacher_loss'])}.
-Target: remove {s['compression']:.0%} of the parameters, i.e. {summary['target_params']:,} parameters
-(the width arms are within {s['tolerance']:.0%} of it; depth-only is the closest layer count). Every arm is
-distilled for {s['tokens']:,} tokens (batch {s['batch_size']} x {s['seq_len']}, learning rate {s['lr']:g}, forward KL
+**Setup.** Teacher: {summary["teacher_params"]:,} parameters, validation loss {loss(summary["teacher_loss"])}.
+Target: remove {s["compression"]:.0%} of the parameters, i.e. {summary["target_params"]:,} parameters
+(the width arms are within {s["tolerance"]:.0%} of it; depth-only is the closest layer count). Every arm is
+distilled for {s["tokens"]:,} tokens (batch {s["batch_size"]} x {s["seq_len"]}, learning rate {s["lr"]:g}, forward KL
 to {top_k}), on the same batches in the same order, drawn from a training sample of
-{summary['train_tokens_available']:,} tokens. Losses are next-token cross entropy in nats, fp32, on the first
-{s['eval_tokens']:,} validation tokens. Latency is the median prefill time of one sequence of
-{s['seq_len']} tokens over {s['latency_repeats']} rounds in which every model is timed in turn, on this
-machine's CPU with {summary['torch_threads']} torch thread(s). One seed ({s['seed']}) per arm, so small
+{summary["train_tokens_available"]:,} tokens. Losses are next-token cross entropy in nats, fp32, on the first
+{s["eval_tokens"]:,} validation tokens. Latency is the median prefill time of one sequence of
+{s["seq_len"]} tokens over {s["latency_repeats"]} rounds in which every model is timed in turn, on this
+machine's CPU with {summary["torch_threads"]} torch thread(s). One seed ({s["seed"]}) per arm, so small
 differences carry no error bar: verdicts call losses within {TIE:.1%} of each other a tie. Training (every distillation and the from-scratch run) took
-{summary['training_wall_s'] / 60:.1f} minutes of wall time; the last pass of the command took {summary['wall_s'] / 60:.1f} minutes.
+{summary["training_wall_s"] / 60:.1f} minutes of wall time; the last pass of the command took {summary["wall_s"] / 60:.1f} minutes.
 """
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["## Measured table\n",
-             "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | latency ms | tokens |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Measured table\n",
+        "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | latency ms | tokens |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['comparison']} | {r['arm']} | `{r['spec']}` | {int(r['params']):,} | {r['flops_per_token'] / 1e6:.2f} | "
-                     f"{loss(r['zero_shot_loss'])} | {loss(r['distilled_loss'])} | {loss(r['scratch_loss'])} | "
-                     f"{r['latency_ms']:.1f} | {int(r['tokens']):,} |")
+        lines.append(
+            f"| {r['comparison']} | {r['arm']} | `{r['spec']}` | {int(r['params']):,} | {r['flops_per_token'] / 1e6:.2f} | "
+            f"{loss(r['zero_shot_loss'])} | {loss(r['distilled_loss'])} | {loss(r['scratch_loss'])} | "
+            f"{r['latency_ms']:.1f} | {int(r['tokens']):,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _candidates(frame: pd.DataFrame) -> str:
-    lines = ["Width-only candidates at the target, ranked zero-shot (the best one is the width-only arm; the best "
-             "with and without Mamba head pruning are the SSM arms):\n",
-             "| candidate | params | prunes Mamba heads | zero-shot loss |", "|---|---:|---|---:|"]
+    lines = [
+        "Width-only candidates at the target, ranked zero-shot (the best one is the width-only arm; the best "
+        "with and without Mamba head pruning are the SSM arms):\n",
+        "| candidate | params | prunes Mamba heads | zero-shot loss |",
+        "|---|---:|---|---:|",
+    ]
     for r in frame.to_dict("records"):
-        lines.append(f"| `{r['spec']}` | {int(r['params']):,} | {'yes' if r['prunes_mamba_heads'] else 'no'} | {loss(r['zero_shot_loss'])} |")
+        lines.append(
+            f"| `{r['spec']}` | {int(r['params']):,} | {'yes' if r['prunes_mamba_heads'] else 'no'} | {loss(r['zero_shot_loss'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -103,13 +127,15 @@ def _expected_better(expected: float, other: float) -> str:
 def _width_vs_depth(arms, teacher, summary) -> str:
     w, d = arms[0], arms[1]
     first, second = (w, d) if w["distilled_loss"] < d["distilled_loss"] else (d, w)
-    return (f"### Width-only versus depth-only\n\nThe paper found width-only pruning beats depth-only at the same size. "
-            f"{_expected_better(w['distilled_loss'], d['distilled_loss'])} After distillation width-only `{w['spec']}` reached {loss(w['distilled_loss'])} and depth-only "
-            f"{loss(d['distilled_loss'])}: {first['arm']} is better by {_gap(first['distilled_loss'], second['distilled_loss'])}. "
-            f"Zero-shot the losses were {loss(w['zero_shot_loss'])} and {loss(d['zero_shot_loss'])}. Depth-only {d['note']}: "
-            f"the embeddings are a large share of a small model, so depth pruning must cut deep to reach the target. "
-            f"Prefill latency: width-only {w['latency_ms']:.1f} ms, depth-only {d['latency_ms']:.1f} ms, teacher "
-            f"{teacher['latency_ms']:.1f} ms.\n")
+    return (
+        f"### Width-only versus depth-only\n\nThe paper found width-only pruning beats depth-only at the same size. "
+        f"{_expected_better(w['distilled_loss'], d['distilled_loss'])} After distillation width-only `{w['spec']}` reached {loss(w['distilled_loss'])} and depth-only "
+        f"{loss(d['distilled_loss'])}: {first['arm']} is better by {_gap(first['distilled_loss'], second['distilled_loss'])}. "
+        f"Zero-shot the losses were {loss(w['zero_shot_loss'])} and {loss(d['zero_shot_loss'])}. Depth-only {d['note']}: "
+        f"the embeddings are a large share of a small model, so depth pruning must cut deep to reach the target. "
+        f"Prefill latency: width-only {w['latency_ms']:.1f} ms, depth-only {d['latency_ms']:.1f} ms, teacher "
+        f"{teacher['latency_ms']:.1f} ms.\n"
+    )
 
 
 def _heads_vs_channels(arms, teacher, summary) -> str:
@@ -127,47 +153,62 @@ def _heads_vs_channels(arms, teacher, summary) -> str:
     details = "; ".join(
         f"at {h['arm'].split(' ', 1)[1]} heads {loss(h['zero_shot_loss'])} -> {loss(h['distilled_loss'])} "
         f"versus channels {loss(c['zero_shot_loss'])} -> {loss(c['distilled_loss'])}, "
-        f"prefill {h['latency_ms']:.1f} versus {c['latency_ms']:.1f} ms" for h, c in pairs)
-    return (f"### Mamba heads versus head channels\n\nThe paper found that cutting whole Mamba heads beats cutting head "
-            f"channels at the same SSM width, in loss and in latency (its Figure 7 sweep). {verdict} Pruning heads gave the "
-            f"lower distilled loss in {wins} of {len(pairs)} cuts beyond a tie ({ties} ties; zero-shot lower in {zero_shot_wins} of "
-            f"{len(pairs)}) and the lower "
-            f"prefill latency in {faster} of {len(pairs)}. Losses zero-shot -> distilled: {details}. The uncut SSM is the teacher: {loss(teacher['zero_shot_loss'])}, {teacher['latency_ms']:.1f} ms.\n")
+        f"prefill {h['latency_ms']:.1f} versus {c['latency_ms']:.1f} ms"
+        for h, c in pairs
+    )
+    return (
+        f"### Mamba heads versus head channels\n\nThe paper found that cutting whole Mamba heads beats cutting head "
+        f"channels at the same SSM width, in loss and in latency (its Figure 7 sweep). {verdict} Pruning heads gave the "
+        f"lower distilled loss in {wins} of {len(pairs)} cuts beyond a tie ({ties} ties; zero-shot lower in {zero_shot_wins} of "
+        f"{len(pairs)}) and the lower "
+        f"prefill latency in {faster} of {len(pairs)}. Losses zero-shot -> distilled: {details}. The uncut SSM is the teacher: {loss(teacher['zero_shot_loss'])}, {teacher['latency_ms']:.1f} ms.\n"
+    )
 
 
 def _group_vs_global(arms, teacher, summary) -> str:
     g, x = arms[0], arms[1]
     if summary.get("global_ranking_moved_heads") == 0:
-        body = ("**Not testable on this teacher.** Both arms are the same model: " + x["note"] +
-                ", so global ranking kept the same heads in the same groups.")
+        body = (
+            "**Not testable on this teacher.** Both arms are the same model: "
+            + x["note"]
+            + ", so global ranking kept the same heads in the same groups."
+        )
     else:
         first, second = (g, x) if g["distilled_loss"] < x["distilled_loss"] else (x, g)
-        body = (f"{_expected_better(g['distilled_loss'], x['distilled_loss'])} On `{g['spec']}`, {x['note']}. Zero-shot: group-aware {loss(g['zero_shot_loss'])}, global "
-                f"{loss(x['zero_shot_loss'])}; distilled: {loss(g['distilled_loss'])} versus {loss(x['distilled_loss'])}, "
-                f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}.")
-    return (f"### Group-aware versus global head ranking\n\nThe paper ranks Mamba heads within their groups, because a head "
-            f"moved to another group reads the wrong B and C. {body}\n")
+        body = (
+            f"{_expected_better(g['distilled_loss'], x['distilled_loss'])} On `{g['spec']}`, {x['note']}. Zero-shot: group-aware {loss(g['zero_shot_loss'])}, global "
+            f"{loss(x['zero_shot_loss'])}; distilled: {loss(g['distilled_loss'])} versus {loss(x['distilled_loss'])}, "
+            f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}."
+        )
+    return (
+        f"### Group-aware versus global head ranking\n\nThe paper ranks Mamba heads within their groups, because a head "
+        f"moved to another group reads the wrong B and C. {body}\n"
+    )
 
 
 def _ssm_pruned_vs_whole(arms, teacher, summary) -> str:
     p, w = arms[0], arms[1]
     ok = p["distilled_loss"] <= w["distilled_loss"] * (1 + TIE)
-    return (f"### Pruning the SSM versus leaving it whole\n\nThe paper's Table 1 candidates 1 (Mamba heads pruned) and 2 "
-            f"(SSM whole, more FFN pruned) reached the same loss, the first slightly faster. Here: reproduced if the SSM-pruned "
-            f"mix is at most {TIE:.1%} worse. {_verdict(ok)} `{p['spec']}` ({int(p['params']):,} parameters) "
-            f"reached {loss(p['distilled_loss'])} and `{w['spec']}` ({int(w['params']):,}) reached {loss(w['distilled_loss'])} "
-            f"(zero-shot {loss(p['zero_shot_loss'])} and {loss(w['zero_shot_loss'])}); the difference is "
-            f"{p['distilled_loss'] - w['distilled_loss']:+.3f} nats. Prefill latency {p['latency_ms']:.1f} versus "
-            f"{w['latency_ms']:.1f} ms.\n")
+    return (
+        f"### Pruning the SSM versus leaving it whole\n\nThe paper's Table 1 candidates 1 (Mamba heads pruned) and 2 "
+        f"(SSM whole, more FFN pruned) reached the same loss, the first slightly faster. Here: reproduced if the SSM-pruned "
+        f"mix is at most {TIE:.1%} worse. {_verdict(ok)} `{p['spec']}` ({int(p['params']):,} parameters) "
+        f"reached {loss(p['distilled_loss'])} and `{w['spec']}` ({int(w['params']):,}) reached {loss(w['distilled_loss'])} "
+        f"(zero-shot {loss(p['zero_shot_loss'])} and {loss(w['zero_shot_loss'])}); the difference is "
+        f"{p['distilled_loss'] - w['distilled_loss']:+.3f} nats. Prefill latency {p['latency_ms']:.1f} versus "
+        f"{w['latency_ms']:.1f} ms.\n"
+    )
 
 
 def _importance_vs_random(arms, teacher, summary) -> str:
     i, r = arms[0], arms[1]
     first, second = (i, r) if i["distilled_loss"] < r["distilled_loss"] else (r, i)
-    return (f"### Importance ranking versus random\n\nActivation importance should choose better units than chance. "
-            f"{_expected_better(i['distilled_loss'], r['distilled_loss'])} On `{i['spec']}` zero-shot importance gave {loss(i['zero_shot_loss'])} and {r['arm']} "
-            f"{loss(r['zero_shot_loss'])}; after distillation {loss(i['distilled_loss'])} versus {loss(r['distilled_loss'])}, "
-            f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}.\n")
+    return (
+        f"### Importance ranking versus random\n\nActivation importance should choose better units than chance. "
+        f"{_expected_better(i['distilled_loss'], r['distilled_loss'])} On `{i['spec']}` zero-shot importance gave {loss(i['zero_shot_loss'])} and {r['arm']} "
+        f"{loss(r['zero_shot_loss'])}; after distillation {loss(i['distilled_loss'])} versus {loss(r['distilled_loss'])}, "
+        f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}.\n"
+    )
 
 
 def _from_scratch(summary: dict, by: dict) -> str:
@@ -177,22 +218,31 @@ def _from_scratch(summary: dict, by: dict) -> str:
     if s["tokens_to_match"] is not None:
         ratio = s["tokens_to_match"] / s["distill_tokens"]
         verdict = "**Reproduced.**" if ratio > 1 else "**Not reproduced:** from scratch was as fast or faster."
-        outcome = (f"{verdict} Its validation loss first reached the distilled student's "
-                   f"{loss(s['target_curve_loss'])} at {s['tokens_to_match']:,} tokens, {ratio:.1f}x the {s['distill_tokens']:,} "
-                   f"distillation tokens (checked every {s['eval_every_tokens']:,} tokens).")
+        outcome = (
+            f"{verdict} Its validation loss first reached the distilled student's "
+            f"{loss(s['target_curve_loss'])} at {s['tokens_to_match']:,} tokens, {ratio:.1f}x the {s['distill_tokens']:,} "
+            f"distillation tokens (checked every {s['eval_every_tokens']:,} tokens)."
+        )
     else:
-        outcome = (f"It did not reach the distilled student's {loss(s['target_curve_loss'])} within {s['tokens']:,} tokens "
-                   f"({s['tokens'] / s['distill_tokens']:.1f}x the {s['distill_tokens']:,} distillation tokens; its best was "
-                   f"{loss(s['best_curve_loss'])}), so from-scratch training needs more than {s['tokens'] / s['distill_tokens']:.1f}x "
-                   f"the tokens here: **reproduced in direction, ratio only bounded below**.")
+        outcome = (
+            f"It did not reach the distilled student's {loss(s['target_curve_loss'])} within {s['tokens']:,} tokens "
+            f"({s['tokens'] / s['distill_tokens']:.1f}x the {s['distill_tokens']:,} distillation tokens; its best was "
+            f"{loss(s['best_curve_loss'])}), so from-scratch training needs more than {s['tokens'] / s['distill_tokens']:.1f}x "
+            f"the tokens here: **reproduced in direction, ratio only bounded below**."
+        )
     pretraining = summary.get("teacher_pretraining_tokens")
-    teacher_note = (f"The teacher itself was pretrained on {pretraining:,} tokens; counting them, the distilled student cost "
-                    f"{pretraining + s['distill_tokens']:,} tokens in all." if pretraining else
-                    "The teacher's pretraining tokens are not recorded with this model.")
-    return (f"### Distillation versus training from scratch\n\nThe paper's compressed models needed far fewer tokens than "
-            f"training their size from scratch. A randomly initialised model of the best distilled architecture `{spec}` was "
-            f"trained with next-token loss on the same data for {s['tokens']:,} tokens (its loss went from {loss(s['initial_loss'])} "
-            f"to {loss(s['final_loss'])}). {outcome} Both curves are measured the same way (the in-training evaluation"
-            f"{' under bf16 autocast' if summary.get('bf16_autocast') else ''}), and one cosine schedule over the whole budget is used, so the crossing point is an upper bound for a "
-            f"schedule tuned to end there. {teacher_note} The comparison counts distillation tokens only, as the paper does: "
-            f"the teacher exists anyway, and its pretraining is what the student inherits.\n")
+    teacher_note = (
+        f"The teacher itself was pretrained on {pretraining:,} tokens; counting them, the distilled student cost "
+        f"{pretraining + s['distill_tokens']:,} tokens in all."
+        if pretraining
+        else "The teacher's pretraining tokens are not recorded with this model."
+    )
+    return (
+        f"### Distillation versus training from scratch\n\nThe paper's compressed models needed far fewer tokens than "
+        f"training their size from scratch. A randomly initialised model of the best distilled architecture `{spec}` was "
+        f"trained with next-token loss on the same data for {s['tokens']:,} tokens (its loss went from {loss(s['initial_loss'])} "
+        f"to {loss(s['final_loss'])}). {outcome} Both curves are measured the same way (the in-training evaluation"
+        f"{' under bf16 autocast' if summary.get('bf16_autocast') else ''}), and one cosine schedule over the whole budget is used, so the crossing point is an upper bound for a "
+        f"schedule tuned to end there. {teacher_note} The comparison counts distillation tokens only, as the paper does: "
+        f"the teacher exists anyway, and its pretraining is what the student inherits.\n"
+    )

@@ -18,6 +18,7 @@ study.json, runs/<student>/. `publish` copies the report and its tables into doc
 An interrupted study resumes: finished students are reused, a cut-off run continues from
 its checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,15 @@ import pandas as pd
 import torch
 
 import hybridlab.study.arms as arms_lib
-from hybridlab.training.distill import DistillSettings
-from hybridlab.measure.evaluate import validation_loss
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
-from hybridlab.core.progress import ProgressFn
+from hybridlab.core.atomic import atomic_file, write_json, write_text
+from hybridlab.core.progress import ProgressFn, subrange
+from hybridlab.measure.evaluate import validation_loss
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
 from hybridlab.study.report import render
 from hybridlab.study.runs import RunResult, distil_arm, prefill_latencies, read_curve, train_from_scratch
+from hybridlab.training.distill import DistillSettings
 
 LAYER_METRIC = "kl"  # the paper's drop-one-layer KL
 
@@ -74,12 +76,18 @@ class StudySettings:
 
     def validate(self) -> None:
         if not 0 < self.compression < 1:
-            raise ValueError(f"compression must be between 0 and 1 (the fraction of parameters removed), got {self.compression}")
+            raise ValueError(
+                f"compression must be between 0 and 1 (the fraction of parameters removed), got {self.compression}"
+            )
         batch = self.batch_size * self.seq_len
         if self.tokens < batch:
-            raise ValueError(f"--tokens {self.tokens} is less than one batch ({self.batch_size} x {self.seq_len} = {batch}); raise it, e.g. --tokens 200k")
+            raise ValueError(
+                f"--tokens {self.tokens} is less than one batch ({self.batch_size} x {self.seq_len} = {batch}); raise it, e.g. --tokens 200k"
+            )
         if self.scratch_budget and self.scratch_budget < batch:
-            raise ValueError(f"--scratch-tokens {self.scratch_budget} is less than one batch of {batch}; raise it or pass 0 to skip")
+            raise ValueError(
+                f"--scratch-tokens {self.scratch_budget} is less than one batch of {batch}; raise it or pass 0 to skip"
+            )
         unknown = sorted(set(self.comparisons) - set(COMPARISONS))
         if unknown or not self.comparisons:
             raise ValueError(f"unknown comparisons {unknown}; choose from {', '.join(COMPARISONS)}")
@@ -88,13 +96,23 @@ class StudySettings:
         if self.tolerance <= 0 or self.max_candidates < 1 or self.eval_tokens < self.seq_len:
             raise ValueError("need tolerance > 0, max_candidates >= 1 and eval_tokens >= seq_len")
         if self.teacher_top_k is not None and self.teacher_top_k < 1:
-            raise ValueError(f"teacher_top_k must be at least 1 (or None for the live teacher), got {self.teacher_top_k}")
+            raise ValueError(
+                f"teacher_top_k must be at least 1 (or None for the live teacher), got {self.teacher_top_k}"
+            )
 
     def distill_settings(self) -> DistillSettings:
         steps = self.tokens // (self.batch_size * self.seq_len)
-        return DistillSettings(tokens=self.tokens, seq_len=self.seq_len, batch_size=self.batch_size, lr=self.lr,
-                               bf16_autocast=self.bf16_autocast, eval_every=max(1, steps // self.curve_points),
-                               checkpoint_every=max(1, steps // 4), eval_tokens=self.eval_tokens, seed=self.seed)
+        return DistillSettings(
+            tokens=self.tokens,
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            bf16_autocast=self.bf16_autocast,
+            eval_every=max(1, steps // self.curve_points),
+            checkpoint_every=max(1, steps // 4),
+            eval_tokens=self.eval_tokens,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -110,10 +128,20 @@ def target_params(total: int, compression: float) -> int:
     return round(total * (1 - compression))
 
 
-def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, calib_batches: list | None,
-              settings: StudySettings, out_dir: str | Path, scores: ImportanceScores | None = None,
-              teacher_pretraining_tokens: int | None = None, command: str | None = None, model_name: str | None = None,
-              progress: ProgressFn | None = None) -> StudyResult:
+def run_study(
+    teacher,
+    tokenizer,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    calib_batches: list | None,
+    settings: StudySettings,
+    out_dir: str | Path,
+    scores: ImportanceScores | None = None,
+    teacher_pretraining_tokens: int | None = None,
+    command: str | None = None,
+    model_name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> StudyResult:
     settings.validate()
     started = time.perf_counter()
     out = Path(out_dir)
@@ -123,10 +151,12 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
     config = teacher.config
     total = sum(p.numel() for p in teacher.parameters())
     target = target_params(total, settings.compression)
-    loss_of = lambda model: validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]
+    loss_of = lambda model: validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)[
+        "loss"
+    ]
 
     say(0.0, "study: importance scores")
-    scores = scores or _scores(teacher, calib_batches, out, _span(progress, 0.0, 0.05))
+    scores = scores or _scores(teacher, calib_batches, out, subrange(progress, 0.0, 0.05))
     teacher_loss = loss_of(teacher)
 
     say(0.05, "study: planning the arms (zero-shot ranking of width-only candidates)")
@@ -137,7 +167,7 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
     cache = None
     if settings.teacher_top_k:
         say(0.1, f"study: caching the teacher's top-{settings.teacher_top_k} logits for {kd.total_steps} batches")
-        cache = _logits_cache(teacher, train_tokens, kd, settings.teacher_top_k, out, _span(progress, 0.1, 0.15))
+        cache = _logits_cache(teacher, train_tokens, kd, settings.teacher_top_k, out, subrange(progress, 0.1, 0.15))
 
     runs: dict[str, Arm] = {}
     for arm in planned:
@@ -148,17 +178,40 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
     for i, (key, arm) in enumerate(runs.items()):
         lo = 0.15 + (distil_end - 0.15) * i / len(runs)
         say(lo, f"study: distilling {key} ({i + 1}/{len(runs)})")
-        done[key] = distil_arm(teacher, tokenizer, arm, scores, train_tokens, val_tokens, kd, out / "runs" / key, cache,
-                               loss_of, zero_shot.get(key), LAYER_METRIC, settings.seed,
-                               _span(progress, lo, 0.15 + (distil_end - 0.15) * (i + 1) / len(runs)))
+        done[key] = distil_arm(
+            teacher,
+            tokenizer,
+            arm,
+            scores,
+            train_tokens,
+            val_tokens,
+            kd,
+            out / "runs" / key,
+            cache,
+            loss_of,
+            zero_shot.get(key),
+            LAYER_METRIC,
+            settings.seed,
+            subrange(progress, lo, 0.15 + (distil_end - 0.15) * (i + 1) / len(runs)),
+        )
 
     scratch = None
     at_target = [a for a in planned if a.comparison != HEADS_VS_CHANNELS]
     if scratch_share and at_target:
         best = min(at_target, key=lambda a: done[a.run_key].distilled_loss)
         say(distil_end, f"study: training {best.run_key} from scratch for {settings.scratch_budget:,} tokens")
-        scratch = train_from_scratch(done[best.run_key].model, tokenizer, best, done[best.run_key], train_tokens, val_tokens,
-                                     settings, out / "runs" / "scratch", loss_of, _span(progress, distil_end, 0.95))
+        scratch = train_from_scratch(
+            done[best.run_key].model,
+            tokenizer,
+            best,
+            done[best.run_key],
+            train_tokens,
+            val_tokens,
+            settings,
+            out / "runs" / "scratch",
+            loss_of,
+            subrange(progress, distil_end, 0.95),
+        )
 
     say(0.95, "study: prefill latency, round-robin")
     models = {"teacher": teacher, **{key: result.model for key, result in done.items()}}
@@ -166,14 +219,31 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
 
     results = _results(config, teacher_loss, planned, done, scratch, latency, settings)
     curves = _curves(out, runs, scratch)
-    summary = _summary(settings, total, target, teacher_loss, teacher_pretraining_tokens, ranked, planned, scores,
-                       config, scratch, command, time.perf_counter() - started)
-    summary.update(facts, training_wall_s=float(curves.groupby("run")["wall_s"].max().sum()) if len(curves) else 0.0,
-                   model=model_name, bf16_autocast=settings.bf16_autocast, train_tokens_available=len(train_tokens))
+    summary = _summary(
+        settings,
+        total,
+        target,
+        teacher_loss,
+        teacher_pretraining_tokens,
+        ranked,
+        planned,
+        scores,
+        config,
+        scratch,
+        command,
+        time.perf_counter() - started,
+    )
+    summary.update(
+        facts,
+        training_wall_s=float(curves.groupby("run")["wall_s"].max().sum()) if len(curves) else 0.0,
+        model=model_name,
+        bf16_autocast=settings.bf16_autocast,
+        train_tokens_available=len(train_tokens),
+    )
     _write_csv(results, out / "results.csv")
     _write_csv(curves, out / "results_curves.csv")
-    _write_json(out / "study.json", {"settings": _settings_dict(settings), "status": "done", **summary})
-    _write_text(out / "results.md", render(results, summary, _settings_dict(settings), ranked))
+    write_json(out / "study.json", {"settings": _settings_dict(settings), "status": "done", **summary}, default=_plain)
+    write_text(out / "results.md", render(results, summary, _settings_dict(settings), ranked))
     if progress:
         progress(1.0, "study: done", None)
     return StudyResult(results, curves, summary, out, {key: r.model for key, r in done.items()})
@@ -181,28 +251,71 @@ def run_study(teacher, tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarr
 
 # -- results ----------------------------------------------------------------------------------
 
+
 def _results(config, teacher_loss, planned, done, scratch, latency, settings: StudySettings) -> pd.DataFrame:
     teacher_sizes = estimate_sizes(config, seq_len=settings.seq_len)
-    rows = [{"comparison": "reference", "arm": "teacher", "run": "teacher", "spec": "{}", "params": teacher_sizes.params,
-             "flops_per_token": teacher_sizes.flops_per_token, "zero_shot_loss": teacher_loss, "distilled_loss": None,
-             "scratch_loss": None, "teacher_loss": teacher_loss, "latency_ms": latency["teacher"], "tokens": 0,
-             "ranking": "", "mamba_ranking": "", "note": ""}]
+    rows = [
+        {
+            "comparison": "reference",
+            "arm": "teacher",
+            "run": "teacher",
+            "spec": "{}",
+            "params": teacher_sizes.params,
+            "flops_per_token": teacher_sizes.flops_per_token,
+            "zero_shot_loss": teacher_loss,
+            "distilled_loss": None,
+            "scratch_loss": None,
+            "teacher_loss": teacher_loss,
+            "latency_ms": latency["teacher"],
+            "tokens": 0,
+            "ranking": "",
+            "mamba_ranking": "",
+            "note": "",
+        }
+    ]
     for arm in planned:
         result = done[arm.run_key]
         sizes = estimate_sizes(config, arm.spec, seq_len=settings.seq_len)
-        rows.append({"comparison": arm.comparison, "arm": arm.arm, "run": arm.run_key, "spec": arms_lib.spec_json(arm.spec),
-                     "params": sizes.params, "flops_per_token": sizes.flops_per_token, "zero_shot_loss": result.zero_shot_loss,
-                     "distilled_loss": result.distilled_loss, "scratch_loss": None, "teacher_loss": teacher_loss,
-                     "latency_ms": latency[arm.run_key], "tokens": result.tokens, "ranking": arm.ranking,
-                     "mamba_ranking": arm.mamba_ranking, "note": arm.note})
+        rows.append(
+            {
+                "comparison": arm.comparison,
+                "arm": arm.arm,
+                "run": arm.run_key,
+                "spec": arms_lib.spec_json(arm.spec),
+                "params": sizes.params,
+                "flops_per_token": sizes.flops_per_token,
+                "zero_shot_loss": result.zero_shot_loss,
+                "distilled_loss": result.distilled_loss,
+                "scratch_loss": None,
+                "teacher_loss": teacher_loss,
+                "latency_ms": latency[arm.run_key],
+                "tokens": result.tokens,
+                "ranking": arm.ranking,
+                "mamba_ranking": arm.mamba_ranking,
+                "note": arm.note,
+            }
+        )
     if scratch is not None:
         sizes = estimate_sizes(config, scratch["arm"].spec, seq_len=settings.seq_len)
-        rows.append({"comparison": FROM_SCRATCH, "arm": "from scratch (random init)", "run": "scratch",
-                     "spec": arms_lib.spec_json(scratch["arm"].spec), "params": sizes.params,
-                     "flops_per_token": sizes.flops_per_token, "zero_shot_loss": scratch["initial_loss"],
-                     "distilled_loss": None, "scratch_loss": scratch["final_loss"], "teacher_loss": teacher_loss,
-                     "latency_ms": latency[scratch["arm"].run_key], "tokens": scratch["tokens"], "ranking": "",
-                     "mamba_ranking": "", "note": f"same architecture as {scratch['arm'].run_key}"})
+        rows.append(
+            {
+                "comparison": FROM_SCRATCH,
+                "arm": "from scratch (random init)",
+                "run": "scratch",
+                "spec": arms_lib.spec_json(scratch["arm"].spec),
+                "params": sizes.params,
+                "flops_per_token": sizes.flops_per_token,
+                "zero_shot_loss": scratch["initial_loss"],
+                "distilled_loss": None,
+                "scratch_loss": scratch["final_loss"],
+                "teacher_loss": teacher_loss,
+                "latency_ms": latency[scratch["arm"].run_key],
+                "tokens": scratch["tokens"],
+                "ranking": "",
+                "mamba_ranking": "",
+                "note": f"same architecture as {scratch['arm'].run_key}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -213,15 +326,23 @@ def _curves(out: Path, runs: dict[str, Arm], scratch) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _summary(settings, total, target, teacher_loss, pretraining_tokens, ranked, planned, scores, config, scratch,
-             command, wall_s) -> dict:
+def _summary(
+    settings, total, target, teacher_loss, pretraining_tokens, ranked, planned, scores, config, scratch, command, wall_s
+) -> dict:
     layer_scores = scores.layers.get(LAYER_METRIC)
     return {
-        "command": command, "teacher_params": total, "target_params": target, "teacher_loss": teacher_loss,
-        "teacher_pretraining_tokens": pretraining_tokens, "width_candidates_ranked": len(ranked),
-        "num_layers": config.num_hidden_layers, "layer_kl": layer_scores.tolist() if layer_scores is not None else None,
-        "arms": len(planned), "scratch": None if scratch is None else {k: v for k, v in scratch.items() if k != "arm"},
-        "torch_threads": torch.get_num_threads(), "wall_s": round(wall_s, 1),
+        "command": command,
+        "teacher_params": total,
+        "target_params": target,
+        "teacher_loss": teacher_loss,
+        "teacher_pretraining_tokens": pretraining_tokens,
+        "width_candidates_ranked": len(ranked),
+        "num_layers": config.num_hidden_layers,
+        "layer_kl": layer_scores.tolist() if layer_scores is not None else None,
+        "arms": len(planned),
+        "scratch": None if scratch is None else {k: v for k, v in scratch.items() if k != "arm"},
+        "torch_threads": torch.get_num_threads(),
+        "wall_s": round(wall_s, 1),
     }
 
 
@@ -233,16 +354,19 @@ def publish(out_dir: str | Path, docs_dir: str | Path) -> list[Path]:
     out, docs = Path(out_dir), Path(docs_dir)
     missing = [name for name in PUBLISHED if not (out / name).exists()]
     if missing:
-        raise FileNotFoundError(f"{out} has no finished study ({', '.join(missing)} missing); run `hybridlab study` first")
+        raise FileNotFoundError(
+            f"{out} has no finished study ({', '.join(missing)} missing); run `hybridlab study` first"
+        )
     docs.mkdir(parents=True, exist_ok=True)
     written = []
     for name in PUBLISHED:
-        _write_text(docs / name, (out / name).read_text())
+        write_text(docs / name, (out / name).read_text())
         written.append(docs / name)
     return written
 
 
 # -- plumbing ---------------------------------------------------------------------------------
+
 
 def _settings_dict(settings: StudySettings) -> dict:
     values = asdict(settings)
@@ -257,9 +381,11 @@ def _claim(out: Path, settings: StudySettings) -> None:
     if record.exists():
         previous = json.loads(record.read_text()).get("settings")
         if previous != _settings_dict(settings):
-            raise ValueError(f"{out} holds a study with other settings; choose another --out (or rerun with the same ones to resume)")
+            raise ValueError(
+                f"{out} holds a study with other settings; choose another --out (or rerun with the same ones to resume)"
+            )
     else:
-        _write_json(record, {"settings": _settings_dict(settings), "status": "running"})
+        write_json(record, {"settings": _settings_dict(settings), "status": "running"}, default=_plain)
 
 
 def _scores(teacher, calib_batches, out: Path, progress) -> ImportanceScores:
@@ -282,12 +408,6 @@ def _logits_cache(teacher, train_tokens, kd: DistillSettings, top_k: int, out: P
     return LogitsCache(path)
 
 
-def _span(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
-    if progress is None:
-        return None
-    return lambda fraction, message, metrics: progress(lo + (hi - lo) * fraction, message, metrics)
-
-
 def _reporter(progress: ProgressFn | None):
     def say(fraction: float, message: str) -> None:
         if progress is not None:
@@ -296,25 +416,13 @@ def _reporter(progress: ProgressFn | None):
             import sys
 
             print(message, file=sys.stderr, flush=True)
+
     return say
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_plain) + "\n")
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        frame.to_csv(handle, index=False)
 
 
 def _plain(value):

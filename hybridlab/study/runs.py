@@ -1,6 +1,7 @@
 """The trained models of the ablation study: one distilled student per arm, the from-scratch
 baseline, and their prefill latencies. Each run lives in its own folder and is reused when
 the study is resumed (arm.json / scratch.json mark a finished run)."""
+
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from hybridlab.measure.bench import time_call
-from hybridlab.data.tokens import TokenBatches
-from hybridlab.training.distill import DistillSettings, distill
 from hybridlab.compression.prune import prune
+from hybridlab.core.atomic import write_json
+from hybridlab.data.tokens import TokenBatches
+from hybridlab.measure.bench import time_call
+from hybridlab.training.distill import DistillSettings, distill
 from hybridlab.training.pretrain import lm_loss
 from hybridlab.training.trainer import TrainerSettings, train
 
@@ -30,27 +32,73 @@ class RunResult:
     curve_final_loss: float  # the run's last in-training evaluation (bf16 autocast, as the curves)
 
 
-def distil_arm(teacher, tokenizer, arm, scores, train_tokens, val_tokens, kd: DistillSettings, run_dir: Path, cache,
-               loss_of, zero_shot_loss: float | None, layer_metric: str, seed: int, progress=None) -> RunResult:
+def distil_arm(
+    teacher,
+    tokenizer,
+    arm,
+    scores,
+    train_tokens,
+    val_tokens,
+    kd: DistillSettings,
+    run_dir: Path,
+    cache,
+    loss_of,
+    zero_shot_loss: float | None,
+    layer_metric: str,
+    seed: int,
+    progress=None,
+) -> RunResult:
     """Prune the arm's student from the teacher, score it, distil it; reuse a finished run."""
     record = run_dir / "arm.json"
     if record.exists() and (run_dir / "model" / "config.json").exists():
         return RunResult(model=_load(run_dir / "model"), **json.loads(record.read_text()))
-    student = prune(teacher, arm.spec, scores, ranking=arm.ranking, mamba_ranking=arm.mamba_ranking,
-                    layer_metric=layer_metric, seed=seed)
+    student = prune(
+        teacher,
+        arm.spec,
+        scores,
+        ranking=arm.ranking,
+        mamba_ranking=arm.mamba_ranking,
+        layer_metric=layer_metric,
+        seed=seed,
+    )
     zero_shot = loss_of(student) if zero_shot_loss is None else zero_shot_loss
     resume = (run_dir / "checkpoint" / "state.pt").exists()
-    result = distill(student, None if cache is not None else teacher, train_tokens, val_tokens, kd, run_dir, resume=resume,
-                     progress=progress, logits_cache=cache, student_tokenizer=tokenizer, teacher_tokenizer=tokenizer)
+    result = distill(
+        student,
+        None if cache is not None else teacher,
+        train_tokens,
+        val_tokens,
+        kd,
+        run_dir,
+        resume=resume,
+        progress=progress,
+        logits_cache=cache,
+        student_tokenizer=tokenizer,
+        teacher_tokenizer=tokenizer,
+    )
     student.eval()
-    values = {"zero_shot_loss": zero_shot, "distilled_loss": loss_of(student), "tokens": int(result["tokens"]),
-              "curve_final_loss": last_eval_loss(run_dir)}
-    _write_json(record, values)
+    values = {
+        "zero_shot_loss": zero_shot,
+        "distilled_loss": loss_of(student),
+        "tokens": int(result["tokens"]),
+        "curve_final_loss": last_eval_loss(run_dir),
+    }
+    write_json(record, values)
     return RunResult(model=student, **values)
 
 
-def train_from_scratch(template, tokenizer, arm, distilled: RunResult, train_tokens, val_tokens, settings, run_dir: Path,
-                       loss_of, progress=None) -> dict:
+def train_from_scratch(
+    template,
+    tokenizer,
+    arm,
+    distilled: RunResult,
+    train_tokens,
+    val_tokens,
+    settings,
+    run_dir: Path,
+    loss_of,
+    progress=None,
+) -> dict:
     """Train a randomly initialised model of `template`'s architecture with next-token loss and
     find the first evaluation whose validation loss reaches the distilled student's."""
     record = run_dir / "scratch.json"
@@ -62,27 +110,47 @@ def train_from_scratch(template, tokenizer, arm, distilled: RunResult, train_tok
     per_step = settings.batch_size * settings.seq_len
     steps = settings.scratch_budget // per_step
     trainer_settings = TrainerSettings(
-        total_steps=steps, lr=settings.scratch_lr, min_lr_ratio=0.1, warmup_steps=min(100, max(1, steps // 10)),
-        weight_decay=0.1, grad_clip=1.0, bf16_autocast=settings.bf16_autocast, log_every=10,
-        eval_every=max(1, steps // settings.scratch_curve_points), checkpoint_every=max(1, steps // 4), tokens_per_step=per_step,
+        total_steps=steps,
+        lr=settings.scratch_lr,
+        min_lr_ratio=0.1,
+        warmup_steps=min(100, max(1, steps // 10)),
+        weight_decay=0.1,
+        grad_clip=1.0,
+        bf16_autocast=settings.bf16_autocast,
+        log_every=10,
+        eval_every=max(1, steps // settings.scratch_curve_points),
+        checkpoint_every=max(1, steps // 4),
+        tokens_per_step=per_step,
     )
     batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
     resume = (run_dir / "checkpoint" / "state.pt").exists()
     if not resume:
-        _write_json(run_dir / "scratch_init.json", {"initial_loss": initial})
+        write_json(run_dir / "scratch_init.json", {"initial_loss": initial})
     else:  # the loss at initialisation was measured before the interruption
         initial = json.loads((run_dir / "scratch_init.json").read_text())["initial_loss"]
-    result = train(model, batches.batch, lm_loss, trainer_settings, run_dir, eval_fn=lambda m: {"val_loss": loss_of(m)},
-                   progress=progress, resume=resume)
+    result = train(
+        model,
+        batches.batch,
+        lm_loss,
+        trainer_settings,
+        run_dir,
+        eval_fn=lambda m: {"val_loss": loss_of(m)},
+        progress=progress,
+        resume=resume,
+    )
     model.eval()
     curve = eval_curve(run_dir)
     values = {
-        "initial_loss": initial, "final_loss": loss_of(model), "tokens": int(result["tokens"]),
-        "distill_tokens": distilled.tokens, "target_curve_loss": distilled.curve_final_loss,
+        "initial_loss": initial,
+        "final_loss": loss_of(model),
+        "tokens": int(result["tokens"]),
+        "distill_tokens": distilled.tokens,
+        "target_curve_loss": distilled.curve_final_loss,
         "tokens_to_match": tokens_to_match(curve, distilled.curve_final_loss),
-        "best_curve_loss": min(loss for _, loss in curve), "eval_every_tokens": trainer_settings.eval_every * per_step,
+        "best_curve_loss": min(loss for _, loss in curve),
+        "eval_every_tokens": trainer_settings.eval_every * per_step,
     }
-    _write_json(record, values)
+    write_json(record, values)
     return {"arm": arm, **values}
 
 
@@ -143,11 +211,3 @@ def _load(path: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
-

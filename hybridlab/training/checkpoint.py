@@ -8,6 +8,7 @@ A checkpoint is written to a sibling temp folder and renamed into place, so a cr
 leaves the previous checkpoint intact. A model sharded with FSDP2 is gathered into full
 tensors first (a collective: every rank calls save_checkpoint, rank 0 writes).
 """
+
 from __future__ import annotations
 
 import random
@@ -29,8 +30,9 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    is_main: bool = True) -> None:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, is_main: bool = True
+) -> None:
     """Atomically write `model`, `optimizer` and `state` (step, tokens, ...) plus RNG states to `path`."""
     sharded = is_sharded(model)
     if sharded:
@@ -63,12 +65,19 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     try:
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as err:
-        raise ValueError(f"the checkpoint at {path} is corrupt or unreadable ({err}); delete it to start over") from None
+        raise ValueError(
+            f"the checkpoint at {path} is corrupt or unreadable ({err}); delete it to start over"
+        ) from None
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_state_dict(model, optimizer, model_state_dict=load_file(str(path / "model.safetensors")),
-                       optim_state_dict=state.pop("optimizer"), options=StateDictOptions(full_state_dict=True))
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=load_file(str(path / "model.safetensors")),
+            optim_state_dict=state.pop("optimizer"),
+            options=StateDictOptions(full_state_dict=True),
+        )
     else:
         load_model(model, str(path / "model.safetensors"))
         if optimizer is not None:

@@ -7,6 +7,7 @@ The loop is hybridlab.training.trainer's (AdamW, warm-up + cosine, clipping, bf1
 resumable checkpoints, JSONL metrics); this file supplies the loss, the data and the
 checks. Under `torchrun` it runs data-parallel (see hybridlab.training.distributed).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hybridlab.training import distributed
+from hybridlab.core.progress import ProgressFn
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.evaluate import validation_loss
-from hybridlab.core.progress import ProgressFn
+from hybridlab.training import distributed
 from hybridlab.training.trainer import TrainerSettings, train
 
 
@@ -64,8 +65,13 @@ class DistillSettings:
             raise ValueError(f"lm_loss_weight must be in [0, 1], got {self.lm_loss_weight}")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None, temperature: float = 1.0,
-            top_k: int | None = None, teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Mean forward KL(teacher || student) per token.
 
     student_logits [B, T, V]; teacher_logits [B, T, V], or teacher_top = (log-probs [B, T, k],
@@ -109,7 +115,9 @@ def check_pair(student, teacher_config, student_tokenizer=None, teacher_tokenize
         )
     if student_tokenizer is not None and teacher_tokenizer is not None:
         if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-            raise ValueError("the student's tokenizer differs from the teacher's; use the teacher's tokenizer for the student")
+            raise ValueError(
+                "the student's tokenizer differs from the teacher's; use the teacher's tokenizer for the student"
+            )
 
 
 def distill(
@@ -174,25 +182,41 @@ def distill(
         teacher_val = validation_loss(teacher, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]
 
     def eval_fn(model) -> dict:
-        metrics = {"val_loss": validation_loss(student, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]}
+        metrics = {
+            "val_loss": validation_loss(student, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)["loss"]
+        }
         if teacher_val is not None:
             metrics["teacher_val_loss"] = teacher_val
         return metrics
 
     steps = settings.total_steps
     trainer_settings = TrainerSettings(
-        total_steps=steps, lr=settings.lr, min_lr_ratio=settings.min_lr_ratio,
+        total_steps=steps,
+        lr=settings.lr,
+        min_lr_ratio=settings.min_lr_ratio,
         warmup_steps=min(steps, max(1, round(settings.warmup_fraction * steps))),
-        weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, bf16_autocast=settings.bf16_autocast,
-        log_every=settings.log_every, eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every,
+        weight_decay=settings.weight_decay,
+        grad_clip=settings.grad_clip,
+        bf16_autocast=settings.bf16_autocast,
+        log_every=settings.log_every,
+        eval_every=settings.eval_every,
+        checkpoint_every=settings.checkpoint_every,
         tokens_per_step=settings.batch_size * settings.seq_len,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         (out_dir / "distill_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    result = train(train_model, batch_at, loss_fn, trainer_settings, out_dir,
-                   eval_fn=eval_fn if val_tokens is not None else None,
-                   progress=progress if dist.is_main else _silent, resume=resume, is_main=dist.is_main)
+    result = train(
+        train_model,
+        batch_at,
+        loss_fn,
+        trainer_settings,
+        out_dir,
+        eval_fn=eval_fn if val_tokens is not None else None,
+        progress=progress if dist.is_main else _silent,
+        resume=resume,
+        is_main=dist.is_main,
+    )
     final = distributed.unsharded(student, dist, student_class)
     if dist.is_main:
         from hybridlab.model.loading import save_model

@@ -5,6 +5,7 @@ run on N ranks sees the same data as one process at the same global batch size; 
 averages the gradients (gloo on CPU, NCCL on GPU). FSDP2 (`fully_shard`) shards the
 student when it does not fit one device: HYBRIDLAB_FSDP=1.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ Layout of a cache folder:
     shard-00000.safetensors  values [S, B, T, k] (bf16) and indices [S, B, T, k] (int32) for S steps
 Batches are the deterministic TokenBatches of the distillation run, keyed by step.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hybridlab.core.atomic import atomic_directory
-from hybridlab.data.tokens import TokenBatches
 from hybridlab.core.progress import ProgressFn, track
+from hybridlab.data.tokens import TokenBatches
 
 BATCH_KEYS = ("seq_len", "batch_size", "seed", "temperature")
 
 
-def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLike, top_k: int = 32,
-                       shard_steps: int = 32, progress: ProgressFn | None = None) -> Path:
+def build_logits_cache(
+    teacher,
+    train_tokens,
+    settings,
+    out_dir: str | os.PathLike,
+    top_k: int = 32,
+    shard_steps: int = 32,
+    progress: ProgressFn | None = None,
+) -> Path:
     """Run the teacher over every batch of a distillation with `settings` (DistillSettings)."""
     settings.validate()
     if top_k < 1 or top_k > teacher.config.vocab_size:
@@ -44,11 +52,16 @@ def build_logits_cache(teacher, train_tokens, settings, out_dir: str | os.PathLi
             indices.append(top.indices.to(torch.int32).cpu())
             if len(values) == shard_steps or step == steps - 1:
                 shard = step // shard_steps
-                save_file({"values": torch.stack(values), "indices": torch.stack(indices)}, tmp / f"shard-{shard:05d}.safetensors")
+                save_file(
+                    {"values": torch.stack(values), "indices": torch.stack(indices)},
+                    tmp / f"shard-{shard:05d}.safetensors",
+                )
                 values, indices = [], []
         meta = {
             **{key: getattr(settings, key) for key in BATCH_KEYS},
-            "steps": steps, "top_k": top_k, "shard_steps": shard_steps,
+            "steps": steps,
+            "top_k": top_k,
+            "shard_steps": shard_steps,
             "teacher_config": teacher.config.to_dict(),
         }
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -60,7 +73,9 @@ class LogitsCache:
         self.path = Path(path).expanduser()
         meta_file = self.path / "cache.json"
         if not meta_file.exists():
-            raise FileNotFoundError(f"{self.path} is not a teacher logits cache (no cache.json); build one with `hybridlab cache-logits`")
+            raise FileNotFoundError(
+                f"{self.path} is not a teacher logits cache (no cache.json); build one with `hybridlab cache-logits`"
+            )
         self.meta = json.loads(meta_file.read_text())
         self._shard_index, self._shard = None, None
 
@@ -73,9 +88,13 @@ class LogitsCache:
     def check_compatible(self, settings) -> None:
         for key in BATCH_KEYS:
             if self.meta[key] != getattr(settings, key):
-                raise ValueError(f"the logits cache was built with {key}={self.meta[key]}, this run uses {getattr(settings, key)}; rebuild the cache or match the setting")
+                raise ValueError(
+                    f"the logits cache was built with {key}={self.meta[key]}, this run uses {getattr(settings, key)}; rebuild the cache or match the setting"
+                )
         if settings.total_steps > self.meta["steps"]:
-            raise ValueError(f"the logits cache covers {self.meta['steps']} steps, this run needs {settings.total_steps}; rebuild it with a larger --tokens")
+            raise ValueError(
+                f"the logits cache covers {self.meta['steps']} steps, this run needs {settings.total_steps}; rebuild it with a larger --tokens"
+            )
 
     def targets(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(values [B, T, k], indices [B, T, k]) of the teacher for batch `step`."""

@@ -7,21 +7,21 @@ Inputs: a corpus folder from `hybridlab data build` (train.npy, val.npy, tokeniz
     model/           the final model (safetensors + config + tokenizer), loadable offline
     summary.json     tokens seen, wall time, validation loss / perplexity, unigram entropy
 """
+
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hybridlab.core.progress import ProgressFn
 from hybridlab.data.tokenizer import load_tokenizer
 from hybridlab.data.tokens import TokenBatches, contiguous_windows, load_tokens, sha256_file, unigram_entropy
 from hybridlab.model.loading import save_model
-from hybridlab.core.progress import ProgressFn
 from hybridlab.training.trainer import TrainerSettings, train
 
 # A mini Nemotron-H in the 8B's style: Mamba2 (M), ReLU² MLP (-), one GQA attention layer (*).
@@ -30,8 +30,14 @@ PRESETS: dict[str, dict] = {
         hybrid_override_pattern="M-M-M-M*-M-M-M-M-",
         hidden_size=256,
         intermediate_size=1024,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-        mamba_num_heads=16, mamba_head_dim=32, n_groups=4, ssm_state_size=32, conv_kernel=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        mamba_num_heads=16,
+        mamba_head_dim=32,
+        n_groups=4,
+        ssm_state_size=32,
+        conv_kernel=4,
         chunk_size=32,  # fastest on CPU for the pure-PyTorch SSD scan
         max_position_embeddings=2048,
         tie_word_embeddings=False,
@@ -90,7 +96,7 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
     """Mean next-token loss (nats) over every predicted token of `windows` [N, T]: an exact token average."""
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
-        batch = windows[i:i + batch_size]  # [b, T]
+        batch = windows[i : i + batch_size]  # [b, T]
         logits = model(input_ids=batch).logits.float()  # [b, T, V]
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
         total += float(nll)
@@ -109,45 +115,74 @@ def train_language_model(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     for name in ("train.npy", "val.npy", "tokenizer/tokenizer.json"):
         if not (data_dir / name).exists():
-            raise FileNotFoundError(f"{data_dir / name} missing: build the corpus with `hybridlab data build --out {data_dir}`")
+            raise FileNotFoundError(
+                f"{data_dir / name} missing: build the corpus with `hybridlab data build --out {data_dir}`"
+            )
     if settings.total_steps < 1:
-        raise ValueError(f"token budget {settings.token_budget} is less than one batch of {settings.batch_size}x{settings.seq_len}")
+        raise ValueError(
+            f"token budget {settings.token_budget} is less than one batch of {settings.batch_size}x{settings.seq_len}"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     train_tokens, val_tokens = load_tokens(data_dir / "train.npy"), load_tokens(data_dir / "val.npy")
     tokenizer = load_tokenizer(data_dir / "tokenizer")
     torch.manual_seed(settings.seed)
-    model = build_model(settings.preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-                        tokenizer.pad_token_id, config_overrides)
+    model = build_model(
+        settings.preset,
+        len(tokenizer),
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        config_overrides,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     run = {
-        "settings": asdict(settings), "config_overrides": config_overrides or {},
+        "settings": asdict(settings),
+        "config_overrides": config_overrides or {},
         "config": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {name: sha256_file(data_dir / name) for name in ("train.npy", "val.npy", "tokenizer/tokenizer.json")},
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
 
     batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
     eval_windows = contiguous_windows(val_tokens, settings.seq_len, settings.eval_windows)
     trainer_settings = TrainerSettings(
-        total_steps=settings.total_steps, lr=settings.lr, min_lr_ratio=settings.min_lr_ratio,
-        warmup_steps=min(settings.warmup_steps, settings.total_steps), weight_decay=settings.weight_decay,
-        grad_clip=settings.grad_clip, bf16_autocast=settings.bf16_autocast, eval_every=settings.eval_every,
-        checkpoint_every=settings.checkpoint_every, tokens_per_step=settings.batch_size * settings.seq_len,
+        total_steps=settings.total_steps,
+        lr=settings.lr,
+        min_lr_ratio=settings.min_lr_ratio,
+        warmup_steps=min(settings.warmup_steps, settings.total_steps),
+        weight_decay=settings.weight_decay,
+        grad_clip=settings.grad_clip,
+        bf16_autocast=settings.bf16_autocast,
+        eval_every=settings.eval_every,
+        checkpoint_every=settings.checkpoint_every,
+        tokens_per_step=settings.batch_size * settings.seq_len,
     )
-    result = train(model, batches.batch, lm_loss, trainer_settings, out_dir,
-                   eval_fn=lambda m: {"val_loss": validation_loss(m, eval_windows)},
-                   progress=progress, resume=resume)
+    result = train(
+        model,
+        batches.batch,
+        lm_loss,
+        trainer_settings,
+        out_dir,
+        eval_fn=lambda m: {"val_loss": validation_loss(m, eval_windows)},
+        progress=progress,
+        resume=resume,
+    )
 
     model.eval()
     full_val = validation_loss(model, contiguous_windows(val_tokens, settings.seq_len))  # fp32, all val
     entropy = unigram_entropy(val_tokens, len(tokenizer))
     summary = {
-        "steps": result["step"], "tokens_seen": result["tokens"], "wall_s": round(result["wall_s"], 1),
-        "val_loss": full_val, "val_perplexity": math.exp(full_val),
-        "val_unigram_entropy": entropy, "val_tokens_evaluated": (len(val_tokens) // settings.seq_len) * (settings.seq_len - 1),
+        "steps": result["step"],
+        "tokens_seen": result["tokens"],
+        "wall_s": round(result["wall_s"], 1),
+        "val_loss": full_val,
+        "val_perplexity": math.exp(full_val),
+        "val_unigram_entropy": entropy,
+        "val_tokens_evaluated": (len(val_tokens) // settings.seq_len) * (settings.seq_len - 1),
         "parameters": run["parameters"],
     }
     save_model(model, tokenizer, out_dir / "model", overwrite=True)

@@ -13,6 +13,7 @@ autocast (measured fastest on CPU). Metrics go to `<out_dir>/metrics.jsonl` (one
 line, `"kind": "train"` or `"eval"`); the latest checkpoint lives in `<out_dir>/checkpoint/`.
 If `progress` raises `Cancelled` (or Ctrl-C arrives), a checkpoint is saved and the exception re-raised.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from hybridlab.training.checkpoint import load_checkpoint, save_checkpoint
+from hybridlab.core.atomic import write_text
 from hybridlab.core.progress import Cancelled, ProgressFn
+from hybridlab.training.checkpoint import load_checkpoint, save_checkpoint
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict]"]
 EvalFn = Callable[[torch.nn.Module], dict]
@@ -136,14 +138,29 @@ def train(
             state["tokens"] += settings.tokens_per_step
             last_train = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
             if state["step"] % settings.log_every == 0 or state["step"] == settings.total_steps:
-                log({"kind": "train", "step": state["step"], "tokens": state["tokens"],
-                                       "lr": lr, "grad_norm": float(grad_norm),
-                                       "wall_s": round(time.perf_counter() - started, 2), **last_train})
+                log(
+                    {
+                        "kind": "train",
+                        "step": state["step"],
+                        "tokens": state["tokens"],
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "wall_s": round(time.perf_counter() - started, 2),
+                        **last_train,
+                    }
+                )
             is_last = state["step"] == settings.total_steps
             if eval_fn is not None and (state["step"] % settings.eval_every == 0 or is_last):
                 last_eval = evaluate(model, eval_fn, settings)
-                log({"kind": "eval", "step": state["step"], "tokens": state["tokens"],
-                                       "wall_s": round(time.perf_counter() - started, 2), **last_eval})
+                log(
+                    {
+                        "kind": "eval",
+                        "step": state["step"],
+                        "tokens": state["tokens"],
+                        "wall_s": round(time.perf_counter() - started, 2),
+                        **last_eval,
+                    }
+                )
             if state["step"] % settings.checkpoint_every == 0 or is_last:
                 checkpoint()
             bar.update(state["step"], {**last_train, **last_eval})
@@ -174,9 +191,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 class _Reporter:
@@ -186,6 +201,7 @@ class _Reporter:
         self.progress, self.total, self.bar = progress, total, None
         if progress is None:
             from tqdm.auto import tqdm
+
             self.bar = tqdm(total=total, initial=initial, desc="train", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, step: int, metrics: dict) -> None:

@@ -1,11 +1,12 @@
 """Spec fields and helpers shared by the built-in job kinds."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 from hybridlab.jobs.registry import Field
-from hybridlab.jobs.specs import artifact_name, existing_file, model_ref, one_of, positive
+from hybridlab.jobs.specs import artifact_name, existing_file, model_ref, positive
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -15,8 +16,13 @@ def model_field(doc: str = "'demo' or a local Hugging Face model directory") -> 
 
 
 def name_field() -> Field:
-    return Field(str, default=None, nullable=True, check=artifact_name,
-                 doc="artifact name under the workspace (default: <kind>-<job id>)")
+    return Field(
+        str,
+        default=None,
+        nullable=True,
+        check=artifact_name,
+        doc="artifact name under the workspace (default: <kind>-<job id>)",
+    )
 
 
 TRUST_REMOTE_CODE = Field(bool, default=False, doc="allow custom modeling code from the model folder")
@@ -29,11 +35,18 @@ def device_name(value: str) -> str:
     return value
 
 
-DEVICE = Field(str, default="auto", check=device_name, doc="where to run: auto (cuda when available), cpu, cuda, cuda:N")
+DEVICE = Field(
+    str, default="auto", check=device_name, doc="where to run: auto (cuda when available), cpu, cuda, cuda:N"
+)
 SEQ_LEN = Field(int, default=256, check=positive)
 BATCH_SIZE = Field(int, default=8, check=positive)
-TOKENS_FILE = Field(str, default=None, nullable=True, check=existing_file,
-                    doc="a 1-D uint16 .npy token file (default: the demo's for the demo model)")
+TOKENS_FILE = Field(
+    str,
+    default=None,
+    nullable=True,
+    check=existing_file,
+    doc="a 1-D uint16 .npy token file (default: the demo's for the demo model)",
+)
 
 
 def run_name(spec: dict, ctx, prefix: str) -> str:

@@ -9,22 +9,44 @@ curve. The distilled model then moves to artifacts/distilled/<name>.
 and the model stay there (so --resume works on it) and the model is copied to the
 artifact. With a teacher 'logits_cache' the teacher model itself may be left out.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
 
+from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL
 from hybridlab.jobs.kinds.common import (
-    BATCH_SIZE, DEVICE, SEQ_LEN, TOKENS_FILE, TRUST_REMOTE_CODE, absolute_path, demo_tokens_or, existing_path, load,
-    name_field, run_name,
+    BATCH_SIZE,
+    DEVICE,
+    SEQ_LEN,
+    TOKENS_FILE,
+    TRUST_REMOTE_CODE,
+    absolute_path,
+    demo_tokens_or,
+    existing_path,
+    load,
+    name_field,
+    run_name,
 )
 from hybridlab.jobs.registry import Field, JobKind, register_kind
 from hybridlab.jobs.specs import existing_dir, model_ref, non_negative, positive
 
-SETTINGS_KEYS = ("tokens", "seq_len", "batch_size", "lr", "temperature", "top_k", "lm_loss_weight",
-                 "log_every", "eval_every", "checkpoint_every", "eval_tokens", "seed")
-DEMO_TRAIN, DEMO_VAL = "train_sample.npy", "val.npy"
+SETTINGS_KEYS = (
+    "tokens",
+    "seq_len",
+    "batch_size",
+    "lr",
+    "temperature",
+    "top_k",
+    "lm_loss_weight",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "eval_tokens",
+    "seed",
+)
 
 
 def settings_of(spec: dict):
@@ -60,8 +82,9 @@ def _check(spec: dict, store) -> None:
 def _check_run_dir(spec: dict) -> None:
     if spec["run_dir"] is None:
         if spec["resume"]:
-            raise ValueError("'resume' continues the run in 'run_dir'; give 'run_dir' (a job resumes its own "
-                             "folder by itself)")
+            raise ValueError(
+                "'resume' continues the run in 'run_dir'; give 'run_dir' (a job resumes its own folder by itself)"
+            )
         return
     run_dir = Path(spec["run_dir"])
     if not spec["resume"] and (run_dir / "checkpoint").exists():
@@ -88,9 +111,17 @@ def run(spec: dict, ctx) -> dict:
     settings = settings_of(spec)
     run_dir = Path(spec["run_dir"]) if spec["run_dir"] is not None else ctx.checkpoint_dir
     result = distill(
-        student, teacher, train, val, settings, run_dir,
-        resume=(run_dir / "checkpoint" / "state.pt").exists(), progress=ctx.progress,
-        logits_cache=cache, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+        student,
+        teacher,
+        train,
+        val,
+        settings,
+        run_dir,
+        resume=(run_dir / "checkpoint" / "state.pt").exists(),
+        progress=ctx.progress,
+        logits_cache=cache,
+        student_tokenizer=student_tokenizer,
+        teacher_tokenizer=teacher_tokenizer,
     )
     final = ctx.artifact_path("distilled", name)
     if spec["run_dir"] is not None:  # the user's folder keeps its model; the artifact is a copy
@@ -102,47 +133,77 @@ def run(spec: dict, ctx) -> dict:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_dir / "model", final)  # same filesystem: one atomic rename
     ctx.register_model(str(final), student.config)
-    result = {**result, "model_dir": str(final), "model_path": str(final),  # model_path: like prune's result
-              "candidate": spec["candidate"], "teacher": spec["teacher"]}
+    result = {
+        **result,
+        "model_dir": str(final),
+        "model_path": str(final),  # model_path: like prune's result
+        "candidate": spec["candidate"],
+        "teacher": spec["teacher"],
+    }
     ctx.finish_run("distillations", run_id, final, result)
     return {"run_id": run_id, "artifact": ctx.relative(final), **result}
 
 
-register_kind(JobKind(
-    name="distill",
-    doc="logit distillation of a student from a teacher, resumable from checkpoints",
-    fields={
-        "student": Field(str, default=None, nullable=True, check=model_ref, doc="the student's model folder"),
-        "candidate": Field(int, default=None, nullable=True, doc="or: a candidate run id whose model is the student"),
-        "teacher": Field(str, default=None, nullable=True, check=model_ref,
-                         doc="'demo' or a local Hugging Face folder (may be left out with 'logits_cache')"),
-        "logits_cache": Field(str, default=None, nullable=True, check=existing_dir,
-                              doc="the teacher's top-k logits from `hybridlab cache-logits`"),
-        "tokens": Field(int, check=positive, doc="token budget, e.g. 2000000"),
-        "lr": Field(float, default=1e-3, check=positive),
-        "seq_len": SEQ_LEN,
-        "batch_size": BATCH_SIZE,
-        "temperature": Field(float, default=1.0, check=positive),
-        "top_k": Field(int, default=None, nullable=True, check=positive, doc="distil from the teacher's top-k logits"),
-        "lm_loss_weight": Field(float, default=0.0, check=non_negative),
-        "log_every": Field(int, default=10, check=positive),
-        "eval_every": Field(int, default=50, check=positive),
-        "checkpoint_every": Field(int, default=50, check=positive),
-        "eval_tokens": Field(int, default=32_768, check=positive, doc="validation tokens scored at each eval"),
-        "bf16": Field(bool, default=True, doc="bf16 autocast (false: train in fp32)"),
-        "train_tokens": Field(str, default=None, nullable=True, check=existing_path,
-                              doc="training data: a .npy token array or text files (default: the demo's "
-                                  "for the demo teacher)"),
-        "val_tokens": TOKENS_FILE,
-        "run_dir": Field(str, default=None, nullable=True, check=absolute_path,
-                         doc="folder for metrics.jsonl, checkpoint/ and model/ (default: the job's own)"),
-        "resume": Field(bool, default=False, doc="continue the run in 'run_dir' from its checkpoint"),
-        "seed": Field(int, default=0),
-        "device": DEVICE,
-        "name": name_field(),
-        "trust_remote_code": TRUST_REMOTE_CODE,
-    },
-    handler=run,
-    check=_check,
-    requires=("hybridlab.training.distill",),
-))
+register_kind(
+    JobKind(
+        name="distill",
+        doc="logit distillation of a student from a teacher, resumable from checkpoints",
+        fields={
+            "student": Field(str, default=None, nullable=True, check=model_ref, doc="the student's model folder"),
+            "candidate": Field(
+                int, default=None, nullable=True, doc="or: a candidate run id whose model is the student"
+            ),
+            "teacher": Field(
+                str,
+                default=None,
+                nullable=True,
+                check=model_ref,
+                doc="'demo' or a local Hugging Face folder (may be left out with 'logits_cache')",
+            ),
+            "logits_cache": Field(
+                str,
+                default=None,
+                nullable=True,
+                check=existing_dir,
+                doc="the teacher's top-k logits from `hybridlab cache-logits`",
+            ),
+            "tokens": Field(int, check=positive, doc="token budget, e.g. 2000000"),
+            "lr": Field(float, default=1e-3, check=positive),
+            "seq_len": SEQ_LEN,
+            "batch_size": BATCH_SIZE,
+            "temperature": Field(float, default=1.0, check=positive),
+            "top_k": Field(
+                int, default=None, nullable=True, check=positive, doc="distil from the teacher's top-k logits"
+            ),
+            "lm_loss_weight": Field(float, default=0.0, check=non_negative),
+            "log_every": Field(int, default=10, check=positive),
+            "eval_every": Field(int, default=50, check=positive),
+            "checkpoint_every": Field(int, default=50, check=positive),
+            "eval_tokens": Field(int, default=32_768, check=positive, doc="validation tokens scored at each eval"),
+            "bf16": Field(bool, default=True, doc="bf16 autocast (false: train in fp32)"),
+            "train_tokens": Field(
+                str,
+                default=None,
+                nullable=True,
+                check=existing_path,
+                doc="training data: a .npy token array or text files (default: the demo's for the demo teacher)",
+            ),
+            "val_tokens": TOKENS_FILE,
+            "run_dir": Field(
+                str,
+                default=None,
+                nullable=True,
+                check=absolute_path,
+                doc="folder for metrics.jsonl, checkpoint/ and model/ (default: the job's own)",
+            ),
+            "resume": Field(bool, default=False, doc="continue the run in 'run_dir' from its checkpoint"),
+            "seed": Field(int, default=0),
+            "device": DEVICE,
+            "name": name_field(),
+            "trust_remote_code": TRUST_REMOTE_CODE,
+        },
+        handler=run,
+        check=_check,
+        requires=("hybridlab.training.distill",),
+    )
+)

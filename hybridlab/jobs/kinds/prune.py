@@ -8,12 +8,20 @@ their ratios to the parent, and the strategy (depth, width or mixed).
 Without 'importance', a job ranking by importance scores the model first on its
 'calib' data (the demo's for the demo model), as `hybridlab prune` without --scores does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from hybridlab.jobs.kinds.common import (
-    DEVICE, SEQ_LEN, TRUST_REMOTE_CODE, data_source, load, model_field, name_field, run_name,
+    DEVICE,
+    SEQ_LEN,
+    TRUST_REMOTE_CODE,
+    data_source,
+    load,
+    model_field,
+    name_field,
+    run_name,
 )
 from hybridlab.jobs.registry import Field, JobKind, register_kind
 from hybridlab.jobs.specs import one_of, positive
@@ -34,8 +42,10 @@ def scores_dir(importance, store) -> Path:
         if not rows:
             raise ValueError(f"importance run {importance} does not exist; see list_importance_runs()")
         if rows[0]["artifact"] is None:
-            raise ValueError(f"importance run {importance} has no scores (status {rows[0]['status']}); "
-                             "wait for it to finish or run importance again")
+            raise ValueError(
+                f"importance run {importance} has no scores (status {rows[0]['status']}); "
+                "wait for it to finish or run importance again"
+            )
         return store.workspace / rows[0]["artifact"]
     path = Path(importance).expanduser().resolve()
     if not (path / "scores.json").is_file():
@@ -64,8 +74,10 @@ def _check(spec: dict, store) -> None:
     check_architecture(spec["model"], spec["spec"], spec["trust_remote_code"])
     importance = spec["importance"]
     if importance is None and spec["ranking"] == "importance" and spec["calib"] is None and spec["model"] != "demo":
-        raise ValueError("ranking by importance needs 'importance' (an importance run id or scores folder) "
-                         "or 'calib' data to score the model now")
+        raise ValueError(
+            "ranking by importance needs 'importance' (an importance run id or scores folder) "
+            "or 'calib' data to score the model now"
+        )
     if isinstance(importance, str):
         spec["importance"] = str(scores_dir(importance, store))  # checked and made absolute
     elif importance is not None and store is not None:
@@ -90,8 +102,15 @@ def run(spec: dict, ctx) -> dict:
         scores = None
     prune_spec = PruneSpec.from_dict(spec["spec"])
     ctx.progress(0.6, "pruning")
-    pruned = prune(model, prune_spec, scores, ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"],
-                   layer_metric=spec["layer_metric"], seed=spec["seed"])
+    pruned = prune(
+        model,
+        prune_spec,
+        scores,
+        ranking=spec["ranking"],
+        mamba_ranking=spec["mamba_ranking"],
+        layer_metric=spec["layer_metric"],
+        seed=spec["seed"],
+    )
     ctx.progress(0.8, "saving")
     out = save_model(pruned, tokenizer, ctx.artifact_path("candidates", name), overwrite=True)
     ctx.register_model(str(out), pruned.config)
@@ -126,37 +145,57 @@ def _score_now(model, tokenizer, spec: dict, progress):
 
     rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
     metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]
-    return estimate_importance(model, batched(rows, spec["batch_size"]), layer_metric=metric, progress=progress,
-                               layer_samples=spec["layer_samples"])
+    return estimate_importance(
+        model,
+        batched(rows, spec["batch_size"]),
+        layer_metric=metric,
+        progress=progress,
+        layer_samples=spec["layer_samples"],
+    )
 
 
 def _layer_count(config) -> int:
     return len(config.layers_block_type) if hasattr(config, "layers_block_type") else int(config.num_hidden_layers)
 
 
-register_kind(JobKind(
-    name="prune",
-    doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
-    fields={
-        "model": model_field(),
-        "spec": Field(dict, doc="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}"),
-        "importance": Field((int, str), default=None, nullable=True,
-                            doc="an importance run id, or a folder of saved ImportanceScores"),
-        "ranking": Field(str, default="importance", check=one_of("importance", "random")),
-        "mamba_ranking": Field(str, default="group", check=one_of("group", "global")),
-        "layer_metric": Field(str, default="kl", check=one_of("kl", "loss", "cosine", "none"),
-                              doc="layer score that picks layers to drop ('none': no layer scores)"),
-        "calib": Field(str, default=None, nullable=True, check=data_source,
-                       doc="calibration data to score the model now when no 'importance' is given"),
-        "samples": Field(int, default=64, check=positive, doc="calibration sequences (scoring now only)"),
-        "layer_samples": Field(int, default=16, check=positive, doc="sequences for the drop-one-layer passes"),
-        "seq_len": SEQ_LEN,
-        "batch_size": Field(int, default=8, check=positive),
-        "seed": Field(int, default=0),
-        "device": DEVICE,
-        "name": name_field(),
-        "trust_remote_code": TRUST_REMOTE_CODE,
-    },
-    handler=run,
-    check=_check,
-))
+register_kind(
+    JobKind(
+        name="prune",
+        doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
+        fields={
+            "model": model_field(),
+            "spec": Field(dict, doc="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}"),
+            "importance": Field(
+                (int, str),
+                default=None,
+                nullable=True,
+                doc="an importance run id, or a folder of saved ImportanceScores",
+            ),
+            "ranking": Field(str, default="importance", check=one_of("importance", "random")),
+            "mamba_ranking": Field(str, default="group", check=one_of("group", "global")),
+            "layer_metric": Field(
+                str,
+                default="kl",
+                check=one_of("kl", "loss", "cosine", "none"),
+                doc="layer score that picks layers to drop ('none': no layer scores)",
+            ),
+            "calib": Field(
+                str,
+                default=None,
+                nullable=True,
+                check=data_source,
+                doc="calibration data to score the model now when no 'importance' is given",
+            ),
+            "samples": Field(int, default=64, check=positive, doc="calibration sequences (scoring now only)"),
+            "layer_samples": Field(int, default=16, check=positive, doc="sequences for the drop-one-layer passes"),
+            "seq_len": SEQ_LEN,
+            "batch_size": Field(int, default=8, check=positive),
+            "seed": Field(int, default=0),
+            "device": DEVICE,
+            "name": name_field(),
+            "trust_remote_code": TRUST_REMOTE_CODE,
+        },
+        handler=run,
+        check=_check,
+    )
+)

@@ -6,6 +6,7 @@ length, so plain accuracy is not biased by length). The gold position cycles 0, 
 so answer positions are exactly balanced and a model that ignores the context scores
 1/num_choices. Everything is deterministic in (tokens, tokenizer, arguments, seed).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from hybridlab.core.atomic import atomic_file
 
 
 def _decode(tokenizer, ids: np.ndarray) -> str:
@@ -97,11 +100,7 @@ def build_continuation_items(
 
 def write_jsonl(items: list[dict], path: str | os.PathLike) -> Path:
     """Write items as JSON lines via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_file(path) as handle:
         for item in items:
             handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Path(path)

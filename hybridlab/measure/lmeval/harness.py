@@ -5,6 +5,7 @@ they load their data from JSON/JSONL files, so they run offline. `continuation_m
 at run time from the model's validation tokens. Any other name is passed to lm-eval as a
 standard task, which downloads its dataset: that needs the network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ from typing import Iterator
 
 import yaml
 
-from hybridlab.measure.lmeval.continuation import build_continuation_items, write_jsonl
 from hybridlab.core.progress import ProgressFn
+from hybridlab.measure.lmeval.continuation import build_continuation_items, write_jsonl
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -96,7 +97,9 @@ def check_task_inputs(tasks: list[str], val_tokens, tokenizer) -> None:
         raise ValueError("lm-eval tasks need a tokenizer, and this model has none: save one next to the model")
     needs_tokens = [name for name in tasks if name in GENERATED_TASKS]
     if needs_tokens and val_tokens is None:
-        raise ValueError(f"task(s) {', '.join(needs_tokens)} are built from validation tokens: pass --val-tokens FILE.npy")
+        raise ValueError(
+            f"task(s) {', '.join(needs_tokens)} are built from validation tokens: pass --val-tokens FILE.npy"
+        )
 
 
 def _generated_task_config(name: str, yaml_path: Path, val_tokens, tokenizer, folder: Path, seed: int) -> dict:
