@@ -1,0 +1,219 @@
+"""A Hugging Face model folder's safetensors files, read from their headers and written shard by shard.
+
+Nothing here holds a whole model: `read_weight_files` parses only the headers (8-byte length + JSON),
+checks them against the file sizes and the shard index, and `WeightFiles.load(name)` reads one tensor.
+`write_sharded` writes tensors produced one shard at a time, Hugging Face style
+(`model-00001-of-00004.safetensors` + `model.safetensors.index.json`, or one `model.safetensors`).
+
+    files = read_weight_files("ckpt/")            # ValueError naming the file and the fix if anything is off
+    files.dtype, files.nbytes                       # torch.bfloat16, 16_201_705_472
+    w = files.load("model.layers.0.mixer.in_proj.weight")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+# safetensors dtype names -> torch dtypes and element sizes
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    folder: Path
+    tensors: dict[str, TensorInfo]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(info.nbytes for info in self.tensors.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype most floating-point bytes are stored in (the checkpoint's dtype)."""
+        by_dtype = Counter()
+        for info in self.tensors.values():
+            if info.dtype.is_floating_point:
+                by_dtype[info.dtype] += info.nbytes
+        return by_dtype.most_common(1)[0][0] if by_dtype else torch.float32
+
+    def load(self, name: str) -> torch.Tensor:
+        info = self.tensors[name]
+        with safe_open(str(info.file), framework="pt") as handle:
+            return handle.get_tensor(name)
+
+    def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Several tensors, opening each shard once."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.tensors[name].file, []).append(name)
+        out = {}
+        for file, file_names in by_file.items():
+            with safe_open(str(file), framework="pt") as handle:
+                for name in file_names:
+                    out[name] = handle.get_tensor(name)
+        return out
+
+
+def read_weight_files(folder: str | os.PathLike) -> WeightFiles:
+    """The folder's tensors from the safetensors headers; ValueError naming the problem and the fix."""
+    folder = Path(folder)
+    index = folder / INDEX_FILE
+    if index.is_file():
+        files = _shards_of(index)
+    elif (folder / SINGLE_FILE).is_file():
+        files = [folder / SINGLE_FILE]
+    elif any((folder / name).is_file() for name in PICKLE_FILES):
+        raise ValueError(
+            f"{folder} holds only pickle weights (pytorch_model.bin), which can run code when read; "
+            "convert them to safetensors with save_pretrained(..., safe_serialization=True)"
+        )
+    else:
+        raise ValueError(f"{folder} has no {SINGLE_FILE} or {INDEX_FILE}; point at a folder written by save_pretrained")
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in _header(file).items():
+            tensors[name] = info
+    if index.is_file():
+        _check_index(index, tensors)
+    return WeightFiles(folder, tensors)
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Tensor names grouped in order into shards of at most `max_shard_bytes` (a bigger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, nbytes in sizes:
+        if shards[-1] and used + nbytes > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += nbytes
+    return shards if shards[0] else []
+
+
+def write_sharded(
+    folder: str | os.PathLike,
+    shards: list[list[str]],
+    make_shard: Callable[[list[str]], dict[str, torch.Tensor]],
+    metadata: dict | None = None,
+) -> list[Path]:
+    """Write each planned shard from `make_shard(names)`, one in memory at a time, plus the index.
+
+    `folder` should be a temporary folder (see hybridlab.core.atomic.atomic_directory): a crash
+    mid-way must not leave a folder that looks complete."""
+    folder = Path(folder)
+    total = len(shards)
+    names = [SINGLE_FILE] if total == 1 else [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
+    weight_map, total_bytes = {}, 0
+    for file_name, shard in zip(names, shards):
+        tensors = make_shard(shard)
+        if len(tensors) != len(shard):
+            raise RuntimeError(f"shard {file_name} was planned with {len(shard)} tensors but got {len(tensors)}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / file_name), metadata={"format": "pt"})
+        total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update(dict.fromkeys(tensors, file_name))  # make_shard may rename (checkpoint naming)
+        del tensors
+    if total > 1:
+        index = {"metadata": {"total_size": total_bytes, **(metadata or {})}, "weight_map": weight_map}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return [folder / name for name in names]
+
+
+def _shards_of(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            f"{index} is not a valid shard index (JSON with a 'weight_map'); re-save the model with save_pretrained"
+        ) from None
+    missing = [f for f in files if not (index.parent / f).is_file()]
+    if missing:
+        raise ValueError(f"{index} names shard {missing[0]}, which is missing; copy every shard of the checkpoint")
+    return [index.parent / f for f in files]
+
+
+def _header(file: Path) -> dict[str, TensorInfo]:
+    size = file.stat().st_size
+    problem = f"{file} is not a complete safetensors file"
+    fix = "copy or download it again"
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{problem} ({size} bytes); {fix}")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"{problem} (its header claims {length} bytes); {fix}")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise ValueError(f"{problem} (unreadable header); {fix}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{problem} (unreadable header); {fix}")
+    tensors, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            start, stop = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{problem} (tensor {name!r} is described oddly); {fix}") from None
+        tensors[name] = TensorInfo(file, dtype, shape)
+        if stop - start != tensors[name].nbytes:
+            raise ValueError(f"{problem} (tensor {name!r} has the wrong byte count); {fix}")
+        end = max(end, stop)
+    if 8 + length + end > size:
+        raise ValueError(f"{problem}: it is truncated ({size} of {8 + length + end} bytes); {fix}")
+    return tensors
+
+
+def _check_index(index: Path, tensors: dict[str, TensorInfo]) -> None:
+    weight_map = json.loads(index.read_text())["weight_map"]
+    for name, file_name in weight_map.items():
+        if name not in tensors or tensors[name].file.name != file_name:
+            raise ValueError(
+                f"{index} places {name} in {file_name}, which does not hold it; re-save the model with save_pretrained"
+            )
