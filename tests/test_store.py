@@ -11,9 +11,20 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridlab.store import SCHEMA_VERSION, Store, artifact_path, job_rows, run_rows, runs_frame, write_artifact_dir
+from hybridlab.store import (
+    SCHEMA_VERSION,
+    Store,
+    artifact_path,
+    job_parents,
+    job_rows,
+    jobs_frame,
+    run_rows,
+    runs_frame,
+    write_artifact_dir,
+)
 from hybridlab.store.db import to_json
 from hybridlab.store.frames import metrics_frame
+from hybridlab.store.schema import MIGRATIONS, _statements
 
 # The version-1 schema exactly as hybridlab 0.1 shipped it, written out by hand so this
 # test does not depend on the code it checks.
@@ -65,7 +76,7 @@ def make_v1_store(path, drop_candidates: bool = False) -> None:
 def test_fresh_store_is_current_wal_with_busy_timeout(tmp_path):
     store = Store(tmp_path)
     assert store.path == tmp_path / "store.db"
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
     assert store.query("PRAGMA journal_mode")[0][0] == "wal"
     assert store.query("PRAGMA busy_timeout")[0][0] >= 10_000
 
@@ -102,6 +113,43 @@ def test_version_1_store_is_migrated_without_losing_rows(tmp_path):
     run_rows.add_metrics(store, 2, 5, {"kd_loss": 1.5})
     assert run_rows.get_run(store, "distillations", run_id)["status"] == "running"
     assert Store(tmp_path).query("PRAGMA user_version")[0][0] == SCHEMA_VERSION  # reopening is a no-op
+
+
+def make_v2_store(path) -> None:
+    """A store as hybridlab left it at schema version 2: the v1 rows, upgraded by the v2 migration."""
+    make_v1_store(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _statements(MIGRATIONS[1]):
+        conn.execute(statement)
+    conn.execute("UPDATE jobs SET status = 'running', worker = 'host:7', attempts = 1, heartbeat = 155.0 WHERE id = 2")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_version_2_store_is_migrated_keeping_rows_and_recording_job_parents(tmp_path):
+    make_v2_store(tmp_path / "store.db")
+    store = Store(tmp_path)
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+
+    done, running = job_rows.get_job(store, 1), job_rows.get_job(store, 2)
+    assert (done["status"], done["result"], done["parents"]) == ("succeeded", {"run_id": 1}, [])
+    assert (running["status"], running["worker"], running["attempts"], running["parents"]) == (
+        "running",
+        "host:7",
+        1,
+        [],
+    )
+    assert metrics_frame(store, 1)["value"].tolist() == [3.0, 2.0]
+    assert runs_frame(store, "candidates")["name"].tolist() == ["half"]
+    assert store.query("SELECT count(*) FROM job_parents")[0][0] == 0
+    assert jobs_frame(store)["parents"].tolist() == [[], []]
+
+    # Old jobs take part in chains: a new job waits for the one that was running at the upgrade.
+    child = job_rows.insert_job(store, "eval", {"model": "job:2"}, parents=[2])
+    assert job_rows.get_job(store, child)["status"] == "waiting"
+    assert job_parents.parents_of(store, child) == [2]
+    assert job_rows.finish_job(store, 2, "host:7", job_rows.SUCCEEDED, result={"model_path": "/m"})
+    assert job_rows.get_job(store, child)["status"] == "queued"
 
 
 def test_a_failing_migration_leaves_the_old_store_untouched(tmp_path):
@@ -173,6 +221,71 @@ def test_job_transitions_happen_once_and_only_for_the_owner(tmp_path):
     assert job_rows.request_cancel(store, queued) == "cancelled"
     assert not job_rows.claim_job(store, queued, "a:1")
     assert job_rows.request_cancel(store, 12345) is None
+
+
+def test_a_waiting_job_is_queued_when_all_its_parents_succeed_and_never_claimed_before(tmp_path):
+    store = Store(tmp_path)
+    first, second = (job_rows.insert_job(store, "count", {}) for _ in range(2))
+    child = job_rows.insert_job(store, "count", {}, parents=[second, first, first])
+    waiting = job_rows.get_job(store, child)
+    assert (waiting["status"], waiting["message"], waiting["parents"]) == ("waiting", "waiting for job 1, 2", [1, 2])
+    assert not job_rows.claim_job(store, child, "a:1")  # a stray queue message cannot start it
+
+    for parent in (first, second):
+        assert job_rows.claim_job(store, parent, "a:1")
+        assert job_parents.queued_children(store, parent) == []
+        assert job_rows.finish_job(store, parent, "a:1", job_rows.SUCCEEDED)
+    assert job_rows.get_job(store, child)["status"] == "queued"  # in the transaction that finished the last parent
+    assert job_parents.queued_children(store, second) == [child]
+    assert job_rows.claim_job(store, child, "a:1")
+
+    late = job_rows.insert_job(store, "count", {}, parents=[first])  # parents done already: queued at once
+    assert job_rows.get_job(store, late)["status"] == "queued"
+
+
+def test_a_failed_or_cancelled_parent_ends_the_whole_chain_below_it(tmp_path):
+    store = Store(tmp_path)
+    parent = job_rows.insert_job(store, "prune", {})
+    child = job_rows.insert_job(store, "eval", {}, parents=[parent])
+    grandchild = job_rows.insert_job(store, "bench", {}, parents=[child])
+    assert job_rows.claim_job(store, parent, "a:1")
+    assert job_rows.finish_job(store, parent, "a:1", job_rows.FAILED, error="ValueError: boom")
+    ended = job_rows.get_job(store, child)
+    assert ended["status"] == "failed" and ended["finished_at"] is not None
+    assert ended["error"] == "parent job 1 (prune) failed, so this job did not run (job 1: ValueError: boom)"
+    assert job_rows.get_job(store, grandchild)["status"] == "failed"
+    assert job_rows.get_job(store, grandchild)["error"].startswith("parent job 2 (eval) failed")
+    assert job_rows.get_job(store, job_rows.insert_job(store, "eval", {}, [parent]))["status"] == "failed"
+
+    # Cancelling a queued job cancels what waits on it; cancelling a waiting job ends it at once.
+    queued = job_rows.insert_job(store, "prune", {})
+    waits = job_rows.insert_job(store, "eval", {}, parents=[queued])
+    assert job_rows.request_cancel(store, queued) == "cancelled"
+    assert job_rows.get_job(store, waits)["status"] == "cancelled"
+    assert job_rows.get_job(store, waits)["error"] == "parent job 5 (prune) cancelled, so this job did not run"
+    other = job_rows.insert_job(store, "prune", {})
+    lone = job_rows.insert_job(store, "eval", {}, parents=[other])
+    assert job_rows.request_cancel(store, lone) == "cancelled"
+    assert job_rows.get_job(store, other)["status"] == "queued"  # a child's cancel leaves its parent alone
+
+
+def test_settle_waiting_decides_jobs_whose_parents_finished_behind_its_back(tmp_path):
+    store = Store(tmp_path)
+    done, broken = job_rows.insert_job(store, "prune", {}), job_rows.insert_job(store, "prune", {})
+    released = job_rows.insert_job(store, "eval", {}, parents=[done])
+    ended = job_rows.insert_job(store, "eval", {}, parents=[broken])
+    with store.write() as conn:  # as if written by code that does not settle dependents
+        conn.execute("UPDATE jobs SET status = 'succeeded' WHERE id = ?", (done,))
+        conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (broken,))
+    job_parents.settle_waiting(store)
+    assert job_rows.get_job(store, released)["status"] == "queued"
+    assert job_rows.get_job(store, ended)["status"] == "cancelled"
+
+
+def test_job_references_parse_only_the_exact_form():
+    assert job_parents.job_ref(12) == "job:12" and job_parents.parse_job_ref("job:12") == 12
+    for text in ("job:0", "job:-1", "job: 3", "job:3 ", "JOB:3", "jobs:3", "job:", 3, None):
+        assert job_parents.parse_job_ref(text) is None, text
 
 
 def test_run_rows_are_resumed_by_job_and_name_and_closed_with_the_job(tmp_path):

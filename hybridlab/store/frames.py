@@ -26,9 +26,11 @@ JOB_COLUMNS = [
     "started_at",
     "finished_at",
     "heartbeat",
+    "parents",
 ]
 RUN_COLUMNS = ["id", "job_id", "name", "model_ref", "status", "artifact", "created_at", "finished_at"]
 METRIC_COLUMNS = ["step", "name", "value", "time"]
+MODEL_COLUMNS = ["id", "ref", "name", "created_at"]
 _TIMES = ["created_at", "started_at", "finished_at", "heartbeat", "time"]
 
 
@@ -44,6 +46,12 @@ def metrics_frame(store: Store, job_id: int) -> pd.DataFrame:
         "SELECT step, name, value, time FROM metrics WHERE job_id = ? ORDER BY step, name", (int(job_id),)
     )
     return _times(pd.DataFrame([dict(r) for r in rows], columns=METRIC_COLUMNS))
+
+
+def models_frame(store: Store) -> pd.DataFrame:
+    """Every model a job used or made: id, ref ("demo" or an absolute folder), name, created_at."""
+    rows = store.query("SELECT id, ref, name, created_at FROM models ORDER BY id")
+    return _times(pd.DataFrame([dict(r) for r in rows], columns=MODEL_COLUMNS))
 
 
 def runs_frame(store: Store, table: str) -> pd.DataFrame:

@@ -1,6 +1,8 @@
-"""Job records: the lifecycle queued -> running -> succeeded | failed | cancelled.
+"""Job records: the lifecycle [waiting ->] queued -> running -> succeeded | failed | cancelled.
 
-Every transition is one conditional UPDATE, so it happens at most once even when
+A job with parents waits until they all succeed (see hybridlab.store.job_parents);
+every transition that ends a job decides its waiting dependents in the same
+transaction. Every transition is one conditional UPDATE, so it happens at most once even when
 several workers, a submitter and the dashboard race: a job is claimed only if it is
 still queued, and a worker may only touch a running job it owns (`worker` matches).
 A worker that lost its job (re-queued after it was presumed dead) learns so from
@@ -12,23 +14,39 @@ from __future__ import annotations
 import time
 
 from hybridlab.store.db import Store, from_json, to_json
+from hybridlab.store.job_parents import add_parents, parent_map, parents_of, settle, settle_dependents, waiting_message
+from hybridlab.store.status import (  # noqa: F401 - the status names are part of this module's interface
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    WAITING,
+)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
-
-def insert_job(store: Store, kind: str, spec: dict) -> int:
+def insert_job(store: Store, kind: str, spec: dict, parents=()) -> int:
+    """Record a job: queued, or waiting for `parents` (existing job ids) to succeed. A job whose
+    parents have all finished already is decided at once (queued, or ended if one did not succeed)."""
+    parents = sorted({int(p) for p in parents})
+    status, message = (WAITING, waiting_message(parents)) if parents else (QUEUED, "queued")
     with store.write() as conn:
         cur = conn.execute(
-            "INSERT INTO jobs (kind, spec_json, status, message, created_at) VALUES (?, ?, ?, 'queued', ?)",
-            (kind, to_json(spec), QUEUED, time.time()),
+            "INSERT INTO jobs (kind, spec_json, status, message, created_at) VALUES (?, ?, ?, ?, ?)",
+            (kind, to_json(spec), status, message, time.time()),
         )
-        return int(cur.lastrowid)
+        job_id = int(cur.lastrowid)
+        if parents:
+            add_parents(conn, job_id, parents)
+            settle(conn, job_id)
+        return job_id
 
 
 def get_job(store: Store, job_id: int) -> dict | None:
     rows = store.query("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
-    return _job_dict(rows[0]) if rows else None
+    return _job_dict(rows[0], parents_of(store, job_id)) if rows else None
 
 
 def job_rows(store: Store, status: str | None = None) -> list[dict]:
@@ -36,7 +54,8 @@ def job_rows(store: Store, status: str | None = None) -> list[dict]:
         rows = store.query("SELECT * FROM jobs ORDER BY id")
     else:
         rows = store.query("SELECT * FROM jobs WHERE status = ? ORDER BY id", (status,))
-    return [_job_dict(r) for r in rows]
+    parents = parent_map(store)
+    return [_job_dict(r, parents.get(r["id"], [])) for r in rows]
 
 
 def claim_job(store: Store, job_id: int, worker: str) -> bool:
@@ -83,6 +102,8 @@ def finish_job(store: Store, job_id: int, worker: str, status: str, result=None,
             "fraction = CASE WHEN ? THEN 1.0 ELSE fraction END WHERE id = ? AND worker = ? AND status = ?",
             (status, to_json(result), error, message, time.time(), status == SUCCEEDED, int(job_id), worker, RUNNING),
         )
+        if cur.rowcount == 1:
+            settle_dependents(conn, job_id)
         return cur.rowcount == 1
 
 
@@ -104,16 +125,21 @@ def fail_orphan(store: Store, job_id: int, worker: str, error: str) -> bool:
             "WHERE id = ? AND worker = ? AND status = ?",
             (FAILED, error, time.time(), int(job_id), worker, RUNNING),
         )
+        if cur.rowcount == 1:
+            settle_dependents(conn, job_id)
         return cur.rowcount == 1
 
 
 def request_cancel(store: Store, job_id: int) -> str | None:
-    """Cancel a queued job at once, flag a running one; returns the status afterwards (None: no such job)."""
+    """Cancel a waiting or queued job at once (and its waiting dependents), flag a running one;
+    returns the status afterwards (None: no such job)."""
     with store.write() as conn:
-        conn.execute(
-            "UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ? WHERE id = ? AND status = ?",
-            (CANCELLED, time.time(), int(job_id), QUEUED),
+        cur = conn.execute(
+            "UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ? WHERE id = ? AND status IN (?, ?)",
+            (CANCELLED, time.time(), int(job_id), QUEUED, WAITING),
         )
+        if cur.rowcount == 1:
+            settle_dependents(conn, job_id)
         conn.execute(
             "UPDATE jobs SET cancel_requested = 1, message = 'cancelling' WHERE id = ? AND status = ?",
             (int(job_id), RUNNING),
@@ -122,8 +148,9 @@ def request_cancel(store: Store, job_id: int) -> str | None:
         return row[0] if row else None
 
 
-def _job_dict(row) -> dict:
+def _job_dict(row, parents: list[int]) -> dict:
     job = dict(row)
+    job["parents"] = parents
     job["spec"] = from_json(job.pop("spec_json"))
     job["result"] = from_json(job.pop("result_json"))
     job["cancel_requested"] = bool(job["cancel_requested"])

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from hybridlab.store.db import Store, from_json, to_json
-from hybridlab.store.job_rows import FINISHED, RUNNING
 from hybridlab.store.schema import RUN_TABLES
+from hybridlab.store.status import FINISHED, RUNNING
 
 
 def _table(table: str) -> str:
@@ -82,6 +82,12 @@ def add_metrics(store: Store, job_id: int, step: int, values: dict[str, float]) 
         conn.executemany(
             "INSERT OR REPLACE INTO metrics (job_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)", rows
         )
+
+
+def last_metric_step(store: Store, job_id: int) -> int | None:
+    """The highest step a job has recorded metrics for (a resumed job counts on from it)."""
+    rows = store.query("SELECT max(step) FROM metrics WHERE job_id = ?", (int(job_id),))
+    return rows[0][0] if rows else None
 
 
 def register_model(store: Store, ref: str, name: str | None = None, config: dict | None = None) -> int:

@@ -74,7 +74,18 @@ CREATE TABLE evaluations ({_RUN_COLUMNS});
 CREATE TABLE benchmarks ({_RUN_COLUMNS});
 """ + "".join(f"CREATE INDEX {t}_job ON {t}(job_id, name);\n" for t in RUN_TABLES)
 
-MIGRATIONS = [V1, V2]
+# Version 3: job chains. A job may wait for parent jobs (submit(..., after=...)): it stays
+# 'waiting' until they all succeed, and ends when one of them fails or is cancelled.
+V3 = """
+CREATE TABLE job_parents (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    parent_id INTEGER NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (job_id, parent_id)
+) WITHOUT ROWID;
+CREATE INDEX job_parents_parent ON job_parents(parent_id, job_id);
+"""
+
+MIGRATIONS = [V1, V2, V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
