@@ -1,0 +1,267 @@
+"""A checkpoint run one decoder layer at a time, so a model larger than memory can be scored and pruned.
+
+The model is built on the meta device. Its decoder layers are swapped for pass-through stand-ins, and
+only the layer being run gets real weights, read tensor by tensor from the safetensors files. A layer is
+run through the model's own forward (masks, position embeddings, multipliers are the model's code, not
+ours): a pre-hook hands the layer the cached hidden states and a hook stops the forward right after it.
+So the streamed hidden states are bit-identical to a whole-model forward in the same dtype.
+
+    streamed = StreamedModel("ckpt/")                     # reads config and safetensors headers only
+    hidden = streamed.embed(ids)                          # [B, T, hidden], the input of layer 0
+    for i in range(streamed.num_layers):
+        with streamed.layer(i):                           # layer i's weights in memory, nothing else
+            hidden = streamed.run_layer(i, hidden)
+    logits = streamed.logits(hidden)                      # final norm, lm_head, the model's scaling
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from hybridlab.families import family_for
+from hybridlab.model.weight_files import WeightFiles, read_weight_files
+
+
+class _Stop(Exception):
+    """Raised from a hook to end the model's forward once the wanted tensor is captured."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder layer: returns its input. Keeps the layer's plain attributes (e.g. NemotronH's
+    `block_type`), which the model's loop reads to pick the mask for each layer."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        for key, value in vars(layer).items():
+            if not key.startswith("_") and not isinstance(value, (nn.Module, torch.Tensor)) and key != "training":
+                setattr(self, key, value)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class StreamedModel:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.folder = Path(folder)
+        self.config = AutoConfig.from_pretrained(self.folder, trust_remote_code=trust_remote_code)
+        self.family = family_for(self.config)
+        self.files: WeightFiles = read_weight_files(self.folder)
+        self.dtype = dtype or self.files.dtype
+        self.device = torch.device(device)
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(
+                self.config, dtype=self.dtype, trust_remote_code=trust_remote_code
+            )
+        self.model.eval()
+        parts = self.family.parts(self.model)
+        self._embeddings, self._lm_head = parts.embeddings, parts.lm_head
+        self._blocks = [layer.block for layer in parts.layers]
+        self._layer_list = _parent_list(self.model, self._blocks[0])
+        self._sources = _checkpoint_names(self.model, self.files)
+        self._module_names = {module: name for name, module in self.model.named_modules()}
+        for i, block in enumerate(self._blocks):
+            self._layer_list[i] = _PassThrough(block)
+        self._materialise_rest()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._blocks)
+
+    def block(self, i: int) -> nn.Module:
+        return self._blocks[i]
+
+    @contextmanager
+    def layer(self, i: int) -> Iterator[nn.Module]:
+        """Layer i with real weights on the device for the duration of the block; freed afterwards."""
+        block = self._blocks[i]
+        self._load(block)
+        self._layer_list[i] = block
+        try:
+            yield block
+        finally:
+            self._layer_list[i] = _PassThrough(block)
+            block.to_empty(device="meta")
+
+    @contextmanager
+    def parts(self, i: int):
+        """The family's parts of the model with layer i materialised (for hooks and slicing)."""
+        with self.layer(i):
+            yield self.family.parts(self.model).layers[i]
+
+    @torch.no_grad()
+    def embed(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The input of layer 0 for token ids [B, T] (embedding and any scaling the model applies)."""
+        self._load(self._embeddings)
+        try:
+            first = self._layer_list[0]
+            return self._capture_input(first, input_ids=ids.to(self.device), attention_mask=_on(attention_mask, self))
+        finally:
+            self._embeddings.to_empty(device="meta")
+
+    @torch.no_grad()
+    def run_layer(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer i's output for its input `hidden` [B, T, hidden]; the layer must be materialised (see `layer`)."""
+        layer = self._layer_list[i]
+        if layer is not self._blocks[i]:
+            raise RuntimeError(f"layer {i} is not in memory; run it inside `with streamed.layer({i}):`")
+        hidden = hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
+
+        def feed(module, args, kwargs):
+            return (hidden, *args[1:]), kwargs
+
+        captured = {}
+
+        def stop(module, args, kwargs, output):
+            captured["out"] = output[0] if isinstance(output, tuple) else output
+            raise _Stop
+
+        handles = [
+            layer.register_forward_pre_hook(feed, with_kwargs=True),
+            layer.register_forward_hook(stop, with_kwargs=True),
+        ]
+        try:
+            self.model(
+                inputs_embeds=torch.zeros_like(hidden), attention_mask=_on(attention_mask, self), use_cache=False
+            )
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured["out"]
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab] from the last layer's output: the model's final norm, lm_head and scaling."""
+        self._load(self._lm_head)
+        last = self._layer_list[self.num_layers - 1]
+        hidden = hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
+        handle = last.register_forward_hook(lambda module, args, output: hidden)
+        try:
+            return self.model(
+                inputs_embeds=torch.zeros_like(hidden), attention_mask=_on(attention_mask, self), use_cache=False
+            ).logits
+        finally:
+            handle.remove()
+            self._lm_head.to_empty(device="meta")
+
+    def keep_head_loaded(self) -> None:
+        """Load lm_head once for many `logits` calls (e.g. drop-one-layer KL); `logits` frees it otherwise."""
+        self._load(self._lm_head)
+
+    def _capture_input(self, layer: nn.Module, **model_kwargs) -> torch.Tensor:
+        captured = {}
+
+        def grab(module, args, kwargs):
+            captured["in"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.model(use_cache=False, **model_kwargs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured["in"]
+
+    def _load(self, module: nn.Module) -> None:
+        """Give `module` its checkpoint tensors, in the model's dtype, on the device."""
+        prefix = self._module_names[module]
+        names = [f"{prefix}.{key}" for key in module.state_dict()]
+        tensors = self.files.load_many(self._sources[name] for name in names)
+        state = {
+            name[len(prefix) + 1 :]: tensors[self._sources[name]].to(
+                self.device, _dtype_for(tensors[self._sources[name]], self.dtype)
+            )
+            for name in names
+        }
+        module.load_state_dict(state, assign=True, strict=True)
+
+    def _materialise_rest(self) -> None:
+        """Everything but the layers, embeddings and lm_head (final norm, rotary tables): small, kept in memory.
+        Non-persistent buffers (rotary inverse frequencies) come from the model's own initialisation."""
+        skip = {id(m) for m in (self._embeddings, self._lm_head, *self._blocks)}
+        for module in _modules_outside(self.model, skip):
+            module.to_empty(device=self.device, recurse=False)
+            self.model._init_weights(module)
+            own = [k for k in module.state_dict(keep_vars=True) if "." not in k]
+            if own:
+                prefix = self._module_names[module]
+                full = {k: (f"{prefix}.{k}" if prefix else k) for k in own}
+                tensors = self.files.load_many(self._sources[n] for n in full.values())
+                for key, name in full.items():
+                    value = tensors[self._sources[name]]
+                    getattr(module, key).data = value.to(self.device, _dtype_for(value, self.dtype))
+
+
+def _modules_outside(model: nn.Module, skip: set[int]) -> list[nn.Module]:
+    out = []
+
+    def walk(module: nn.Module) -> None:
+        if id(module) in skip:
+            return
+        out.append(module)
+        for child in module.children():
+            walk(child)
+
+    walk(model)
+    return out
+
+
+def _parent_list(model: nn.Module, block: nn.Module) -> nn.ModuleList:
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and any(child is block for child in module):
+            return module
+    raise ValueError(f"{type(model).__name__}: cannot find the list that holds its decoder layers")
+
+
+def _checkpoint_names(model: nn.Module, files: WeightFiles) -> dict[str, str]:
+    """Module tensor name -> the name it has in the checkpoint files (transformers' own renamings, e.g.
+    NemotronH's `backbone.` -> `model.`)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    sources = {}
+    for stored in files.tensors:
+        name = stored
+        for renaming in renamings:
+            renamed, matched = renaming.rename_source_key(name)
+            if matched is not None:
+                name = renamed
+        sources[name] = stored
+    state = model.state_dict(keep_vars=True)
+    by_tensor = {id(tensor): name for name, tensor in state.items() if name in sources}
+    for name, tensor in state.items():  # tied weights (e.g. lm_head = embeddings) are stored once
+        if name not in sources and id(tensor) in by_tensor:
+            sources[name] = sources[by_tensor[id(tensor)]]
+    missing = sorted(set(state) - set(sources))
+    if missing:
+        raise ValueError(
+            f"{files.folder} lacks {len(missing)} of the model's tensors (first: {missing[0]}); streaming needs "
+            "every tensor stored under its own name: pass --no-streaming, or re-save the model with save_pretrained"
+        )
+    return sources
+
+
+def _dtype_for(tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if tensor.is_floating_point() else tensor.dtype
+
+
+def _on(tensor: torch.Tensor | None, streamed: StreamedModel) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(streamed.device)

@@ -1,0 +1,59 @@
+"""A model run one layer at a time from its files equals the whole model run in memory, bit for bit."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Mamba2Config, NemotronHConfig
+
+from benchmarks.random_checkpoint import write_random_checkpoint
+from hybridlab.model.streamed import StreamedModel
+from tests.test_weight_files import TINY
+
+CONFIGS = {
+    "nemotron_h": lambda: NemotronHConfig(**TINY),
+    "mamba2": lambda: Mamba2Config(
+        vocab_size=256, hidden_size=32, num_hidden_layers=3, num_heads=8, head_dim=8, n_groups=2, state_size=8,
+        expand=2, chunk_size=16, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def checkpoint(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param) / "model"
+    return write_random_checkpoint(CONFIGS[request.param](), folder, dtype=torch.bfloat16, max_shard_bytes=30_000)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_streamed_layers_equal_the_whole_model(checkpoint, dtype):
+    whole = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).eval()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    inputs, outputs = [], []
+    blocks = [m for m in whole.modules() if isinstance(m, torch.nn.ModuleList)][0]
+    for block in blocks:
+        block.register_forward_pre_hook(lambda m, args, kwargs: inputs.append(args[0]), with_kwargs=True)
+        block.register_forward_hook(lambda m, args, output: outputs.append(output))
+    with torch.no_grad():
+        reference = whole(ids, attention_mask=mask)
+    streamed = StreamedModel(checkpoint, dtype=dtype)
+    hidden = streamed.embed(ids, mask)
+    assert torch.equal(hidden, inputs[0])
+    for i in range(streamed.num_layers):
+        with streamed.layer(i):
+            hidden = streamed.run_layer(i, inputs[i], mask)
+        assert torch.equal(hidden, outputs[i]), f"layer {i}"
+    assert torch.equal(streamed.logits(hidden, mask), reference.logits)
+
+
+def test_only_the_running_layer_holds_weights(checkpoint):
+    streamed = StreamedModel(checkpoint)
+    real = lambda: [n for n, p in streamed.model.named_parameters() if not p.is_meta]  # noqa: E731
+    outside = set(real())
+    assert not any(".layers." in n or "embed" in n or "lm_head" in n for n in outside)
+    with streamed.layer(1):
+        inside = set(real()) - outside
+        assert inside and all(".layers.1." in n for n in inside)
+    assert set(real()) == outside
+    with pytest.raises(RuntimeError, match="not in memory"):
+        streamed.run_layer(0, torch.zeros(1, 4, 32))
