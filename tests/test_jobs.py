@@ -320,6 +320,174 @@ def _tiny_config_dict() -> dict:
     return tiny_nemotron_config().to_dict()
 
 
+# ---- chains: after= and "job:N" -------------------------------------------------------------------
+
+
+def test_chain_completes_after_its_worker_is_sigkilled_while_the_parent_runs(ws, start_worker):
+    from hybridlab.jobs import submit, wait
+
+    parent = submit("count", {"steps": 40, "sleep_s": 0.05}, ws)
+    child = submit("count", {"steps": 3}, ws, after=parent)
+    grandchild = submit("count", {"steps": 4}, ws, after=[child, parent])
+    assert [job(j, ws)["status"] for j in (parent, child, grandchild)] == ["queued", "waiting", "waiting"]
+    first = start_worker()
+    wait_until(lambda: job(parent, ws)["fraction"] >= 0.25, "the parent to get a quarter done")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert job(child, ws)["status"] == "waiting"  # nobody browses, nobody chains: only the store knows
+
+    start_worker()
+    done = wait(grandchild, TIMEOUT_S, ws)
+    assert done["status"] == "succeeded", done
+    assert done["result"]["total"] == 6 and done["parents"] == [parent, child]
+    assert job(parent, ws)["attempts"] == 2 and job(parent, ws)["result"]["total"] == sum(range(40))
+    assert job(child, ws)["attempts"] == 1 and job(child, ws)["result"]["total"] == 3
+    assert job(child, ws)["started_at"] >= job(parent, ws)["finished_at"]
+    assert integrity(ws) == "ok"
+
+
+def test_failed_parent_ends_its_dependents_with_an_error_naming_it(ws, start_worker):
+    from hybridlab.jobs import submit, wait
+
+    parent = submit("count", {"steps": 5, "fail_at": 1}, ws)
+    child = submit("count", {"steps": 2}, ws, after=parent)
+    grandchild = submit("count", {"steps": 2}, ws, after=child)
+    unrelated = submit("count", {"steps": 2}, ws)
+    start_worker()
+    assert wait(unrelated, TIMEOUT_S, ws)["status"] == "succeeded"  # the worker went on after the failure
+    ended = wait(child, TIMEOUT_S, ws)
+    assert (ended["status"], ended["attempts"], ended["message"]) == ("failed", 0, f"parent job {parent} failed")
+    assert ended["error"] == (
+        f"parent job {parent} (count) failed, so this job did not run "
+        f"(job {parent}: ValueError: count job told to fail at step 1)"
+    )
+    below = wait(grandchild, TIMEOUT_S, ws)
+    assert below["status"] == "failed" and below["error"].startswith(f"parent job {child} (count) failed")
+
+
+def test_cancelling_a_parent_cancels_what_waits_on_it(ws, start_worker):
+    from hybridlab.jobs import cancel, submit, wait
+
+    parent = submit("count", {"steps": 2000, "sleep_s": 0.01}, ws)
+    child = submit("count", {"steps": 2}, ws, after=parent)
+    start_worker()
+    wait_until(lambda: job(parent, ws)["fraction"] > 0.01, "the parent to start")
+    cancel(parent, ws)
+    ended = wait(child, TIMEOUT_S, ws)
+    assert ended["status"] == "cancelled" and ended["error"].startswith(f"parent job {parent} (count) cancelled")
+
+
+def test_recovery_sends_the_dependents_a_dead_worker_released_but_never_queued(ws):
+    from hybridlab.jobs.queue import JobQueue
+    from hybridlab.jobs.recovery import recover
+    from hybridlab.store import Store, job_rows
+
+    store, queue = Store(ws), JobQueue(ws)
+    parent = job_rows.insert_job(store, "count", {"steps": 1})
+    child = job_rows.insert_job(store, "count", {"steps": 1}, parents=[parent])
+    job_rows.claim_job(store, parent, "elsewhere:1")
+    job_rows.finish_job(store, parent, "elsewhere:1", job_rows.SUCCEEDED)  # ... and the worker died here
+    assert job_rows.get_job(store, child)["status"] == "queued" and queue.pending_job_ids() == set()
+    recover(store, queue, stale_s=30)
+    assert queue.pending_job_ids() == {child}
+    recover(store, queue, stale_s=30)  # again: no duplicate message
+    assert [t.args[0] for t in queue.huey.pending()] == [child]
+
+
+def test_bad_after_or_job_reference_is_refused_at_submission_and_nothing_is_queued(ws):
+    from hybridlab.jobs import JobSpecError, job_ref, list_jobs, submit
+    from hybridlab.jobs.queue import JobQueue
+
+    counted = submit("count", {"steps": 1}, ws)
+    cases = [
+        ("count", {"steps": 1}, 99, f"^invalid count job: after: there is no job 99 in {ws}$"),
+        ("count", {"steps": 1}, ["1"], "after: job ids are whole numbers, got str '1'"),
+        (
+            "eval",
+            {"model": job_ref(counted), "val_tokens": __file__},
+            None,
+            f"^invalid eval job: 'model' refers to job {counted}, a count job, which makes no model; "
+            "refer to a prune, distill, search job$",
+        ),
+        ("bench", {"model": "job:42"}, None, "'model' refers to job 42, which does not exist"),
+        ("count", {"steps": "x"}, 99, "'steps' must be a whole number.*; invalid count job: after: there is no job 99"),
+    ]
+    for kind, spec, after, message in cases:
+        with pytest.raises(JobSpecError, match=message):
+            submit(kind, spec, ws, after=after)
+    assert list_jobs(ws)["id"].tolist() == [counted]
+    assert JobQueue(ws).pending_job_ids() == {counted}
+
+
+def test_a_reference_resolves_to_the_parents_model_or_fails_the_job_clearly(ws):
+    from hybridlab.jobs.parents import resolve_references
+    from hybridlab.store import Store, job_rows
+
+    store = Store(ws)
+    made, empty = (job_rows.insert_job(store, "prune", {}) for _ in range(2))
+    for job_id, result in ((made, {"model_path": "/models/half"}), (empty, {"params": 3})):
+        job_rows.claim_job(store, job_id, "w:1")
+        job_rows.finish_job(store, job_id, "w:1", job_rows.SUCCEEDED, result=result)
+    child = job_rows.get_job(store, job_rows.insert_job(store, "bench", {"model": f"job:{made}", "seq_len": 8}))
+    assert resolve_references(store, child) == {"model": "/models/half", "seq_len": 8}
+    assert child["spec"]["model"] == f"job:{made}"  # the record keeps the reference
+    with pytest.raises(ValueError, match=f"refers to job {empty} \\(prune\\), whose result holds no model_path"):
+        resolve_references(store, {"kind": "bench", "spec": {"model": f"job:{empty}"}})
+
+
+def test_prune_and_evaluate_from_the_dashboard_runs_with_no_browser_only_a_worker(
+    ws, tmp_path, start_worker, tiny_nemotron
+):
+    """The issue's acceptance test: the chain is submitted by the function the planner page
+    calls, then no Streamlit session exists at all; a worker alone runs it to the end."""
+    import numpy as np
+
+    from app.pipeline import eval_settings, prune_and_evaluate
+    from hybridlab import load_model
+    from hybridlab.jobs import list_benchmarks, list_evaluations, run_sync, wait
+    from hybridlab.measure.evaluate import validation_loss
+
+    model_dir = tmp_path / "tiny"
+    tiny_nemotron.save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.integers(3, 128, size=8 * 24, dtype=np.uint16))
+    np.save(tmp_path / "val.npy", rng.integers(3, 128, size=1024, dtype=np.uint16))
+    scores = run_sync(
+        "importance",
+        {"model": str(model_dir), "calib": str(tmp_path / "calib.npy"), "samples": 8, "seq_len": 24},
+        ws,
+        progress=lambda *a: None,
+    )
+    settings = eval_settings(str(model_dir), str(tmp_path / "val.npy"), 512, 24, bench=True)
+    scores_dir = str(ws / scores["result"]["artifact"])
+    ids = prune_and_evaluate(str(model_dir), {"mamba_num_heads": 4}, scores_dir, "half", settings, ws)
+    prune_id = ids[0]
+    assert [(job(j, ws)["kind"], job(j, ws)["status"], job(j, ws)["parents"]) for j in ids] == [
+        ("prune", "queued", []),
+        ("eval", "waiting", [prune_id]),
+        ("bench", "waiting", [prune_id]),
+        ("eval", "queued", []),  # the teacher's own point
+        ("bench", "queued", []),
+    ]
+
+    start_worker()
+    finished = [wait(j, TIMEOUT_S * 2, ws) for j in ids]
+    assert [j["status"] for j in finished] == ["succeeded"] * 5, [j["error"] for j in finished]
+    pruned = finished[0]["result"]["model_path"]
+    assert finished[1]["spec"]["model"] == f"job:{prune_id}"
+    evaluations = list_evaluations(ws).set_index("job_id")
+    assert evaluations.loc[ids[1], "model_ref"] == pruned and evaluations.loc[ids[3], "model_ref"] == str(model_dir)
+    candidate, _ = load_model(pruned)
+    expected = validation_loss(candidate, np.load(tmp_path / "val.npy"), seq_len=24, max_tokens=512)["loss"]
+    assert evaluations.loc[ids[1], "val_loss"] == pytest.approx(expected, rel=1e-5)
+    benchmarks = list_benchmarks(ws).set_index("job_id")
+    assert benchmarks.loc[ids[2], "model_ref"] == pruned
+    assert benchmarks.loc[ids[2], "params"] == sum(p.numel() for p in candidate.parameters())
+    # A second chain does not measure the teacher again.
+    again = prune_and_evaluate(str(model_dir), {"mamba_num_heads": 6}, scores_dir, None, settings, ws)
+    assert [job(j, ws)["kind"] for j in again] == ["prune", "eval", "bench"]
+
+
 # ---- real engine jobs on a tiny model -------------------------------------------------------------
 
 
@@ -527,6 +695,22 @@ def test_eval_and_bench_jobs_run_synchronously_and_record_their_runs(ws, tmp_pat
     row = list_benchmarks(ws).iloc[0]
     assert row["status"] == "succeeded" and row["prefill_ms"] == benched["result"]["prefill_ms"] > 0
     assert row["params"] == sum(p.numel() for p in tiny_nemotron.parameters())
+
+
+def test_jobs_cli_submit_after_and_show_parents(ws, capsys):
+    from hybridlab.cli import main
+
+    assert main(["jobs", "submit", "count", '{"steps": 2}', "--workspace", str(ws)]) == 0
+    assert main(["jobs", "submit", "count", '{"steps": 2}', "--after", "1", "--workspace", str(ws)]) == 0
+    assert "job 2 waiting" in capsys.readouterr().out.splitlines()[-1]
+    assert main(["jobs", "list", "--status", "waiting", "--workspace", str(ws)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert "after" in listing[0].split() and listing[1].split()[:3] == ["2", "count", "waiting"]
+    assert listing[1].split()[-1] == "1"
+    assert main(["jobs", "show", "2", "--workspace", str(ws)]) == 0
+    assert "after:  job 1 (queued)" in capsys.readouterr().out
+    assert main(["jobs", "submit", "count", '{"steps": 2}', "--after", "7", "--workspace", str(ws)]) == 2
+    assert "after: there is no job 7" in capsys.readouterr().err
 
 
 def test_jobs_cli_submit_list_show_cancel(ws, capsys):

@@ -16,7 +16,9 @@ def register(sub) -> None:
 
     p = jobs_sub.add_parser("list", help="all jobs, newest last")
     _workspace_option(p)
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"], default=None)
+    p.add_argument(
+        "--status", choices=["waiting", "queued", "running", "succeeded", "failed", "cancelled"], default=None
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per job")
     p.set_defaults(func=run_list)
 
@@ -34,6 +36,14 @@ def register(sub) -> None:
     _workspace_option(p)
     p.add_argument("kind", help="importance, prune, distill, eval, bench or search")
     p.add_argument("spec", help='JSON object, e.g. \'{"model": "demo"}\', or @path/to/spec.json')
+    p.add_argument(
+        "--after",
+        type=int,
+        action="append",
+        default=None,
+        metavar="JOB",
+        help='run only once job JOB has succeeded (repeatable); a model given as "job:N" waits for job N anyway',
+    )
     p.set_defaults(func=run_submit)
 
     p = sub.add_parser("worker", help="run queued jobs in this process until stopped (Ctrl-C / SIGTERM)")
@@ -77,7 +87,9 @@ def run_list(args) -> int:
     if frame.empty:
         print("no jobs")
         return 0
-    shown = frame[["id", "kind", "status", "fraction", "message", "attempts", "created_at"]].copy()
+    shown = frame[["id", "kind", "status", "fraction", "message", "attempts", "created_at", "parents"]].copy()
+    shown["parents"] = [",".join(map(str, p)) or "-" for p in shown["parents"]]
+    shown = shown.rename(columns={"parents": "after"})
     shown["fraction"] = (shown["fraction"] * 100).round().astype(int).astype(str) + "%"
     shown["created_at"] = shown["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S")
     print(shown.to_string(index=False))
@@ -93,6 +105,8 @@ def run_show(args) -> int:
         f"attempts {job['attempts']}, worker {job['worker'] or '-'}"
     )
     print("spec:   " + json.dumps(job["spec"], sort_keys=True))
+    if job["parents"]:
+        print("after:  " + ", ".join(f"job {p} ({get_job(p, args.workspace)['status']})" for p in job["parents"]))
     if job["error"]:
         print("error:  " + job["error"])
     if job["result"] is not None:
@@ -116,7 +130,7 @@ def run_cancel(args) -> int:
 
 
 def run_submit(args) -> int:
-    from hybridlab.jobs import submit
+    from hybridlab.jobs import get_job, submit
 
     text = args.spec
     if text.startswith("@"):
@@ -128,8 +142,9 @@ def run_submit(args) -> int:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f'the spec is not valid JSON ({err}); write it like \'{{"model": "demo"}}\'') from None
-    job_id = submit(args.kind, spec, args.workspace)
-    print(f"job {job_id} queued; run `hybridlab worker` to process it, `hybridlab jobs show {job_id}` to follow it")
+    job_id = submit(args.kind, spec, args.workspace, after=args.after)
+    status = get_job(job_id, args.workspace)["status"]  # "waiting" when it has parents still to finish
+    print(f"job {job_id} {status}; run `hybridlab worker` to process it, `hybridlab jobs show {job_id}` to follow it")
     return 0
 
 

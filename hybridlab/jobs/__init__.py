@@ -23,9 +23,11 @@ from hybridlab.jobs.launcher import ensure_worker
 from hybridlab.jobs.registry import Field, JobKind, get_kind, kind_names, register_kind
 from hybridlab.jobs.runner import run_sync
 from hybridlab.jobs.specs import JobSpecError, validate_spec
+from hybridlab.store import job_ref
 
 __all__ = [
     "submit",
+    "job_ref",
     "get_job",
     "job_metrics",
     "cancel",

@@ -1,6 +1,8 @@
 """What the dashboard, notebooks and CLI call; nothing here exposes the worker's internals.
 
 job_id = submit("importance", {"model": "demo"})
+prune_id = submit("prune", {...})
+submit("eval", {"model": job_ref(prune_id)}, after=prune_id)  # waits; runs on the pruned model
 ensure_worker()                      # a background worker, if none is alive
 get_job(job_id)["fraction"]          # poll: status, fraction, message, error, result
 job_metrics(job_id)                  # tidy DataFrame: step, name, value, time
@@ -15,9 +17,10 @@ import time
 import pandas as pd
 
 from hybridlab.core.paths import workspace_dir
+from hybridlab.jobs.parents import check_parents
 from hybridlab.jobs.queue import JobQueue
-from hybridlab.jobs.specs import validate_spec
-from hybridlab.store import FINISHED, Store, job_rows, jobs_frame, metrics_frame, runs_frame
+from hybridlab.jobs.specs import JobSpecError, validate_spec
+from hybridlab.store import FINISHED, QUEUED, Store, job_rows, jobs_frame, metrics_frame, models_frame, runs_frame
 
 _stores: dict = {}
 _queues: dict = {}
@@ -37,17 +40,32 @@ def _queue(store: Store) -> JobQueue:
     return _queues[store.workspace]
 
 
-def submit(kind: str, spec: dict, workspace=None) -> int:
-    """Validate `spec` for `kind` (JobSpecError on any problem), record and queue the job."""
+def submit(kind: str, spec: dict, workspace=None, after: int | list[int] | None = None) -> int:
+    """Validate `spec` for `kind`, record and queue the job; JobSpecError naming every problem.
+
+    `after`: a job id or a list of them. The job then waits until they have all succeeded,
+    and ends (failed or cancelled, naming the parent) if one of them does not. A model
+    field may be "job:N" (`job_ref(N)`): the model job N writes; job N becomes a parent."""
     store = _store(workspace)
-    clean = validate_spec(kind, spec, store)
-    job_id = job_rows.insert_job(store, kind, clean)
-    _queue(store).enqueue(job_id)  # if this process dies right here, recovery queues the job
+    problems = []
+    try:
+        clean = validate_spec(kind, spec, store)
+    except JobSpecError as err:
+        problems.append(str(err))
+    try:
+        parents = check_parents(store, kind, spec, after)
+    except JobSpecError as err:  # reported together with the spec's problems: one message names all
+        problems.append(str(err))
+    if problems:
+        raise JobSpecError("; ".join(problems))
+    job_id = job_rows.insert_job(store, kind, clean, parents)
+    if job_rows.get_job(store, job_id)["status"] == QUEUED:  # a waiting job is queued when its parents succeed
+        _queue(store).enqueue(job_id)  # if this process dies right here, recovery queues the job
     return job_id
 
 
 def get_job(job_id: int, workspace=None) -> dict:
-    """id, kind, spec, status, fraction, message, error, result, attempts, timestamps."""
+    """id, kind, spec, status, fraction, message, error, result, attempts, parents, timestamps."""
     store = _store(workspace)
     job = job_rows.get_job(store, job_id)
     if job is None:
@@ -56,8 +74,9 @@ def get_job(job_id: int, workspace=None) -> dict:
 
 
 def cancel(job_id: int, workspace=None) -> str:
-    """Cancel a job: a queued one at once, a running one at its next progress report.
-    Returns its status afterwards ('cancelled', 'running' while it winds down, or a finished status)."""
+    """Cancel a job: a waiting or queued one at once, a running one at its next progress report;
+    its waiting dependents end as cancelled with it. Returns its status afterwards
+    ('cancelled', 'running' while it winds down, or a finished status)."""
     store = _store(workspace)
     status = job_rows.request_cancel(store, job_id)
     if status is None:
@@ -86,11 +105,7 @@ def list_jobs(workspace=None) -> pd.DataFrame:
 
 
 def list_models(workspace=None) -> pd.DataFrame:
-    store = _store(workspace)
-    rows = [dict(r) for r in store.query("SELECT id, ref, name, created_at FROM models ORDER BY id")]
-    frame = pd.DataFrame(rows, columns=["id", "ref", "name", "created_at"])
-    frame["created_at"] = pd.to_datetime(frame["created_at"], unit="s", utc=True)
-    return frame
+    return models_frame(_store(workspace))
 
 
 def list_importance_runs(workspace=None) -> pd.DataFrame:

@@ -54,8 +54,8 @@ class JobContext:
         self._on_progress = on_progress  # an extra callback (run_sync's progress bar)
         self._last_write = 0.0
         self._last_message = None
-        rows = store.query("SELECT max(step) FROM metrics WHERE job_id = ?", (self.job_id,))
-        self._next_step = (rows[0][0] + 1) if rows and rows[0][0] is not None else 0
+        last = run_rows.last_metric_step(store, self.job_id)
+        self._next_step = 0 if last is None else last + 1  # a resumed job counts on from its last step
 
     # ---- progress, metrics, cancellation ---------------------------------------------------
 

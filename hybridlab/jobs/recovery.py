@@ -5,7 +5,8 @@ exists, or when its heartbeat is older than `stale_s` (the owner is elsewhere, h
 or its pid was reused). A worker's job is re-queued and resumes from its checkpoint
 folder; a job a CLI command ran synchronously is marked failed, since nobody is
 waiting for it to come back. Every queued job also gets a queue message if it lost
-its own (a submitter killed between writing the job and queuing it).
+its own (a submitter killed between writing the job and queuing it, or a worker killed
+between finishing a job and sending the messages of the dependents that released).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.runner import SYNC_PREFIX
-from hybridlab.store import QUEUED, RUNNING, Store, job_rows
+from hybridlab.store import QUEUED, RUNNING, Store, job_parents, job_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def recover(store: Store, queue: JobQueue, stale_s: float) -> list[int]:
             log.warning("job %s: worker %s stopped; re-queued to resume from its checkpoint", job["id"], owner)
             queue.enqueue(job["id"])
             requeued.append(job["id"])
+    job_parents.settle_waiting(store)  # a safety net: finishing a parent already decides its dependents
     pending = queue.pending_job_ids()
-    for job in job_rows.job_rows(store, QUEUED):
+    for job in job_rows.job_rows(store, QUEUED):  # also the dependents a dead worker released but never sent
         if job["id"] not in pending:
             queue.enqueue(job["id"])
     return requeued

@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.jobs.context import Flags, Interrupted, JobContext
 from hybridlab.jobs.heartbeat import Heartbeat
+from hybridlab.jobs.parents import resolve_references
+from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.registry import get_kind
 from hybridlab.jobs.specs import validate_spec
-from hybridlab.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, Store, job_rows, run_rows
+from hybridlab.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, Store, job_parents, job_rows, run_rows
 
 log = logging.getLogger(__name__)
 SYNC_PREFIX = "sync:"
@@ -45,6 +47,13 @@ def execute_job(
         return None
     job = job_rows.get_job(store, job_id)
     flags = Flags(interrupt=stopping) if stopping is not None else Flags()
+    try:
+        job["spec"] = resolve_references(store, job)  # "job:N" -> the model its parent wrote
+    except ValueError as err:
+        job_rows.finish_job(store, job_id, worker, FAILED, error=str(err))
+        if reraise:
+            raise
+        return FAILED
     try:
         ctx = JobContext(store, job, worker, flags, on_progress)
     except Exception as err:  # e.g. the checkpoint folder cannot be made: fail, do not leave it running
@@ -105,6 +114,12 @@ def run_sync(kind: str, spec: dict, workspace=None, progress: ProgressFn | None 
     job_id = job_rows.insert_job(store, kind, clean)
     with _bar_unless(progress) as on_progress:
         execute_job(store, job_id, worker_id(sync=True), on_progress=on_progress, reraise=True)
+    released = job_parents.queued_children(store, job_id)
+    if released:  # jobs submitted with after= this one while it ran: the workers take them from here
+        queue = JobQueue(store.workspace)
+        for child in released:
+            queue.enqueue(child)
+        queue.close()
     return job_rows.get_job(store, job_id)
 
 

@@ -103,7 +103,13 @@ def _type_name(types) -> str:
 
 
 def model_ref(value: str) -> str:
-    """'demo', or a local Hugging Face model directory (made absolute: the worker may run elsewhere)."""
+    """'demo', a local Hugging Face model directory (made absolute: the worker may run elsewhere),
+    or "job:N": the model job N will write, resolved when this job runs. That job's existence
+    and kind need the store, so hybridlab.jobs.parents checks them at submission."""
+    from hybridlab.store.job_parents import parse_job_ref  # imported here: only this function knows references
+
+    if parse_job_ref(value) is not None:
+        return value
     if value == "demo":
         if not (demo_teacher_dir() / "config.json").is_file():
             raise ValueError(
