@@ -29,7 +29,6 @@ st.set_page_config(page_title="hybridlab", page_icon=":material/content_cut:", l
 
 if state.MODEL_KEY not in st.session_state and (demo_teacher_dir() / "config.json").is_file():
     st.session_state[state.MODEL_KEY] = "demo"
-state.advance_chains()
 
 navigation = st.navigation(
     [

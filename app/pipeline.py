@@ -1,11 +1,15 @@
-"""'Prune and evaluate' and 'distil and evaluate' as chains of jobs: when a prune or
-distill job succeeds, its model gets an eval job (validation loss) and, optionally, a
-bench job (measured latency). Plain functions; app.state keeps the chains in the session.
+"""'Prune and evaluate' and 'distil and evaluate' as chains of jobs, submitted in one go:
+the eval job (validation loss) and, optionally, the bench job (measured latency) of the
+model a prune or distill job will write wait for that job in the job engine (`after=`,
+model "job:N"), so they run even if the tab that submitted them is closed right away.
+Plain functions, no Streamlit: the pages and the tests call the same ones.
 """
 
 from __future__ import annotations
 
+from hybridlab import jobs
 from hybridlab.core.paths import DEMO_VAL, demo_dir
+from hybridlab.store import QUEUED, RUNNING, SUCCEEDED, WAITING, job_ref
 
 
 def eval_settings(parent: str, val_tokens: str | None, max_tokens: int, seq_len: int, bench: bool) -> dict:
@@ -22,8 +26,8 @@ def eval_settings(parent: str, val_tokens: str | None, max_tokens: int, seq_len:
 
 
 def model_jobs(model: str, settings: dict) -> list[tuple[str, dict]]:
-    """(kind, spec) of the jobs that measure one model for the comparison."""
-    jobs = [
+    """(kind, spec) of the jobs that measure one model (a ref or "job:N") for the comparison."""
+    todo = [
         (
             "eval",
             {
@@ -36,16 +40,67 @@ def model_jobs(model: str, settings: dict) -> list[tuple[str, dict]]:
         )
     ]
     if settings["bench"]:
-        jobs.append(("bench", {"model": model, "seq_len": settings["seq_len"], "new_tokens": 8, "repeats": 3}))
-    return jobs
+        todo.append(("bench", {"model": model, "seq_len": settings["seq_len"], "new_tokens": 8, "repeats": 3}))
+    return todo
 
 
-def follow_ups(job: dict, settings: dict) -> list[tuple[str, dict]] | None:
-    """Jobs to submit now that `job` (a get_job() dict) moved on: [] when it failed or was
-    cancelled, None while it is still queued or running."""
-    if job["status"] in ("queued", "running"):
-        return None
-    if job["status"] != "succeeded":
+def prune_and_evaluate(
+    model: str, plan: dict, importance, name: str | None, settings: dict, workspace=None
+) -> list[int]:
+    """Submit a prune job, the eval (and bench) jobs of the candidate it will write, waiting
+    for it, and the teacher's own unless it is measured or being measured already.
+    Returns the job ids, the prune job first. A refused job (JobSpecError, a ValueError)
+    cancels those submitted before it, so no half chain is left behind."""
+    spec = {"model": model, "spec": plan, "importance": importance, "name": name}
+    teacher = [] if teacher_measured(model, workspace) else model_jobs(model, settings)
+    return _submit_chain("prune", spec, settings, teacher, workspace)
+
+
+def distil_and_evaluate(spec: dict, settings: dict | None, workspace=None) -> list[int]:
+    """Submit a distill job and, with `settings`, the eval (and bench) jobs of the model it
+    will write, waiting for it. Returns the job ids, the distill job first."""
+    return _submit_chain("distill", spec, settings, [], workspace)
+
+
+def teacher_measured(model: str, workspace=None) -> bool:
+    """Whether `model` has a validation loss, or an eval job for it that has not ended yet."""
+    evaluations = jobs.list_evaluations(workspace)
+    if (
+        not evaluations.empty
+        and ((evaluations["model_ref"] == model) & evaluations["status"].isin([SUCCEEDED, RUNNING])).any()
+    ):
+        return True
+    listing = jobs.list_jobs(workspace)
+    pending = listing[(listing["kind"] == "eval") & listing["status"].isin([WAITING, QUEUED])]
+    return any(jobs.get_job(int(j), workspace)["spec"].get("model") == model for j in pending["id"])
+
+
+def _submit_chain(kind: str, spec: dict, settings: dict | None, also: list, workspace) -> list[int]:
+    submitted = []
+    try:
+        parent = jobs.submit(kind, spec, workspace)
+        submitted.append(parent)
+        follow_ups = model_jobs(job_ref(parent), settings) if settings else []
+        for follow_kind, follow_spec in follow_ups:
+            submitted.append(jobs.submit(follow_kind, follow_spec, workspace, after=parent))
+        for other_kind, other_spec in also:
+            submitted.append(jobs.submit(other_kind, other_spec, workspace))
+    except ValueError:
+        for job_id in submitted:
+            jobs.cancel(job_id, workspace)
+        raise
+    return submitted
+
+
+def latest_chain(kind: str, workspace=None) -> list[int]:
+    """The newest `kind` job and every job waiting on it, directly or not: what a page shows
+    when this session submitted nothing (a reload, another tab), read from the store."""
+    listing = jobs.list_jobs(workspace)
+    roots = listing[listing["kind"] == kind]["id"]
+    if roots.empty:
         return []
-    model = (job.get("result") or {}).get("model_path")
-    return model_jobs(model, settings) if model else []
+    chain = {int(roots.max())}
+    for job_id, parents in zip(listing["id"], listing["parents"]):  # by id: parents come before children
+        if chain & set(parents):
+            chain.add(int(job_id))
+    return sorted(chain)

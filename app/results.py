@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from hybridlab.store import SUCCEEDED
+
 COLUMNS = [
     "name",
     "kind",
@@ -34,7 +36,7 @@ def latest_by_model(runs: pd.DataFrame, value: str) -> dict:
     """model_ref -> `value` of its most recent succeeded run that has one."""
     if runs.empty or value not in runs.columns:
         return {}
-    done = runs[(runs["status"] == "succeeded") & runs[value].notna()].sort_values("id")
+    done = runs[(runs["status"] == SUCCEEDED) & runs[value].notna()].sort_values("id")
     return dict(zip(done["model_ref"], done[value]))
 
 
@@ -73,7 +75,7 @@ def comparison(
         }
     ]
     mine = (
-        candidates[(_col(candidates, "model_ref") == parent) & (_col(candidates, "status") == "succeeded")]
+        candidates[(_col(candidates, "model_ref") == parent) & (_col(candidates, "status") == SUCCEEDED)]
         if not candidates.empty
         else candidates
     )
@@ -95,7 +97,7 @@ def comparison(
         if isinstance(row["model"], str):
             by_path[row["model"]] = row
     if not distillations.empty:
-        done = distillations[(distillations["status"] == "succeeded")]
+        done = distillations[(distillations["status"] == SUCCEEDED)]
         for _, run in done.iterrows():
             student = by_path.get(run.get("spec.student"))
             if student is None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from hybridlab import jobs
-from hybridlab.store import FINISHED
+from hybridlab.store import FAILED, FINISHED
 
-MODEL_KEY, SCORES_KEY, PLAN_KEY, CHAINS_KEY = "model_ref", "scores_dir", "plan_spec", "job_chains"
+MODEL_KEY, SCORES_KEY, PLAN_KEY = "model_ref", "scores_dir", "plan_spec"
 POLL_S = 1.5
 
 
@@ -109,39 +109,23 @@ def current_scores(config):
 
 def submit(kind: str, spec: dict) -> int | None:
     """Submit a job and make sure a worker runs it; a bad spec becomes an st.error."""
+    submitted = submit_all(lambda: [jobs.submit(kind, spec)])
+    return submitted[0] if submitted else None
+
+
+def submit_all(make) -> list[int]:
+    """Call `make()`, which submits jobs (a chain: app.pipeline) and returns their ids, and make
+    sure a worker runs them; a refused job becomes an st.error and the result is []."""
     try:
-        job_id = jobs.submit(kind, spec)
+        job_ids = make()
     except ValueError as err:  # JobSpecError is a ValueError
         st.error(str(err))
-        return None
+        return []
     try:
         jobs.ensure_worker()
     except RuntimeError as err:
-        st.error(f"job {job_id} is queued, but the background worker did not start: {err}")
-    return job_id
-
-
-def chain(job_id: int, settings: dict, watch_key: str) -> None:
-    """Evaluate (and bench) the model `job_id` makes once it succeeds; the new jobs are
-    appended to st.session_state[watch_key] so the page that started them shows them."""
-    st.session_state.setdefault(CHAINS_KEY, {})[job_id] = (settings, watch_key)
-
-
-def advance_chains() -> None:
-    """Submit the follow-ups of chained jobs that finished (called on every rerun)."""
-    from app.pipeline import follow_ups
-
-    chains = st.session_state.get(CHAINS_KEY, {})
-    for job_id, (settings, watch_key) in list(chains.items()):
-        try:
-            todo = follow_ups(jobs.get_job(job_id), settings)
-        except ValueError:
-            todo = []  # the job vanished (another workspace)
-        if todo is None:
-            continue
-        del chains[job_id]
-        for kind, spec in todo:
-            st.session_state.setdefault(watch_key, []).append(submit(kind, spec))
+        st.error(f"jobs {', '.join(map(str, job_ids))} are queued, but the background worker did not start: {err}")
+    return job_ids
 
 
 def show_jobs(job_ids: list[int], key: str) -> None:
@@ -161,12 +145,12 @@ def show_jobs(job_ids: list[int], key: str) -> None:
             still_active |= running
             cols = st.columns([5, 1])
             label = f"job {job_id} · {job['kind']} · {job['status']}" + (
-                f" · {job['message']}" if job["message"] else ""
+                f" · {job['message']}" if job["message"] and job["message"] != job["status"] else ""
             )
             cols[0].progress(min(max(float(job["fraction"] or 0.0), 0.0), 1.0), text=label)
             if running and cols[1].button("Cancel", key=f"{key}-cancel-{job_id}"):
                 jobs.cancel(job_id)
-            if job["status"] == "failed" and job["error"]:
+            if job["status"] == FAILED and job["error"]:
                 st.error(f"job {job_id} failed: {job['error']}")
         if active and not still_active:
             st.rerun()

@@ -4,11 +4,12 @@ KD-loss and validation-loss curves against the teacher's, and cancel."""
 import streamlit as st
 
 from app import charts, state
-from app.pipeline import eval_settings
+from app.pipeline import distil_and_evaluate, eval_settings, latest_chain
 from hybridlab import jobs
 from hybridlab.jobs.registry import get_kind
-from hybridlab.store import FINISHED
+from hybridlab.store import FINISHED, SUCCEEDED
 
+# The curves' job and what this session submitted, to show; chains live in the job engine.
 JOB_KEY, WATCH_KEY = "distill_job", "distill_jobs"
 
 st.title("Distill")
@@ -20,7 +21,7 @@ if missing:
 
 candidates = jobs.list_candidates()
 if not candidates.empty:
-    candidates = candidates[(candidates["model_ref"] == ref) & (candidates["status"] == "succeeded")]
+    candidates = candidates[(candidates["model_ref"] == ref) & (candidates["status"] == SUCCEEDED)]
 if candidates.empty or "model_path" not in candidates.columns:
     st.info("No pruned candidates of this model yet: make one on the Prune planner page.")
 else:
@@ -49,18 +50,19 @@ else:
                 "batch_size": int(batch_size),
                 **token_files,
             }
-            job_id = state.submit("distill", spec)
-            if job_id is not None:
-                st.session_state[JOB_KEY] = job_id
-                st.session_state.setdefault(WATCH_KEY, []).append(job_id)
-                if evaluate:
-                    try:
-                        settings = eval_settings(ref, token_files.get("val_tokens"), 16384, int(seq_len), True)
-                        state.chain(job_id, settings, WATCH_KEY)
-                    except ValueError as err:
-                        st.error(str(err))
+            settings = None
+            if evaluate:
+                try:
+                    settings = eval_settings(ref, token_files.get("val_tokens"), 16384, int(seq_len), True)
+                except ValueError as err:
+                    st.error(str(err))
+            if settings or not evaluate:
+                submitted = state.submit_all(lambda: distil_and_evaluate(spec, settings))
+                if submitted:
+                    st.session_state[JOB_KEY] = submitted[0]
+                    st.session_state.setdefault(WATCH_KEY, []).extend(submitted)
 
-state.show_jobs(st.session_state.get(WATCH_KEY, [])[-4:], "distill")
+state.show_jobs(st.session_state.get(WATCH_KEY, [])[-4:] or latest_chain("distill"), "distill")
 
 runs = jobs.list_jobs()
 distills = runs[runs["kind"] == "distill"] if not runs.empty else runs
@@ -70,7 +72,7 @@ if len(distills):
     shown = st.selectbox("curves of distillation job", ids, index=ids.index(current) if current in ids else 0)
     teacher = jobs.list_evaluations()
     teacher = (
-        teacher[(teacher["model_ref"] == ref) & (teacher["status"] == "succeeded")] if not teacher.empty else teacher
+        teacher[(teacher["model_ref"] == ref) & (teacher["status"] == SUCCEEDED)] if not teacher.empty else teacher
     )
     teacher_loss = float(teacher["val_loss"].iloc[-1]) if len(teacher) and "val_loss" in teacher else None
 

@@ -8,6 +8,7 @@ from app import state, views
 from hybridlab import jobs
 from hybridlab.core.paths import workspace_dir
 from hybridlab.model.spec import PruneSpec
+from hybridlab.store import SUCCEEDED
 
 JOB_KEY = "importance_job"
 
@@ -18,7 +19,7 @@ ref, config = state.require_model()
 job_id = st.session_state.get(JOB_KEY)
 if job_id is not None:
     job = jobs.get_job(job_id)
-    if job["status"] == "succeeded" and job["spec"]["model"] == ref:
+    if job["status"] == SUCCEEDED and job["spec"]["model"] == ref:
         st.session_state[state.SCORES_KEY] = str(workspace_dir() / job["result"]["artifact"])
         del st.session_state[JOB_KEY]
 
@@ -51,7 +52,7 @@ with run_tab:
 
 with load_tab:
     runs = jobs.list_importance_runs()
-    runs = runs[(runs["model_ref"] == ref) & (runs["status"] == "succeeded")] if not runs.empty else runs
+    runs = runs[(runs["model_ref"] == ref) & (runs["status"] == SUCCEEDED)] if not runs.empty else runs
     if len(runs):
         labels = {
             f"#{r.id} {r.name} ({r.finished_at:%Y-%m-%d %H:%M})": str(workspace_dir() / r.artifact)

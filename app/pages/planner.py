@@ -5,12 +5,11 @@ import streamlit as st
 
 from app import charts, state, views
 from app.overlay import dropped_layers
-from app.pipeline import eval_settings, model_jobs
+from app.pipeline import eval_settings, latest_chain, prune_and_evaluate
 from app.planner import PRESETS, axes, plan_summary, preset_spec, spec_from_values
-from hybridlab import jobs
 from hybridlab.families import family_for
 
-JOBS_KEY, TEACHER_KEY = "planner_jobs", "teacher_eval_jobs"
+JOBS_KEY = "planner_jobs"  # what this session submitted, to show; the chain itself lives in the job engine
 
 st.title("Prune planner")
 ref, config = state.require_model()
@@ -87,26 +86,14 @@ if go:
     except ValueError as err:
         st.error(str(err))
         settings = None
-    prune_spec = {
-        "model": ref,
-        "spec": spec.to_dict(),
-        "importance": st.session_state[state.SCORES_KEY],
-        "name": name.strip() or None,
-    }
-    job_id = state.submit("prune", prune_spec) if settings else None
-    if job_id is not None:
-        state.chain(job_id, settings, JOBS_KEY)
-        submitted = st.session_state.setdefault(JOBS_KEY, [])
-        submitted.append(job_id)
-        evaluated = jobs.list_evaluations()
-        has_teacher = (not evaluated.empty and (evaluated["model_ref"] == ref).any()) or ref in st.session_state.get(
-            TEACHER_KEY, {}
+    if settings:
+        submitted = state.submit_all(
+            lambda: prune_and_evaluate(
+                ref, spec.to_dict(), st.session_state[state.SCORES_KEY], name.strip() or None, settings
+            )
         )
-        if not has_teacher:  # the teacher's own point on the Pareto chart
-            teacher_jobs = [state.submit(kind, job_spec) for kind, job_spec in model_jobs(ref, settings)]
-            st.session_state.setdefault(TEACHER_KEY, {})[ref] = teacher_jobs
-            submitted.extend(teacher_jobs)
-state.show_jobs(st.session_state.get(JOBS_KEY, [])[-6:], "planner")
+        st.session_state.setdefault(JOBS_KEY, []).extend(submitted)
+state.show_jobs(st.session_state.get(JOBS_KEY, [])[-6:] or latest_chain("prune"), "planner")
 
 if scores is not None:
     st.subheader("What this plan prunes")
