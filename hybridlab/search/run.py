@@ -20,6 +20,7 @@ import pandas as pd
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
 from hybridlab.compression.prune import prune
 from hybridlab.core.progress import ProgressFn, subrange, track
+from hybridlab.core.settings import check_settings, non_negative, parse_token_count, positive, setting
 from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.search.space import (
@@ -37,35 +38,39 @@ RANK_BY = ("loss", "kl")
 
 @dataclass
 class SearchSettings:
-    target_params: str | int = "50%"
-    tolerance: float = 0.03
+    target_params: str | int = setting(
+        "50%", required=True, help="'50%' of the model or an absolute count (4.5e9, 4.5B)"
+    )
+    tolerance: float = setting(0.03, check=positive, help="relative distance to the target a candidate may have")
     space: SearchSpace = field(default_factory=SearchSpace)
-    max_candidates: int = 16  # ranked zero-shot (the paper: >100)
-    rank_by: str = "loss"
-    top_k: int = 2  # distilled (the paper: 22)
-    distill_tokens: int = 200_000  # per distilled candidate
+    max_candidates: int = setting(16, check=positive, help="candidates ranked zero-shot (the paper: >100)")
+    rank_by: str = setting("loss", choices=RANK_BY, help="zero-shot validation loss or KL to the teacher")
+    top_k: int = setting(2, check=non_negative, help="candidates distilled (the paper: 22)")
+    distill_tokens: int = setting(
+        200_000,
+        check=non_negative,
+        parse=parse_token_count,
+        cli_default="200k",
+        key="tokens",
+        help="distillation budget per finalist, e.g. 200k (0: rank zero-shot only)",
+    )
     distill_lr: float = 1e-3
-    seq_len: int = 256
+    seq_len: int = setting(256, check=positive)
     batch_size: int = 8
-    eval_tokens: int = 16_384
+    eval_tokens: int = setting(16_384, check=positive, help="validation tokens scored per candidate")
     tie_tolerance: float = 0.01  # nats: closer distilled losses count as a tie, broken by latency
-    measure_latency: bool = True
-    accuracy_task: str | None = None  # e.g. "continuation_mc", run on the distilled candidates
+    measure_latency: bool = setting(True, flag="--no-latency", help="measure the finalists' latency")
+    accuracy_task: str | None = setting(None, help="an eval task for the finalists, e.g. continuation_mc")
     accuracy_limit: int = 100
-    seed: int = 0
+    seed: int = setting(0)
 
     def validate(self) -> None:
-        if self.rank_by not in RANK_BY:
-            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
-        if self.max_candidates < 1 or self.top_k < 0:
-            raise ValueError("max_candidates must be >= 1 and top_k >= 0")
-        if self.tolerance <= 0:
-            raise ValueError(f"tolerance must be positive, got {self.tolerance}")
         if self.distill_tokens and self.top_k and self.distill_tokens < self.batch_size * self.seq_len:
             raise ValueError(
                 f"distill_tokens={self.distill_tokens} is less than one batch ({self.batch_size} x {self.seq_len})"
             )
         self.space.validate()
+        check_settings(self)
 
 
 @dataclass

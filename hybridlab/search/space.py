@@ -14,34 +14,32 @@ from dataclasses import dataclass
 
 import torch
 
+from hybridlab.compression.layer_importance import LAYER_METRICS
 from hybridlab.compression.prune import least_important_layers
+from hybridlab.core.settings import below_one, check_settings, parse_token_count, positive, setting
 from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
-from hybridlab.training.distill import parse_token_count
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    max_width_prune: float = 0.5  # modelopt's default is 0.4; the paper's 8B -> 4B space went to 0.5
-    max_depth_prune: float = 0.5  # modelopt's default is 0.2; the paper dropped up to 26 of 52 layers
-    hidden_divisor: int | None = None  # default hidden/16 (modelopt: 256 for hidden 4096)
-    ffn_divisor: int | None = None  # default ffn/32 (modelopt: 512)
-    head_dim_divisor: int = 8  # modelopt's
-    layer_divisor: int = 1  # modelopt's is 2
-    prune_attention: bool = False  # the paper keeps attention whole (~8% of layers)
-    contiguous_depth: bool = False  # drop the least important contiguous block instead of single layers
-    layer_metric: str = "kl"
+    # modelopt's default is 0.4; the paper's 8B -> 4B space went to 0.5
+    max_width_prune: float = setting(0.5, check=below_one, help="largest share of each width removed")
+    # modelopt's default is 0.2; the paper dropped up to 26 of 52 layers
+    max_depth_prune: float = setting(0.5, check=below_one, help="largest share of the layers removed")
+    hidden_divisor: int | None = setting(None, check=positive, help="hidden size step (default hidden/16)")
+    ffn_divisor: int | None = setting(None, check=positive, help="FFN size step (default ffn/32)")
+    head_dim_divisor: int = setting(8, check=positive, help="Mamba head dimension step (modelopt's)")
+    layer_divisor: int = setting(1, check=positive, help="layer count step (modelopt's is 2)")
+    prune_attention: bool = setting(False, help="also search attention head counts (the paper keeps them)")
+    contiguous_depth: bool = setting(False, help="drop a contiguous block of layers instead of single layers")
+    layer_metric: str = setting(
+        "kl", choices=[m for m in LAYER_METRICS if m is not None], help="layer score that picks layers to drop"
+    )
 
     def validate(self) -> None:
-        for name in ("max_width_prune", "max_depth_prune"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        for name in ("hidden_divisor", "ffn_divisor", "head_dim_divisor", "layer_divisor"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_settings(self)
 
 
 @dataclass(frozen=True)

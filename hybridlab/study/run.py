@@ -35,6 +35,7 @@ import hybridlab.study.arms as arms_lib
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
 from hybridlab.core.atomic import atomic_file, write_json, write_text
 from hybridlab.core.progress import ProgressFn, subrange
+from hybridlab.core.settings import below_one, check_settings, comma_list, parse_token_count, positive, setting
 from hybridlab.measure.evaluate import validation_loss
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
@@ -45,30 +46,84 @@ from hybridlab.training.distill import DistillSettings
 LAYER_METRIC = "kl"  # the paper's drop-one-layer KL
 
 
+def parse_compression(text: str) -> float:
+    """'0.5' or '50%' -> 0.5 (validate() checks the range)."""
+    value = str(text).strip()
+    try:
+        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise ValueError(f"cannot read a compression from {text!r}; write e.g. 0.5 or 50%") from None
+
+
+def parse_percentages(text: str) -> tuple[float, ...]:
+    """'25,50' -> (0.25, 0.5)."""
+    try:
+        return tuple(float(part) / 100 for part in comma_list(text))
+    except ValueError:
+        raise ValueError(f"{text!r} must be comma-separated percentages, e.g. 25,50") from None
+
+
+def parse_teacher_top_k(text: str) -> int | None:
+    """'64' -> 64; '0' -> None, the live teacher."""
+    try:
+        return int(text) or None
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number; 0 means the live teacher's full logits") from None
+
+
 @dataclass
 class StudySettings:
-    compression: float = 0.5  # fraction of the teacher's parameters removed
-    tokens: int = 200_000  # distillation tokens per arm
-    scratch_tokens: int | None = None  # from-scratch budget; None = 5x tokens, 0 = skip
-    ssm_sweep: tuple[float, ...] = (0.25, 0.5)  # fractions of the SSM width cut (0 is the teacher itself)
-    comparisons: tuple[str, ...] = COMPARISONS
-    tolerance: float = 0.03  # relative distance to the parameter target
-    max_width_prune: float = 0.5
-    max_candidates: int = 8  # width-only candidates ranked zero-shot
-    seq_len: int = 256
-    batch_size: int = 8
-    lr: float = 1e-3  # distillation
+    compression: float = setting(
+        0.5,
+        parse=parse_compression,
+        cli_default="0.5",
+        help="fraction of the parameters to remove: 0.5 or 50% (half the size)",
+    )
+    tokens: int = setting(
+        200_000, parse=parse_token_count, cli_default="200k", help="distillation tokens per arm, e.g. 200k"
+    )
+    scratch_tokens: int | None = setting(
+        None, parse=parse_token_count, help="from-scratch baseline budget (default 5x --tokens; 0 skips it)"
+    )
+    # fractions of the SSM width cut (0 is the teacher itself)
+    ssm_sweep: tuple[float, ...] = setting(
+        (0.25, 0.5),
+        parse=parse_percentages,
+        cli_default="25,50",
+        help="percent of the SSM width cut by heads or by channels",
+    )
+    comparisons: tuple[str, ...] = setting(
+        COMPARISONS,
+        parse=lambda text: tuple(comma_list(text)),
+        cli_default=None,
+        help="comma list of comparisons (default: all)",
+    )
+    tolerance: float = setting(0.03, check=positive, help="relative distance to the parameter target")
+    max_width_prune: float = setting(0.5, check=below_one)
+    max_candidates: int = setting(8, check=positive, help="width-only candidates ranked zero-shot")
+    seq_len: int = setting(256, check=positive)
+    batch_size: int = setting(8, check=positive)
+    lr: float = setting(1e-3, check=positive, help="distillation learning rate")
     scratch_lr: float = 1.5e-3  # the demo teacher's own pretraining recipe
     # None: the live teacher's full logits (the paper). k: cached top-k logits shared by all arms, faster, but the
     # renormalised top-k KL pushes the student's mass off the teacher's tail, which raises validation loss.
-    teacher_top_k: int | None = None
-    eval_tokens: int = 8_192  # the same validation tokens score every model (paired comparisons)
+    teacher_top_k: int | None = setting(
+        None,
+        check=positive,
+        parse=parse_teacher_top_k,
+        cli_default="0",
+        help="distil from cached top-k teacher logits, shared by all arms (faster; starves the student's tail); "
+        "0 = the live teacher's full logits (default)",
+    )
+    # the same validation tokens score every model (paired comparisons)
+    eval_tokens: int = setting(8_192, check=positive, help="validation tokens for every loss")
     curve_points: int = 4  # validation evaluations per distillation run (each costs eval_tokens of forward)
     scratch_curve_points: int = 16  # the resolution of the tokens-to-match count
-    calib_samples: int = 32  # windows of seq_len; each layer costs one more forward over them (drop-one-layer KL)
-    latency_repeats: int = 5
-    bf16_autocast: bool = True
-    seed: int = 0
+    # windows of seq_len; each layer costs one more forward over them (drop-one-layer KL)
+    calib_samples: int = setting(32, check=positive, help="calibration windows for importance")
+    latency_repeats: int = setting(5, check=positive)
+    bf16_autocast: bool = setting(True, flag="--no-bf16", help="train in fp32 with --no-bf16 (bf16 autocast otherwise)")
+    seed: int = setting(0)
 
     @property
     def scratch_budget(self) -> int:
@@ -93,12 +148,9 @@ class StudySettings:
             raise ValueError(f"unknown comparisons {unknown}; choose from {', '.join(COMPARISONS)}")
         if any(not 0 < f < 1 for f in self.ssm_sweep) or (HEADS_VS_CHANNELS in self.comparisons and not self.ssm_sweep):
             raise ValueError(f"--ssm-sweep fractions must be between 0 and 1 (exclusive), got {list(self.ssm_sweep)}")
-        if self.tolerance <= 0 or self.max_candidates < 1 or self.eval_tokens < self.seq_len:
-            raise ValueError("need tolerance > 0, max_candidates >= 1 and eval_tokens >= seq_len")
-        if self.teacher_top_k is not None and self.teacher_top_k < 1:
-            raise ValueError(
-                f"teacher_top_k must be at least 1 (or None for the live teacher), got {self.teacher_top_k}"
-            )
+        if self.eval_tokens < self.seq_len:
+            raise ValueError(f"eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len})")
+        check_settings(self)
 
     def distill_settings(self) -> DistillSettings:
         steps = self.tokens // (self.batch_size * self.seq_len)

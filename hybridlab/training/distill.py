@@ -11,7 +11,6 @@ checks. Under `torchrun` it runs data-parallel (see hybridlab.training.distribut
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab.core.progress import ProgressFn
+from hybridlab.core.settings import check_settings, fraction, parse_token_count, positive, setting
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.evaluate import validation_loss
 from hybridlab.training import distributed
@@ -28,23 +28,29 @@ from hybridlab.training.trainer import TrainerSettings, train
 
 @dataclass
 class DistillSettings:
-    tokens: int  # training token budget
-    seq_len: int = 256
-    batch_size: int = 8  # global batch, split over data-parallel ranks
-    lr: float = 1e-3
+    tokens: int = setting(check=positive, parse=parse_token_count, help="token budget, e.g. 2M or 500k")
+    seq_len: int = setting(256, check=positive, help="tokens per training sequence")
+    batch_size: int = setting(8, check=positive, help="global batch size, split over data-parallel ranks")
+    lr: float = setting(1e-3, check=positive, help="peak learning rate")
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    temperature: float = 1.0
-    top_k: int | None = None  # distil from the teacher's top-k logits only (the paper's alignment stage: 100)
-    lm_loss_weight: float = 0.0  # 0 = pure KD; w mixes (1 - w) * KD + w * next-token cross entropy
-    bf16_autocast: bool = True
-    log_every: int = 10
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    eval_tokens: int = 32_768
-    seed: int = 0
+    temperature: float = setting(1.0, check=positive)
+    top_k: int | None = setting(
+        None, check=positive, help="distil from the teacher's top-k logits only (the paper's alignment stage: 100)"
+    )
+    lm_loss_weight: float = setting(
+        0.0, check=fraction, help="w mixes (1 - w) * KD + w * next-token cross entropy; 0 = pure KD"
+    )
+    bf16_autocast: bool = setting(
+        True, flag="--no-bf16", key="bf16", help="bf16 autocast; the command's --no-bf16 (a job's false) trains in fp32"
+    )
+    log_every: int = setting(10, check=positive, help="steps between logged training losses")
+    eval_every: int = setting(50, check=positive, help="steps between validation evaluations")
+    checkpoint_every: int = setting(50, check=positive, help="steps between checkpoints")
+    eval_tokens: int = setting(32_768, check=positive, help="validation tokens scored at each evaluation")
+    seed: int = setting(0)
 
     @property
     def total_steps(self) -> int:
@@ -57,12 +63,7 @@ class DistillSettings:
             raise ValueError(
                 f"a budget of {self.tokens} tokens is less than one batch of {self.batch_size} x {self.seq_len}; raise --tokens"
             )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1 (or unset for full logits), got {self.top_k}")
-        if not 0 <= self.lm_loss_weight <= 1:
-            raise ValueError(f"lm_loss_weight must be in [0, 1], got {self.lm_loss_weight}")
+        check_settings(self)  # each field's own checks (temperature, top_k, lm_loss_weight, ...)
 
 
 def kd_loss(
@@ -230,19 +231,3 @@ def distill(
 
 def _silent(fraction: float, message: str, metrics: dict | None) -> None:
     """Progress sink for non-zero ranks: only rank 0 reports."""
-
-
-def parse_token_count(text: str | int) -> int:
-    """'2M' -> 2_000_000, '500k' -> 500_000, '1.5e6' -> 1_500_000."""
-    if isinstance(text, int):
-        return text
-    value = str(text).strip().lower().replace("_", "").replace(",", "")
-    scale = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000, "g": 1_000_000_000}.get(value[-1:], 1)
-    number = value[:-1] if scale > 1 else value
-    try:
-        parsed = float(number) * scale
-    except ValueError:
-        raise ValueError(f"cannot read a token count from {text!r}; write e.g. 2M, 500k or 150000") from None
-    if not math.isfinite(parsed):
-        raise ValueError(f"token count {text!r} is not finite")
-    return int(parsed)
