@@ -1,9 +1,11 @@
 """Job kinds: what a job spec may contain and which function runs it.
 
-A kind is registered once, by name, with its spec fields and a handler
-`handler(spec: dict, ctx: JobContext) -> dict | None` (the returned dict becomes the
-job's result). Handlers import heavy modules (torch, the engine) inside their body,
-so the registry, the CLI and the dashboard can list and validate kinds cheaply.
+A kind is a JobKind: its spec fields and a handler `handler(spec: dict, ctx: JobContext)
+-> dict | None` (the returned dict becomes the job's result). The built-in kinds are found
+through BUILTIN_KINDS, a table of kind name -> module whose `KIND` is that JobKind; a module
+is imported the first time its kind is asked for, so naming or listing kinds imports none.
+Their spec fields come from the operations' settings dataclasses (hybridlab.core.settings)
+through `spec_fields`, so a setting is declared once for the CLI, the jobs and the library.
 
 Extra kinds (a user's own, or the test suite's) come from plugin modules that call
 `register_kind` when imported: $HYBRIDLAB_JOB_PLUGINS="mod1,mod2" (read by every
@@ -18,8 +20,18 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hybridlab.core.settings import build, declared
+
 REQUIRED = object()  # Field.default for keys the spec must give
 PLUGINS_ENV = "HYBRIDLAB_JOB_PLUGINS"
+BUILTIN_KINDS = {
+    "importance": "hybridlab.jobs.kinds.importance",
+    "prune": "hybridlab.jobs.kinds.prune",
+    "distill": "hybridlab.jobs.kinds.distill",
+    "eval": "hybridlab.jobs.kinds.evaluate",
+    "bench": "hybridlab.jobs.kinds.bench",
+    "search": "hybridlab.jobs.kinds.search",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class JobKind:
 
 
 _KINDS: dict[str, JobKind] = {}
-_builtins_loaded = False
+_plugins_loaded = False
 
 
 def register_kind(kind: JobKind, replace: bool = False) -> JobKind:
@@ -58,15 +70,18 @@ def register_kind(kind: JobKind, replace: bool = False) -> JobKind:
 
 
 def get_kind(name: str) -> JobKind:
-    _load_builtins()
+    _load_env_plugins()
+    if name not in _KINDS and name in BUILTIN_KINDS:
+        module = importlib.import_module(BUILTIN_KINDS[name])
+        register_kind(module.KIND)
     if name not in _KINDS:
-        raise ValueError(f"unknown job kind {name!r}; known kinds: {', '.join(sorted(_KINDS))}")
+        raise ValueError(f"unknown job kind {name!r}; known kinds: {', '.join(kind_names())}")
     return _KINDS[name]
 
 
 def kind_names() -> list[str]:
-    _load_builtins()
-    return sorted(_KINDS)
+    _load_env_plugins()
+    return sorted(set(_KINDS) | set(BUILTIN_KINDS))
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
@@ -81,12 +96,43 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             ) from None
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module("hybridlab.jobs.kinds")
+def _load_env_plugins() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
         load_plugins()  # $HYBRIDLAB_JOB_PLUGINS: submitters and workers see the same kinds
+
+
+# ---- spec fields from settings dataclasses (hybridlab.core.settings) ----------------------------
+
+
+def spec_fields(*settings_classes: type) -> dict[str, Field]:
+    """The spec fields of every setting the classes declare for jobs, keyed by spec key, in order."""
+    fields = {}
+    for cls in settings_classes:
+        for item in declared(cls):
+            if item.setting.job:
+                fields[item.key] = Field(
+                    item.types if len(item.types) > 1 else item.types[0],
+                    default=REQUIRED if item.required else item.default,
+                    doc=item.setting.help,
+                    check=_field_check(item),
+                    nullable=item.nullable,
+                )
+    return fields
+
+
+def _field_check(item):
+    # A lone check stays the very function declared, so code may ask `field.check is model_ref`.
+    if item.setting.choices is None and len(item.setting.checks) <= 1:
+        return item.setting.checks[0] if item.setting.checks else None
+    return item.check
+
+
+def settings_from_spec(cls: type, spec: dict):
+    """Settings dataclass `cls` from a validated spec; its fields that jobs do not show keep their defaults."""
+    values = {item.name: spec[item.key] for item in declared(cls) if item.setting.job and item.key in spec}
+    return build(cls, values, label=lambda item: repr(item.key))
 
 
 def _module_exists(name: str) -> bool:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from hybridlab.core.paths import demo_teacher_dir
+from hybridlab.core.settings import non_negative, one_of, positive  # noqa: F401  (plugins' checks; declared in core)
 from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
 from hybridlab.store.artifacts import check_name
 
@@ -140,27 +141,6 @@ def existing_dir(value: str) -> str:
     if not path.is_dir():
         raise ValueError(f"folder {value!r} does not exist")
     return str(path.resolve())
-
-
-def positive(value):
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value!r}")
-    return value
-
-
-def non_negative(value):
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value!r}")
-    return value
-
-
-def one_of(*choices):
-    def check(value):
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-
-    return check
 
 
 def artifact_name(value: str) -> str:

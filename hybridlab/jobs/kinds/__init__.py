@@ -1,3 +1,4 @@
-"""The built-in job kinds; importing this package registers them."""
+"""The built-in job kinds, one module each, exposing its JobKind as `KIND`.
 
-from hybridlab.jobs.kinds import bench, distill, evaluate, importance, prune, search  # noqa: F401
+hybridlab.jobs.registry.BUILTIN_KINDS names them; a module is imported the first time its
+kind is asked for, so importing this package imports none of them."""

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from hybridlab.jobs.kinds.common import DEVICE, SEQ_LEN, TRUST_REMOTE_CODE, load, model_field, name_field, run_name
-from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import non_negative, one_of, positive
+from dataclasses import dataclass
+
+from hybridlab.core.settings import non_negative, positive, setting
+from hybridlab.jobs.kinds.common import JobOptions, ModelInput, load, run_name
+from hybridlab.jobs.registry import JobKind, spec_fields
+
+
+@dataclass
+class BenchSettings:
+    batch_size: int = setting(1, check=positive)
+    seq_len: int = setting(256, check=positive, help="prompt length for prefill")
+    new_tokens: int = setting(32, check=positive, help="tokens decoded with the cache (at least 2)")
+    repeats: int = setting(5, check=positive, help="timed runs; the median is reported")
+    warmup: int = setting(1, check=non_negative, help="untimed runs first")
+    dtype: str = setting("float32", choices=("float32", "bfloat16", "float16"))
 
 
 def run(spec: dict, ctx) -> dict:
@@ -30,23 +42,10 @@ def run(spec: dict, ctx) -> dict:
     return {"run_id": run_id, **report}
 
 
-register_kind(
-    JobKind(
-        name="bench",
-        doc="prefill latency, decode throughput with the cache, peak memory",
-        fields={
-            "model": model_field(),
-            "batch_size": Field(int, default=1, check=positive),
-            "seq_len": SEQ_LEN,
-            "new_tokens": Field(int, default=32, check=positive, doc="tokens decoded with the cache (at least 2)"),
-            "repeats": Field(int, default=5, check=positive),
-            "warmup": Field(int, default=1, check=non_negative),
-            "dtype": Field(str, default="float32", check=one_of("float32", "bfloat16", "float16")),
-            "device": DEVICE,
-            "name": name_field(),
-            "trust_remote_code": TRUST_REMOTE_CODE,
-        },
-        handler=run,
-        requires=("hybridlab.measure.bench",),
-    )
+KIND = JobKind(
+    name="bench",
+    doc="prefill latency, decode throughput with the cache, peak memory",
+    fields=spec_fields(ModelInput, BenchSettings, JobOptions),
+    handler=run,
+    requires=("hybridlab.measure.bench",),
 )

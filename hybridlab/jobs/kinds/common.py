@@ -1,31 +1,23 @@
-"""Spec fields and helpers shared by the built-in job kinds."""
+"""Settings and helpers shared by the built-in job kinds.
+
+The dataclasses here declare (hybridlab.core.settings) what several kinds and commands take:
+the model, how a job runs, and calibration data for importance scores. A kind's spec fields
+and a command's options are generated from them, next to the kind's own settings.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from hybridlab.jobs.registry import Field
-from hybridlab.jobs.specs import artifact_name, existing_file, model_ref, positive
+from hybridlab.compression.layer_importance import LAYER_METRICS
+from hybridlab.core.settings import positive, setting
+from hybridlab.jobs.specs import artifact_name, model_ref
+from hybridlab.store.lookups import importance_scores_dir
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def model_field(doc: str = "'demo' or a local Hugging Face model directory") -> Field:
-    return Field(str, doc=doc, check=model_ref)
-
-
-def name_field() -> Field:
-    return Field(
-        str,
-        default=None,
-        nullable=True,
-        check=artifact_name,
-        doc="artifact name under the workspace (default: <kind>-<job id>)",
-    )
-
-
-TRUST_REMOTE_CODE = Field(bool, default=False, doc="allow custom modeling code from the model folder")
+# The library's layer metrics as options; "none" asks for no layer scores (the library's None).
+LAYER_METRIC_OPTIONS = tuple(metric or "none" for metric in LAYER_METRICS)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -35,18 +27,82 @@ def device_name(value: str) -> str:
     return value
 
 
-DEVICE = Field(
-    str, default="auto", check=device_name, doc="where to run: auto (cuda when available), cpu, cuda, cuda:N"
-)
-SEQ_LEN = Field(int, default=256, check=positive)
-BATCH_SIZE = Field(int, default=8, check=positive)
-TOKENS_FILE = Field(
-    str,
-    default=None,
-    nullable=True,
-    check=existing_file,
-    doc="a 1-D uint16 .npy token file (default: the demo's for the demo model)",
-)
+def data_source(value: str) -> str:
+    """'demo', or an existing file/folder (made absolute)."""
+    if value == "demo":
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist; pass 'demo' or the path of your data")
+    return str(path.resolve())
+
+
+def absolute_path(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
+
+
+def existing_path(value: str) -> str:
+    """A token file or a folder of text files (made absolute)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist; pass a .npy token array or text files")
+    return str(path.resolve())
+
+
+@dataclass
+class ModelInput:
+    model: str = setting(check=model_ref, help="'demo' or a local Hugging Face model directory")
+
+
+@dataclass
+class JobOptions:
+    """How any built-in job runs."""
+
+    device: str = setting(
+        "auto", check=device_name, help="where to run: auto (cuda when available), cpu, cuda or cuda:N"
+    )
+    name: str | None = setting(
+        None, check=artifact_name, cli=False, help="artifact name under the workspace (default: <kind>-<job id>)"
+    )
+    trust_remote_code: bool = setting(False, help="allow custom modeling code from the model folder")
+
+
+@dataclass
+class Calibration:
+    """Importance scores from calibration data: importance jobs, and prune jobs given no scores."""
+
+    calib: str | None = setting(
+        None,
+        check=data_source,
+        help="calibration data: 'demo', a .npy token array, text files, .jsonl or .parquet "
+        "(default: the demo's for the demo model)",
+    )
+    samples: int = setting(64, check=positive, help="calibration sequences (the paper used 1024)")
+    seq_len: int = setting(256, check=positive, help="tokens per calibration sequence")
+    batch_size: int = setting(8, check=positive)
+    layer_metric: str = setting(
+        "kl",
+        choices=LAYER_METRIC_OPTIONS,
+        help="layer score: drop-one-layer KL (the paper), loss increase, block cosine, or none",
+    )
+    layer_samples: int = setting(
+        16, check=positive, help="sequences for the drop-one-layer passes (one forward per layer each)"
+    )
+
+
+def layer_metric_arg(option: str) -> str | None:
+    """A layer_metric option as estimate_importance takes it."""
+    return None if option == "none" else option
+
+
+def scores_dir(importance: int | str, store) -> Path:
+    """An importance run id (int) or a scores folder (str) -> the scores folder."""
+    if isinstance(importance, int):
+        return importance_scores_dir(store, importance)
+    path = Path(importance).expanduser().resolve()
+    if not (path / "scores.json").is_file():
+        raise ValueError(f"{importance!r} holds no importance scores; pass an importance run id or a scores folder")
+    return path
 
 
 def run_name(spec: dict, ctx, prefix: str) -> str:
@@ -80,25 +136,3 @@ def demo_tokens_or(path: str | None, model: str, demo_file: str) -> Path | None:
     if model == "demo":
         return demo_dir() / demo_file
     return None
-
-
-def data_source(value: str) -> str:
-    """'demo', or an existing file/folder (made absolute)."""
-    if value == "demo":
-        return value
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise ValueError(f"{value!r} does not exist; pass 'demo' or the path of your data")
-    return str(path.resolve())
-
-
-def absolute_path(value: str) -> str:
-    return str(Path(value).expanduser().resolve())
-
-
-def existing_path(value: str) -> str:
-    """A token file or a folder of text files (made absolute)."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise ValueError(f"{value!r} does not exist; pass a .npy token array or text files")
-    return str(path.resolve())

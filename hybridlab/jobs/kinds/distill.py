@@ -14,55 +14,68 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL
+from hybridlab.core.settings import setting
 from hybridlab.jobs.kinds.common import (
-    BATCH_SIZE,
-    DEVICE,
-    SEQ_LEN,
-    TOKENS_FILE,
-    TRUST_REMOTE_CODE,
+    JobOptions,
     absolute_path,
     demo_tokens_or,
     existing_path,
     load,
-    name_field,
     run_name,
 )
-from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import existing_dir, model_ref, non_negative, positive
-
-SETTINGS_KEYS = (
-    "tokens",
-    "seq_len",
-    "batch_size",
-    "lr",
-    "temperature",
-    "top_k",
-    "lm_loss_weight",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "eval_tokens",
-    "seed",
-)
+from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
+from hybridlab.jobs.specs import existing_dir, existing_file, model_ref
+from hybridlab.store.lookups import candidate_model_dir
+from hybridlab.training.distill import DistillSettings
 
 
-def settings_of(spec: dict):
-    from hybridlab.training.distill import DistillSettings
+@dataclass
+class DistillInputs:
+    """What a distillation reads and where it writes; how it trains is DistillSettings."""
 
-    return DistillSettings(**{k: spec[k] for k in SETTINGS_KEYS}, bf16_autocast=spec["bf16"])
+    student: str | None = setting(None, check=model_ref, cli_required=True, help="the pruned student's model folder")
+    candidate: int | None = setting(None, cli=False, help="or: a candidate run id whose model is the student")
+    teacher: str | None = setting(
+        None, check=model_ref, help="'demo' or a model folder (may be left out with a logits cache)"
+    )
+    logits_cache: str | None = setting(
+        None, check=existing_dir, help="the teacher's top-k logits, a folder from `hybridlab cache-logits`"
+    )
+    train_tokens: str | None = setting(
+        None,
+        check=existing_path,
+        flag="--data",
+        help="training tokens: a .npy token array or text files (default: the demo's for the demo teacher)",
+    )
+    val_tokens: str | None = setting(
+        None,
+        check=existing_file,
+        flag="--val",
+        help="validation tokens .npy (default: the demo's for the demo teacher)",
+    )
+    run_dir: str | None = setting(
+        None,
+        check=absolute_path,
+        flag="--out",
+        cli_required=True,
+        help="run folder: metrics.jsonl, checkpoint/, model/ (a job's default: its own)",
+    )
+    resume: bool = setting(False, help="continue the run in the run folder from its checkpoint")
+
+
+def settings_of(spec: dict) -> DistillSettings:
+    return settings_from_spec(DistillSettings, spec)
 
 
 def _check(spec: dict, store) -> None:
     if (spec["student"] is None) == (spec["candidate"] is None):
         raise ValueError("give exactly one of 'student' (a model folder) and 'candidate' (a candidate run id)")
     if spec["candidate"] is not None and store is not None:
-        rows = store.query("SELECT artifact FROM candidates WHERE id = ?", (spec["candidate"],))
-        if not rows or rows[0]["artifact"] is None:
-            raise ValueError(f"candidate {spec['candidate']} does not exist or has no model yet; see list_candidates()")
-        spec["student"] = model_ref(str(store.workspace / rows[0]["artifact"]))
+        spec["student"] = model_ref(str(candidate_model_dir(store, spec["candidate"])))
     if spec["teacher"] is None and spec["logits_cache"] is None:
         raise ValueError("give 'teacher' (a model) or 'logits_cache' (a folder from `hybridlab cache-logits`)")
     if spec["train_tokens"] is None and spec["teacher"] != "demo":
@@ -144,66 +157,11 @@ def run(spec: dict, ctx) -> dict:
     return {"run_id": run_id, "artifact": ctx.relative(final), **result}
 
 
-register_kind(
-    JobKind(
-        name="distill",
-        doc="logit distillation of a student from a teacher, resumable from checkpoints",
-        fields={
-            "student": Field(str, default=None, nullable=True, check=model_ref, doc="the student's model folder"),
-            "candidate": Field(
-                int, default=None, nullable=True, doc="or: a candidate run id whose model is the student"
-            ),
-            "teacher": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=model_ref,
-                doc="'demo' or a local Hugging Face folder (may be left out with 'logits_cache')",
-            ),
-            "logits_cache": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=existing_dir,
-                doc="the teacher's top-k logits from `hybridlab cache-logits`",
-            ),
-            "tokens": Field(int, check=positive, doc="token budget, e.g. 2000000"),
-            "lr": Field(float, default=1e-3, check=positive),
-            "seq_len": SEQ_LEN,
-            "batch_size": BATCH_SIZE,
-            "temperature": Field(float, default=1.0, check=positive),
-            "top_k": Field(
-                int, default=None, nullable=True, check=positive, doc="distil from the teacher's top-k logits"
-            ),
-            "lm_loss_weight": Field(float, default=0.0, check=non_negative),
-            "log_every": Field(int, default=10, check=positive),
-            "eval_every": Field(int, default=50, check=positive),
-            "checkpoint_every": Field(int, default=50, check=positive),
-            "eval_tokens": Field(int, default=32_768, check=positive, doc="validation tokens scored at each eval"),
-            "bf16": Field(bool, default=True, doc="bf16 autocast (false: train in fp32)"),
-            "train_tokens": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=existing_path,
-                doc="training data: a .npy token array or text files (default: the demo's for the demo teacher)",
-            ),
-            "val_tokens": TOKENS_FILE,
-            "run_dir": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=absolute_path,
-                doc="folder for metrics.jsonl, checkpoint/ and model/ (default: the job's own)",
-            ),
-            "resume": Field(bool, default=False, doc="continue the run in 'run_dir' from its checkpoint"),
-            "seed": Field(int, default=0),
-            "device": DEVICE,
-            "name": name_field(),
-            "trust_remote_code": TRUST_REMOTE_CODE,
-        },
-        handler=run,
-        check=_check,
-        requires=("hybridlab.training.distill",),
-    )
+KIND = JobKind(
+    name="distill",
+    doc="logit distillation of a student from a teacher, resumable from checkpoints",
+    fields=spec_fields(DistillInputs, DistillSettings, JobOptions),
+    handler=run,
+    check=_check,
+    requires=("hybridlab.training.distill",),
 )

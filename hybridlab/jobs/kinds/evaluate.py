@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hybridlab.core.paths import DEMO_VAL
-from hybridlab.jobs.kinds.common import (
-    BATCH_SIZE,
-    DEVICE,
-    SEQ_LEN,
-    TOKENS_FILE,
-    TRUST_REMOTE_CODE,
-    demo_tokens_or,
-    load,
-    model_field,
-    name_field,
-    run_name,
-)
-from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import existing_dir, positive
+from hybridlab.core.settings import comma_list, parse_token_count, positive, setting
+from hybridlab.jobs.kinds.common import JobOptions, ModelInput, demo_tokens_or, load, run_name
+from hybridlab.jobs.registry import JobKind, spec_fields
+from hybridlab.jobs.specs import existing_dir, existing_file
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str] = setting(
+        default_factory=lambda: ["val_loss"],
+        parse=comma_list,
+        cli_default="val_loss,continuation_mc",
+        help="comma-separated: val_loss, continuation_mc, YAML tasks under --include-path, or standard lm-eval "
+        "names (those need the network); the command's default: val_loss,continuation_mc, a job's: val_loss",
+    )
+    val_tokens: str | None = setting(
+        None,
+        check=existing_file,
+        help="1-D uint16 .npy of held-out tokens (default: the demo's for the demo model)",
+    )
+    seq_len: int = setting(256, check=positive, help="window length for val_loss")
+    batch_size: int = setting(8, check=positive)
+    max_tokens: int | None = setting(
+        None, check=positive, parse=parse_token_count, help="cap on tokens scored by val_loss, e.g. 2e5"
+    )
+    limit: float | None = setting(None, check=positive, help="items per lm-eval task (a fraction if < 1)")
+    include_path: str | None = setting(None, check=existing_dir, help="folder of extra lm-eval task YAML files")
 
 
 def _check(spec: dict, store) -> None:
@@ -65,29 +80,11 @@ def _limit(value: float | None) -> float | int | None:
     return value if value is None or value < 1 else int(value)
 
 
-register_kind(
-    JobKind(
-        name="eval",
-        doc="validation loss / perplexity and lm-eval tasks",
-        fields={
-            "model": model_field(),
-            "tasks": Field(list, default=["val_loss"], doc="task names: val_loss, continuation_mc, lm-eval names"),
-            "val_tokens": TOKENS_FILE,
-            "seq_len": SEQ_LEN,
-            "batch_size": BATCH_SIZE,
-            "max_tokens": Field(
-                int, default=None, nullable=True, check=positive, doc="cap on tokens scored by val_loss"
-            ),
-            "limit": Field(
-                float, default=None, nullable=True, check=positive, doc="items per lm-eval task (a fraction if < 1)"
-            ),
-            "include_path": Field(str, default=None, nullable=True, check=existing_dir, doc="extra lm-eval task YAMLs"),
-            "device": DEVICE,
-            "name": name_field(),
-            "trust_remote_code": TRUST_REMOTE_CODE,
-        },
-        handler=run,
-        check=_check,
-        requires=("hybridlab.measure.evaluate",),
-    )
+KIND = JobKind(
+    name="eval",
+    doc="validation loss / perplexity and lm-eval tasks",
+    fields=spec_fields(ModelInput, EvalSettings, JobOptions),
+    handler=run,
+    check=_check,
+    requires=("hybridlab.measure.evaluate",),
 )

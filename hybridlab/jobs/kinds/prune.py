@@ -11,46 +11,44 @@ Without 'importance', a job ranking by importance scores the model first on its
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
+from hybridlab.core.settings import setting
 from hybridlab.jobs.kinds.common import (
-    DEVICE,
-    SEQ_LEN,
-    TRUST_REMOTE_CODE,
-    data_source,
+    Calibration,
+    JobOptions,
+    ModelInput,
+    layer_metric_arg,
     load,
-    model_field,
-    name_field,
     run_name,
+    scores_dir,
 )
-from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import one_of, positive
+from hybridlab.jobs.registry import JobKind, spec_fields
 
 DEPTH_KEYS = ("num_layers", "drop_layers")
+
+
+@dataclass
+class PruneOptions:
+    """How a prune job chooses the units to keep; the sizes themselves are a PruneSpec ('spec')."""
+
+    spec: dict = setting(cli=False, help="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}")
+    importance: int | str | None = setting(
+        None,
+        flag="--scores",
+        help="an importance run id, or a folder of saved ImportanceScores (default: score the model now)",
+    )
+    ranking: str = setting("importance", choices=("importance", "random"))
+    mamba_ranking: str = setting(
+        "group", choices=("group", "global"), help="rank Mamba heads within groups (the paper) or globally (ablation)"
+    )
+    seed: int = setting(0)
 
 
 def strategy(spec: dict) -> str:
     depth = any(k in spec for k in DEPTH_KEYS)
     width = any(k not in DEPTH_KEYS for k in spec)
     return "mixed" if depth and width else "depth" if depth else "width"
-
-
-def scores_dir(importance, store) -> Path:
-    """An importance run id (int) or a scores folder (str) -> the scores folder."""
-    if isinstance(importance, int):
-        rows = store.query("SELECT status, artifact FROM importance_runs WHERE id = ?", (importance,))
-        if not rows:
-            raise ValueError(f"importance run {importance} does not exist; see list_importance_runs()")
-        if rows[0]["artifact"] is None:
-            raise ValueError(
-                f"importance run {importance} has no scores (status {rows[0]['status']}); "
-                "wait for it to finish or run importance again"
-            )
-        return store.workspace / rows[0]["artifact"]
-    path = Path(importance).expanduser().resolve()
-    if not (path / "scores.json").is_file():
-        raise ValueError(f"{importance!r} holds no importance scores; pass an importance run id or a scores folder")
-    return path
 
 
 def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) -> None:
@@ -144,11 +142,10 @@ def _score_now(model, tokenizer, spec: dict, progress):
     from hybridlab.data.calibration import batched, load_calibration
 
     rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
-    metric = None if spec["layer_metric"] == "none" else spec["layer_metric"]
     return estimate_importance(
         model,
         batched(rows, spec["batch_size"]),
-        layer_metric=metric,
+        layer_metric=layer_metric_arg(spec["layer_metric"]),
         progress=progress,
         layer_samples=spec["layer_samples"],
     )
@@ -158,44 +155,10 @@ def _layer_count(config) -> int:
     return len(config.layers_block_type) if hasattr(config, "layers_block_type") else int(config.num_hidden_layers)
 
 
-register_kind(
-    JobKind(
-        name="prune",
-        doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
-        fields={
-            "model": model_field(),
-            "spec": Field(dict, doc="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}"),
-            "importance": Field(
-                (int, str),
-                default=None,
-                nullable=True,
-                doc="an importance run id, or a folder of saved ImportanceScores",
-            ),
-            "ranking": Field(str, default="importance", check=one_of("importance", "random")),
-            "mamba_ranking": Field(str, default="group", check=one_of("group", "global")),
-            "layer_metric": Field(
-                str,
-                default="kl",
-                check=one_of("kl", "loss", "cosine", "none"),
-                doc="layer score that picks layers to drop ('none': no layer scores)",
-            ),
-            "calib": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=data_source,
-                doc="calibration data to score the model now when no 'importance' is given",
-            ),
-            "samples": Field(int, default=64, check=positive, doc="calibration sequences (scoring now only)"),
-            "layer_samples": Field(int, default=16, check=positive, doc="sequences for the drop-one-layer passes"),
-            "seq_len": SEQ_LEN,
-            "batch_size": Field(int, default=8, check=positive),
-            "seed": Field(int, default=0),
-            "device": DEVICE,
-            "name": name_field(),
-            "trust_remote_code": TRUST_REMOTE_CODE,
-        },
-        handler=run,
-        check=_check,
-    )
+KIND = JobKind(
+    name="prune",
+    doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
+    fields=spec_fields(ModelInput, PruneOptions, Calibration, JobOptions),
+    handler=run,
+    check=_check,
 )

@@ -8,57 +8,58 @@ checkpoint folder, or to 'run_dir' when given (`hybridlab search --out`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL
+from hybridlab.core.settings import setting
 from hybridlab.jobs.kinds.common import (
-    DEVICE,
-    SEQ_LEN,
-    TRUST_REMOTE_CODE,
+    JobOptions,
+    ModelInput,
     absolute_path,
     data_source,
     demo_tokens_or,
     existing_path,
     load,
-    model_field,
-    name_field,
     run_name,
+    scores_dir,
 )
-from hybridlab.jobs.kinds.prune import scores_dir
-from hybridlab.jobs.registry import Field, JobKind, register_kind
-from hybridlab.jobs.specs import non_negative, one_of, positive
-
-SPACE_KEYS = (
-    "max_width_prune",
-    "max_depth_prune",
-    "hidden_divisor",
-    "ffn_divisor",
-    "head_dim_divisor",
-    "layer_divisor",
-    "prune_attention",
-    "contiguous_depth",
-    "layer_metric",
-)
+from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
+from hybridlab.search.run import SearchSettings
 
 
-def settings_of(spec: dict):
-    from hybridlab.search.run import SearchSettings
-    from hybridlab.search.space import SearchSpace
+@dataclass
+class SearchInputs:
+    """What a search reads and where it writes; how it searches is SearchSettings."""
 
-    return SearchSettings(
-        target_params=spec["target_params"],
-        tolerance=spec["tolerance"],
-        max_candidates=spec["max_candidates"],
-        rank_by=spec["rank_by"],
-        top_k=spec["top_k"],
-        distill_tokens=spec["tokens"],
-        seed=spec["seed"],
-        seq_len=spec["seq_len"],
-        eval_tokens=spec["eval_tokens"],
-        measure_latency=spec["measure_latency"],
-        accuracy_task=spec["accuracy_task"],
-        space=SearchSpace(**{k: spec[k] for k in SPACE_KEYS}),
+    importance: int | str | None = setting(
+        None,
+        flag="--scores",
+        help="an importance run id or scores folder (default: computed from the calibration data)",
     )
+    calib: str | None = setting(
+        None,
+        check=data_source,
+        help="calibration data when no importance is given: 'demo', a .npy token array or text files "
+        "(default: the demo's)",
+    )
+    train_tokens: str | None = setting(
+        None, check=existing_path, flag="--data", help="distillation tokens (default: the demo's training sample)"
+    )
+    val_tokens: str | None = setting(
+        None, check=existing_path, flag="--val", help="validation tokens .npy (default: the demo's)"
+    )
+    run_dir: str | None = setting(
+        None,
+        check=absolute_path,
+        flag="--out",
+        cli_required=True,
+        help="folder: candidates.csv, search.json, best/ (the chosen model), runs/ (a job's default: its own)",
+    )
+
+
+def settings_of(spec: dict) -> SearchSettings:
+    return settings_from_spec(SearchSettings, spec)
 
 
 def _check(spec: dict, store) -> None:
@@ -147,63 +148,11 @@ def run(spec: dict, ctx) -> dict:
     return {"best": best, "model_path": str(final), "candidates": len(outcome.candidates) - 1}
 
 
-register_kind(
-    JobKind(
-        name="search",
-        doc="enumerate, prune and rank candidate architectures at a parameter budget; distil the top k",
-        fields={
-            "model": model_field(),
-            "target_params": Field((str, int), doc="a percentage of the model ('50%') or an absolute count"),
-            "tolerance": Field(float, default=0.03, check=positive),
-            "importance": Field((int, str), default=None, nullable=True, doc="an importance run id or scores folder"),
-            "calib": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=data_source,
-                doc="calibration data when no importance is given: 'demo', a .npy token array or text files",
-            ),
-            "train_tokens": Field(
-                str, default=None, nullable=True, check=existing_path, doc="distillation tokens (.npy or text)"
-            ),
-            "val_tokens": Field(str, default=None, nullable=True, check=existing_path, doc="validation tokens (.npy)"),
-            "max_candidates": Field(int, default=16, check=positive),
-            "rank_by": Field(
-                str, default="loss", check=one_of("loss", "kl"), doc="zero-shot loss or KL to the teacher"
-            ),
-            "top_k": Field(int, default=2, check=non_negative, doc="candidates to distil"),
-            "tokens": Field(
-                int, default=200_000, check=non_negative, doc="distillation budget per candidate (0: zero-shot only)"
-            ),
-            "seq_len": SEQ_LEN,
-            "eval_tokens": Field(int, default=16_384, check=positive, doc="validation tokens scored per candidate"),
-            "max_width_prune": Field(float, default=0.5, check=non_negative),
-            "max_depth_prune": Field(float, default=0.5, check=non_negative),
-            "hidden_divisor": Field(int, default=None, nullable=True, check=positive, doc="default hidden/16"),
-            "ffn_divisor": Field(int, default=None, nullable=True, check=positive, doc="default ffn/32"),
-            "head_dim_divisor": Field(int, default=8, check=positive),
-            "layer_divisor": Field(int, default=1, check=positive),
-            "prune_attention": Field(bool, default=False, doc="also search attention head counts"),
-            "contiguous_depth": Field(bool, default=False, doc="drop a contiguous block of layers"),
-            "layer_metric": Field(str, default="kl", check=one_of("kl", "loss", "cosine")),
-            "accuracy_task": Field(
-                str, default=None, nullable=True, doc="an eval task for the finalists, e.g. continuation_mc"
-            ),
-            "measure_latency": Field(bool, default=True),
-            "run_dir": Field(
-                str,
-                default=None,
-                nullable=True,
-                check=absolute_path,
-                doc="folder for candidates.csv, search.json, best/ and runs/ (default: the job's own)",
-            ),
-            "seed": Field(int, default=0),
-            "device": DEVICE,
-            "name": name_field(),
-            "trust_remote_code": TRUST_REMOTE_CODE,
-        },
-        handler=run,
-        check=_check,
-        requires=("hybridlab.search.run",),
-    )
+KIND = JobKind(
+    name="search",
+    doc="enumerate, prune and rank candidate architectures at a parameter budget; distil the top k",
+    fields=spec_fields(ModelInput, SearchInputs, SearchSettings, JobOptions),
+    handler=run,
+    check=_check,
+    requires=("hybridlab.search.run",),
 )
