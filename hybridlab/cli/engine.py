@@ -9,32 +9,29 @@ from __future__ import annotations
 import json
 import sys
 
+from hybridlab.cli.options import add_options, job_spec_from_args
 from hybridlab.cli.recorded import add_workspace_option, artifact_dir, copy_out, refuse_existing, run_recorded
 from hybridlab.cli.spec_options import add_spec_options, spec_from_args
+from hybridlab.jobs.kinds.common import Calibration, JobOptions, ModelInput
+from hybridlab.jobs.kinds.prune import PruneOptions
 
 
 def register(sub) -> None:
     p = sub.add_parser("importance", help="score every prunable unit on calibration data")
-    _model_options(p)
-    _calibration_options(p)
+    add_options(p, ModelInput)
+    add_options(p, JobOptions)
+    add_options(p, Calibration)
     p.add_argument("--out", required=True, help="folder for the scores (safetensors + JSON)")
     p.add_argument("--csv", default=None, help="also write the tidy score table as CSV")
     add_workspace_option(p)
     p.set_defaults(func=run_importance)
 
     p = sub.add_parser("prune", help="prune a model to a target architecture")
-    _model_options(p)
-    _calibration_options(p)
+    add_options(p, ModelInput)
+    add_options(p, JobOptions)
+    add_options(p, Calibration)
     add_spec_options(p)
-    p.add_argument("--scores", default=None, help="scores from `hybridlab importance` (computed now if omitted)")
-    p.add_argument("--ranking", choices=["importance", "random"], default="importance")
-    p.add_argument(
-        "--mamba-ranking",
-        choices=["group", "global"],
-        default="group",
-        help="rank Mamba heads within groups (the paper) or globally (ablation)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, PruneOptions)
     p.add_argument("--out", required=True, help="folder for the pruned Hugging Face model")
     add_workspace_option(p)
     p.set_defaults(func=run_prune)
@@ -49,30 +46,6 @@ def register(sub) -> None:
     p.set_defaults(func=run_plan)
 
 
-def _model_options(p) -> None:
-    p.add_argument("--model", required=True, help="'demo' or a local Hugging Face model directory")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
-
-
-def _calibration_options(p) -> None:
-    p.add_argument(
-        "--calib",
-        default=None,
-        help="calibration data: 'demo', a .npy token array, text files or .jsonl/.parquet (default: demo set for the demo model)",
-    )
-    p.add_argument("--samples", type=int, default=64, help="calibration sequences (the paper used 1024)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--layer-metric", choices=["kl", "loss", "cosine", "none"], default="kl")
-    p.add_argument(
-        "--layer-samples",
-        type=int,
-        default=16,
-        help="sequences for the drop-one-layer passes (one forward per layer each)",
-    )
-
-
 def _check_model_and_calib(args, needs_calib: bool = True) -> None:
     """Cheap checks with the option names a user typed, before any job is recorded."""
     from hybridlab.model.loading import resolve_model_dir
@@ -82,26 +55,12 @@ def _check_model_and_calib(args, needs_calib: bool = True) -> None:
         raise ValueError("--calib is required for models other than the demo (a .npy token array or text files)")
 
 
-def _calibration_spec(args) -> dict:
-    return {
-        "model": args.model,
-        "calib": args.calib,
-        "samples": args.samples,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "layer_metric": args.layer_metric,
-        "layer_samples": args.layer_samples,
-        "device": args.device,
-        "trust_remote_code": args.trust_remote_code,
-    }
-
-
 def run_importance(args) -> int:
     from hybridlab import ImportanceScores
 
     refuse_existing(args.out)
     _check_model_and_calib(args)
-    result = run_recorded("importance", _calibration_spec(args), args)
+    result = run_recorded("importance", job_spec_from_args(args, ModelInput, Calibration, JobOptions), args)
     out = copy_out(artifact_dir(result, args), args.out)
     scores = ImportanceScores.load(out)
     frame = scores.to_frame()
@@ -124,14 +83,10 @@ def run_prune(args) -> int:
         raise ValueError("give at least one target size, e.g. --mamba-num-heads 96 or --num-layers 40")
     refuse_existing(args.out)
     check_architecture(args.model, spec.to_dict(), args.trust_remote_code)  # reads the config only
-    _check_model_and_calib(args, needs_calib=args.scores is None and args.ranking == "importance")
+    _check_model_and_calib(args, needs_calib=args.importance is None and args.ranking == "importance")
     job_spec = {
-        **_calibration_spec(args),
+        **job_spec_from_args(args, ModelInput, PruneOptions, Calibration, JobOptions),
         "spec": spec.to_dict(),
-        "importance": args.scores,
-        "ranking": args.ranking,
-        "mamba_ranking": args.mamba_ranking,
-        "seed": args.seed,
     }
     result = run_recorded("prune", job_spec, args)  # an impossible spec is refused before any model is loaded
     out = copy_out(artifact_dir(result, args), args.out)

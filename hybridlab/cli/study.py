@@ -3,125 +3,43 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from hybridlab.cli.options import add_options, settings_from_args
 from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL, demo_dir
+from hybridlab.core.settings import declared, setting
+from hybridlab.study.run import StudySettings
 
-# Options echoed into the regeneration command (always, or when they differ from the default).
+# Options always echoed into the regeneration command; the others only when they differ from the default.
 ALWAYS = ("model", "compression", "tokens", "scratch_tokens", "out", "docs")
-DEFAULTS = {
-    "comparisons": None,
-    "ssm_sweep": "25,50",
-    "tolerance": 0.03,
-    "max_width_prune": 0.5,
-    "max_candidates": 8,
-    "seq_len": 256,
-    "batch_size": 8,
-    "lr": 1e-3,
-    "eval_tokens": 8_192,
-    "teacher_top_k": 0,
-    "latency_repeats": 5,
-    "calib_samples": 32,
-    "seed": 0,
-    "threads": None,
-    "no_bf16": False,
-    "data": None,
-    "val": None,
-    "calib": None,
-    "trust_remote_code": False,
-}
+
+
+@dataclass
+class StudyCommand:
+    """The command's options besides StudySettings: what it reads and where it writes."""
+
+    out: str = setting(help="study folder: results.csv, results_curves.csv, results.md, runs/ (rerun to resume)")
+    model: str = setting("demo", help="'demo' (default) or a model directory")
+    docs: str | None = setting(None, help="also copy results.md and its CSVs into this folder (e.g. docs)")
+    data: str | None = setting(None, help="training tokens .npy (default: the demo's training sample)")
+    val: str | None = setting(None, help="validation tokens .npy (default: the demo's)")
+    calib: str | None = setting(None, help="calibration tokens (default: the demo's)")
+    threads: int | None = setting(None, help="torch intra-op threads")
+    trust_remote_code: bool = setting(False, help="allow custom modeling code from the model folder")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "study", help="run the paper's ablations (width vs depth, heads vs channels, ...) and write results.md"
     )
-    p.add_argument("--model", default="demo", help="'demo' (default) or a model directory")
-    p.add_argument(
-        "--compression", default="0.5", help="fraction of the parameters to remove: 0.5 or 50%% (half the size)"
-    )
-    p.add_argument("--tokens", default="200k", help="distillation tokens per arm, e.g. 200k")
-    p.add_argument(
-        "--scratch-tokens", default=None, help="from-scratch baseline budget (default 5x --tokens; 0 skips it)"
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        help="study folder: results.csv, results_curves.csv, results.md, runs/ (rerun to resume)",
-    )
-    p.add_argument("--docs", default=None, help="also copy results.md and its CSVs into this folder (e.g. docs)")
-    p.add_argument("--comparisons", default=None, help="comma list of comparisons (default: all)")
-    p.add_argument("--ssm-sweep", default="25,50", help="percent of the SSM width cut by heads or by channels")
-    p.add_argument("--tolerance", type=float, default=0.03, help="relative distance to the parameter target")
-    p.add_argument("--max-width-prune", type=float, default=0.5)
-    p.add_argument("--max-candidates", type=int, default=8, help="width-only candidates ranked zero-shot")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
-    p.add_argument("--eval-tokens", type=int, default=8_192, help="validation tokens for every loss")
-    p.add_argument(
-        "--teacher-top-k",
-        type=int,
-        default=0,
-        help="distil from cached top-k teacher logits, shared by all arms (faster; starves the student's tail); "
-        "0 = the live teacher's full logits (default)",
-    )
-    p.add_argument("--latency-repeats", type=int, default=5)
-    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows for importance")
-    p.add_argument("--data", default=None, help="training tokens .npy (default: the demo's training sample)")
-    p.add_argument("--val", default=None, help="validation tokens .npy (default: the demo's)")
-    p.add_argument("--calib", default=None, help="calibration tokens (default: the demo's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (bf16 autocast is the default)")
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_options(p, StudyCommand)
+    add_options(p, StudySettings)
     p.set_defaults(func=run_study_command)
 
 
-def parse_compression(text: str) -> float:
-    value = str(text).strip()
-    try:
-        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        raise ValueError(f"cannot read a compression from {text!r}; write e.g. 0.5 or 50%") from None
-    if not 0 < number < 1:
-        raise ValueError(
-            f"--compression {text} must be between 0 and 1 (or 0% and 100%): the fraction of parameters removed"
-        )
-    return number
-
-
-def settings_from_args(args):
-    from hybridlab.study.arms import COMPARISONS
-    from hybridlab.study.run import StudySettings
-    from hybridlab.training.distill import parse_token_count
-
-    try:
-        sweep = tuple(float(x) / 100 for x in args.ssm_sweep.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--ssm-sweep {args.ssm_sweep!r} must be comma-separated percentages, e.g. 25,50") from None
-    comparisons = (
-        tuple(c.strip() for c in args.comparisons.split(",") if c.strip()) if args.comparisons else COMPARISONS
-    )
-    settings = StudySettings(
-        compression=parse_compression(args.compression),
-        tokens=parse_token_count(args.tokens),
-        scratch_tokens=None if args.scratch_tokens is None else parse_token_count(args.scratch_tokens),
-        ssm_sweep=sweep,
-        comparisons=comparisons,
-        tolerance=args.tolerance,
-        max_width_prune=args.max_width_prune,
-        max_candidates=args.max_candidates,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        eval_tokens=args.eval_tokens,
-        teacher_top_k=args.teacher_top_k or None,
-        latency_repeats=args.latency_repeats,
-        calib_samples=args.calib_samples,
-        bf16_autocast=not args.no_bf16,
-        seed=args.seed,
-    )
+def settings_from_command(args) -> StudySettings:
+    settings = settings_from_args(StudySettings, args)
     settings.validate()
     return settings
 
@@ -129,11 +47,11 @@ def settings_from_args(args):
 def command_line(args) -> str:
     """The `hybridlab study` command that reproduces this run (defaults left out)."""
     words = ["hybridlab", "study"]
-    for name, value in vars(args).items():
-        if name in ("func", "command") or value is None or (name not in ALWAYS and DEFAULTS.get(name, value) == value):
+    for item in declared(StudyCommand) + declared(StudySettings):
+        value = getattr(args, item.name)
+        if value is None or (item.name not in ALWAYS and value == item.cli_default):
             continue
-        option = "--" + name.replace("_", "-")
-        words += [option] if value is True else [option, str(value)]
+        words += [item.flag] if item.types == (bool,) else [item.flag, str(value)]
     return " ".join(words)
 
 
@@ -144,7 +62,7 @@ def run_study_command(args) -> int:
     from hybridlab.model.loading import load_model, resolve_model_dir
     from hybridlab.study.run import publish, run_study
 
-    settings = settings_from_args(args)
+    settings = settings_from_command(args)
     model_dir = resolve_model_dir(args.model)  # an unknown model fails here, before any work
     demo = args.model == "demo"
     for option, value in (("--data", args.data), ("--val", args.val), ("--calib", args.calib)):
