@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from hybridlab import jobs
-from hybridlab.store import FAILED, FINISHED
+from hybridlab.store import FAILED, FINISHED, parse_job_ref
 
 MODEL_KEY, SCORES_KEY, PLAN_KEY = "model_ref", "scores_dir", "plan_spec"
 POLL_S = 1.5
@@ -24,6 +24,8 @@ def check_model(text: str):
     from hybridlab.jobs.specs import model_ref
     from hybridlab.model.loading import resolve_model_dir
 
+    if parse_job_ref(text.strip()) is not None:  # model_ref lets "job:N" through for job specs only
+        raise ValueError(f"{text.strip()!r} names a job's model, not a folder; give 'demo' or a model folder")
     ref = model_ref(text.strip())  # ValueError: missing demo, not a folder, no config.json
     config = load_config(ref, _mtime(resolve_model_dir(ref) / "config.json"))
     family_for(config)  # ValueError: an unsupported architecture

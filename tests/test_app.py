@@ -102,6 +102,7 @@ def test_model_page_bad_folder_shows_error_not_traceback(lab, tmp_path):
     for bad, message in (
         (tmp_path / "missing", "neither 'demo' nor an existing directory"),
         (tmp_path, "no config.json"),
+        ("job:3", "names a job's model, not a folder"),
     ):
         at.text_input[0].input(str(bad)).run()
         button(at, "Use this folder").click().run()
