@@ -383,3 +383,23 @@ def test_write_artifact_dir_appears_whole_or_not_at_all(tmp_path):
         (tmp / "v2").write_text("two")
     assert [p.name for p in final.iterdir()] == ["v2"]
     assert [p.name for p in final.parent.iterdir()] == ["c"]  # no temporary folders left behind
+
+
+def test_lookups_find_finished_artifacts_and_name_what_is_missing(tmp_path):
+    from hybridlab.store.lookups import candidate_model_dir, importance_scores_dir
+
+    store = Store(tmp_path)
+    job = job_rows.insert_job(store, "importance", {})
+    done = run_rows.start_run(store, "importance_runs", job, "done", "demo", {})
+    run_rows.finish_run(store, "importance_runs", done, "succeeded", "artifacts/importance/done", {})
+    running = run_rows.start_run(store, "importance_runs", job, "running", "demo", {})
+    assert importance_scores_dir(store, done) == store.workspace / "artifacts/importance/done"
+    with pytest.raises(ValueError, match=f"importance run {running} has no scores \\(status running\\)"):
+        importance_scores_dir(store, running)
+    with pytest.raises(ValueError, match="importance run 99 does not exist"):
+        importance_scores_dir(store, 99)
+    candidate = run_rows.start_run(store, "candidates", job, "c", "demo", {})
+    with pytest.raises(ValueError, match=f"candidate {candidate} does not exist or has no model yet"):
+        candidate_model_dir(store, candidate)
+    run_rows.finish_run(store, "candidates", candidate, "succeeded", "artifacts/candidates/c", {})
+    assert candidate_model_dir(store, candidate) == store.workspace / "artifacts/candidates/c"
