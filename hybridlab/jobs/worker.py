@@ -26,7 +26,7 @@ from hybridlab.jobs.queue import JobQueue
 from hybridlab.jobs.recovery import pid_alive, recover
 from hybridlab.jobs.registry import load_plugins
 from hybridlab.jobs.runner import execute_job, worker_id
-from hybridlab.store import QUEUED, Store, job_parents
+from hybridlab.store import QUEUED, SUCCEEDED, Store, job_parents
 
 log = logging.getLogger(__name__)
 WORKERS_DIR = "workers"
@@ -76,10 +76,11 @@ def _run_one(store: Store, queue: JobQueue, job_id: int, me: str, stopping: thre
     status = execute_job(store, job_id, me, stopping=stopping, heartbeat_s=heartbeat_s)
     if status == QUEUED:  # interrupted by shutdown: queue it again for whoever runs next
         queue.enqueue(job_id)
-    # Finishing the job queued its dependents in the store; send their messages. If this
-    # process dies first, recovery sends them (it queues every queued job that has none).
-    for child in job_parents.queued_children(store, job_id):
-        queue.enqueue(child)
+    if status == SUCCEEDED:
+        # Its success queued its dependents in the store; send their messages. If this process
+        # dies first, recovery sends them (it queues every queued job that has none).
+        for child in job_parents.queued_children(store, job_id):
+            queue.enqueue(child)
 
 
 def _install_signal_handlers(stopping: threading.Event) -> None:
