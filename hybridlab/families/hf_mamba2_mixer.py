@@ -1,5 +1,6 @@
-"""transformers' Mamba2 mixer layout, shared by every family that reuses it
-(NemotronH, Mamba2; Bamba and GraniteMoeHybrid copy it too)."""
+"""transformers' Mamba2 mixer tensors, shared by every family that reuses it
+(NemotronH, Mamba2; Bamba and GraniteMoeHybrid copy it too). Which rows and channels
+of those tensors hold which part: mamba_layout.py."""
 
 from __future__ import annotations
 

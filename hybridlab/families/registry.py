@@ -1,0 +1,26 @@
+"""The families hybridlab can prune, and which one a model or config belongs to."""
+
+from __future__ import annotations
+
+from hybridlab.families.base import Family
+from hybridlab.families.mamba2 import FAMILY as MAMBA2
+from hybridlab.families.nemotron_h import FAMILY as NEMOTRON_H
+
+FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2)
+
+
+def supported_architectures() -> list[str]:
+    return [arch for family in FAMILIES for arch in family.architectures]
+
+
+def family_for(model_or_config) -> Family:
+    """The adapter for a model or config; a clear error for anything else."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    found = getattr(config, "architectures", None) or model_type or type(model_or_config).__name__
+    raise ValueError(
+        f"hybridlab cannot prune {found}: supported model families are {', '.join(supported_architectures())}."
+    )
