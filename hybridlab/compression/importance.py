@@ -20,9 +20,12 @@ from safetensors.torch import load_file, save_file
 from hybridlab.compression.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
-from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
+from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
+# The prunable axes, as named in the tidy frame and in hybridlab.compression.kept.KeptUnits.
+HIDDEN, FFN_NEURON, ATTENTION_HEAD = "hidden", "ffn_neuron", "attention_head"
+MAMBA_HEAD, MAMBA_CHANNEL = "mamba_head", "mamba_channel"
 
 
 @dataclass
@@ -95,16 +98,16 @@ class ImportanceScores:
     # -- a tidy table for plots ---------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """Columns: layer, layer_kind, axis, index, group, score (layer -1 = model-wide)."""
-        rows: list[pd.DataFrame] = [_rows(-1, "model", "hidden", self.hidden)]
+        rows: list[pd.DataFrame] = [_rows(-1, "model", HIDDEN, self.hidden)]
         for layer, scores in self.ffn.items():
-            rows.append(_rows(layer, MLP, "ffn_neuron", scores))
+            rows.append(_rows(layer, MLP, FFN_NEURON, scores))
         for layer, scores in self.attention.items():
             per_group = len(scores) // max(self.num_key_value_heads, 1)
-            rows.append(_rows(layer, ATTENTION, "attention_head", scores, per_group))
+            rows.append(_rows(layer, ATTENTION, ATTENTION_HEAD, scores, per_group))
         for layer in self.mamba:
             heads = self.mamba_head_scores(layer)
-            rows.append(_rows(layer, MAMBA, "mamba_head", heads, len(heads) // self.n_groups))
-            rows.append(_rows(layer, MAMBA, "mamba_channel", self.mamba_channel_scores(layer)))
+            rows.append(_rows(layer, MAMBA, MAMBA_HEAD, heads, len(heads) // self.n_groups))
+            rows.append(_rows(layer, MAMBA, MAMBA_CHANNEL, self.mamba_channel_scores(layer)))
         for metric, scores in self.layers.items():
             frame = _rows(-1, "model", f"layer_{metric}", scores)
             frame["layer"] = frame["index"]
@@ -169,6 +172,7 @@ def estimate_importance(
     layer_metric: str | None = "kl",
     progress: ProgressFn | None = None,
     layer_samples: int | None = None,
+    description: ModelDescription | None = None,
 ) -> ImportanceScores:
     """Score every prunable unit of `model` on calibration `batches`.
 
@@ -176,12 +180,13 @@ def estimate_importance(
     (block importance, free), or None (width axes only; cosine is still recorded).
     layer_samples: use only the first batches holding this many samples for the
     drop-one-layer passes (each costs one forward per layer); None uses every batch.
+    description: describe(model), when the caller already has it.
     """
     if layer_metric not in LAYER_METRICS:
         raise ValueError(f"layer_metric must be one of {LAYER_METRICS}, got {layer_metric!r}")
-    family = family_for(model)
-    widths = family.widths(model.config)
-    parts = family.parts(model)
+    description = describe(model) if description is None else description.checked_for(model)
+    widths, layout = description.widths, description.mamba_layout
+    parts = description.parts(model)
     batches = [as_model_inputs(b) for b in batches]
     if not batches:
         raise ValueError("no calibration batches: pass at least one batch of token ids")
@@ -195,7 +200,6 @@ def estimate_importance(
     attn = {l.index: _SquaredSum() for l in parts.layers if l.kind == ATTENTION}
     mamba = {l.index: _SquaredSum() for l in parts.layers if l.kind == MAMBA}
     hidden_per_batch: list[torch.Tensor] = []
-    inner = widths.mamba_num_heads * widths.mamba_head_dim
 
     def norm_hook(module, args, output):  # output [B, T, hidden]
         hidden_per_batch.append(sequence_mean_magnitude(output, current_mask[0]))
@@ -208,7 +212,7 @@ def estimate_importance(
 
     def mamba_x_hook(acc):
         def hook(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
-            acc.add(sequence_mean_magnitude(output[..., inner : 2 * inner], current_mask[0]))
+            acc.add(sequence_mean_magnitude(output[..., layout.x], current_mask[0]))  # x: [B, T, HP]
 
         return hook
 
@@ -257,7 +261,7 @@ def estimate_importance(
         per_channel = acc.result()  # [heads * head_dim]
         heads_scores[index] = per_channel.view(widths.num_attention_heads, widths.attention_head_dim).norm(dim=1)
     return ImportanceScores(
-        family=family.name,
+        family=description.family.name,
         layer_kinds=widths.layer_kinds,
         n_groups=widths.mamba_n_groups,
         num_key_value_heads=widths.num_key_value_heads,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
+from hybridlab.families import ATTENTION, MAMBA, MLP, MambaLayout, Widths, describe
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 
@@ -28,15 +28,12 @@ class Sizes:
 
 
 def mamba_params(w: Widths) -> int:
-    inner = w.mamba_num_heads * w.mamba_head_dim  # H*P
-    groups_state = w.mamba_n_groups * w.mamba_state_size  # G*N
-    conv_channels = inner + 2 * groups_state
-    n = w.hidden_size * (2 * inner + 2 * groups_state + w.mamba_num_heads)  # in_proj
-    n += "mamba_in_proj" in w.biases and (2 * inner + 2 * groups_state + w.mamba_num_heads)
-    n += conv_channels * w.mamba_conv_kernel + ("mamba_conv" in w.biases and conv_channels)
+    layout = MambaLayout.of(w)
+    n = w.hidden_size * layout.in_proj_size + ("mamba_in_proj" in w.biases and layout.in_proj_size)
+    n += layout.conv_channels * w.mamba_conv_kernel + ("mamba_conv" in w.biases and layout.conv_channels)
     n += 3 * w.mamba_num_heads  # dt_bias, A_log, D
-    n += inner  # gated norm
-    n += inner * w.hidden_size + ("mamba_out_proj" in w.biases and w.hidden_size)
+    n += layout.inner  # gated norm
+    n += layout.inner * w.hidden_size + ("mamba_out_proj" in w.biases and w.hidden_size)
     return int(n)
 
 
@@ -76,9 +73,10 @@ def flops_per_token(w: Widths, seq_len: int) -> float:
     flops = 2.0 * matmul_params
     context = (seq_len + 1) / 2
     flops += w.count(ATTENTION) * 4.0 * w.num_attention_heads * w.attention_head_dim * context
-    inner = w.mamba_num_heads * w.mamba_head_dim
-    conv_channels = inner + 2 * w.mamba_n_groups * w.mamba_state_size
-    flops += w.count(MAMBA) * (6.0 * inner * w.mamba_state_size + 2.0 * conv_channels * w.mamba_conv_kernel)
+    layout = MambaLayout.of(w)
+    flops += w.count(MAMBA) * (
+        6.0 * layout.inner * w.mamba_state_size + 2.0 * layout.conv_channels * w.mamba_conv_kernel
+    )
     return flops
 
 
@@ -88,9 +86,9 @@ def state_bytes(
     """(KV cache bytes, Mamba state bytes). The SSM state is kept in float32 by default
     (transformers' mamba_ssm_cache_dtype), the rest in the model dtype."""
     kv = w.count(ATTENTION) * 2 * w.num_key_value_heads * w.attention_head_dim * seq_len * batch_size * dtype_bytes
-    inner = w.mamba_num_heads * w.mamba_head_dim
-    conv = (inner + 2 * w.mamba_n_groups * w.mamba_state_size) * w.mamba_conv_kernel * dtype_bytes
-    ssm = inner * w.mamba_state_size * ssm_dtype_bytes
+    layout = MambaLayout.of(w)
+    conv = layout.conv_channels * w.mamba_conv_kernel * dtype_bytes
+    ssm = layout.inner * w.mamba_state_size * ssm_dtype_bytes
     mamba = w.count(MAMBA) * (conv + ssm) * batch_size
     return int(kv), int(mamba)
 
@@ -111,11 +109,12 @@ def sizes_of(widths: Widths, seq_len: int = 4096, batch_size: int = 1, dtype_byt
 
 
 def planned_widths(config, spec: PruneSpec | None = None, drop_layers: tuple[int, ...] | None = None) -> Widths:
-    """Widths after applying `spec`. Without explicit drop_layers, a num_layers target is
-    planned by dropping layers in proportion to the pattern (the exact layers are chosen
-    by importance at prune time; the count per kind is what sizes depend on)."""
-    family = family_for(config)
-    widths = family.widths(config)
+    """Widths after applying `spec` to `config` (or a ModelDescription). Without explicit
+    drop_layers, a num_layers target is planned by dropping layers in proportion to the
+    pattern (the exact layers are chosen by importance at prune time; the count per kind is
+    what sizes depend on)."""
+    description = describe(config)
+    widths = description.widths
     spec = spec or PruneSpec()
     drop = drop_layers if drop_layers is not None else spec.drop_layers
     kinds = widths.layer_kinds
@@ -125,7 +124,7 @@ def planned_widths(config, spec: PruneSpec | None = None, drop_layers: tuple[int
     elif spec.num_layers is not None:
         kinds = proportional_kinds(kinds, kept_layer_count(spec, widths))
     new = resolve(spec, widths, kept_kinds=kinds)
-    family.check(new)
+    description.check(new)
     return new
 
 
@@ -139,5 +138,6 @@ def proportional_kinds(kinds: tuple[str, ...], keep: int) -> tuple[str, ...]:
 def estimate_sizes(
     config, spec: PruneSpec | None = None, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2
 ) -> Sizes:
-    """Parameters, FLOPs/token and inference-state memory for `config` pruned by `spec`."""
+    """Parameters, FLOPs/token and inference-state memory for `config` (or a ModelDescription)
+    pruned by `spec`."""
     return sizes_of(planned_widths(config, spec), seq_len, batch_size, dtype_bytes)
