@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 import pytest
-import torch
 from app_fixtures import demo_shipped, tiny_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,28 +311,23 @@ def test_jobs_page_lists_and_cancels(lab):
 # ---- plain helpers ----------------------------------------------------------------------------
 
 
-def test_overlay_kept_units_are_the_units_prune_keeps(lab):
+def test_overlay_kept_column_is_what_kept_units_keeps(tiny_nemotron, token_batches):
     from app.overlay import units_frame
-    from hybridlab import ImportanceScores, PruneSpec, load_model, prune
+    from hybridlab import PruneSpec, estimate_importance
+    from hybridlab.compression.kept import kept_units
 
-    model, _ = load_model(lab["model"].ref)
-    scores = ImportanceScores.load(lab["scores"])
-    spec = PruneSpec(hidden_size=40, ffn_hidden_size=32, mamba_num_heads=4, mamba_head_dim=3)
-    frame = units_frame(scores, model.config, spec)
-    pruned = prune(model, spec, scores)
-
-    def kept(layer, axis):
-        rows = frame[(frame.layer == layer) & (frame.axis == axis) & frame.kept]
-        return torch.tensor(sorted(rows["index"]))
-
-    hidden = kept(-1, "hidden")
-    assert torch.equal(pruned.model.embeddings.weight, model.model.embeddings.weight[:, hidden])
-    neurons = kept(1, "ffn_neuron")
-    assert torch.equal(
-        pruned.model.layers[1].mixer.down_proj.weight, model.model.layers[1].mixer.down_proj.weight[hidden][:, neurons]
-    )
-    heads = kept(0, "mamba_head")
-    assert torch.equal(pruned.model.layers[0].mixer.A_log, model.model.layers[0].mixer.A_log[heads])
+    scores = estimate_importance(tiny_nemotron, token_batches, layer_metric="kl")
+    spec = PruneSpec(hidden_size=24, ffn_hidden_size=20, num_attention_heads=2, mamba_num_heads=4, num_layers=4)
+    frame = units_frame(scores, tiny_nemotron.config, spec)
+    kept = kept_units(scores, tiny_nemotron.config, spec)
+    assert len(kept.dropped_layers) == 2  # so the units of dropped layers must all read as pruned
+    layer_rows = frame[frame.axis.str.startswith("layer_")]
+    assert set(layer_rows.loc[~layer_rows.kept, "layer"]) == set(kept.dropped_layers)
+    for (layer, axis), rows in frame[~frame.axis.str.startswith("layer_")].groupby(["layer", "axis"]):
+        units = kept.units(axis, layer)
+        expected = [] if layer in kept.dropped_layers else units.tolist()
+        assert sorted(rows.loc[rows.kept, "index"]) == expected, (layer, axis)
+    assert units_frame(scores, tiny_nemotron.config, None)["kept"].all()
 
 
 def test_preset_specs_land_near_the_target(lab):

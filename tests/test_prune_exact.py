@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab import PruneSpec, estimate_importance, prune
+from hybridlab.compression.importance import MAMBA_CHANNEL, MAMBA_HEAD
+from hybridlab.compression.kept import kept_units
 from hybridlab.compression.layer_importance import skipped
-from hybridlab.compression.prune import _Ranker, choose_mamba_units
-from hybridlab.families import family_for
+from hybridlab.families import MambaLayout, family_for
 
 ATOL = 2e-5
 
@@ -62,10 +63,10 @@ def test_pruned_attention_heads_equal_zeroed_o_proj_input(tiny_nemotron, token_b
 def reference_mamba_mixer(mixer, x, heads, channels, n_groups, state_size):
     """A sequential-scan Mamba2 mixer computed from the ORIGINAL weights, restricted to
     the kept heads and head channels; every kept head reads its own group's B and C."""
-    H, P = mixer.num_heads, mixer.head_dim
-    HP, GN = H * P, n_groups * state_size
+    layout = MambaLayout(mixer.num_heads, mixer.head_dim, n_groups, state_size)
+    H, P = layout.num_heads, layout.head_dim
     proj = F.linear(x, mixer.in_proj.weight, mixer.in_proj.bias)  # [B, T, 2HP + 2GN + H]
-    z, xbc, dt = proj[..., :HP], proj[..., HP : 2 * HP + 2 * GN], proj[..., 2 * HP + 2 * GN :]
+    z, xbc, dt = proj[..., layout.z], proj[..., layout.xBC], proj[..., layout.dt]  # [B, T, HP | HP + 2GN | H]
     T = x.shape[1]
     xbc = F.conv1d(
         xbc.transpose(1, 2),
@@ -75,10 +76,10 @@ def reference_mamba_mixer(mixer, x, heads, channels, n_groups, state_size):
         groups=xbc.shape[-1],
     )
     xbc = F.silu(xbc[..., :T].transpose(1, 2))
-    xs = xbc[..., :HP].view(*x.shape[:2], H, P)[:, :, heads][:, :, :, channels]  # [B, T, H', P']
-    Bm = xbc[..., HP : HP + GN].view(*x.shape[:2], n_groups, state_size)
-    Cm = xbc[..., HP + GN :].view(*x.shape[:2], n_groups, state_size)
-    group_of = heads // (H // n_groups)  # each kept head's own group
+    xs = xbc[..., layout.conv_x].view(*x.shape[:2], H, P)[:, :, heads][:, :, :, channels]  # [B, T, H', P']
+    Bm = xbc[..., layout.conv_B].view(*x.shape[:2], n_groups, state_size)  # [B, T, G, N]
+    Cm = xbc[..., layout.conv_C].view(*x.shape[:2], n_groups, state_size)
+    group_of = layout.group_of(heads)  # each kept head's own group
     dt = F.softplus(dt[..., heads] + mixer.dt_bias[heads])  # [B, T, H']
     A = -torch.exp(mixer.A_log[heads].float())
     state = torch.zeros(x.shape[0], len(heads), len(channels), state_size)
@@ -88,7 +89,7 @@ def reference_mamba_mixer(mixer, x, heads, channels, n_groups, state_size):
         state = state * decay + (dt[:, t, :, None, None] * xs[:, t, :, :, None] * Bm[:, t, group_of][:, :, None, :])
         ys.append((state * Cm[:, t, group_of][:, :, None, :]).sum(-1) + mixer.D[heads][:, None] * xs[:, t])
     y = torch.stack(ys, 1)  # [B, T, H', P']
-    kept = (heads[:, None] * P + channels[None, :]).flatten()
+    kept = layout.inner_channels(heads, channels)  # [H'*P']
     y = y.reshape(*x.shape[:2], -1) * F.silu(z[..., kept])
     grouped = y.view(*x.shape[:2], n_groups, -1)
     grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + mixer.norm.variance_epsilon)
@@ -100,9 +101,8 @@ def test_group_aware_mamba_layer_matches_reference(tiny_nemotron, token_batches)
     scores = estimate_importance(tiny_nemotron, token_batches, layer_metric=None)
     spec = PruneSpec(mamba_num_heads=4, mamba_head_dim=3)
     pruned = prune(tiny_nemotron, spec, scores)
-    family = family_for(tiny_nemotron)
-    old, new = family.widths(tiny_nemotron.config), family.widths(pruned.config)
-    heads, channels = choose_mamba_units(scores, 0, old, new, _Ranker(scores, "importance", 0), "group")
+    kept = kept_units(scores, tiny_nemotron, spec)
+    heads, channels = kept.units(MAMBA_HEAD, 0), kept.units(MAMBA_CHANNEL, 0)
     assert [int(h) // 4 for h in heads] == [0, 0, 1, 1]  # two heads from each group
     x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -120,11 +120,8 @@ def test_global_ranking_mispairs_heads_with_groups(tiny_nemotron, token_batches)
     """The strawman: heads chosen over the whole layer may cross groups, so some read
     another group's B and C and the layer no longer matches the group-aware reference."""
     scores = estimate_importance(tiny_nemotron, token_batches, layer_metric=None)
-    family = family_for(tiny_nemotron)
-    old = family.widths(tiny_nemotron.config)
     scores.mamba[0][:4] *= 10  # group 0's heads dominate layer 0
-    new = old.with_(mamba_num_heads=4)
-    heads, _ = choose_mamba_units(scores, 0, old, new, _Ranker(scores, "importance", 0), "global")
+    heads = kept_units(scores, tiny_nemotron, PruneSpec(mamba_num_heads=4), mamba_ranking="global").units(MAMBA_HEAD, 0)
     assert heads.tolist() == [0, 1, 2, 3]
     pruned = prune(tiny_nemotron, PruneSpec(mamba_num_heads=4), scores, mamba_ranking="global")
     x = torch.randn(1, 6, 32)

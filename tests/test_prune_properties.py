@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, NemotronHForCausalLM
 
 from hybridlab import PruneSpec, estimate_importance, estimate_sizes, prune
-from hybridlab.compression.prune import plan_drop_layers
+from hybridlab.compression.kept import plan_drop_layers
 from tests.conftest import randomize, tiny_nemotron_config
 
 _MODEL = randomize(NemotronHForCausalLM(tiny_nemotron_config()))

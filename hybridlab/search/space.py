@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from hybridlab.compression.kept import least_important_layers
 from hybridlab.compression.layer_importance import LAYER_METRICS
-from hybridlab.compression.prune import least_important_layers
 from hybridlab.core.settings import below_one, check_settings, parse_token_count, positive, setting
-from hybridlab.families import ATTENTION, MAMBA, MLP, family_for
+from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 
@@ -76,24 +76,27 @@ def width_values(current: int, divisor: int, max_prune: float) -> list[int]:
 
 
 def layers_to_drop(
-    layer_scores: torch.Tensor, count: int, contiguous: bool, widths=None, family=None
+    layer_scores: torch.Tensor, count: int, contiguous: bool, description: ModelDescription | None = None
 ) -> tuple[int, ...]:
+    """The least important `count` layers (that the described family can lose), or the least
+    important contiguous block."""
     if count == 0:
         return ()
     if not contiguous:
-        if widths is None:
+        if description is None:
             return tuple(sorted(int(i) for i in torch.argsort(layer_scores.float())[:count]))
-        return least_important_layers(layer_scores, count, widths, family)
+        return least_important_layers(layer_scores, count, description)
     sums = torch.stack([layer_scores[i : i + count].sum() for i in range(len(layer_scores) - count + 1)])
     start = int(sums.argmin())
     return tuple(range(start, start + count))
 
 
 def check_reachable(config, target_params: int, tolerance: float, space: SearchSpace) -> None:
-    """Fail before any model work when even the most pruned architecture in bounds is too big."""
+    """Fail before any model work when even the most pruned architecture in bounds is too big.
+    `config` may be a ModelDescription."""
     from hybridlab.model.sizes import proportional_kinds
 
-    widths = family_for(config).widths(config)
+    widths = describe(config).widths
     shrink = lambda value, step: max(min(width_values(value, step, space.max_width_prune)), 1) if value else value
     keep = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
     smallest = widths.with_(
@@ -118,9 +121,11 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
 def enumerate_candidates(
     config, scores, target_params: int, tolerance: float, space: SearchSpace = SearchSpace(), seq_len: int = 4096
 ) -> list[Candidate]:
-    """Every spec of the space whose exact parameter count is within tolerance of the target."""
+    """Every spec of the space whose exact parameter count is within tolerance of the target.
+    `config` may be a ModelDescription; the family is resolved once for the whole space."""
     space.validate()
-    widths = family_for(config).widths(config)
+    description = describe(config)
+    widths = description.widths
     if space.layer_metric not in scores.layers:
         raise ValueError(f"these scores have no {space.layer_metric!r} layer metric (have {sorted(scores.layers)})")
     w_prune = space.max_width_prune
@@ -148,11 +153,10 @@ def enumerate_candidates(
         n for n in range(widths.num_layers, min_layers - 1, -1) if (widths.num_layers - n) % space.layer_divisor == 0
     ]
     layer_scores = scores.layers[space.layer_metric]
-    family = family_for(config)
     drops = {}
     for n in depths:
         try:
-            drops[n] = layers_to_drop(layer_scores, widths.num_layers - n, space.contiguous_depth, widths, family)
+            drops[n] = layers_to_drop(layer_scores, widths.num_layers - n, space.contiguous_depth, description)
         except ValueError:  # the family cannot lose that many layers
             continue
 
@@ -165,7 +169,7 @@ def enumerate_candidates(
             if spec.is_empty():
                 continue
             try:
-                new = planned_widths(config, spec)
+                new = planned_widths(description, spec)
             except ValueError:  # a family limit (e.g. Mamba2's integer expand)
                 continue
             sizes = sizes_of(new, seq_len)

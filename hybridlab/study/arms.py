@@ -1,6 +1,6 @@
 """The arms of the ablation study (`hybridlab study`): which pruned students the paper's
 comparisons need, with exact parameter counts, planned from the teacher's config and
-importance scores.
+importance scores. Functions that take a config take its ModelDescription too.
 
 Comparisons (paper section and what it found):
 - width_vs_depth: width-only (hidden, FFN, Mamba heads) versus dropping the least
@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from hybridlab.compression.prune import prune, top_k
-from hybridlab.families import ATTENTION, MAMBA, family_for
+from hybridlab.compression.importance import MAMBA_HEAD
+from hybridlab.compression.kept import kept_units
+from hybridlab.compression.prune import prune
+from hybridlab.families import ATTENTION, MAMBA, MambaLayout, describe
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
@@ -96,18 +98,19 @@ def width_candidates(
 ) -> list[Candidate]:
     """Width-only specs within tolerance of the target: hidden, FFN and Mamba heads shrink;
     the Mamba head dim stays (the paper's candidates 1 and 2 keep it)."""
-    widths = family_for(config).widths(config)
+    description = describe(config)
+    widths = description.widths
     space = SearchSpace(
         max_width_prune=max_width_prune,
         max_depth_prune=0.0,
         head_dim_divisor=max(widths.mamba_head_dim, 1),
         layer_metric=layer_metric,
     )
-    return enumerate_candidates(config, scores, target, tolerance, space)
+    return enumerate_candidates(description, scores, target, tolerance, space)
 
 
 def prunes_heads(spec: PruneSpec, config) -> bool:
-    widths = family_for(config).widths(config)
+    widths = describe(config).widths
     return spec.mamba_num_heads is not None and spec.mamba_num_heads < widths.mamba_num_heads
 
 
@@ -115,9 +118,11 @@ def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> l
     """At most `limit` width candidates to rank zero-shot, spread over the space: per (prunes Mamba
     heads?, hidden size) the closest to the target first, then the next closest, and so on, taking
     turns between the two SSM groups so both are covered."""
+    description = describe(config)
     by_key: dict[tuple[bool, int], list[Candidate]] = {}
     for candidate in sorted(candidates, key=lambda c: (abs(c.params - target), c.name)):
-        by_key.setdefault((prunes_heads(candidate.spec, config), candidate.spec.hidden_size or 0), []).append(candidate)
+        key = (prunes_heads(candidate.spec, description), candidate.spec.hidden_size or 0)
+        by_key.setdefault(key, []).append(candidate)
     groups = []
     for pruned in (True, False):
         keys = sorted((k for k in by_key if k[0] == pruned), key=lambda k: -(k[1] or 10**9))  # widest hidden first
@@ -133,7 +138,8 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
     """Drop the least important layers (lowest score first) until the parameter count is
     closest to the target. At least one layer stays, and so does the last attention layer:
     transformers' Nemotron-H cannot build its cache (so cannot generate) without one."""
-    kinds = family_for(config).widths(config).layer_kinds
+    description = describe(config)
+    kinds = description.layer_kinds
     attention = [i for i, kind in enumerate(kinds) if kind == ATTENTION]
     order = [int(i) for i in torch.argsort(layer_scores.float())]
     if attention:
@@ -142,7 +148,7 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
     best: tuple[int, PruneSpec] | None = None
     for count in range(1, min(len(order), len(kinds) - 1) + 1):
         spec = PruneSpec(drop_layers=tuple(order[:count]))
-        gap = abs(params_of(config, spec) - target)
+        gap = abs(params_of(description, spec) - target)
         if best is None or gap < best[0]:
             best = (gap, spec)
     if best is None:
@@ -156,7 +162,7 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
 def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
     """(heads spec, channels spec) removing about `fraction` of the SSM width H*P each way:
     heads in steps of n_groups, then the head dim that gives the same H*P."""
-    w = family_for(config).widths(config)
+    w = describe(config).widths
     if MAMBA not in w.layer_kinds:
         raise ValueError("the heads-versus-channels sweep needs a model with Mamba layers")
     groups = w.mamba_n_groups
@@ -171,10 +177,11 @@ def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
 
 
 def sweep_arms(config, fractions: list[float]) -> list[Arm]:
-    w = family_for(config).widths(config)
+    description = describe(config)
+    w = description.widths
     arms: list[Arm] = []
     for fraction in fractions:
-        by_heads, by_channels = mamba_sweep_specs(config, fraction)
+        by_heads, by_channels = mamba_sweep_specs(description, fraction)
         cut = 1 - by_heads.mamba_num_heads / w.mamba_num_heads
         label = f"-{cut:.0%} SSM"
         arms.append(Arm(HEADS_VS_CHANNELS, f"heads {label}", by_heads))
@@ -187,17 +194,15 @@ def sweep_arms(config, fractions: list[float]) -> list[Arm]:
 
 def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
     """(kept heads that global ranking moves into another group, kept heads in all), summed over
-    Mamba layers: with global ranking the j-th kept head reads the B/C of group j // (H'/G)."""
-    w = family_for(config).widths(config)
-    new = planned_widths(config, spec)
-    old_per_group, new_per_group = w.mamba_num_heads // w.mamba_n_groups, new.mamba_num_heads // w.mamba_n_groups
+    the kept Mamba layers: with global ranking the j-th kept head reads the B/C of group j // (H'/G)."""
+    description = describe(config)
+    kept = kept_units(scores, description, spec, mamba_ranking="global")
+    old_layout, new_layout = description.mamba_layout, MambaLayout.of(kept.new)
     moved = total = 0
-    for layer in scores.mamba:
-        channels = top_k(scores.mamba_channel_scores(layer), new.mamba_head_dim)
-        heads = top_k(scores.mamba_head_scores(layer, channels), new.mamba_num_heads)  # [H'] ascending
-        old_group = heads // old_per_group
-        new_group = torch.arange(len(heads)) // new_per_group
-        moved += int((old_group != new_group).sum())
+    for heads in kept.by_layer[MAMBA_HEAD].values():  # [H'] ascending
+        own_group = old_layout.group_of(heads)  # the B/C each head was trained with
+        read_group = new_layout.group_of(torch.arange(len(heads)))  # the B/C its new position reads
+        moved += int((own_group != read_group).sum())
         total += len(heads)
     return moved, total
 
@@ -207,7 +212,7 @@ def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
 
 def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str = "kl"):
     """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report)."""
-    config = teacher.config
+    description = describe(teacher)  # resolved once for every step below
     wanted = set(settings.comparisons)
     facts: dict = {}
     arms: list[Arm] = []
@@ -215,17 +220,17 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
     zero_shot: dict[str, float] = {}
     if wanted - {HEADS_VS_CHANNELS}:
         candidates = width_candidates(
-            config, scores, target, settings.tolerance, settings.max_width_prune, layer_metric
+            description, scores, target, settings.tolerance, settings.max_width_prune, layer_metric
         )
         rows = []
-        for candidate in shortlist(candidates, config, target, settings.max_candidates):
-            loss = loss_of(prune(teacher, candidate.spec, scores, layer_metric=layer_metric))
+        for candidate in shortlist(candidates, description, target, settings.max_candidates):
+            loss = loss_of(prune(teacher, candidate.spec, scores, layer_metric=layer_metric, description=description))
             rows.append(
                 {
                     "name": candidate.name,
                     "spec": spec_json(candidate.spec),
                     "params": candidate.params,
-                    "prunes_mamba_heads": prunes_heads(candidate.spec, config),
+                    "prunes_mamba_heads": prunes_heads(candidate.spec, description),
                     "zero_shot_loss": loss,
                     "_spec": candidate.spec,
                 }
@@ -242,19 +247,15 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
                 f"no width-only candidate near {target:,} parameters prunes Mamba heads; widen --tolerance or --max-width-prune"
             )
         if WIDTH_VS_DEPTH in wanted:
-            depth = depth_only_spec(config, scores.layers[layer_metric], target)
+            depth = depth_only_spec(description, scores.layers[layer_metric], target)
             arms += [
                 Arm(WIDTH_VS_DEPTH, "width-only", width_best, note="best width-only candidate zero-shot"),
                 Arm(
                     WIDTH_VS_DEPTH,
                     "depth-only",
                     depth,
-                    note=f"drops {len(depth.drop_layers)} of {config.num_hidden_layers} layers, the least important by KL"
-                    + (
-                        "; the last attention layer always stays"
-                        if ATTENTION in family_for(config).widths(config).layer_kinds
-                        else ""
-                    ),
+                    note=f"drops {len(depth.drop_layers)} of {description.num_layers} layers, the least important by KL"
+                    + ("; the last attention layer always stays" if ATTENTION in description.layer_kinds else ""),
                 ),
             ]
         if SSM_PRUNED_VS_WHOLE in wanted:
@@ -267,7 +268,7 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
                 Arm(SSM_PRUNED_VS_WHOLE, "SSM whole", whole[0]),
             ]
         if GROUP_VS_GLOBAL in wanted:
-            moved, kept = mispaired_heads(scores, config, pruned[0])
+            moved, kept = mispaired_heads(scores, description, pruned[0])
             facts["global_ranking_moved_heads"], facts["global_ranking_kept_heads"] = moved, kept
             arms += [
                 Arm(GROUP_VS_GLOBAL, "group-aware", pruned[0]),
@@ -285,5 +286,5 @@ def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str
                 Arm(IMPORTANCE_VS_RANDOM, f"random (seed {settings.seed})", pruned[0], ranking="random"),
             ]
     if HEADS_VS_CHANNELS in wanted:
-        arms += sweep_arms(config, list(settings.ssm_sweep))
+        arms += sweep_arms(description, list(settings.ssm_sweep))
     return arms, ranked, zero_shot, facts

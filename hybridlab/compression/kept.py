@@ -1,0 +1,237 @@
+"""Which units a plan keeps: the one rule behind the pruner, the dashboard's overlays and the
+study. Given importance scores (or the seeded random control) and a spec, `kept_units` names
+the embedding channels, the FFN neurons, attention heads, Mamba heads and Mamba head channels
+of every kept layer, and the dropped layers; `prune` only slices weights by it.
+
+- Every axis keeps its top-k units by score, in ascending index order (the layout stays).
+- Attention heads are ranked within their KV group; every group keeps the same count.
+- Mamba is nested and group-aware (paper Eqs. 19-24): the same head channels in every head,
+  then heads scored over those channels and ranked within their group, the same number per
+  group, so every kept head still reads its own group's B and C. mamba_ranking="global" ranks
+  heads over the whole layer (the ablation's strawman that mispairs heads with B/C).
+- Layers: the spec's drop_layers, or the least important by a layer metric that the family
+  can lose (e.g. NemotronH keeps one attention layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hybridlab.compression.importance import (
+    ATTENTION_HEAD,
+    FFN_NEURON,
+    HIDDEN,
+    MAMBA_CHANNEL,
+    MAMBA_HEAD,
+    ImportanceScores,
+)
+from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, Widths, describe
+from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
+
+RANKINGS = ("importance", "random")
+MAMBA_RANKINGS = ("group", "global")
+LAYER_AXES = (FFN_NEURON, ATTENTION_HEAD, MAMBA_HEAD, MAMBA_CHANNEL)
+
+
+@dataclass(frozen=True)
+class KeptUnits:
+    """What a plan keeps. Every index tensor is a LongTensor in ascending order.
+
+    Per-layer axes are mappings {axis: {original layer index: kept indices}}, one entry per
+    kept layer that has the axis, so a new axis (e.g. MoE experts) is one more key."""
+
+    old: Widths  # the model's
+    new: Widths  # the pruned model's
+    dropped_layers: tuple[int, ...]
+    hidden: torch.Tensor  # [hidden'] embedding channels, shared by every layer
+    by_layer: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    # by_layer[FFN_NEURON][l]: [F'];  by_layer[ATTENTION_HEAD][l]: [heads'] (KV-group aware)
+    # by_layer[MAMBA_HEAD][l]: [H'];  by_layer[MAMBA_CHANNEL][l]: [P'], the same in every kept head
+
+    @property
+    def kept_layers(self) -> tuple[int, ...]:
+        """Original indices of the layers the pruned model keeps, in order."""
+        dropped = set(self.dropped_layers)
+        return tuple(i for i in range(self.old.num_layers) if i not in dropped)
+
+    def units(self, axis: str, layer: int = -1) -> torch.Tensor | None:
+        """Kept indices of `axis` in `layer` (HIDDEN is model-wide); None for a dropped layer
+        or an axis the layer does not have."""
+        if axis == HIDDEN:
+            return self.hidden
+        return self.by_layer.get(axis, {}).get(layer)
+
+
+def kept_units(
+    scores: ImportanceScores | None,
+    model,
+    spec: PruneSpec,
+    ranking: str = "importance",
+    mamba_ranking: str = "group",
+    layer_metric: str = "kl",
+    seed: int = 0,
+) -> KeptUnits:
+    """The units `spec` keeps in `model` (a model, its config or its ModelDescription).
+
+    ranking: "importance", or "random" (a seeded control on every axis; scores may be None).
+    Raises ValueError for an impossible spec, missing scores, or scores of another model."""
+    check_mamba_ranking(mamba_ranking)
+    description = describe(model)
+    old = description.widths
+    resolve(spec, old)  # validate widths before any work
+    rank = _Ranker(scores, ranking, seed)
+    if scores is None and ranking == "importance" and _needs_ranking(spec, old):
+        raise ValueError(
+            "pruning by importance needs ImportanceScores; run estimate_importance first or use ranking='random'"
+        )
+    if scores is not None and tuple(scores.layer_kinds) != old.layer_kinds:
+        raise ValueError("these importance scores were computed for a different model (layer pattern differs)")
+
+    dropped = choose_dropped_layers(spec, description, scores, layer_metric, rank)
+    kept_layers = [i for i in range(old.num_layers) if i not in set(dropped)]
+    new = resolve(spec, old, kept_kinds=tuple(old.layer_kinds[i] for i in kept_layers))
+    description.check(new)
+
+    # The random control draws from one generator in this order (hidden, then layer by layer):
+    # changing the order changes which units a seed keeps.
+    real = scores or uniform_scores(old)
+    hidden = top_k(rank(real.hidden), new.hidden_size)
+    by_layer: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in LAYER_AXES}
+    for index in kept_layers:
+        kind = old.layer_kinds[index]
+        if kind == MLP:
+            by_layer[FFN_NEURON][index] = top_k(rank(real.ffn[index]), new.ffn_hidden_size)
+        elif kind == ATTENTION:
+            groups = old.num_key_value_heads
+            by_layer[ATTENTION_HEAD][index] = top_k_within_groups(
+                rank(real.attention[index]), groups, new.num_attention_heads // groups
+            )
+        else:
+            heads, channels = _mamba_units(real, index, old, new, rank, mamba_ranking)
+            by_layer[MAMBA_HEAD][index], by_layer[MAMBA_CHANNEL][index] = heads, channels
+    return KeptUnits(old, new, tuple(dropped), hidden, by_layer)
+
+
+def _mamba_units(scores, layer: int, old: Widths, new: Widths, rank, mamba_ranking: str):
+    """(kept heads [H'], kept head channels [P']), nested as in the paper."""
+    channels = top_k(rank(scores.mamba_channel_scores(layer)), new.mamba_head_dim)
+    head_scores = rank(scores.mamba_head_scores(layer, channels))  # [H], over the kept channels only
+    if mamba_ranking == "global":
+        heads = top_k(head_scores, new.mamba_num_heads)
+    else:
+        heads = top_k_within_groups(head_scores, old.mamba_n_groups, new.mamba_num_heads // old.mamba_n_groups)
+    return heads, channels
+
+
+def check_mamba_ranking(mamba_ranking: str) -> None:
+    if mamba_ranking not in MAMBA_RANKINGS:
+        raise ValueError(f"mamba_ranking must be one of {MAMBA_RANKINGS}, got {mamba_ranking!r}")
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, in ascending index order (keeps the layout stable)."""
+    return torch.sort(torch.topk(scores.float(), k, sorted=False).indices).values
+
+
+def top_k_within_groups(scores: torch.Tensor, groups: int, k_per_group: int) -> torch.Tensor:
+    """[n] scores in `groups` equal contiguous groups -> the top k_per_group of each group."""
+    per_group = scores.view(groups, -1)  # [G, n/G]
+    kept = [top_k(row, k_per_group) + g * per_group.shape[1] for g, row in enumerate(per_group)]
+    return torch.cat(kept)
+
+
+class _Ranker:
+    """Scores used to choose units: importance, or seeded random numbers (the control)."""
+
+    def __init__(self, scores: ImportanceScores | None, ranking: str, seed: int):
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+        self.scores, self.random = scores, ranking == "random"
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, real: torch.Tensor) -> torch.Tensor:
+        return torch.rand(real.shape, generator=self.generator) if self.random else real
+
+
+# -- layers ---------------------------------------------------------------------------------
+
+
+def plan_drop_layers(
+    model,
+    spec: PruneSpec,
+    scores: ImportanceScores | None = None,
+    layer_metric: str = "kl",
+    ranking: str = "importance",
+    seed: int = 0,
+) -> tuple[int, ...]:
+    """The layers `prune` would remove for this spec (exact sizes need them); `model` may be
+    a model, a config or a ModelDescription."""
+    return choose_dropped_layers(spec, describe(model), scores, layer_metric, _Ranker(scores, ranking, seed))
+
+
+def choose_dropped_layers(
+    spec: PruneSpec, description: ModelDescription, scores: ImportanceScores | None, layer_metric: str, rank: _Ranker
+) -> tuple[int, ...]:
+    if spec.drop_layers is not None:
+        return spec.drop_layers
+    widths = description.widths
+    n_drop = widths.num_layers - kept_layer_count(spec, widths)
+    if n_drop == 0:
+        return ()
+    if rank.random:
+        layer_scores = rank(torch.zeros(widths.num_layers))
+    elif scores is None or layer_metric not in scores.layers:
+        available = sorted(scores.layers) if scores else []
+        raise ValueError(
+            f"num_layers needs layer scores for metric {layer_metric!r} (have {available}); "
+            "rerun importance with that layer metric or give drop_layers explicitly"
+        )
+    else:
+        layer_scores = scores.layers[layer_metric]
+    return least_important_layers(layer_scores, n_drop, description)
+
+
+def least_important_layers(layer_scores: torch.Tensor, count: int, description: ModelDescription) -> tuple[int, ...]:
+    """The `count` lowest-scoring layers, skipping any whose removal the family forbids
+    (e.g. NemotronH's last attention layer)."""
+    widths = description.widths
+    dropped: list[int] = []
+    for index in torch.argsort(layer_scores.float()).tolist():
+        if len(dropped) == count:
+            break
+        kept = tuple(k for i, k in enumerate(widths.layer_kinds) if i not in {*dropped, index})
+        try:
+            description.check(widths.with_(layer_kinds=kept))
+        except ValueError:
+            continue
+        dropped.append(index)
+    if len(dropped) < count:
+        raise ValueError(f"cannot drop {count} layers: the model family needs some of them (see its adapter's check)")
+    return tuple(sorted(dropped))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _needs_ranking(spec: PruneSpec, widths: Widths) -> bool:
+    """Whether any unit must be chosen (explicit drop_layers alone choose nothing)."""
+    shrinks = resolve(spec, widths) != widths.with_()
+    return shrinks or (spec.num_layers is not None and spec.drop_layers is None and spec.num_layers < widths.num_layers)
+
+
+def uniform_scores(widths: Widths) -> ImportanceScores:
+    """Flat scores for random ranking without importance (ties are broken by the noise)."""
+    ones = lambda n: torch.ones(n)
+    of_kind = lambda kind: [i for i, k in enumerate(widths.layer_kinds) if k == kind]
+    return ImportanceScores(
+        family="",
+        layer_kinds=widths.layer_kinds,
+        n_groups=widths.mamba_n_groups,
+        num_key_value_heads=widths.num_key_value_heads,
+        hidden=ones(widths.hidden_size),
+        ffn={i: ones(widths.ffn_hidden_size) for i in of_kind(MLP)},
+        attention={i: ones(widths.num_attention_heads) for i in of_kind(ATTENTION)},
+        mamba={i: torch.ones(widths.mamba_num_heads, widths.mamba_head_dim) for i in of_kind(MAMBA)},
+    )
