@@ -1,14 +1,15 @@
 """The pruning planner's arithmetic, without Streamlit: slider ranges per axis, presets
 that hit a target parameter fraction, and the analytic summary of a plan.
 
-Everything here reads only the config (hybridlab.model.sizes), so it is instant.
+Everything here reads only the config (hybridlab.model.sizes), so it is instant; each function
+describes the model once and sizes every plan it tries from that description.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, family_for
+from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, describe
 from hybridlab.model.sizes import estimate_sizes, planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 
@@ -78,8 +79,9 @@ def preset_spec(config, preset: str, target_fraction: float) -> PruneSpec:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"the target must be between 0% and 100% of the parameters, got {target_fraction:.0%}")
-    widths = family_for(config).widths(config)
-    total = estimate_sizes(config).params
+    description = describe(config)
+    widths = description.widths
+    total = estimate_sizes(description).params
     target = target_fraction * total
     layers = widths.num_layers
 
@@ -88,7 +90,7 @@ def preset_spec(config, preset: str, target_fraction: float) -> PruneSpec:
         for values in candidates:
             try:
                 spec = spec_from_values(values, widths)
-                scored.append((abs(estimate_sizes(config, spec).params - target), spec))
+                scored.append((abs(estimate_sizes(description, spec).params - target), spec))
             except ValueError:
                 continue  # a combination the family cannot build
         if not scored:
@@ -108,8 +110,9 @@ def preset_spec(config, preset: str, target_fraction: float) -> PruneSpec:
 def plan_summary(config, spec: PruneSpec, drop_layers: tuple[int, ...] | None = None, seq_len: int = 4096) -> dict:
     """Parent vs plan: params, FLOPs/token, inference state, ratios, FLOP-estimated speedup.
     Raises ValueError (with the library's message) for an impossible spec."""
-    parent = estimate_sizes(config, seq_len=seq_len)
-    plan = sizes_of(planned_widths(config, spec, drop_layers=drop_layers), seq_len=seq_len)
+    description = describe(config)
+    parent = estimate_sizes(description, seq_len=seq_len)
+    plan = sizes_of(planned_widths(description, spec, drop_layers=drop_layers), seq_len=seq_len)
     return {
         "params": plan.params,
         "param_ratio": plan.params / parent.params,
@@ -125,8 +128,9 @@ def plan_summary(config, spec: PruneSpec, drop_layers: tuple[int, ...] | None = 
 
 def params_per_unit(config) -> dict:
     """Parameters that one step of each axis is worth (what the model page shows 'by axis')."""
-    widths = family_for(config).widths(config)
-    total = estimate_sizes(config).params
+    description = describe(config)
+    widths = description.widths
+    total = estimate_sizes(description).params
     out = {}
     for axis in axes(widths):
         if axis.current - axis.step < axis.minimum:
@@ -136,7 +140,7 @@ def params_per_unit(config) -> dict:
             out[axis.label] = {
                 "size": axis.current,
                 "step": axis.step,
-                "params per step": total - estimate_sizes(config, spec).params,
+                "params per step": total - estimate_sizes(description, spec).params,
             }
         except ValueError:
             continue

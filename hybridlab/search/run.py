@@ -21,6 +21,7 @@ from hybridlab.compression.importance import ImportanceScores, estimate_importan
 from hybridlab.compression.prune import prune
 from hybridlab.core.progress import ProgressFn, subrange, track
 from hybridlab.core.settings import check_settings, non_negative, parse_token_count, positive, setting
+from hybridlab.families import describe
 from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.search.space import (
@@ -95,22 +96,25 @@ def search(
     settings.validate()
     total = sum(p.numel() for p in model.parameters())
     target = parse_target(settings.target_params, total)
-    check_reachable(model.config, target, settings.tolerance, settings.space)
+    description = describe(model)  # the family and widths, resolved once for every step below
+    check_reachable(description, target, settings.tolerance, settings.space)
     if scores is None:
         if not calib_batches:
             raise ValueError("search needs importance scores or calibration batches to compute them")
         scores = estimate_importance(
-            model, calib_batches, layer_metric=settings.space.layer_metric, progress=subrange(progress, 0.0, 0.1)
+            model,
+            calib_batches,
+            layer_metric=settings.space.layer_metric,
+            progress=subrange(progress, 0.0, 0.1),
+            description=description,
         )
-    candidates = enumerate_candidates(
-        model.config, scores, target, settings.tolerance, settings.space, settings.seq_len
-    )
+    candidates = enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
     chosen = pick_diverse(candidates, settings.max_candidates, target)
     out = Path(out_dir) if out_dir is not None else None
 
-    teacher_row = _teacher_row(model, val_tokens, settings)
+    teacher_row = _teacher_row(model, description, val_tokens, settings)
     rows = [
-        _zero_shot(model, c, scores, val_tokens, settings, teacher_row)
+        _zero_shot(model, description, c, scores, val_tokens, settings, teacher_row)
         for c in track(chosen, len(chosen), "search: zero-shot ranking", progress, 0.1, 0.4)
     ]
     rows.sort(key=lambda r: r["zero_shot_" + settings.rank_by])
@@ -138,8 +142,8 @@ def search(
     return SearchResult(frame, best, best_model, out)
 
 
-def _teacher_row(model, val_tokens, settings: SearchSettings) -> dict:
-    sizes = estimate_sizes(model.config, seq_len=settings.seq_len)
+def _teacher_row(model, description, val_tokens, settings: SearchSettings) -> dict:
+    sizes = estimate_sizes(description, seq_len=settings.seq_len)
     row = {
         "name": "teacher",
         "strategy": "teacher",
@@ -155,8 +159,10 @@ def _teacher_row(model, val_tokens, settings: SearchSettings) -> dict:
     return row
 
 
-def _zero_shot(teacher, candidate: Candidate, scores, val_tokens, settings: SearchSettings, teacher_row: dict) -> dict:
-    student = prune(teacher, candidate.spec, scores, layer_metric=settings.space.layer_metric)
+def _zero_shot(
+    teacher, description, candidate: Candidate, scores, val_tokens, settings: SearchSettings, teacher_row: dict
+) -> dict:
+    student = prune(teacher, candidate.spec, scores, layer_metric=settings.space.layer_metric, description=description)
     if settings.rank_by == "kl":
         measured = kl_to_teacher(student, teacher, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)
         loss, kl = measured["loss"], measured["kl"]

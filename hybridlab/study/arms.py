@@ -24,7 +24,7 @@ import torch
 from hybridlab.compression.importance import MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
 from hybridlab.compression.prune import prune
-from hybridlab.families import ATTENTION, MAMBA, MambaLayout, describe
+from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
@@ -210,9 +210,18 @@ def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def plan_arms(teacher, scores, target: int, settings, loss_of, layer_metric: str = "kl"):
-    """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report)."""
-    description = describe(teacher)  # resolved once for every step below
+def plan_arms(
+    teacher,
+    scores,
+    target: int,
+    settings,
+    loss_of,
+    layer_metric: str = "kl",
+    description: ModelDescription | None = None,
+):
+    """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report).
+    description: describe(teacher), when the caller already has it."""
+    description = describe(teacher) if description is None else description.checked_for(teacher)
     wanted = set(settings.comparisons)
     facts: dict = {}
     arms: list[Arm] = []

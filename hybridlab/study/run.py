@@ -36,6 +36,7 @@ from hybridlab.compression.importance import ImportanceScores, estimate_importan
 from hybridlab.core.atomic import atomic_file, write_json, write_text
 from hybridlab.core.progress import ProgressFn, subrange
 from hybridlab.core.settings import below_one, check_settings, comma_list, parse_token_count, positive, setting
+from hybridlab.families import describe
 from hybridlab.measure.evaluate import validation_loss
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
@@ -201,6 +202,7 @@ def run_study(
     say = _reporter(progress)
     teacher.eval()
     config = teacher.config
+    description = describe(teacher)  # the family and widths, resolved once for planning and sizes
     total = sum(p.numel() for p in teacher.parameters())
     target = target_params(total, settings.compression)
     loss_of = lambda model: validation_loss(model, val_tokens, settings.seq_len, max_tokens=settings.eval_tokens)[
@@ -212,7 +214,9 @@ def run_study(
     teacher_loss = loss_of(teacher)
 
     say(0.05, "study: planning the arms (zero-shot ranking of width-only candidates)")
-    planned, ranked, zero_shot, facts = arms_lib.plan_arms(teacher, scores, target, settings, loss_of, LAYER_METRIC)
+    planned, ranked, zero_shot, facts = arms_lib.plan_arms(
+        teacher, scores, target, settings, loss_of, LAYER_METRIC, description
+    )
     ranked.to_csv(out / "width_candidates.csv", index=False)
 
     kd = settings.distill_settings()
@@ -269,7 +273,7 @@ def run_study(
     models = {"teacher": teacher, **{key: result.model for key, result in done.items()}}
     latency = prefill_latencies(models, settings.seq_len, settings.latency_repeats)
 
-    results = _results(config, teacher_loss, planned, done, scratch, latency, settings)
+    results = _results(description, teacher_loss, planned, done, scratch, latency, settings)
     curves = _curves(out, runs, scratch)
     summary = _summary(
         settings,
@@ -304,8 +308,8 @@ def run_study(
 # -- results ----------------------------------------------------------------------------------
 
 
-def _results(config, teacher_loss, planned, done, scratch, latency, settings: StudySettings) -> pd.DataFrame:
-    teacher_sizes = estimate_sizes(config, seq_len=settings.seq_len)
+def _results(description, teacher_loss, planned, done, scratch, latency, settings: StudySettings) -> pd.DataFrame:
+    teacher_sizes = estimate_sizes(description, seq_len=settings.seq_len)
     rows = [
         {
             "comparison": "reference",
@@ -327,7 +331,7 @@ def _results(config, teacher_loss, planned, done, scratch, latency, settings: St
     ]
     for arm in planned:
         result = done[arm.run_key]
-        sizes = estimate_sizes(config, arm.spec, seq_len=settings.seq_len)
+        sizes = estimate_sizes(description, arm.spec, seq_len=settings.seq_len)
         rows.append(
             {
                 "comparison": arm.comparison,
@@ -348,7 +352,7 @@ def _results(config, teacher_loss, planned, done, scratch, latency, settings: St
             }
         )
     if scratch is not None:
-        sizes = estimate_sizes(config, scratch["arm"].spec, seq_len=settings.seq_len)
+        sizes = estimate_sizes(description, scratch["arm"].spec, seq_len=settings.seq_len)
         rows.append(
             {
                 "comparison": FROM_SCRATCH,

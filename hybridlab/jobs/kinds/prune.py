@@ -55,7 +55,7 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) 
     """ValueError unless PruneSpec `spec` is a possible target for `model`; reads only its config."""
     from transformers import AutoConfig
 
-    from hybridlab.families import family_for
+    from hybridlab.families import describe
     from hybridlab.model.loading import resolve_model_dir
     from hybridlab.model.sizes import planned_widths
     from hybridlab.model.spec import PruneSpec, resolve
@@ -64,8 +64,9 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) 
     if prune_spec.is_empty():
         raise ValueError("'spec' keeps every size; give at least one target, e.g. {'mamba_num_heads': 4}")
     config = AutoConfig.from_pretrained(resolve_model_dir(model), trust_remote_code=trust_remote_code)
-    planned_widths(config, prune_spec)  # an impossible spec fails here, before anything is queued
-    resolve(prune_spec, family_for(config).widths(config))
+    description = describe(config)
+    planned_widths(description, prune_spec)  # an impossible spec fails here, before anything is queued
+    resolve(prune_spec, description.widths)
 
 
 def _check(spec: dict, store) -> None:
@@ -84,6 +85,7 @@ def _check(spec: dict, store) -> None:
 
 def run(spec: dict, ctx) -> dict:
     from hybridlab import ImportanceScores, PruneSpec, prune, save_model
+    from hybridlab.families import describe
     from hybridlab.model.sizes import estimate_sizes
 
     name = run_name(spec, ctx, "candidate")
@@ -92,6 +94,7 @@ def run(spec: dict, ctx) -> dict:
     ctx.progress(0.0, "loading model")
     model, tokenizer = load(spec["model"], spec)
     ctx.register_model(spec["model"], model.config)
+    description = describe(model)  # resolved once for pruning and both size estimates
     if spec["importance"] is not None:
         scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store))
     elif spec["ranking"] == "importance":
@@ -108,11 +111,12 @@ def run(spec: dict, ctx) -> dict:
         mamba_ranking=spec["mamba_ranking"],
         layer_metric=spec["layer_metric"],
         seed=spec["seed"],
+        description=description,
     )
     ctx.progress(0.8, "saving")
     out = save_model(pruned, tokenizer, ctx.artifact_path("candidates", name), overwrite=True)
     ctx.register_model(str(out), pruned.config)
-    parent, planned = estimate_sizes(model.config), estimate_sizes(model.config, prune_spec)
+    parent, planned = estimate_sizes(description), estimate_sizes(description, prune_spec)
     params = sum(p.numel() for p in pruned.parameters())
     parent_params = sum(p.numel() for p in model.parameters())
     result = {

@@ -93,16 +93,18 @@ def _check_budget(spec: dict, settings, store) -> None:
     from transformers import AutoConfig
 
     from hybridlab.compression.importance import ImportanceScores
+    from hybridlab.families import describe
     from hybridlab.model.loading import resolve_model_dir
     from hybridlab.model.sizes import estimate_sizes
     from hybridlab.search.space import check_reachable, enumerate_candidates, parse_target
 
     config = AutoConfig.from_pretrained(resolve_model_dir(spec["model"]), trust_remote_code=spec["trust_remote_code"])
-    target = parse_target(settings.target_params, estimate_sizes(config).params)
-    check_reachable(config, target, settings.tolerance, settings.space)
+    description = describe(config)
+    target = parse_target(settings.target_params, estimate_sizes(description).params)
+    check_reachable(description, target, settings.tolerance, settings.space)
     if spec["importance"] is not None and (isinstance(spec["importance"], str) or store is not None):
         scores = ImportanceScores.load(scores_dir(spec["importance"], store))
-        enumerate_candidates(config, scores, target, settings.tolerance, settings.space, settings.seq_len)
+        enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
 
 
 def run(spec: dict, ctx) -> dict:
