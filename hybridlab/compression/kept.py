@@ -96,7 +96,7 @@ def kept_units(
 
     # The random control draws from one generator in this order (hidden, then layer by layer):
     # changing the order changes which units a seed keeps.
-    real = scores or uniform_scores(old)
+    real = scores or _uniform_scores(old)
     hidden = top_k(rank(real.hidden), new.hidden_size)
     by_layer: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in LAYER_AXES}
     for index in kept_layers:
@@ -221,7 +221,7 @@ def _needs_ranking(spec: PruneSpec, widths: Widths) -> bool:
     return shrinks or (spec.num_layers is not None and spec.drop_layers is None and spec.num_layers < widths.num_layers)
 
 
-def uniform_scores(widths: Widths) -> ImportanceScores:
+def _uniform_scores(widths: Widths) -> ImportanceScores:
     """Flat scores for random ranking without importance (ties are broken by the noise)."""
     ones = lambda n: torch.ones(n)
     of_kind = lambda kind: [i for i, k in enumerate(widths.layer_kinds) if k == kind]
