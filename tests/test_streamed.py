@@ -57,3 +57,26 @@ def test_only_the_running_layer_holds_weights(checkpoint):
     assert set(real()) == outside
     with pytest.raises(RuntimeError, match="not in memory"):
         streamed.run_layer(0, torch.zeros(1, 4, 32))
+
+
+@pytest.mark.parametrize("layer_metric", ["kl", "cosine"])
+def test_streamed_importance_equals_in_memory(checkpoint, layer_metric):
+    from hybridlab import estimate_importance
+
+    ids = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    batches = [{"input_ids": ids[:3], "attention_mask": mask[:3]}, {"input_ids": ids[3:], "attention_mask": mask[3:]}]
+    whole = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    expected = estimate_importance(whole, batches, layer_metric=layer_metric, layer_samples=3)
+    got = estimate_importance(StreamedModel(checkpoint), batches, layer_metric=layer_metric, layer_samples=3)
+    assert got.meta == expected.meta and got.layer_kinds == expected.layer_kinds
+    assert set(got.layers) == set(expected.layers) == ({"cosine", "kl", "loss"} if layer_metric == "kl" else {"cosine"})
+    for metric in expected.layers:
+        assert torch.equal(got.layers[metric], expected.layers[metric]), metric
+    assert torch.equal(got.hidden, expected.hidden)
+    for table in ("ffn", "attention", "mamba"):
+        theirs, ours = getattr(expected, table), getattr(got, table)
+        assert theirs.keys() == ours.keys()
+        for layer in theirs:
+            assert torch.equal(ours[layer], theirs[layer]), (table, layer)

@@ -16,11 +16,19 @@ from typing import Iterable
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from hybridlab.compression.layer_importance import LAYER_METRICS, block_cosine_hook, drop_one_layer_scores
+from hybridlab.compression.layer_importance import (
+    LAYER_METRICS,
+    DropOneLayer,
+    block_cosine_hook,
+    drop_one_layer_scores,
+    next_token_logprobs,
+)
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
+from hybridlab.model.streamed import StreamedModel
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
 # The prunable axes, as named in the tidy frame and in hybridlab.compression.kept.KeptUnits.
@@ -176,6 +184,8 @@ def estimate_importance(
 ) -> ImportanceScores:
     """Score every prunable unit of `model` on calibration `batches`.
 
+    model: a model in memory, or a StreamedModel (hybridlab.model.streamed) to score a checkpoint
+    larger than memory one layer at a time; both give the same scores.
     layer_metric: "kl" or "loss" (drop-one-layer passes, both recorded), "cosine"
     (block importance, free), or None (width axes only; cosine is still recorded).
     layer_samples: use only the first batches holding this many samples for the
@@ -184,99 +194,200 @@ def estimate_importance(
     """
     if layer_metric not in LAYER_METRICS:
         raise ValueError(f"layer_metric must be one of {LAYER_METRICS}, got {layer_metric!r}")
-    description = describe(model) if description is None else description.checked_for(model)
-    widths, layout = description.widths, description.mamba_layout
-    parts = description.parts(model)
+    streamed = model if isinstance(model, StreamedModel) else None
+    if streamed is not None:
+        description = describe(streamed.model) if description is None else description.checked_for(streamed.model)
+    else:
+        description = describe(model) if description is None else description.checked_for(model)
     batches = [as_model_inputs(b) for b in batches]
     if not batches:
         raise ValueError("no calibration batches: pass at least one batch of token ids")
+    layer_batches = _first_samples(batches, layer_samples) if layer_metric in ("kl", "loss") else []
+    stats = _Statistics(description, len(batches))
+    if streamed is not None:
+        layer_scores = _streamed_pass(streamed, description, batches, layer_batches, stats, progress)
+    else:
+        layer_scores = _in_memory_pass(model, description, batches, layer_batches, stats, progress)
+    return stats.scores(layer_scores, batches, layer_batches, layer_metric)
+
+
+def _in_memory_pass(model, description, batches, layer_batches, stats: _Statistics, progress) -> dict:
+    parts = description.parts(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-
-    current_mask: list[torch.Tensor | None] = [None]
-    hidden, cosine = _SquaredSum(), {}
-    ffn = {l.index: _SquaredSum() for l in parts.layers if l.kind == MLP}
-    attn = {l.index: _SquaredSum() for l in parts.layers if l.kind == ATTENTION}
-    mamba = {l.index: _SquaredSum() for l in parts.layers if l.kind == MAMBA}
-    hidden_per_batch: list[torch.Tensor] = []
-
-    def norm_hook(module, args, output):  # output [B, T, hidden]
-        hidden_per_batch.append(sequence_mean_magnitude(output, current_mask[0]))
-
-    def input_hook(acc):
-        def hook(module, args):  # args[0] [B, T, channels]
-            acc.add(sequence_mean_magnitude(args[0], current_mask[0]))
-
-        return hook
-
-    def mamba_x_hook(acc):
-        def hook(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
-            acc.add(sequence_mean_magnitude(output[..., layout.x], current_mask[0]))  # x: [B, T, HP]
-
-        return hook
-
-    handles = [parts.final_norm.register_forward_hook(norm_hook)]
+    handles = [stats.hook_final_norm(parts.final_norm)]
     for layer in parts.layers:
-        handles.append(layer.norm.register_forward_hook(norm_hook))
-        handles.append(
-            layer.block.register_forward_hook(block_cosine_hook(cosine, layer.index, current_mask), with_kwargs=True)
-        )
-        if layer.kind == MLP:
-            handles.append(layer.mixer.down_proj.register_forward_pre_hook(input_hook(ffn[layer.index])))
-        elif layer.kind == ATTENTION:
-            handles.append(layer.mixer.o_proj.register_forward_pre_hook(input_hook(attn[layer.index])))
-        else:
-            handles.append(layer.mixer.in_proj.register_forward_hook(mamba_x_hook(mamba[layer.index])))
-
-    drop_passes = layer_metric in ("kl", "loss")
-    tokens = 0
+        handles += stats.hook_layer(layer)
+    width_share = len(batches) / (len(batches) + len(layer_batches) * (1 + description.num_layers))
     try:
-        layer_share = len(_first_samples(batches, layer_samples)) * (1 + widths.num_layers) if drop_passes else 0
-        width_share = len(batches) / (len(batches) + layer_share)
-        for inputs in track(batches, len(batches), "importance: activations", progress, 0.0, width_share):
+        for index, inputs in enumerate(
+            track(batches, len(batches), "importance: activations", progress, 0.0, width_share)
+        ):
             inputs = {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}
-            current_mask[0] = inputs["attention_mask"]
+            stats.at_batch(index, inputs["attention_mask"])
             model(**inputs, use_cache=False)
-            hidden.add(torch.stack(hidden_per_batch).sum(0))  # summed over all consumers
-            hidden_per_batch.clear()
-            tokens += (
-                int(inputs["attention_mask"].sum())
-                if inputs["attention_mask"] is not None
-                else inputs["input_ids"].numel()
-            )
     finally:
         for handle in handles:
             handle.remove()
-        current_mask[0] = None
-
-    layer_scores = {"cosine": torch.tensor([cosine[i].result() for i in range(widths.num_layers)])}
-    if drop_passes:
-        layer_batches = _first_samples(batches, layer_samples)
-        layer_scores.update(drop_one_layer_scores(model, parts, layer_batches, device, progress, width_share))
+        stats.at_batch(0, None)
+    layer_scores = {}
+    if layer_batches:
+        layer_scores = drop_one_layer_scores(model, parts, layer_batches, device, progress, width_share)
     model.train(was_training)
+    return layer_scores
 
-    heads_scores = {}
-    for index, acc in attn.items():
-        per_channel = acc.result()  # [heads * head_dim]
-        heads_scores[index] = per_channel.view(widths.num_attention_heads, widths.attention_head_dim).norm(dim=1)
-    return ImportanceScores(
-        family=description.family.name,
-        layer_kinds=widths.layer_kinds,
-        n_groups=widths.mamba_n_groups,
-        num_key_value_heads=widths.num_key_value_heads,
-        hidden=hidden.result(),
-        ffn={i: acc.result() for i, acc in ffn.items()},
-        attention=heads_scores,
-        mamba={i: acc.result().view(widths.mamba_num_heads, widths.mamba_head_dim) for i, acc in mamba.items()},
-        layers=layer_scores,
-        meta={
-            "samples": sum(len(b["input_ids"]) for b in batches),
-            "tokens": tokens,
-            "layer_metric": layer_metric,
-            "layer_samples": sum(len(b["input_ids"]) for b in layer_batches) if drop_passes else 0,
-        },
-    )
+
+def _streamed_pass(streamed: StreamedModel, description, batches, layer_batches, stats: _Statistics, progress) -> dict:
+    """Layer-major: every batch through layer 0, then layer 1, ...; only the calibration activations stay
+    in memory between layers. Drop-one-layer: the model without layer j is the stream that skipped j,
+    carried through every later layer (one extra layer forward per stream, L * (L - 1) / 2 in all)."""
+    n, masks = description.num_layers, [b["attention_mask"] for b in batches]
+    hidden = [streamed.embed(b["input_ids"], b["attention_mask"]) for b in batches]
+    skipping: dict[int, list[torch.Tensor]] = {}  # dropped layer j -> its stream at the current layer
+    steps = [len(batches) + len(layer_batches) * k for k in range(n)]
+    total = sum(steps) + len(layer_batches) * (n + 1)
+    done = 0
+    reporter = tqdm(total=total, desc="importance (streamed)", disable=progress is not None, leave=False)
+    for k in range(n):
+        with streamed.layer(k):
+            layer = streamed.layer_parts(k, description)
+            if layer_batches:
+                skipping[k] = hidden[: len(layer_batches)]  # without layer k, layer k's input goes on
+            handles = stats.hook_layer(layer)
+            try:
+                for b in range(len(batches)):
+                    stats.at_batch(b, _to(masks[b], streamed.device))
+                    hidden[b] = streamed.run_layer(k, hidden[b], masks[b])
+            finally:
+                for handle in handles:
+                    handle.remove()
+                stats.at_batch(0, None)
+            for j, stream in skipping.items():
+                if j != k:
+                    skipping[j] = [streamed.run_layer(k, h, masks[b]) for b, h in enumerate(stream)]
+        done += steps[k]
+        reporter.update(steps[k])
+        if progress is not None:
+            progress(done / total, f"importance (streamed): layer {k + 1}/{n}", None)
+    final_norm = streamed.final_norm()
+    handle = stats.hook_final_norm(final_norm)
+    try:
+        for b, h in enumerate(hidden):
+            stats.at_batch(b, _to(masks[b], streamed.device))
+            final_norm(h)
+    finally:
+        handle.remove()
+        stats.at_batch(0, None)
+    layer_scores = {}
+    if layer_batches:
+        scores = DropOneLayer(n)
+        with streamed.head():
+            for b, batch in enumerate(layer_batches):
+                full = next_token_logprobs(streamed.logits(hidden[b], masks[b]))
+                scores.reference(full, batch["input_ids"].to(streamed.device), _to(masks[b], streamed.device))
+                for j in range(n):
+                    scores.add(j, next_token_logprobs(streamed.logits(skipping[j][b], masks[b])))
+                reporter.update(n + 1)
+        layer_scores = scores.result()
+    reporter.close()
+    return layer_scores
+
+
+def _to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
+
+
+class _Statistics:
+    """The activation statistics of one model, gathered by hooks on each layer's parts. Each batch's
+    contributions arrive in layer order whether the layers run all at once (in memory) or one at a time
+    (streamed), so both give the same scores."""
+
+    def __init__(self, description: ModelDescription, num_batches: int):
+        self.description = description
+        self.batch, self.mask = 0, [None]  # the batch being run and its attention mask (a list: hooks read it)
+        self.hidden_sums: list[torch.Tensor | None] = [None] * num_batches  # [B, hidden] per batch
+        self.cosine: dict = {}
+        self.ffn: dict[int, _SquaredSum] = {}
+        self.attn: dict[int, _SquaredSum] = {}
+        self.mamba: dict[int, _SquaredSum] = {}
+
+    def at_batch(self, index: int, mask: torch.Tensor | None) -> None:
+        self.batch, self.mask[0] = index, mask
+
+    def _add_hidden(self, module, args, output) -> None:  # output [B, T, hidden]: a norm feeding a consumer
+        value = sequence_mean_magnitude(output, self.mask[0])
+        current = self.hidden_sums[self.batch]
+        self.hidden_sums[self.batch] = value if current is None else current + value
+
+    def hook_final_norm(self, norm):
+        return norm.register_forward_hook(self._add_hidden)
+
+    def hook_layer(self, layer) -> list:
+        layout = self.description.mamba_layout
+        handles = [
+            layer.norm.register_forward_hook(self._add_hidden),
+            layer.block.register_forward_hook(block_cosine_hook(self.cosine, layer.index, self.mask), with_kwargs=True),
+        ]
+        if layer.kind == MLP:
+            acc = self.ffn.setdefault(layer.index, _SquaredSum())
+            handles.append(layer.mixer.down_proj.register_forward_pre_hook(self._input_hook(acc)))
+        elif layer.kind == ATTENTION:
+            acc = self.attn.setdefault(layer.index, _SquaredSum())
+            handles.append(layer.mixer.o_proj.register_forward_pre_hook(self._input_hook(acc)))
+        else:
+            acc = self.mamba.setdefault(layer.index, _SquaredSum())
+
+            def mamba_x(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
+                acc.add(sequence_mean_magnitude(output[..., layout.x], self.mask[0]))  # x: [B, T, HP]
+
+            handles.append(layer.mixer.in_proj.register_forward_hook(mamba_x))
+        return handles
+
+    def _input_hook(self, acc: _SquaredSum):
+        def hook(module, args):  # args[0] [B, T, channels]
+            acc.add(sequence_mean_magnitude(args[0], self.mask[0]))
+
+        return hook
+
+    def scores(
+        self, layer_scores: dict, batches: list[dict], layer_batches: list[dict], layer_metric
+    ) -> ImportanceScores:
+        widths = self.description.widths
+        hidden = _SquaredSum()
+        for per_batch in self.hidden_sums:  # summed over all consumers, then squared per sample
+            hidden.add(per_batch)
+        tokens = sum(
+            int(b["attention_mask"].sum()) if b["attention_mask"] is not None else b["input_ids"].numel()
+            for b in batches
+        )
+        heads = {
+            index: acc.result().view(widths.num_attention_heads, widths.attention_head_dim).norm(dim=1)
+            for index, acc in self.attn.items()
+        }
+        return ImportanceScores(
+            family=self.description.family.name,
+            layer_kinds=widths.layer_kinds,
+            n_groups=widths.mamba_n_groups,
+            num_key_value_heads=widths.num_key_value_heads,
+            hidden=hidden.result(),
+            ffn={i: self.ffn[i].result() for i in sorted(self.ffn)},
+            attention={i: heads[i] for i in sorted(heads)},
+            mamba={
+                i: self.mamba[i].result().view(widths.mamba_num_heads, widths.mamba_head_dim)
+                for i in sorted(self.mamba)
+            },
+            layers={
+                "cosine": torch.tensor([self.cosine[i].result() for i in range(widths.num_layers)]),
+                **layer_scores,
+            },
+            meta={
+                "samples": sum(len(b["input_ids"]) for b in batches),
+                "tokens": tokens,
+                "layer_metric": layer_metric,
+                "layer_samples": sum(len(b["input_ids"]) for b in layer_batches),
+            },
+        )
 
 
 def _first_samples(batches: list[dict], samples: int | None) -> list[dict]:

@@ -55,9 +55,41 @@ def skipped(block):
         del block.forward
 
 
-def _next_token_logprobs(model, inputs) -> torch.Tensor:
-    logits = model(**inputs, use_cache=False).logits[:, :-1]  # [B, T-1, V]
-    return F.log_softmax(logits.float(), dim=-1)
+def next_token_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T, V] logits -> [B, T-1, V] float log-probabilities of each next token."""
+    return F.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+class DropOneLayer:
+    """KL(full || without layer) and the LM-loss increase, accumulated batch by batch for each layer.
+    In memory and streamed the same calls come in the same order, so both give the same scores."""
+
+    def __init__(self, num_layers: int):
+        self.kl = [_Mean() for _ in range(num_layers)]
+        self.loss = [_Mean() for _ in range(num_layers)]
+
+    def reference(self, full_logprobs: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """The full model's next-token log-probs [B, T-1, V] for the batch the next `add` calls are about."""
+        self.full_logprobs = full_logprobs
+        self.targets = input_ids[:, 1:]  # [B, T-1]
+        self.weights = (
+            torch.ones_like(self.targets, dtype=torch.float32) if mask is None else (mask[:, 1:] * mask[:, :-1]).float()
+        )
+        self.full_nll = -full_logprobs.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+
+    def add(self, layer: int, logprobs: torch.Tensor) -> None:
+        """The model without `layer` on the reference batch."""
+        per_token_kl = (self.full_logprobs.exp() * (self.full_logprobs - logprobs)).sum(-1)  # [B, T-1]
+        nll = -logprobs.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+        count = float(self.weights.sum())
+        self.kl[layer].add(float((per_token_kl * self.weights).sum()), count)
+        self.loss[layer].add(float(((nll - self.full_nll) * self.weights).sum()), count)
+
+    def result(self) -> dict:
+        return {
+            "kl": torch.tensor([m.result() for m in self.kl]),
+            "loss": torch.tensor([m.result() for m in self.loss]),
+        }
 
 
 @torch.no_grad()
@@ -66,26 +98,14 @@ def drop_one_layer_scores(
 ) -> dict:
     """{"kl": [L], "loss": [L]} from removing each layer in turn."""
     n_layers = len(parts.layers)
-    kl = [_Mean() for _ in range(n_layers)]
-    loss = [_Mean() for _ in range(n_layers)]
+    scores = DropOneLayer(n_layers)
     steps = [(b, layer) for b in range(len(batches)) for layer in [None, *range(n_layers)]]
-    full_logprobs = targets = weights = None
     for batch_index, layer in track(steps, len(steps), "importance: drop-one-layer", progress, start, 1.0):
         inputs = {k: (v.to(device) if v is not None else None) for k, v in batches[batch_index].items()}
         if layer is None:  # the full model, once per batch
-            full_logprobs = _next_token_logprobs(model, inputs)
-            targets = inputs["input_ids"][:, 1:]  # [B, T-1]
-            mask = inputs["attention_mask"]
-            weights = (
-                torch.ones_like(targets, dtype=torch.float32) if mask is None else (mask[:, 1:] * mask[:, :-1]).float()
-            )
-            full_nll = -full_logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            logprobs = next_token_logprobs(model(**inputs, use_cache=False).logits)
+            scores.reference(logprobs, inputs["input_ids"], inputs["attention_mask"])
             continue
         with skipped(parts.layers[layer].block):
-            logprobs = _next_token_logprobs(model, inputs)
-        per_token_kl = (full_logprobs.exp() * (full_logprobs - logprobs)).sum(-1)  # [B, T-1]
-        nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        count = float(weights.sum())
-        kl[layer].add(float((per_token_kl * weights).sum()), count)
-        loss[layer].add(float(((nll - full_nll) * weights).sum()), count)
-    return {"kl": torch.tensor([m.result() for m in kl]), "loss": torch.tensor([m.result() for m in loss])}
+            scores.add(layer, next_token_logprobs(model(**inputs, use_cache=False).logits))
+    return scores.result()

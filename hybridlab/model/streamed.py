@@ -75,6 +75,7 @@ class StreamedModel:
         self._module_names = {module: name for name, module in self.model.named_modules()}
         for i, block in enumerate(self._blocks):
             self._layer_list[i] = _PassThrough(block)
+        self._head_held = False
         self._materialise_rest()
 
     @property
@@ -96,11 +97,38 @@ class StreamedModel:
             self._layer_list[i] = _PassThrough(block)
             block.to_empty(device="meta")
 
+    def layer_parts(self, i: int, description):
+        """The family's parts of layer i (see hybridlab.families); call it inside `with streamed.layer(i):`."""
+        with self._originals():
+            return description.parts(self.model).layers[i]
+
+    def final_norm(self) -> nn.Module:
+        """The norm applied to the last layer's output (kept in memory)."""
+        with self._originals():
+            return self.family.parts(self.model).final_norm
+
     @contextmanager
-    def parts(self, i: int):
-        """The family's parts of the model with layer i materialised (for hooks and slicing)."""
-        with self.layer(i):
-            yield self.family.parts(self.model).layers[i]
+    def head(self) -> Iterator[None]:
+        """lm_head loaded once for many `logits` calls."""
+        self._load(self._lm_head)
+        self._head_held = True
+        try:
+            yield
+        finally:
+            self._head_held = False
+            self._lm_head.to_empty(device="meta")
+
+    @contextmanager
+    def _originals(self) -> Iterator[None]:
+        """The real (mostly meta) layers back in the list, for the family adapter to find its parts."""
+        standing_in = list(self._layer_list)
+        for i, block in enumerate(self._blocks):
+            self._layer_list[i] = block
+        try:
+            yield
+        finally:
+            for i, module in enumerate(standing_in):
+                self._layer_list[i] = module
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,7 +163,9 @@ class StreamedModel:
         ]
         try:
             self.model(
-                inputs_embeds=torch.zeros_like(hidden), attention_mask=_on(attention_mask, self), use_cache=False
+                inputs_embeds=hidden.new_zeros(hidden.shape, dtype=self.dtype),
+                attention_mask=_on(attention_mask, self),
+                use_cache=False,
             )
         except _Stop:
             pass
@@ -147,21 +177,22 @@ class StreamedModel:
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] from the last layer's output: the model's final norm, lm_head and scaling."""
-        self._load(self._lm_head)
+        held = self._head_held
+        if not held:
+            self._load(self._lm_head)
         last = self._layer_list[self.num_layers - 1]
         hidden = hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
         handle = last.register_forward_hook(lambda module, args, output: hidden)
         try:
             return self.model(
-                inputs_embeds=torch.zeros_like(hidden), attention_mask=_on(attention_mask, self), use_cache=False
+                inputs_embeds=hidden.new_zeros(hidden.shape, dtype=self.dtype),
+                attention_mask=_on(attention_mask, self),
+                use_cache=False,
             ).logits
         finally:
             handle.remove()
-            self._lm_head.to_empty(device="meta")
-
-    def keep_head_loaded(self) -> None:
-        """Load lm_head once for many `logits` calls (e.g. drop-one-layer KL); `logits` frees it otherwise."""
-        self._load(self._lm_head)
+            if not held:
+                self._lm_head.to_empty(device="meta")
 
     def _capture_input(self, layer: nn.Module, **model_kwargs) -> torch.Tensor:
         captured = {}
