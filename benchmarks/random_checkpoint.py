@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hybridlab.core.atomic import atomic_directory
-from hybridlab.model.weight_files import plan_shards, write_sharded
+from hybridlab.model.weight_files import ShardWriter, stored_tensors
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -30,55 +30,24 @@ def write_random_checkpoint(
     seed: int = 0,
 ) -> Path:
     from transformers import AutoModelForCausalLM
-    from transformers.core_model_loading import revert_weight_conversion
 
     torch.manual_seed(seed)
-    config.dtype = dtype
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    owners = _owners(model)  # tensor name -> (module, attribute, numel); tied copies left out, as save_pretrained does
-    element = torch.empty((), dtype=dtype).element_size()
-    sizes = [(name, numel * element) for name, (_, _, numel) in owners.items()]
-    modules = dict(model.named_modules())
-
-    def make_shard(names: list[str]) -> dict[str, torch.Tensor]:
-        out_tensors = {}
-        for module_name in dict.fromkeys(owners[n][0] for n in names):
-            module = modules[module_name]
-            module.to_empty(device="cpu", recurse=False)
-            model._init_weights(module)
-            for attr, tensor in list(module.named_parameters(recurse=False)) + list(
-                module.named_buffers(recurse=False)
-            ):
-                full = f"{module_name}.{attr}" if module_name else attr
-                if full in names:
-                    out_tensors[full] = tensor.detach().to(dtype).clone()
-            module.to_empty(device="meta", recurse=False)  # free it again
-        return revert_weight_conversion(model, out_tensors)  # the names save_pretrained writes (NemotronH: backbone.*)
-
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    stored = {id(module) for module, _ in stored_tensors(model).values()}
+    writer = ShardWriter(model, max_shard_bytes)
     with atomic_directory(out) as tmp:
+        writer.open(tmp)
+        for module in model.modules():
+            if id(module) in stored:
+                module.to_empty(device="cpu", recurse=False)
+                model._init_weights(module)
+                writer.add_modules([module], recurse=False)
+                module.to_empty(device="meta", recurse=False)  # free it again
+        writer.close()
+        config.dtype = dtype
         config.save_pretrained(tmp)
-        write_sharded(tmp, plan_shards(sizes, max_shard_bytes), make_shard)
     return Path(out).expanduser().resolve()
-
-
-def _owners(model) -> dict[str, tuple[str, str, int]]:
-    persistent = set(model.state_dict())
-    owners: dict[str, tuple[str, str, int]] = {}
-    for module_name, module in model.named_modules():
-        for attr, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            full = f"{module_name}.{attr}" if module_name else attr
-            if full in persistent:
-                owners[full] = (module_name, attr, tensor.numel())
-    tied = _tied_names(model)
-    return {name: owner for name, owner in owners.items() if name not in tied}
-
-
-def _tied_names(model) -> set[str]:
-    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if output is None or output.weight is not embeddings.weight:
-        return set()
-    return {f"{name}.weight" for name, module in model.named_modules() if module is output}  # as save_pretrained does
 
 
 def main() -> None:

@@ -80,3 +80,73 @@ def test_streamed_importance_equals_in_memory(checkpoint, layer_metric):
         assert theirs.keys() == ours.keys()
         for layer in theirs:
             assert torch.equal(ours[layer], theirs[layer]), (table, layer)
+
+
+SPECS = {
+    "nemotron_h": [
+        dict(hidden_size=24, ffn_hidden_size=40, mamba_num_heads=4, mamba_head_dim=6, num_attention_heads=2),
+        dict(drop_layers=[1], mamba_num_heads=6),
+    ],
+    "mamba2": [dict(hidden_size=24, mamba_num_heads=4, mamba_head_dim=6), dict(drop_layers=[0, 2])],
+}
+
+
+def _scores(checkpoint):
+    from hybridlab import estimate_importance
+
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(2))
+    return estimate_importance(StreamedModel(checkpoint), [ids], layer_metric="cosine")
+
+
+def test_streamed_prune_writes_what_in_memory_prune_makes(checkpoint, tmp_path):
+    from hybridlab import PruneSpec, estimate_sizes, prune
+    from hybridlab.compression.prune import prune_checkpoint
+    from hybridlab.model.weight_files import INDEX_FILE, read_weight_files
+
+    family = "mamba2" if "mamba2" in str(checkpoint) else "nemotron_h"
+    scores = _scores(checkpoint)
+    whole = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    assert whole.dtype == torch.bfloat16
+    for i, values in enumerate(SPECS[family]):
+        spec = PruneSpec(**values)
+        expected = prune(whole, spec, scores)
+        expected.save_pretrained(tmp_path / f"memory{i}")
+        out = prune_checkpoint(
+            StreamedModel(checkpoint), spec, tmp_path / f"streamed{i}", scores, max_shard_bytes=8_000
+        )
+        assert (out / INDEX_FILE).is_file() and (out / "config.json").is_file()
+        ours, theirs = read_weight_files(out), read_weight_files(tmp_path / f"memory{i}")
+        assert set(ours.tensors) == set(theirs.tensors)
+        for name in theirs.tensors:
+            assert torch.equal(ours.load(name), theirs.load(name)), name
+        reloaded = AutoModelForCausalLM.from_pretrained(out)
+        assert reloaded.dtype == torch.bfloat16
+        assert sum(p.numel() for p in reloaded.parameters()) == estimate_sizes(whole.config, spec).params
+        ids = torch.randint(0, 256, (1, 12))
+        assert torch.equal(reloaded(ids).logits, expected(ids).logits)
+
+
+def test_a_crash_mid_write_leaves_no_folder(checkpoint, tmp_path, monkeypatch):
+    from hybridlab import PruneSpec
+    from hybridlab.compression.prune import prune_checkpoint
+    from hybridlab.model.weight_files import ShardWriter
+
+    flush = ShardWriter._flush
+    calls = []
+
+    def failing_flush(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        flush(self)
+
+    monkeypatch.setattr(ShardWriter, "_flush", failing_flush)
+    with pytest.raises(OSError, match="disk full"):
+        prune_checkpoint(
+            StreamedModel(checkpoint),
+            PruneSpec(drop_layers=[0]),
+            tmp_path / "out",
+            ranking="random",
+            max_shard_bytes=8_000,
+        )
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling

@@ -7,12 +7,23 @@ the dashboard and the study); this module only slices the tensors by it.
 
 from __future__ import annotations
 
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 import torch
+from torch import nn
 
 from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD, ImportanceScores
-from hybridlab.compression.kept import check_mamba_ranking, kept_units
+from hybridlab.compression.kept import KeptUnits, check_mamba_ranking, kept_units
+from hybridlab.core.atomic import atomic_directory
+from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MLP, MambaLayout, ModelDescription, describe
 from hybridlab.model.spec import PruneSpec
+from hybridlab.model.streamed import StreamedModel
+from hybridlab.model.weight_files import INDEX_FILE, PICKLE_FILES, ShardWriter
 
 
 @torch.no_grad()
@@ -37,48 +48,118 @@ def prune(
     check_mamba_ranking(mamba_ranking)
     description = describe(model) if description is None else description.checked_for(model)
     kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
-    old, hidden = kept.old, kept.hidden
+    hidden = kept.hidden
     old_parts = description.parts(model)
 
     dtype = next(model.parameters()).dtype
     with torch.device("meta"):
         pruned = type(model)(description.config_with(kept.new))
     pruned.to_empty(device=next(model.parameters()).device)
+    pruned.tie_weights()  # to_empty gives tied tensors (lm_head = embeddings) separate memory; tie them again
     pruned.to(dtype)
     _copy_buffers(model, pruned)
     new_parts = description.parts(pruned)
-    written: set[int] = set()
+    put = _Writes()
+    _prune_ends(put, new_parts, old_parts, hidden)
+    for new_layer, old_index in zip(new_parts.layers, kept.kept_layers):
+        _prune_layer(put, new_layer, old_parts.layers[old_index], kept, description.mamba_layout)
+    put.check_written([pruned])
+    pruned.eval()
+    return pruned
 
-    def put(dst: torch.Tensor, src: torch.Tensor) -> None:
+
+@torch.no_grad()
+def prune_checkpoint(
+    source: StreamedModel,
+    spec: PruneSpec,
+    out_dir: str | os.PathLike,
+    scores: ImportanceScores | None = None,
+    ranking: str = "importance",
+    mamba_ranking: str = "group",
+    layer_metric: str = "kl",
+    seed: int = 0,
+    max_shard_bytes: int = 2 * 1024**3,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Prune a checkpoint to `spec` one layer at a time and write the result, shard by shard, to `out_dir`
+    (a Hugging Face folder: sharded safetensors, index, config, the source's tokenizer files). Neither
+    model is ever whole in memory; the written weights equal `prune(whole model, ...)` bit for bit."""
+    check_mamba_ranking(mamba_ranking)
+    description = describe(source.model)
+    kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
+    with torch.device("meta"):
+        pruned = type(source.model)(description.config_with(kept.new))
+    pruned.to(source.dtype).eval()
+    new_parts, hidden = description.parts(pruned), kept.hidden
+    put = _Writes()
+    writer = ShardWriter(pruned, max_shard_bytes)
+    steps = [None, *range(kept.new.num_layers)]
+    with atomic_directory(out_dir) as tmp:
+        writer.open(tmp)
+        for step in track(steps, len(steps), "prune (streamed)", progress):
+            if step is None:  # embeddings, final norm, lm_head
+                ends = [new_parts.embeddings, new_parts.final_norm, new_parts.lm_head]
+                with source.ends() as old_ends, _materialised(ends, source.device):
+                    _prune_ends(put, description.parts(pruned), old_ends, hidden)
+                    put.check_written(ends)
+                    writer.add_modules(ends)
+                continue
+            old_index = kept.kept_layers[step]
+            block = new_parts.layers[step].block
+            with source.layer(old_index), _materialised([block], source.device):
+                old_layer = source.layer_parts(old_index, description)
+                _copy_module_buffers(source.block(old_index), block)
+                _prune_layer(put, description.parts(pruned).layers[step], old_layer, kept, description.mamba_layout)
+                put.check_written([block])
+                writer.add_modules([block])
+        writer.close()
+        pruned.config.save_pretrained(tmp)
+        _copy_tokenizer_files(source.folder, tmp)
+    return Path(out_dir).expanduser().resolve()
+
+
+class _Writes:
+    """Copies a slice into a new tensor and remembers which tensors were written."""
+
+    def __init__(self):
+        self.written: set[int] = set()
+
+    def __call__(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
-        written.add(id(dst))
+        self.written.add(id(dst))
 
+    def check_written(self, modules: list[nn.Module]) -> None:
+        """An adapter that forgot a tensor would otherwise leave garbage memory in the pruned model."""
+        missing = [n for m in modules for n, p in m.named_parameters() if id(p) not in self.written]
+        if missing:
+            raise RuntimeError(f"pruning left parameters unset: {missing[:5]}")
+
+
+def _prune_ends(put, new_parts, old_parts, hidden) -> None:
+    """The embeddings, the final norm and lm_head: only the hidden (embedding-channel) axis."""
     put(new_parts.embeddings.weight, old_parts.embeddings.weight[:, hidden])
     put(new_parts.lm_head.weight, old_parts.lm_head.weight[:, hidden])
     put(new_parts.final_norm.weight, old_parts.final_norm.weight[hidden])
-    for new_layer, old_index in zip(new_parts.layers, kept.kept_layers):
-        old_layer = old_parts.layers[old_index]
-        put(new_layer.norm.weight, old_layer.norm.weight[hidden])
-        src, dst = old_layer.mixer, new_layer.mixer
-        if old_layer.kind == MLP:
-            neurons = kept.units(FFN_NEURON, old_index)  # [F']
-            _slice_linear(put, dst.up_proj, src.up_proj, rows=neurons, cols=hidden)
-            _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
-        elif old_layer.kind == ATTENTION:
-            channels = _head_channels(kept.units(ATTENTION_HEAD, old_index), old.attention_head_dim)  # [heads' * d]
-            _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden)
-            _slice_linear(put, dst.k_proj, src.k_proj, rows=None, cols=hidden)
-            _slice_linear(put, dst.v_proj, src.v_proj, rows=None, cols=hidden)
-            _slice_linear(put, dst.o_proj, src.o_proj, rows=hidden, cols=channels)
-        else:
-            heads, head_channels = kept.units(MAMBA_HEAD, old_index), kept.units(MAMBA_CHANNEL, old_index)
-            _slice_mamba(put, dst, src, description.mamba_layout, heads, head_channels, hidden)
 
-    missing = [name for name, p in pruned.named_parameters() if id(p) not in written]
-    if missing:  # an adapter that forgot a tensor would otherwise leave garbage memory
-        raise RuntimeError(f"pruning left parameters unset: {missing[:5]}")
-    pruned.eval()
-    return pruned
+
+def _prune_layer(put, new_layer, old_layer, kept: KeptUnits, layout: MambaLayout) -> None:
+    """One kept layer: its pre-norm and its mixer, sliced by the kept units of `old_layer.index`."""
+    old, hidden, old_index = kept.old, kept.hidden, old_layer.index
+    put(new_layer.norm.weight, old_layer.norm.weight[hidden])
+    src, dst = old_layer.mixer, new_layer.mixer
+    if old_layer.kind == MLP:
+        neurons = kept.units(FFN_NEURON, old_index)  # [F']
+        _slice_linear(put, dst.up_proj, src.up_proj, rows=neurons, cols=hidden)
+        _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
+    elif old_layer.kind == ATTENTION:
+        channels = _head_channels(kept.units(ATTENTION_HEAD, old_index), old.attention_head_dim)  # [heads' * d]
+        _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden)
+        _slice_linear(put, dst.k_proj, src.k_proj, rows=None, cols=hidden)
+        _slice_linear(put, dst.v_proj, src.v_proj, rows=None, cols=hidden)
+        _slice_linear(put, dst.o_proj, src.o_proj, rows=hidden, cols=channels)
+    else:
+        heads, head_channels = kept.units(MAMBA_HEAD, old_index), kept.units(MAMBA_CHANNEL, old_index)
+        _slice_mamba(put, dst, src, layout, heads, head_channels, hidden)
 
 
 def _head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -119,3 +200,31 @@ def _copy_buffers(model, pruned) -> None:
         if source is None or source.shape != buffer.shape:
             raise RuntimeError(f"cannot carry buffer {name} into the pruned model")
         buffer.copy_(source)
+
+
+def _copy_module_buffers(source: nn.Module, target: nn.Module) -> None:
+    """A streamed layer's persistent buffers (none are prunable): copied by name, as `_copy_buffers` does."""
+    old_buffers = dict(source.named_buffers())
+    for name, buffer in target.named_buffers():
+        if name in old_buffers and old_buffers[name].shape == buffer.shape:
+            buffer.copy_(old_buffers[name])
+
+
+@contextmanager
+def _materialised(modules: list[nn.Module], device) -> Iterator[None]:
+    """Real (uninitialised) memory for these meta modules while they are filled and written, then freed."""
+    for module in modules:
+        module.to_empty(device=device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to_empty(device="meta")
+
+
+def _copy_tokenizer_files(source: Path, dest: Path) -> None:
+    """Everything beside the weights and the config (tokenizer, generation config, chat template)."""
+    for path in source.iterdir():
+        weights = path.suffix == ".safetensors" or path.name in (INDEX_FILE, *PICKLE_FILES)
+        if path.is_file() and not weights and path.name != "config.json":
+            shutil.copyfile(path, dest / path.name)

@@ -119,6 +119,18 @@ class StreamedModel:
             self._lm_head.to_empty(device="meta")
 
     @contextmanager
+    def ends(self) -> Iterator[object]:
+        """Embeddings and lm_head in memory; yields the family's parts (for the first and last tensors)."""
+        self._load(self._embeddings)
+        self._load(self._lm_head)
+        try:
+            with self._originals():
+                yield self.family.parts(self.model)
+        finally:
+            self._embeddings.to_empty(device="meta")
+            self._lm_head.to_empty(device="meta")
+
+    @contextmanager
     def _originals(self) -> Iterator[None]:
         """The real (mostly meta) layers back in the list, for the family adapter to find its parts."""
         standing_in = list(self._layer_list)

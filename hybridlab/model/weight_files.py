@@ -2,7 +2,7 @@
 
 Nothing here holds a whole model: `read_weight_files` parses only the headers (8-byte length + JSON),
 checks them against the file sizes and the shard index, and `WeightFiles.load(name)` reads one tensor.
-`write_sharded` writes tensors produced one shard at a time, Hugging Face style
+`ShardWriter` writes a model's tensors as they are produced, Hugging Face style
 (`model-00001-of-00004.safetensors` + `model.safetensors.index.json`, or one `model.safetensors`).
 
     files = read_weight_files("ckpt/")            # ValueError naming the file and the fix if anything is off
@@ -18,7 +18,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from safetensors import safe_open
@@ -132,32 +132,85 @@ def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list
     return shards if shards[0] else []
 
 
-def write_sharded(
-    folder: str | os.PathLike,
-    shards: list[list[str]],
-    make_shard: Callable[[list[str]], dict[str, torch.Tensor]],
-    metadata: dict | None = None,
-) -> list[Path]:
-    """Write each planned shard from `make_shard(names)`, one in memory at a time, plus the index.
+def stored_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """The tensors a checkpoint of `model` stores, in state-dict order: name -> (owning module, attribute).
+    A tied tensor (lm_head = embeddings) is stored once, under its first name, as save_pretrained does."""
+    persistent = model.state_dict(keep_vars=True)
+    seen: set[int] = set()
+    owners: dict[str, tuple[torch.nn.Module, str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        local = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for attr, tensor in local:
+            name = f"{module_name}.{attr}" if module_name else attr
+            if name in persistent and id(tensor) not in seen:
+                seen.add(id(tensor))
+                owners[name] = (module, attr)
+    order = {name: i for i, name in enumerate(persistent)}
+    return dict(sorted(owners.items(), key=lambda item: order[item[0]]))
 
-    `folder` should be a temporary folder (see hybridlab.core.atomic.atomic_directory): a crash
-    mid-way must not leave a folder that looks complete."""
-    folder = Path(folder)
-    total = len(shards)
-    names = [SINGLE_FILE] if total == 1 else [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
-    weight_map, total_bytes = {}, 0
-    for file_name, shard in zip(names, shards):
-        tensors = make_shard(shard)
-        if len(tensors) != len(shard):
-            raise RuntimeError(f"shard {file_name} was planned with {len(shard)} tensors but got {len(tensors)}")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / file_name), metadata={"format": "pt"})
-        total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map.update(dict.fromkeys(tensors, file_name))  # make_shard may rename (checkpoint naming)
-        del tensors
-    if total > 1:
-        index = {"metadata": {"total_size": total_bytes, **(metadata or {})}, "weight_map": weight_map}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return [folder / name for name in names]
+
+class ShardWriter:
+    """Writes a model's tensors as they are produced, a few modules at a time, into planned shards.
+
+    Planned from the (meta) model's shapes and dtypes; a shard is written once all its tensors have
+    arrived, so memory holds at most about one shard plus the modules being produced. Tensors get
+    the names save_pretrained would give them (transformers' reverse renamings, e.g. `backbone.`)."""
+
+    def __init__(self, model: torch.nn.Module, max_shard_bytes: int):
+        self.model = model
+        self._stored = stored_tensors(model)
+        self._by_owner = {(id(module), attr): name for name, (module, attr) in self._stored.items()}
+        sizes = [(name, _nbytes(getattr(module, attr))) for name, (module, attr) in self._stored.items()]
+        self.shards = plan_shards(sizes, max_shard_bytes)
+        self.pending: dict[str, torch.Tensor] = {}
+        self.done: set[str] = set()
+        self._next = 0
+        self._weight_map: dict[str, str] = {}
+        self._total = 0
+
+    def open(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def add_modules(self, modules: Iterable[torch.nn.Module], recurse: bool = True) -> None:
+        """Take every stored tensor the modules own (copied: the caller frees the modules), write full shards."""
+        for root in modules:
+            for module in root.modules() if recurse else [root]:
+                local = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+                for attr, tensor in local:
+                    name = self._by_owner.get((id(module), attr))
+                    if name is not None and name not in self.done:
+                        self.pending[name] = tensor.detach().to("cpu", copy=True)
+        while self._next < len(self.shards) and all(n in self.pending for n in self.shards[self._next]):
+            self._flush()
+
+    def close(self, metadata: dict | None = None) -> None:
+        missing = [name for name in self._stored if name not in self.done and name not in self.pending]
+        if missing or self._next < len(self.shards):
+            raise RuntimeError(
+                f"the checkpoint is incomplete: {len(missing)} tensors never arrived (first: {missing[:1]})"
+            )
+        if len(self.shards) > 1:
+            index = {"metadata": {"total_size": self._total, **(metadata or {})}, "weight_map": self._weight_map}
+            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+    def _flush(self) -> None:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        total = len(self.shards)
+        file_name = SINGLE_FILE if total == 1 else f"model-{self._next + 1:05d}-of-{total:05d}.safetensors"
+        shard = {name: self.pending.pop(name) for name in self.shards[self._next]}
+        self.done.update(shard)
+        stored = revert_weight_conversion(self.model, shard)
+        save_file(
+            {k: v.contiguous() for k, v in stored.items()}, str(self.folder / file_name), metadata={"format": "pt"}
+        )
+        self._weight_map.update(dict.fromkeys(stored, file_name))
+        self._total += sum(_nbytes(v) for v in stored.values())
+        self._next += 1
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _shards_of(index: Path) -> list[Path]:
