@@ -10,7 +10,20 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from hybridlab.families import mixers_of
+
 KIND_COLORS = {"mamba": "#2E86AB", "mlp": "#F18F01", "attention": "#C73E1D"}
+# A layer of several mixers ("mamba+mlp", "mamba|attention+mlp") takes the colour of its first mixer,
+# a lighter shade of it, so it stays apart from a one-mixer layer of that kind.
+SHADED = {"mamba": "#7FB8D4", "mlp": "#F8C580", "attention": "#E39E8E"}
+
+
+def kind_colors(kinds) -> dict[str, str]:
+    """{layer kind: colour} for the kinds present, one-mixer kinds first."""
+    present = [k for k in KIND_COLORS if k in set(kinds)] + [k for k in dict.fromkeys(kinds) if k not in KIND_COLORS]
+    return {k: KIND_COLORS.get(k) or SHADED.get(mixers_of(k)[0], "#888888") for k in present}
+
+
 STRATEGY_COLORS = {"width": "#2E86AB", "depth": "#C73E1D", "mixed": "#6A994E", "teacher": "#222222", "none": "#888888"}
 PRUNED_MARK = dict(symbol="x", color="white", size=7, line=dict(color="black", width=1))
 
@@ -23,7 +36,7 @@ def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
 def layer_strip(kinds: list[str], dropped: set[int] | frozenset = frozenset()) -> go.Figure:
     """The layer pattern as one coloured cell per layer; dropped layers faded and crossed."""
     fig = go.Figure()
-    for kind, color in KIND_COLORS.items():
+    for kind, color in kind_colors(kinds).items():
         layers = [i for i, k in enumerate(kinds) if k == kind]
         if not layers:
             continue
@@ -151,7 +164,7 @@ def layer_bars(frame: pd.DataFrame) -> go.Figure:
     shown = set()
     for r, metric in enumerate(metrics, start=1):
         part = rows[rows["axis"] == metric].sort_values("layer")
-        for kind, color in KIND_COLORS.items():
+        for kind, color in kind_colors(part["layer_kind"]).items():
             bars = part[part["layer_kind"] == kind]
             if bars.empty:
                 continue

@@ -31,12 +31,12 @@ class Axis:
 def axes(widths: Widths) -> list[Axis]:
     """One control per prunable axis that this model has."""
     found = [Axis("hidden_size", "hidden size", widths.hidden_size, *_step(widths.hidden_size))]
-    if MLP in widths.layer_kinds:
+    if widths.has(MLP):
         found.append(Axis("ffn_hidden_size", "FFN neurons", widths.ffn_hidden_size, *_step(widths.ffn_hidden_size)))
-    if ATTENTION in widths.layer_kinds:
+    if widths.has(ATTENTION):
         kv = max(widths.num_key_value_heads, 1)
         found.append(Axis("num_attention_heads", "attention heads", widths.num_attention_heads, kv, kv))
-    if MAMBA in widths.layer_kinds:
+    if widths.has(MAMBA):
         groups = widths.mamba_n_groups
         found.append(
             Axis("mamba_num_heads", f"Mamba heads (steps of n_groups={groups})", widths.mamba_num_heads, groups, groups)

@@ -324,25 +324,30 @@ class _Statistics:
         return norm.register_forward_hook(self._add_hidden)
 
     def hook_layer(self, layer) -> list:
-        layout = self.description.mamba_layout
-        handles = [
-            layer.norm.register_forward_hook(self._add_hidden),
-            layer.block.register_forward_hook(block_cosine_hook(self.cosine, layer.index, self.mask), with_kwargs=True),
-        ]
-        if layer.kind == MLP:
-            acc = self.ffn.setdefault(layer.index, _SquaredSum())
-            handles.append(layer.mixer.down_proj.register_forward_pre_hook(self._input_hook(acc)))
-        elif layer.kind == ATTENTION:
-            acc = self.attn.setdefault(layer.index, _SquaredSum())
-            handles.append(layer.mixer.o_proj.register_forward_pre_hook(self._input_hook(acc)))
-        else:
-            acc = self.mamba.setdefault(layer.index, _SquaredSum())
-
-            def mamba_x(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
-                acc.add(sequence_mean_magnitude(output[..., layout.x], self.mask[0]))  # x: [B, T, HP]
-
-            handles.append(layer.mixer.in_proj.register_forward_hook(mamba_x))
+        """Hooks on one layer: each distinct pre-norm (hidden channels), the block (cosine), and
+        the activation that scores each of its mixers' units."""
+        handles = [norm.register_forward_hook(self._add_hidden) for norm in layer.norms]
+        handles.append(
+            layer.block.register_forward_hook(block_cosine_hook(self.cosine, layer.index, self.mask), with_kwargs=True)
+        )
+        for sub in layer.sublayers:
+            handles.append(self._hook_mixer(sub.kind, sub.parts, layer.index))
         return handles
+
+    def _hook_mixer(self, kind: str, parts, index: int):
+        if kind == MLP:  # neurons: the input of down_proj [B, T, F]
+            acc = self.ffn.setdefault(index, _SquaredSum())
+            return parts.down_proj.register_forward_pre_hook(self._input_hook(acc))
+        if kind == ATTENTION:  # heads: the input of o_proj [B, T, heads * head_dim]
+            acc = self.attn.setdefault(index, _SquaredSum())
+            return parts.o_proj.register_forward_pre_hook(self._input_hook(acc))
+        layout = self.description.mamba_layout
+        acc = self.mamba.setdefault(index, _SquaredSum())
+
+        def mamba_x(module, args, output):  # output [B, T, 2HP + 2GN + H] = [z | x | B | C | dt]
+            acc.add(sequence_mean_magnitude(output[..., layout.x], self.mask[0]))  # x: [B, T, HP]
+
+        return parts.in_proj.register_forward_hook(mamba_x)
 
     def _input_hook(self, acc: _SquaredSum):
         def hook(module, args):  # args[0] [B, T, channels]

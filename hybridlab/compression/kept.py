@@ -27,7 +27,7 @@ from hybridlab.compression.importance import (
     MAMBA_HEAD,
     ImportanceScores,
 )
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, Widths, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, Widths, describe, mixers_of
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 RANKINGS = ("importance", "random")
@@ -100,18 +100,24 @@ def kept_units(
     hidden = top_k(rank(real.hidden), new.hidden_size)
     by_layer: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in LAYER_AXES}
     for index in kept_layers:
-        kind = old.layer_kinds[index]
-        if kind == MLP:
-            by_layer[FFN_NEURON][index] = top_k(rank(real.ffn[index]), new.ffn_hidden_size)
-        elif kind == ATTENTION:
-            groups = old.num_key_value_heads
-            by_layer[ATTENTION_HEAD][index] = top_k_within_groups(
-                rank(real.attention[index]), groups, new.num_attention_heads // groups
-            )
-        else:
-            heads, channels = _mamba_units(real, index, old, new, rank, mamba_ranking)
-            by_layer[MAMBA_HEAD][index], by_layer[MAMBA_CHANNEL][index] = heads, channels
+        for kind in mixers_of(old.layer_kinds[index]):  # a layer holds at most one mixer of each kind
+            if kind == MLP:
+                by_layer[FFN_NEURON][index] = top_k(rank(real.ffn[index]), new.ffn_hidden_size)
+            elif kind == ATTENTION:
+                by_layer[ATTENTION_HEAD][index] = _attention_heads(rank(real.attention[index]), old, new)
+            else:
+                heads, channels = _mamba_units(real, index, old, new, rank, mamba_ranking)
+                by_layer[MAMBA_HEAD][index], by_layer[MAMBA_CHANNEL][index] = heads, channels
     return KeptUnits(old, new, tuple(dropped), hidden, by_layer)
+
+
+def _attention_heads(scores: torch.Tensor, old: Widths, new: Widths) -> torch.Tensor:
+    """[heads'] kept query heads: the same number from every KV group (GQA), or the top heads
+    overall when every head has its own KV head (MHA, whose K and V go with it)."""
+    if old.is_multi_head:
+        return top_k(scores, new.num_attention_heads)
+    groups = old.num_key_value_heads
+    return top_k_within_groups(scores, groups, new.num_attention_heads // groups)
 
 
 def _mamba_units(scores, layer: int, old: Widths, new: Widths, rank, mamba_ranking: str):
@@ -224,7 +230,7 @@ def _needs_ranking(spec: PruneSpec, widths: Widths) -> bool:
 def _uniform_scores(widths: Widths) -> ImportanceScores:
     """Flat scores for random ranking without importance (ties are broken by the noise)."""
     ones = lambda n: torch.ones(n)
-    of_kind = lambda kind: [i for i, k in enumerate(widths.layer_kinds) if k == kind]
+    of_kind = lambda kind: [i for i, k in enumerate(widths.layer_kinds) if kind in mixers_of(k)]
     return ImportanceScores(
         family="",
         layer_kinds=widths.layer_kinds,

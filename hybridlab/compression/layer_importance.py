@@ -46,9 +46,10 @@ def block_cosine_hook(store: dict, index: int, mask_ref: list):
 
 
 @contextmanager
-def skipped(block):
-    """Run the model as if `block` were absent: its forward returns its input."""
-    block.forward = lambda hidden_states, *args, **kwargs: hidden_states
+def skipped(block, output=lambda hidden_states: hidden_states):
+    """Run the model as if `block` were absent: its forward returns its input, wrapped by
+    `output` as the model's layer loop expects (a family's Layer.skip_output)."""
+    block.forward = lambda hidden_states, *args, **kwargs: output(hidden_states)
     try:
         yield
     finally:
@@ -106,6 +107,6 @@ def drop_one_layer_scores(
             logprobs = next_token_logprobs(model(**inputs, use_cache=False).logits)
             scores.reference(logprobs, inputs["input_ids"], inputs["attention_mask"])
             continue
-        with skipped(parts.layers[layer].block):
+        with skipped(parts.layers[layer].block, parts.layers[layer].skip_output):
             scores.add(layer, next_token_logprobs(model(**inputs, use_cache=False).logits))
     return scores.result()

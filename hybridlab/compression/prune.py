@@ -57,7 +57,7 @@ def prune(
     pruned.to_empty(device=next(model.parameters()).device)
     pruned.tie_weights()  # to_empty gives tied tensors (lm_head = embeddings) separate memory; tie them again
     pruned.to(dtype)
-    _copy_buffers(model, pruned)
+    _copy_buffers(model, pruned, rebuilt=description.family.rebuild_buffers(pruned))
     new_parts = description.parts(pruned)
     put = _Writes()
     _prune_ends(put, new_parts, old_parts, hidden)
@@ -143,23 +143,40 @@ def _prune_ends(put, new_parts, old_parts, hidden) -> None:
 
 
 def _prune_layer(put, new_layer, old_layer, kept: KeptUnits, layout: MambaLayout) -> None:
-    """One kept layer: its pre-norm and its mixer, sliced by the kept units of `old_layer.index`."""
-    old, hidden, old_index = kept.old, kept.hidden, old_layer.index
-    put(new_layer.norm.weight, old_layer.norm.weight[hidden])
-    src, dst = old_layer.mixer, new_layer.mixer
-    if old_layer.kind == MLP:
-        neurons = kept.units(FFN_NEURON, old_index)  # [F']
-        _slice_linear(put, dst.up_proj, src.up_proj, rows=neurons, cols=hidden)
-        _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
-    elif old_layer.kind == ATTENTION:
-        channels = _head_channels(kept.units(ATTENTION_HEAD, old_index), old.attention_head_dim)  # [heads' * d]
-        _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden)
-        _slice_linear(put, dst.k_proj, src.k_proj, rows=None, cols=hidden)
-        _slice_linear(put, dst.v_proj, src.v_proj, rows=None, cols=hidden)
-        _slice_linear(put, dst.o_proj, src.o_proj, rows=hidden, cols=channels)
-    else:
-        heads, head_channels = kept.units(MAMBA_HEAD, old_index), kept.units(MAMBA_CHANNEL, old_index)
-        _slice_mamba(put, dst, src, layout, heads, head_channels, hidden)
+    """One kept layer: its pre-norms and each of its mixers, sliced by the kept units of `old_layer.index`."""
+    hidden, index = kept.hidden, old_layer.index
+    for new_norm, old_norm in zip(new_layer.norms, old_layer.norms):
+        put(new_norm.weight, old_norm.weight[hidden])
+    for dst, src in zip(new_layer.sublayers, old_layer.sublayers):
+        if src.kind == MLP:
+            _slice_mlp(put, dst.parts, src.parts, kept.units(FFN_NEURON, index), hidden)
+        elif src.kind == ATTENTION:
+            _slice_attention(put, dst.parts, src.parts, kept.units(ATTENTION_HEAD, index), kept.old, hidden)
+        else:
+            heads, head_channels = kept.units(MAMBA_HEAD, index), kept.units(MAMBA_CHANNEL, index)
+            _slice_mamba(put, dst.parts, src.parts, layout, heads, head_channels, hidden)
+
+
+def _slice_mlp(put, dst, src, neurons: torch.Tensor, hidden: torch.Tensor) -> None:
+    """Keep neurons [F']: their rows of up (and gate, or both halves of a fused gate_up), their columns of down."""
+    for name in ("up_proj", "gate_proj"):
+        if getattr(src, name) is not None:
+            _slice_linear(put, getattr(dst, name), getattr(src, name), rows=neurons, cols=hidden)
+    if src.gate_up_proj is not None:  # rows [gate | up], F each
+        width = src.down_proj.weight.shape[1]
+        _slice_linear(put, dst.gate_up_proj, src.gate_up_proj, rows=torch.cat([neurons, width + neurons]), cols=hidden)
+    _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
+
+
+def _slice_attention(put, dst, src, heads: torch.Tensor, old, hidden: torch.Tensor) -> None:
+    """Keep query heads [heads']. With GQA every KV group keeps some heads, so K and V stay whole;
+    with MHA (one KV head per query head) each kept head keeps its own K and V rows."""
+    channels = _head_channels(heads, old.attention_head_dim)  # [heads' * d]
+    kv_rows = channels if old.is_multi_head else None
+    _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden)
+    _slice_linear(put, dst.k_proj, src.k_proj, rows=kv_rows, cols=hidden)
+    _slice_linear(put, dst.v_proj, src.v_proj, rows=kv_rows, cols=hidden)
+    _slice_linear(put, dst.o_proj, src.o_proj, rows=hidden, cols=channels)
 
 
 def _head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -188,14 +205,18 @@ def _slice_mamba(put, dst, src, layout: MambaLayout, heads, head_channels, hidde
         put(dst.conv1d.bias, src.conv1d.bias[conv_rows])
     for name in ("dt_bias", "A_log", "D"):  # [H] -> [H']
         put(getattr(dst, name), getattr(src, name)[heads])
-    put(dst.norm_weight, src.norm_weight[inner])
+    if src.norm_weight is not None:  # Falcon-H1 may have no gated norm
+        put(dst.norm_weight, src.norm_weight[inner])
     _slice_linear(put, dst.out_proj, src.out_proj, rows=hidden, cols=inner)
 
 
-def _copy_buffers(model, pruned) -> None:
-    """Buffers (rotary tables and the like) hold no prunable axis: copy them by name."""
+def _copy_buffers(model, pruned, rebuilt: set[str] = frozenset()) -> None:
+    """Buffers (rotary tables and the like) hold no prunable axis: copy them by name, except those
+    the family `rebuilt` from the pruned config (their shape follows the widths)."""
     old_buffers = dict(model.named_buffers())
     for name, buffer in pruned.named_buffers():
+        if name in rebuilt:
+            continue
         source = old_buffers.get(name)
         if source is None or source.shape != buffer.shape:
             raise RuntimeError(f"cannot carry buffer {name} into the pruned model")

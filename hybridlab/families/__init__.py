@@ -14,7 +14,10 @@ from hybridlab.families.base import (
     MambaParts,
     MLPParts,
     ModelParts,
+    Sublayer,
     Widths,
+    mixers_of,
+    stages_of,
 )
 from hybridlab.families.description import ModelDescription, describe
 from hybridlab.families.mamba_layout import MambaLayout
@@ -34,8 +37,11 @@ __all__ = [
     "MLPParts",
     "ModelDescription",
     "ModelParts",
+    "Sublayer",
     "Widths",
     "describe",
+    "mixers_of",
+    "stages_of",
     "family_for",
     "supported_architectures",
 ]

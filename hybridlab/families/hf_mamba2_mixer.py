@@ -1,6 +1,6 @@
-"""transformers' Mamba2 mixer tensors, shared by every family that reuses it
-(NemotronH, Mamba2; Bamba and GraniteMoeHybrid copy it too). Which rows and channels
-of those tensors hold which part: mamba_layout.py."""
+"""transformers' Mamba2 mixer tensors, shared by every family that reuses it (NemotronH,
+Mamba2, Bamba, GraniteMoeHybrid, Falcon-H1, Zamba2 name them alike). Which rows and
+channels of those tensors hold which part: mamba_layout.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ def mamba_parts(mixer: nn.Module) -> MambaParts:
         dt_bias=mixer.dt_bias,
         A_log=mixer.A_log,
         D=mixer.D,
-        norm_weight=mixer.norm.weight,
+        norm_weight=getattr(mixer.norm, "weight", None),  # Falcon-H1 may have no norm (nn.Identity)
         out_proj=mixer.out_proj,
     )

@@ -7,6 +7,7 @@ from torch import nn
 
 from hybridlab.families.base import MAMBA, Family, Layer, ModelParts, Widths
 from hybridlab.families.hf_mamba2_mixer import mamba_parts
+from hybridlab.families.mamba_width import check_integer_expand, expand_of
 
 
 def widths(config) -> Widths:
@@ -28,14 +29,7 @@ def widths(config) -> Widths:
 
 
 def check(new: Widths) -> None:
-    # transformers sizes the mixer as int(expand * hidden_size) with an integer `expand`.
-    inner = new.mamba_num_heads * new.mamba_head_dim
-    if inner % new.hidden_size:
-        raise ValueError(
-            f"Mamba2ForCausalLM needs mamba_num_heads * mamba_head_dim ({inner}) to be a whole multiple of "
-            f"hidden_size ({new.hidden_size}), because its config stores the width as an integer `expand`; "
-            "choose Mamba heads, head dim and hidden size that keep that ratio."
-        )
+    check_integer_expand(new, "Mamba2ForCausalLM")
 
 
 def config_with(config, new: Widths):
@@ -45,7 +39,7 @@ def config_with(config, new: Widths):
         num_hidden_layers=new.num_layers,
         num_heads=new.mamba_num_heads,
         head_dim=new.mamba_head_dim,
-        expand=new.mamba_num_heads * new.mamba_head_dim // new.hidden_size,
+        expand=expand_of(new),
     )
     return type(config).from_dict(values)
 
@@ -53,8 +47,7 @@ def config_with(config, new: Widths):
 def parts(model: nn.Module) -> ModelParts:
     backbone = model.backbone
     layers = [
-        Layer(index=i, kind=MAMBA, block=block, norm=block.norm, mixer=mamba_parts(block.mixer))
-        for i, block in enumerate(backbone.layers)
+        Layer.single(i, MAMBA, block, block.norm, mamba_parts(block.mixer)) for i, block in enumerate(backbone.layers)
     ]
     return ModelParts(backbone.embeddings, layers, backbone.norm_f, model.lm_head)
 

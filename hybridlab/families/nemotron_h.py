@@ -81,7 +81,7 @@ def parts(model: nn.Module) -> ModelParts:
             mixer_parts = MLPParts(up_proj=mixer.up_proj, down_proj=mixer.down_proj)
         else:
             mixer_parts = AttentionParts(mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.o_proj)
-        layers.append(Layer(index=index, kind=kind, block=block, norm=block.norm, mixer=mixer_parts))
+        layers.append(Layer.single(index, kind, block, block.norm, mixer_parts))
     return ModelParts(backbone.embeddings, layers, backbone.norm_f, model.lm_head)
 
 

@@ -32,14 +32,15 @@ def mamba_params(w: Widths) -> int:
     n = w.hidden_size * layout.in_proj_size + ("mamba_in_proj" in w.biases and layout.in_proj_size)
     n += layout.conv_channels * w.mamba_conv_kernel + ("mamba_conv" in w.biases and layout.conv_channels)
     n += 3 * w.mamba_num_heads  # dt_bias, A_log, D
-    n += layout.inner  # gated norm
+    n += w.mamba_norm and layout.inner  # gated norm
     n += layout.inner * w.hidden_size + ("mamba_out_proj" in w.biases and w.hidden_size)
     return int(n)
 
 
 def mlp_params(w: Widths) -> int:
-    n = 2 * w.hidden_size * w.ffn_hidden_size
-    return int(n + ("mlp" in w.biases and w.ffn_hidden_size + w.hidden_size))
+    matrices = 3 if w.mlp_gated else 2  # (gate,) up, down
+    n = matrices * w.hidden_size * w.ffn_hidden_size
+    return int(n + ("mlp" in w.biases and (matrices - 1) * w.ffn_hidden_size + w.hidden_size))
 
 
 def attention_params(w: Widths) -> int:
@@ -56,7 +57,7 @@ def count_params(w: Widths) -> dict:
     by_kind = {
         "embeddings": w.vocab_size * w.hidden_size,
         "lm_head": 0 if w.tied_embeddings else w.vocab_size * w.hidden_size,
-        "norms": (w.num_layers + 1) * w.hidden_size,
+        "norms": (w.num_norms + 1) * w.hidden_size,  # every pre-norm and the final norm
     }
     for kind, count_fn in MIXER_PARAMS.items():
         by_kind[kind] = w.count(kind) * count_fn(w)

@@ -86,20 +86,16 @@ def resolve(spec: PruneSpec, widths: Widths, kept_kinds: tuple[str, ...] | None 
     kept_layer_count(spec, widths)
     new = widths.with_(
         hidden_size=_check_size("hidden_size", spec.hidden_size, widths.hidden_size, True),
-        ffn_hidden_size=_check_size(
-            "ffn_hidden_size", spec.ffn_hidden_size, widths.ffn_hidden_size, MLP in widths.layer_kinds
-        ),
+        ffn_hidden_size=_check_size("ffn_hidden_size", spec.ffn_hidden_size, widths.ffn_hidden_size, widths.has(MLP)),
         num_attention_heads=_check_size(
-            "num_attention_heads", spec.num_attention_heads, widths.num_attention_heads, ATTENTION in widths.layer_kinds
+            "num_attention_heads", spec.num_attention_heads, widths.num_attention_heads, widths.has(ATTENTION)
         ),
-        mamba_num_heads=_check_size(
-            "mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, MAMBA in widths.layer_kinds
-        ),
-        mamba_head_dim=_check_size(
-            "mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, MAMBA in widths.layer_kinds
-        ),
+        mamba_num_heads=_check_size("mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, widths.has(MAMBA)),
+        mamba_head_dim=_check_size("mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, widths.has(MAMBA)),
         layer_kinds=tuple(kinds),
     )
+    if widths.is_multi_head:  # MHA: a pruned query head takes its own key/value head with it
+        new = new.with_(num_key_value_heads=new.num_attention_heads)
     if new.mamba_num_heads % widths.mamba_n_groups:
         raise ValueError(
             f"mamba_num_heads={new.mamba_num_heads} is not a multiple of n_groups={widths.mamba_n_groups}: every group "

@@ -136,16 +136,16 @@ def enumerate_candidates(
         "ffn_hidden_size": width_values(
             widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32), w_prune
         )
-        if MLP in widths.layer_kinds
+        if widths.has(MLP)
         else [None],
         "mamba_num_heads": width_values(widths.mamba_num_heads, widths.mamba_n_groups, w_prune)
-        if MAMBA in widths.layer_kinds
+        if widths.has(MAMBA)
         else [None],
         "mamba_head_dim": width_values(widths.mamba_head_dim, space.head_dim_divisor, w_prune)
-        if MAMBA in widths.layer_kinds
+        if widths.has(MAMBA)
         else [None],
         "num_attention_heads": width_values(widths.num_attention_heads, widths.num_key_value_heads, w_prune)
-        if space.prune_attention and ATTENTION in widths.layer_kinds
+        if space.prune_attention and widths.has(ATTENTION)
         else [None],
     }
     min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))

@@ -24,7 +24,7 @@ import torch
 from hybridlab.compression.importance import MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
 from hybridlab.compression.prune import prune
-from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe
+from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe, mixers_of
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
@@ -140,7 +140,7 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
     transformers' Nemotron-H cannot build its cache (so cannot generate) without one."""
     description = describe(config)
     kinds = description.layer_kinds
-    attention = [i for i, kind in enumerate(kinds) if kind == ATTENTION]
+    attention = [i for i, kind in enumerate(kinds) if ATTENTION in mixers_of(kind)]
     order = [int(i) for i in torch.argsort(layer_scores.float())]
     if attention:
         last = max(attention, key=lambda i: float(layer_scores[i]))  # the attention layer that stays
@@ -163,7 +163,7 @@ def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
     """(heads spec, channels spec) removing about `fraction` of the SSM width H*P each way:
     heads in steps of n_groups, then the head dim that gives the same H*P."""
     w = describe(config).widths
-    if MAMBA not in w.layer_kinds:
+    if not w.has(MAMBA):
         raise ValueError("the heads-versus-channels sweep needs a model with Mamba layers")
     groups = w.mamba_n_groups
     heads = max(groups, groups * round(w.mamba_num_heads * (1 - fraction) / groups))
@@ -264,7 +264,7 @@ def plan_arms(
                     "depth-only",
                     depth,
                     note=f"drops {len(depth.drop_layers)} of {description.num_layers} layers, the least important by KL"
-                    + ("; the last attention layer always stays" if ATTENTION in description.layer_kinds else ""),
+                    + ("; the last attention layer always stays" if description.widths.has(ATTENTION) else ""),
                 ),
             ]
         if SSM_PRUNED_VS_WHOLE in wanted:
