@@ -2,7 +2,8 @@
 
 An option's flag is the field name with dashes (--seq-len), or its declared flag (--data,
 --no-bf16); its dest is always the field name, so `args.<field>` reads it. A bool that
-defaults to False is a switch; one that defaults to True is a --no-... switch.
+defaults to False is a switch; one that defaults to True is a --no-... switch; one that defaults
+to None (decide automatically) gets both --x and --no-x.
 Values are parsed (e.g. "2M") and checked when settings or a job spec are built from
 `args`, so a bad value is one ValueError naming the flag, before any work.
 """
@@ -48,6 +49,9 @@ def job_spec_from_args(args: argparse.Namespace, *classes: type) -> dict:
 
 def _add_option(parser: argparse.ArgumentParser, item: Declared, required: bool) -> None:
     help_text = item.setting.help.replace("%", "%%") or None  # argparse formats help with %
+    if item.types == (bool,) and item.default is None:  # unset = decide automatically; --x / --no-x force it
+        parser.add_argument(item.flag, dest=item.name, action=argparse.BooleanOptionalAction, help=help_text)
+        return
     if item.types == (bool,):
         action = "store_false" if item.default is True else "store_true"
         parser.add_argument(item.flag, dest=item.name, action=action, help=help_text)

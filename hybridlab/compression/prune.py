@@ -21,6 +21,7 @@ from hybridlab.compression.kept import KeptUnits, check_mamba_ranking, kept_unit
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MLP, MambaLayout, ModelDescription, describe
+from hybridlab.model.memory import DEFAULT_SHARD_BYTES
 from hybridlab.model.spec import PruneSpec
 from hybridlab.model.streamed import StreamedModel
 from hybridlab.model.weight_files import INDEX_FILE, PICKLE_FILES, ShardWriter
@@ -78,8 +79,9 @@ def prune_checkpoint(
     mamba_ranking: str = "group",
     layer_metric: str = "kl",
     seed: int = 0,
-    max_shard_bytes: int = 2 * 1024**3,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Prune a checkpoint to `spec` one layer at a time and write the result, shard by shard, to `out_dir`
     (a Hugging Face folder: sharded safetensors, index, config, the source's tokenizer files). Neither
@@ -94,7 +96,7 @@ def prune_checkpoint(
     put = _Writes()
     writer = ShardWriter(pruned, max_shard_bytes)
     steps = [None, *range(kept.new.num_layers)]
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp:
         writer.open(tmp)
         for step in track(steps, len(steps), "prune (streamed)", progress):
             if step is None:  # embeddings, final norm, lm_head
@@ -114,6 +116,8 @@ def prune_checkpoint(
                 writer.add_modules([block])
         writer.close()
         pruned.config.save_pretrained(tmp)
+        if pruned.can_generate():  # as save_pretrained does; the source's own, if any, is copied over it
+            pruned.generation_config.save_pretrained(tmp)
         _copy_tokenizer_files(source.folder, tmp)
     return Path(out_dir).expanduser().resolve()
 
