@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from hybridlab.core.errors import UserError, debug_enabled, is_user_error, one_line
 
 # Modules under hybridlab.cli that each add their subcommands.
 COMMAND_MODULES = [
@@ -18,9 +21,9 @@ COMMAND_MODULES = [
     "study",  # study (the paper's ablations -> docs/results.md)
 ]
 
+DEBUG_HELP = "show the traceback of an error caused by bad input too (also: HYBRIDLAB_DEBUG=1)"
 
-class UserError(Exception):
-    """Bad input: printed as one clear line, no traceback."""
+__all__ = ["UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,24 +31,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hybridlab",
         description="Compress hybrid Mamba/attention language models (Minitron-SSM recipe).",
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"hybridlab.cli.{name}").register(sub)
+    _add_debug_everywhere(parser)
     return parser
 
 
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after the command works too (`hybridlab prune ... --debug`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--debug" not in child._option_string_actions:
+                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                _add_debug_everywhere(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (hybridlab.core.errors.is_user_error) is one line on stderr and
+    exit status 2, its traceback only with --debug or HYBRIDLAB_DEBUG=1; other exceptions are
+    bugs and propagate with their traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
-        print(f"hybridlab {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"hybridlab {args.command}: cancelled", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        if args.debug or debug_enabled():
+            traceback.print_exc()
+        print(f"hybridlab {args.command}: error: {one_line(err) or type(err).__name__}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -13,6 +13,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from hybridlab.core.errors import UserError, is_user_error, one_line
 from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.jobs.context import Flags, Interrupted, JobContext
 from hybridlab.jobs.heartbeat import Heartbeat
@@ -82,8 +83,11 @@ def _run_handler(ctx: JobContext, reraise: bool) -> str | None:
             raise
         return CANCELLED
     except Exception as err:
-        log.exception("job %s failed", job_id)
-        _finish(ctx, FAILED, error=f"{type(err).__name__}: {err}")
+        if is_user_error(err):  # bad input: its one line is the record; no traceback in the log
+            log.info("job %s refused: %s", job_id, one_line(err))
+        elif not reraise:  # a bug: its traceback goes to the worker's log (a caller that reraises shows it)
+            log.exception("job %s failed", job_id)
+        _finish(ctx, FAILED, error=error_text(err))
         if reraise:
             raise
         return FAILED
@@ -95,6 +99,13 @@ def _run_handler(ctx: JobContext, reraise: bool) -> str | None:
             raise
         return FAILED
     return SUCCEEDED if ok else None
+
+
+def error_text(err: BaseException) -> str:
+    """What a failed job records: a user error's own line, else the exception's type and message."""
+    if isinstance(err, UserError):
+        return one_line(err)
+    return one_line(f"{type(err).__name__}: {err}")
 
 
 def _finish(ctx: JobContext, status: str, error: str) -> None:

@@ -12,13 +12,19 @@ import copy
 import json
 from pathlib import Path
 
+from hybridlab.core.errors import UserError, shown
 from hybridlab.core.paths import demo_teacher_dir
 from hybridlab.core.settings import non_negative, one_of, positive  # noqa: F401  (plugins' checks; declared in core)
 from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
 from hybridlab.store.artifacts import check_name
 
+# A spec is a small JSON object: a longer string is a mistake (a pasted file, a runaway script).
+MAX_TEXT_CHARS = 4096
+MAX_SPEC_CHARS = 65_536
+MAX_SPEC_DEPTH = 16  # lists and dicts inside each other
 
-class JobSpecError(ValueError):
+
+class JobSpecError(UserError):
     """A job spec that cannot run; the message lists every problem and the allowed keys."""
 
 
@@ -26,7 +32,8 @@ def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
     kind = get_kind(kind_name)  # ValueError naming the known kinds
     if not isinstance(spec, dict):
         raise JobSpecError(f"a {kind.name} job spec must be a dict of options, got {type(spec).__name__}")
-    problems = [f"unknown key {key!r}" for key in spec if key not in kind.fields]
+    _check_size(kind.name, spec)
+    problems = [f"unknown key {shown(key)}" for key in spec if key not in kind.fields]
     clean = {}
     for key, fld in kind.fields.items():
         if key not in spec:
@@ -54,6 +61,43 @@ def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
     return clean
 
 
+def _check_size(kind: str, spec: dict) -> None:
+    """Refuse oversize specs before looking at them: no string over MAX_TEXT_CHARS, at most
+    MAX_SPEC_CHARS of JSON in all (a model path or a plan needs far less)."""
+    for where, value in _strings(spec, ""):
+        if len(value) > MAX_TEXT_CHARS:
+            raise JobSpecError(
+                f"{where or 'a key'} of this {kind} job spec is a string of {len(value):,} characters, more than "
+                f"{MAX_TEXT_CHARS:,}; pass a file path or a name instead"
+            )
+    try:
+        size = len(json.dumps(spec))
+    except (TypeError, ValueError):
+        return  # a value that is not JSON: the field checks name it
+    if size > MAX_SPEC_CHARS:
+        raise JobSpecError(
+            f"this {kind} job spec is {size:,} characters of JSON, more than the {MAX_SPEC_CHARS:,} a spec "
+            "may hold; pass file paths instead of file contents"
+        )
+
+
+def _strings(value, where: str, depth: int = 0):
+    """(where, string) for every string in a spec, keys included."""
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_SPEC_DEPTH:
+        raise JobSpecError(f"{where} nests lists or dicts more than {MAX_SPEC_DEPTH} deep; a job spec is flat")
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield "a key", key
+            name = shown(key, 40)
+            yield from _strings(item, f"{where}[{name}]" if where else name, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{where}[{i}]", depth + 1)
+
+
 def describe_fields(kind: JobKind) -> str:
     parts = []
     for key, fld in kind.fields.items():
@@ -73,7 +117,7 @@ def _field_value(key: str, fld: Field, value):
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if int not in types else value
     if not isinstance(value, types):
-        raise ValueError(f"{key!r} must be {_type_name(fld.types)}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{key!r} must be {_type_name(fld.types)}, got {type(value).__name__} {shown(value)}")
     if isinstance(value, (dict, list)):
         try:
             value = json.loads(json.dumps(value))
