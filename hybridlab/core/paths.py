@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hybridlab.core.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,5 +34,14 @@ def workspace_dir(override: str | os.PathLike | None = None) -> Path:
     """Experiment store and artifacts: --workspace, else $HYBRIDLAB_WORKSPACE, else ~/.hybridlab."""
     chosen = override or os.environ.get("HYBRIDLAB_WORKSPACE") or Path.home() / ".hybridlab"
     path = Path(chosen).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"workspace {path} is a file, not a folder; pass --workspace DIR (or set HYBRIDLAB_WORKSPACE)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(
+            f"workspace {path} is inside a file; pass --workspace DIR (or set HYBRIDLAB_WORKSPACE)"
+        ) from None
+    except PermissionError:
+        raise UserError(f"workspace {path} cannot be created (permission denied); pass --workspace DIR") from None
     return path

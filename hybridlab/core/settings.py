@@ -17,13 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+from hybridlab.core.errors import shown
+
 Check = Callable[[Any], Any]  # returns the value (possibly normalised) or raises ValueError
 LIBRARY_DEFAULT = object()  # Setting.cli_default when the CLI's default is the library's
+
+# Sane upper bounds: a value beyond them is a typo (1e99 tokens) that would otherwise run for ever.
+MAX_TOKENS = 10**12  # token budgets and caps
+MAX_SEQ_LEN = 2**20  # tokens per sequence
+MAX_BATCH_SIZE = 2**16
+MAX_SAMPLES = 10**7  # calibration sequences
+MAX_STEPS = 10**9  # counts of steps, repeats and candidates
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -80,16 +91,30 @@ class Declared:
         return self.default if self.setting.cli_default is LIBRARY_DEFAULT else self.setting.cli_default
 
     def check(self, value: Any) -> Any:
-        """The value after its choices and checks; ValueError with a message that names no field."""
+        """The value after its type, choices and checks; ValueError with a message that names no field."""
         if value is None:
             if self.nullable:
                 return None
             raise ValueError("must be given")
+        value = self._number(value)
         if self.setting.choices is not None and value not in self.setting.choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, self.setting.choices))}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(map(repr, self.setting.choices))}, got {shown(value)}")
         for check in self.setting.checks:
             value = check(value)
         return value
+
+    def _number(self, value: Any) -> Any:
+        """A setting typed int or float only: a whole number for int (no bool, no 2.5, no 2.0),
+        a finite number for float (no bool, no NaN)."""
+        if not self.types or not set(self.types) <= {int, float}:
+            return value
+        if float not in self.types:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"must be a whole number, got {shown(value)}")
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"must be a number, got {shown(value)}")
+        return finite(value)
 
 
 def declared(cls: type) -> list[Declared]:
@@ -160,7 +185,7 @@ def _is_settings(hint: Any) -> bool:
 
 
 def finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value!r}")
     return value
 
@@ -189,6 +214,73 @@ def below_one(value):
     if not 0 <= finite(value) < 1:
         raise ValueError(f"must be at least 0 and below 1, got {value!r}")
     return value
+
+
+def at_least(minimum, why: str = ""):
+    """A check: the value is `minimum` or more (`why` says what needs it)."""
+
+    def check(value):
+        if not finite(value) >= minimum:
+            raise ValueError(f"must be at least {minimum}{f' ({why})' if why else ''}, got {shown(value)}")
+        return value
+
+    check.__name__ = f"at_least_{minimum}"
+    return check
+
+
+def at_most(maximum, why: str = ""):
+    """A check: the value is `maximum` or less; a sane upper bound catches typos like 1e99."""
+
+    def check(value):
+        if not finite(value) <= maximum:
+            limit = f"{maximum:,}" if isinstance(maximum, int) else f"{maximum}"
+            raise ValueError(f"must be at most {limit}{f' ({why})' if why else ''}, got {_number_text(value)}")
+        return value
+
+    check.__name__ = f"at_most_{maximum}"
+    return check
+
+
+def _number_text(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"{float(value):.3g}"
+    return shown(value)
+
+
+def token_budget(value):
+    """A token budget or cap: more than 0, at most MAX_TOKENS."""
+    return at_most(MAX_TOKENS, "a trillion tokens")(positive(value))
+
+
+def token_budget_or_zero(value):
+    return at_most(MAX_TOKENS, "a trillion tokens")(non_negative(value))
+
+
+def sequence_length(value):
+    """Tokens per sequence: more than 0, at most MAX_SEQ_LEN (a model's own limit is checked where its config is read)."""
+    return at_most(MAX_SEQ_LEN)(positive(value))
+
+
+def batch_count(value):
+    return at_most(MAX_BATCH_SIZE)(positive(value))
+
+
+def sample_count(value):
+    return at_most(MAX_SAMPLES)(positive(value))
+
+
+def step_count(value):
+    """A count of steps, repeats or candidates: more than 0, at most MAX_STEPS."""
+    return at_most(MAX_STEPS)(positive(value))
+
+
+def step_count_or_zero(value):
+    return at_most(MAX_STEPS)(non_negative(value))
+
+
+def seed_value(value):
+    """A random seed: 0 to 2**32 - 1 (what numpy and torch both take)."""
+    return at_most(MAX_SEED)(non_negative(value))
 
 
 def one_of(*choices):

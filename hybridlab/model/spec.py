@@ -6,8 +6,10 @@ pruned model's `Widths` and rejects invalid specs before any work is done.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
+from hybridlab.core.errors import UserError, shown
 from hybridlab.families.base import ATTENTION, MAMBA, MLP, Widths
 
 WIDTH_KEYS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim")
@@ -24,15 +26,30 @@ class PruneSpec:
     drop_layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        # Whole numbers only: 1.7 or True must not quietly become layer 1.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "drop_layers" and value is not None and not _is_whole(value):
+                raise UserError(f"{f.name} must be a whole number, got {shown(value)}")
+            if f.name != "drop_layers" and value is not None:
+                object.__setattr__(self, f.name, int(value))
         if self.drop_layers is not None:
-            object.__setattr__(self, "drop_layers", tuple(sorted(int(i) for i in self.drop_layers)))
+            layers = self.drop_layers
+            if isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+                raise UserError(f"drop_layers must be a list of layer numbers, got {shown(layers)}")
+            bad = [i for i in layers if not _is_whole(i)]
+            if bad:
+                raise UserError(f"drop_layers takes whole layer numbers, got {shown(bad[0])} in {shown(list(layers))}")
+            object.__setattr__(self, "drop_layers", tuple(sorted(int(i) for i in layers)))
 
     @classmethod
     def from_dict(cls, values: dict) -> "PruneSpec":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict):
+            raise UserError(f"a prune spec is a dict of sizes, got {shown(values)}")
+        unknown = sorted(map(str, set(values) - known))
         if unknown:
-            raise ValueError(f"unknown prune spec keys {unknown}; valid keys are {sorted(known)}")
+            raise UserError(f"unknown prune spec keys {shown(unknown)}; valid keys are {sorted(known)}")
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict:
@@ -43,6 +60,10 @@ class PruneSpec:
 
     def is_empty(self) -> bool:
         return not self.to_dict()
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_size(name: str, value: int | None, current: int, present: bool) -> int:

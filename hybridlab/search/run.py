@@ -20,7 +20,18 @@ import pandas as pd
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
 from hybridlab.compression.prune import prune
 from hybridlab.core.progress import ProgressFn, subrange, track
-from hybridlab.core.settings import check_settings, non_negative, parse_token_count, positive, setting
+from hybridlab.core.settings import (
+    check_settings,
+    parse_token_count,
+    positive,
+    seed_value,
+    sequence_length,
+    setting,
+    step_count,
+    step_count_or_zero,
+    token_budget,
+    token_budget_or_zero,
+)
 from hybridlab.families import describe
 from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
 from hybridlab.model.sizes import estimate_sizes
@@ -44,26 +55,26 @@ class SearchSettings:
     )
     tolerance: float = setting(0.03, check=positive, help="relative distance to the target a candidate may have")
     space: SearchSpace = field(default_factory=SearchSpace)
-    max_candidates: int = setting(16, check=positive, help="candidates ranked zero-shot (the paper: >100)")
+    max_candidates: int = setting(16, check=step_count, help="candidates ranked zero-shot (the paper: >100)")
     rank_by: str = setting("loss", choices=RANK_BY, help="zero-shot validation loss or KL to the teacher")
-    top_k: int = setting(2, check=non_negative, help="candidates distilled (the paper: 22)")
+    top_k: int = setting(2, check=step_count_or_zero, help="candidates distilled (the paper: 22)")
     distill_tokens: int = setting(
         200_000,
-        check=non_negative,
+        check=token_budget_or_zero,
         parse=parse_token_count,
         cli_default="200k",
         key="tokens",
         help="distillation budget per finalist, e.g. 200k (0: rank zero-shot only)",
     )
     distill_lr: float = 1e-3
-    seq_len: int = setting(256, check=positive)
+    seq_len: int = setting(256, check=sequence_length)
     batch_size: int = 8
-    eval_tokens: int = setting(16_384, check=positive, help="validation tokens scored per candidate")
+    eval_tokens: int = setting(16_384, check=token_budget, help="validation tokens scored per candidate")
     tie_tolerance: float = 0.01  # nats: closer distilled losses count as a tie, broken by latency
     measure_latency: bool = setting(True, flag="--no-latency", help="measure the finalists' latency")
     accuracy_task: str | None = setting(None, help="an eval task for the finalists, e.g. continuation_mc")
     accuracy_limit: int = 100
-    seed: int = setting(0)
+    seed: int = setting(0, check=seed_value)
 
     def validate(self) -> None:
         if self.distill_tokens and self.top_k and self.distill_tokens < self.batch_size * self.seq_len:
