@@ -27,6 +27,7 @@ from hybridlab.compression.importance import (
     MAMBA_HEAD,
     ImportanceScores,
 )
+from hybridlab.compression.scores_fit import check_scores_fit
 from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, Widths, describe, mixers_of
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
@@ -86,8 +87,8 @@ def kept_units(
         raise ValueError(
             "pruning by importance needs ImportanceScores; run estimate_importance first or use ranking='random'"
         )
-    if scores is not None and tuple(scores.layer_kinds) != old.layer_kinds:
-        raise ValueError("these importance scores were computed for a different model (layer pattern differs)")
+    if scores is not None:  # another model's scores would index past these weights mid-prune
+        check_scores_fit(scores, description)
 
     dropped = choose_dropped_layers(spec, description, scores, layer_metric, rank)
     kept_layers = [i for i in range(old.num_layers) if i not in set(dropped)]
