@@ -20,15 +20,13 @@ def widths(config) -> Widths:
             f"NemotronH layers of type {unsupported} (mixture of experts) cannot be pruned yet; "
             "supported layer types are Mamba2, MLP and attention."
         )
+    # As transformers builds it: both Mamba projections take `use_bias`; `mamba_proj_bias` and
+    # `attention_bias` are read by nothing (attention never has biases).
     biases = {"mamba_conv"} if config.use_conv_bias else set()
-    if config.mamba_proj_bias:
-        biases.add("mamba_in_proj")
     if config.use_bias:
-        biases.add("mamba_out_proj")
+        biases |= {"mamba_in_proj", "mamba_out_proj"}
     if config.mlp_bias:
         biases.add("mlp")
-    if config.attention_bias:
-        biases.add("attention")
     return Widths(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -42,7 +40,7 @@ def widths(config) -> Widths:
         mamba_n_groups=config.n_groups,
         mamba_state_size=config.ssm_state_size,
         mamba_conv_kernel=config.conv_kernel,
-        tied_embeddings=bool(config.tie_word_embeddings),
+        tied_embeddings=False,  # NemotronHForCausalLM ties nothing, whatever tie_word_embeddings says
         biases=frozenset(biases),
     )
 

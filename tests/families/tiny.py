@@ -1,0 +1,55 @@
+"""Tiny random models of every supported family (CPU, about a second each), for the per-family tests
+and the surfaces (CLI, jobs, dashboard). Each config omits what its published configs omit (e.g. Bamba's
+head_dim), so the tests catch a pruner that relies on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tests.conftest import randomize, tiny_nemotron_config
+
+TINY = {
+    "bamba": dict(
+        model_type="bamba",
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        attn_layer_indices=[1],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mamba_n_heads=8,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+def tiny_config(family: str, **overrides):
+    if family == "nemotron_h":
+        return tiny_nemotron_config(**overrides)
+    return AutoConfig.for_model(**(TINY[family] | overrides))
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return randomize(AutoModelForCausalLM.from_config(tiny_config(family, **overrides)), seed)
+
+
+def tiny_model_folder(family: str, root: Path) -> tuple[Path, Path]:
+    """(model folder, calibration token file) for the CLI, jobs and the dashboard."""
+    folder = root / f"tiny-{family}"
+    tiny_model(family).save_pretrained(folder)
+    calib = root / "calib.npy"
+    np.save(calib, np.random.default_rng(0).integers(3, 128, 8192).astype(np.uint16))
+    return folder, calib
