@@ -46,6 +46,34 @@ def axes(widths: Widths) -> list[Axis]:
     return found
 
 
+def offered(config, axis: Axis, values: dict) -> list[int]:
+    """The values of `axis` (on its grid, ascending) that make a plan the family can build while every
+    other control stays at `values`; so moving one control at a time never leaves the buildable plans
+    (e.g. Bamba's Mamba heads x head dim must stay a whole multiple of the hidden size).
+    `config` may be a ModelDescription."""
+    description = describe(config)
+    grid = sorted({*range(axis.minimum, axis.current + 1, axis.step), axis.current})
+    found = []
+    for value in grid:
+        try:
+            planned_widths(description, spec_from_values({**values, axis.key: value}, description.widths))
+        except ValueError:
+            continue
+        found.append(value)
+    return found or [axis.current]
+
+
+def grid_of(axis: Axis) -> list[int]:
+    return list(range(axis.minimum, axis.current + 1, axis.step))
+
+
+def is_free(config, axis: Axis) -> bool:
+    """Whether every value on the axis' grid is buildable with the other axes unpruned (a plain slider
+    serves it); else the control offers a list that follows the other controls."""
+    widths = describe(config).widths
+    return offered(config, axis, {a.key: a.current for a in axes(widths) if a.key != axis.key}) == grid_of(axis)
+
+
 def _step(size: int) -> tuple[int, int]:
     """(minimum, step): multiples of 8 for wide axes keep the pruned model GPU-friendly."""
     step = 8 if size >= 64 and size % 8 == 0 else 1

@@ -6,14 +6,15 @@ import streamlit as st
 from app import charts, state, views
 from app.overlay import dropped_layers
 from app.pipeline import eval_settings, latest_chain, prune_and_evaluate
-from app.planner import PRESETS, axes, plan_summary, preset_spec, spec_from_values
-from hybridlab.families import family_for
+from app.planner import PRESETS, axes, is_free, offered, plan_summary, preset_spec, spec_from_values
+from hybridlab.families import describe
 
 JOBS_KEY = "planner_jobs"  # what this session submitted, to show; the chain itself lives in the job engine
 
 st.title("Prune planner")
 ref, config = state.require_model()
-widths = family_for(config).widths(config)
+description = describe(config)
+widths = description.widths
 scores = state.current_scores(config)
 controls = axes(widths)
 
@@ -30,12 +31,19 @@ with st.expander("Target a parameter budget with a preset", expanded=True):
             st.error(str(err))
 
 st.markdown("**Sizes per axis**")
+keys = {axis.key: f"axis-{ref}-{axis.key}" for axis in controls}  # per model: another model's ranges differ
+chosen = {axis.key: st.session_state.setdefault(keys[axis.key], axis.current) for axis in controls}
 values = {}
 grid = st.columns(3)
 for i, axis in enumerate(controls):
-    key = f"axis-{ref}-{axis.key}"  # per model: another model's sizes would not fit these ranges
-    st.session_state.setdefault(key, axis.current)
-    values[axis.key] = grid[i % 3].slider(axis.label, axis.minimum, axis.current, step=axis.step, key=key)
+    key = keys[axis.key]
+    if is_free(description, axis):  # the same widget type on every rerun: streamlit resets a key that changes type
+        values[axis.key] = grid[i % 3].slider(axis.label, axis.minimum, axis.current, step=axis.step, key=key)
+    else:  # only values the family can build with the other controls where they are
+        options = offered(description, axis, {k: v for k, v in chosen.items() if k != axis.key})
+        if st.session_state[key] not in options:
+            st.session_state[key] = min(options, key=lambda v: abs(v - st.session_state[key]))
+        values[axis.key] = grid[i % 3].select_slider(axis.label, options, key=key)
 try:
     spec = spec_from_values(values, widths)
     drop = dropped_layers(scores, config, spec)

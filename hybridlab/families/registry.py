@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from hybridlab.families.bamba import FAMILY as BAMBA
 from hybridlab.families.base import Family
 from hybridlab.families.mamba2 import FAMILY as MAMBA2
 from hybridlab.families.nemotron_h import FAMILY as NEMOTRON_H
 
-FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2)
+FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2, BAMBA)
 
 
 def supported_architectures() -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, MambaLayout, Widths, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MambaLayout, Widths, describe, mixers_of, stages_of
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 
@@ -51,6 +51,11 @@ def attention_params(w: Widths) -> int:
 
 
 MIXER_PARAMS = {MAMBA: mamba_params, MLP: mlp_params, ATTENTION: attention_params}
+
+
+def layer_params(w: Widths, layer_kind: str) -> int:
+    """Parameters of one layer of `layer_kind` (e.g. "mamba+mlp"): its mixers and its pre-norms."""
+    return sum(MIXER_PARAMS[k](w) for k in mixers_of(layer_kind)) + len(stages_of(layer_kind)) * w.hidden_size
 
 
 def count_params(w: Widths) -> dict:
@@ -123,17 +128,48 @@ def planned_widths(config, spec: PruneSpec | None = None, drop_layers: tuple[int
         kept_layer_count(PruneSpec(drop_layers=drop), widths)
         kinds = tuple(k for i, k in enumerate(kinds) if i not in set(drop))
     elif spec.num_layers is not None:
-        kinds = proportional_kinds(kinds, kept_layer_count(spec, widths))
+        return _planned_depth(description, spec, kept_layer_count(spec, widths))
     new = resolve(spec, widths, kept_kinds=kinds)
     description.check(new)
     return new
 
 
+def _planned_depth(description, spec: PruneSpec, keep: int) -> Widths:
+    """Widths for a num_layers target: the evenly spread layers, or, when the family cannot lose
+    some of those (e.g. its last attention layer), the nearest pattern it can build."""
+    widths = description.widths
+    description.check(resolve(spec, widths))  # a width the family refuses: no pattern can help
+    error = None
+    for kinds in _patterns_near(widths.layer_kinds, _evenly_spread(len(widths.layer_kinds), keep)):
+        new = resolve(spec, widths, kept_kinds=kinds)
+        try:
+            description.check(new)
+            return new
+        except ValueError as err:
+            error = error or err
+    raise error
+
+
+def _evenly_spread(n: int, keep: int) -> list[int]:
+    return sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [0]
+
+
+def _patterns_near(kinds: tuple[str, ...], picked: list[int]):
+    """The picked layers' pattern, then each pattern one swap (a kept layer for a dropped one) away."""
+    yield tuple(kinds[i] for i in picked)
+    seen = set()
+    dropped = [i for i in range(len(kinds)) if i not in set(picked)]
+    for out in dropped:
+        for slot in range(len(picked)):
+            swapped = tuple(kinds[i] for i in sorted([*picked[:slot], out, *picked[slot + 1 :]]))
+            if swapped not in seen:
+                seen.add(swapped)
+                yield swapped
+
+
 def proportional_kinds(kinds: tuple[str, ...], keep: int) -> tuple[str, ...]:
     """Keep `keep` layers spread evenly over the pattern (an estimate for planning)."""
-    n = len(kinds)
-    picked = sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [0]
-    return tuple(kinds[i] for i in picked)
+    return tuple(kinds[i] for i in _evenly_spread(len(kinds), keep))
 
 
 def estimate_sizes(
