@@ -32,6 +32,32 @@ TINY = {
         max_position_embeddings=512,
         tie_word_embeddings=False,
     ),
+    "granite_moe_hybrid": dict(  # dense: shared_mlp only; muP-style multipliers that pruning must keep
+        model_type="granitemoehybrid",
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=32,
+        shared_intermediate_size=96,
+        num_hidden_layers=4,
+        layer_types=["mamba", "attention", "mamba", "mamba"],  # the legacy names real configs use
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=0,
+        num_experts_per_tok=0,
+        mamba_n_heads=8,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=16,
+        mamba_expand=2,
+        mamba_chunk_size=16,
+        position_embedding_type="rope",
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=0.015625,
+        logits_scaling=8.0,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
 }
 
 
