@@ -150,3 +150,51 @@ def test_a_crash_mid_write_leaves_no_folder(checkpoint, tmp_path, monkeypatch):
             max_shard_bytes=8_000,
         )
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
+
+
+@pytest.fixture(scope="module")
+def cli_inputs(tmp_path_factory):
+    """A bf16 NemotronH checkpoint and calibration tokens, for the commands."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("cli")
+    model = write_random_checkpoint(NemotronHConfig(**TINY), root / "bf16", max_shard_bytes=30_000)
+    np.save(root / "calib.npy", np.random.default_rng(0).integers(0, 256, 4096).astype(np.uint16))
+    return model, root / "calib.npy"
+
+
+def _cli(args, workspace):
+    from hybridlab.cli import main
+
+    return main([*args, "--workspace", str(workspace)])
+
+
+@pytest.mark.parametrize("streaming", ["--streaming", "--no-streaming"])
+def test_prune_keeps_the_checkpoint_dtype_unless_told(cli_inputs, tmp_path, streaming):
+    model, calib = cli_inputs
+    common = ["--model", str(model), "--calib", str(calib), "--samples", "8", "--seq-len", "32", streaming]
+    assert _cli(["prune", *common, "--hidden-size", "24", "--out", str(tmp_path / "kept")], tmp_path / "ws") == 0
+    out = ["prune", *common, "--hidden-size", "24", "--dtype", "float32", "--out", str(tmp_path / "fp32")]
+    assert _cli(out, tmp_path / "ws") == 0
+    for folder, dtype in (("kept", torch.bfloat16), ("fp32", torch.float32)):
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / folder)
+        assert {p.dtype for p in reloaded.parameters()} == {dtype}
+        assert reloaded.config.dtype == dtype
+
+
+def test_streaming_is_chosen_when_memory_is_short_and_refused_when_even_that_cannot_fit(
+    cli_inputs, tmp_path, monkeypatch, capsys
+):
+    import hybridlab.model.memory as memory
+
+    model, calib = cli_inputs
+    args = ["importance", "--model", str(model), "--calib", str(calib), "--samples", "8", "--seq-len", "32"]
+    args += ["--layer-metric", "cosine"]  # in memory ~1.0 MB, streamed ~0.5 MB for this tiny model
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 1_200_000)
+    assert _cli([*args, "--out", str(tmp_path / "s")], tmp_path / "ws") == 0
+    assert "streaming one layer at a time" in capsys.readouterr().err
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 100_000)
+    assert _cli([*args, "--out", str(tmp_path / "t")], tmp_path / "ws") == 2
+    err = capsys.readouterr().err
+    assert "is more than the" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "t").exists()

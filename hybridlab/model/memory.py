@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hybridlab.core.errors import UserError
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription
-from hybridlab.model.sizes import attention_params, count_params, mamba_params, mlp_params
+from hybridlab.families import ModelDescription
+from hybridlab.model.sizes import count_params, layer_params
 
 COMMANDS = ("importance", "prune", "distill", "eval", "bench")
 STREAM_ABOVE = 0.6  # stream when the in-memory need exceeds this share of the available memory
@@ -42,7 +42,11 @@ class MemoryNeed:
 
 
 def gib(size: int) -> str:
-    return f"{size / 1024**3:.2f} GiB"
+    """A byte count for people: 1.50 GiB, 300.0 MiB, 12.0 KiB."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}" if unit == "GiB" else f"{size / scale:.1f} {unit}"
+    return f"{size / 1024:.1f} KiB"
 
 
 def memory_need(
