@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hybridlab.core.errors import UserError
-from hybridlab.families import ModelDescription
+from hybridlab.families import ModelDescription, Widths
 from hybridlab.model.sizes import count_params, layer_params
 
 COMMANDS = ("importance", "prune", "distill", "eval", "bench")
@@ -57,12 +57,12 @@ def memory_need(
     tokens: int = 16 * 256,
     batch_tokens: int = 8 * 256,
     drop_one_tokens: int = 0,
-    pruned: ModelDescription | None = None,
+    pruned: Widths | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> MemoryNeed:
     """Bytes `command` needs for this model. tokens: calibration tokens kept between layers (streamed);
     batch_tokens: tokens of one forward batch; drop_one_tokens: calibration tokens of the drop-one-layer
-    (KL/loss) passes, whose streams are kept for every layer; pruned: the pruned model's description."""
+    (KL/loss) passes, whose streams are kept for every layer; pruned: the pruned model's widths."""
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; one of {COMMANDS}")
     w = description.widths
@@ -82,14 +82,14 @@ def memory_need(
             "output shard": shard_bytes if command == "prune" else 0,
         }
     elif command in ("importance", "prune"):
-        new_weights = weights if pruned is None else sum(count_params(pruned.widths).values()) * dtype_bytes
+        new_weights = weights if pruned is None else sum(count_params(pruned).values()) * dtype_bytes
         parts = {
             "weights": weights + (new_weights if command == "prune" else 0),
             "activations": working,
             "logits": logits,
         }
     elif command == "distill":
-        student = weights if pruned is None else sum(count_params(pruned.widths).values()) * dtype_bytes
+        student = weights if pruned is None else sum(count_params(pruned).values()) * dtype_bytes
         student_params = student // dtype_bytes
         parts = {
             "teacher weights": weights,
