@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from hybridlab.families.bamba import FAMILY as BAMBA
 from hybridlab.families.base import Family
+from hybridlab.families.falcon_h1 import FAMILY as FALCON_H1
 from hybridlab.families.granite_moe_hybrid import FAMILY as GRANITE_MOE_HYBRID
 from hybridlab.families.mamba2 import FAMILY as MAMBA2
 from hybridlab.families.nemotron_h import FAMILY as NEMOTRON_H
 
-FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2, BAMBA, GRANITE_MOE_HYBRID)
+FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2, BAMBA, GRANITE_MOE_HYBRID, FALCON_H1)
 
 
 def supported_architectures() -> list[str]:

@@ -21,7 +21,7 @@ from hybridlab import PruneSpec, estimate_sizes, prune
 from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD
 from hybridlab.compression.kept import kept_units, plan_drop_layers
 from hybridlab.compression.layer_importance import skipped
-from hybridlab.families import ATTENTION, MLP, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, describe
 from hybridlab.model.sizes import planned_widths
 
 ATOL = 2e-5
@@ -176,6 +176,20 @@ def check_heads_equal_zeroed(model, scores, heads: int, batch: torch.Tensor) -> 
     pruned = prune(model, spec, scores)
     assert pruned.config.num_attention_heads == heads
     _check_equals_masked(model, pruned, masks, batch)
+
+
+def check_mamba_equals_zeroed(model, scores, spec: PruneSpec, batch: torch.Tensor) -> None:
+    """For a Mamba mixer without its gated norm (nothing mixes its channels before out_proj): pruned heads
+    and head channels equal the original with those (head, channel) pairs zeroed at out_proj's input."""
+    kept, parts = kept_units(scores, model, spec), describe(model).parts(model)
+    H, P, masks = kept.old.mamba_num_heads, kept.old.mamba_head_dim, []
+    for layer in parts.layers:
+        if (sub := layer.sublayer(MAMBA)) is not None:
+            assert sub.parts.norm_weight is None, "zeroing equals pruning only without the gated norm"
+            keep = torch.zeros(H, P)
+            keep[kept.units(MAMBA_HEAD, layer.index)[:, None], kept.units(MAMBA_CHANNEL, layer.index)] = 1
+            masks.append((sub.parts.out_proj, keep.flatten()))
+    _check_equals_masked(model, prune(model, spec, scores), masks, batch)
 
 
 def _check_equals_masked(model, pruned, masks: list, batch: torch.Tensor) -> None:
