@@ -74,13 +74,29 @@ def memory_need(
     working = batch_tokens * _widest(description) * 4 * 3  # one forward: inputs, projections, outputs
     logits = batch_tokens * w.vocab_size * 4 * 2  # logits and their log-softmax
     parts: dict[str, int]
-    if command in ("importance", "prune") and streamed:
+    if command == "importance" and streamed:
         parts = {
-            "weights": max(ends, layer) + (layer if command == "prune" else 0) + (ends if command == "prune" else 0),
+            # one layer, or the embeddings / lm_head while those run; a tensor being read also holds its
+            # file pages mapped until it is copied out
+            "weights": 2 * max(ends, layer),
             "activations": tokens * hidden_bytes + drop_one_tokens * hidden_bytes * w.num_layers + working,
             "logits": logits if drop_one_tokens else 0,
-            "output shard": shard_bytes if command == "prune" else 0,
         }
+    elif command == "prune" and streamed:
+        new_by_kind = by_kind if pruned is None else count_params(pruned)
+        new_layer = layer if pruned is None else _largest_layer(description, pruned) * dtype_bytes
+        both_ends = (by_kind.get("embeddings", 0) + by_kind.get("lm_head", 0)) * dtype_bytes
+        new_ends = (new_by_kind.get("embeddings", 0) + new_by_kind.get("lm_head", 0)) * dtype_bytes
+        new_total = sum(new_by_kind.values()) * dtype_bytes
+        ends_step = both_ends + ends + new_ends  # old and new embeddings and lm_head, one being read (mapped)
+        layer_step = 2 * layer + new_layer  # the old layer (and its mapped pages) and the new one
+        shard = min(shard_bytes, new_total)  # written tensors wait for their shard to fill
+        if ends_step >= layer_step + shard:
+            parts = {"embeddings and lm_head, old and new": ends_step}
+        else:
+            parts = {"a layer, old and new": layer_step, "output shard": shard}
+        if tokens:  # no scores given: the model is scored first
+            parts["activations"] = tokens * hidden_bytes + working
     elif command in ("importance", "prune"):
         new_weights = weights if pruned is None else sum(count_params(pruned).values()) * dtype_bytes
         parts = {
@@ -148,8 +164,8 @@ def choose_streaming(
     return streaming, why
 
 
-def _largest_layer(description: ModelDescription) -> int:
-    w = description.widths
+def _largest_layer(description: ModelDescription, widths: Widths | None = None) -> int:
+    w = widths or description.widths
     return max(layer_params(w, kind) for kind in set(w.layer_kinds)) + 2 * w.hidden_size
 
 

@@ -179,7 +179,7 @@ class ShardWriter:
                 for attr, tensor in local:
                     name = self._by_owner.get((id(module), attr))
                     if name is not None and name not in self.done:
-                        self.pending[name] = tensor.detach().to("cpu", copy=True)
+                        self.pending[name] = tensor.detach().to("cpu")  # shares memory: the caller only frees its modules
         while self._next < len(self.shards) and all(n in self.pending for n in self.shards[self._next]):
             self._flush()
 
