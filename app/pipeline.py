@@ -76,6 +76,13 @@ def teacher_measured(model: str, workspace=None) -> bool:
 
 
 def _submit_chain(kind: str, spec: dict, settings: dict | None, also: list, workspace) -> list[int]:
+    # Every follow-up is checked before anything is submitted, with the model its parent starts from
+    # standing in for the one it will write (same vocabulary and limits): a refused follow-up then
+    # leaves no job behind, not even a cancelled one.
+    source = spec.get("model") or spec.get("student")
+    stand_ins = model_jobs(source, settings) if settings and source else []
+    for follow_kind, follow_spec in [*stand_ins, *also]:
+        jobs.validate_spec(follow_kind, follow_spec)
     submitted = []
     try:
         parent = jobs.submit(kind, spec, workspace)

@@ -20,30 +20,22 @@ POLL_S = 1.5
 def check_model(text: str):
     """'demo' or a folder -> (normalised ref, config); ValueError naming the problem."""
 
-    from hybridlab.families import family_for
     from hybridlab.jobs.specs import model_ref
-    from hybridlab.model.loading import resolve_model_dir
+    from hybridlab.model.checks import describe_config, resolve_model_dir
 
     if parse_job_ref(text.strip()) is not None:  # model_ref lets "job:N" through for job specs only
         raise ValueError(f"{text.strip()!r} names a job's model, not a folder; give 'demo' or a model folder")
     ref = model_ref(text.strip())  # ValueError: missing demo, not a folder, no config.json
     config = load_config(ref, _mtime(resolve_model_dir(ref) / "config.json"))
-    family_for(config)  # ValueError: an unsupported architecture
+    describe_config(config)  # UserError: an unsupported family or layer type (e.g. mixture of experts)
     return ref, config
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def load_config(ref: str, mtime: float):
-    from transformers import AutoConfig
+    from hybridlab.model.checks import read_config
 
-    from hybridlab.model.loading import resolve_model_dir
-
-    try:
-        return AutoConfig.from_pretrained(resolve_model_dir(ref))
-    except (OSError, KeyError) as err:  # unreadable or unknown config.json
-        raise ValueError(
-            f"{ref} has a config.json transformers cannot read ({err}); is it a Hugging Face model?"
-        ) from None
+    return read_config(ref)  # UserError: not JSON, or a config transformers cannot read
 
 
 def _mtime(path: Path) -> float:
@@ -80,9 +72,9 @@ def model_label(ref: str) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def load_scores(path: str, mtime: float):
-    from hybridlab.compression.importance import ImportanceScores
+    from hybridlab.compression.scores_fit import load_scores as load
 
-    return ImportanceScores.load(path)
+    return load(path)  # UserError for a damaged scores folder
 
 
 def current_scores(config):
@@ -90,18 +82,13 @@ def current_scores(config):
     path = st.session_state.get(SCORES_KEY)
     if not path:
         return None
+    from hybridlab.compression.scores_fit import check_scores_fit
+
     try:
         scores = load_scores(path, _mtime(Path(path) / "scores.json"))
+        check_scores_fit(scores, config, path)  # family, layer pattern and every per-axis size
     except (FileNotFoundError, ValueError) as err:
         st.error(str(err))
-        return None
-    from hybridlab.families import family_for
-
-    if tuple(scores.layer_kinds) != family_for(config).widths(config).layer_kinds:
-        st.error(
-            f"the scores in {path} were computed for a different model (layer pattern differs); "
-            "run importance for this model or load matching scores"
-        )
         return None
     return scores
 

@@ -303,9 +303,7 @@ def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_
     from hybridlab.jobs import list_jobs, submit
     from hybridlab.jobs.queue import JobQueue
 
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps(_tiny_config_dict()))
+    model_dir = _tiny_model_dir(tmp_path / "model")
     if isinstance(spec, dict):
         spec = {key: str(model_dir) if value == "MODEL" else value for key, value in spec.items()}
     with pytest.raises(ValueError, match=message):
@@ -314,10 +312,13 @@ def test_malformed_spec_is_rejected_at_submission_and_nothing_is_queued(ws, tmp_
     assert JobQueue(ws).pending_job_ids() == set()
 
 
-def _tiny_config_dict() -> dict:
+def _tiny_model_dir(path):
+    """A tiny random model saved with its weights: submission checks the weight files' headers too."""
     from conftest import tiny_nemotron_config
+    from transformers import NemotronHForCausalLM
 
-    return tiny_nemotron_config().to_dict()
+    NemotronHForCausalLM(tiny_nemotron_config()).save_pretrained(path)
+    return path
 
 
 # ---- chains: after= and "job:N" -------------------------------------------------------------------

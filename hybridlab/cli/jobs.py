@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hybridlab.cli import UserError
 
+MAX_SPEC_FILE_BYTES = 1 << 20
+
 
 def register(sub) -> None:
     jobs = sub.add_parser("jobs", help="background jobs: list, show, cancel, submit")
@@ -137,11 +139,17 @@ def run_submit(args) -> int:
         path = Path(text[1:])
         if not path.is_file():
             raise FileNotFoundError(f"spec file {path} not found")
-        text = path.read_text()
+        if path.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise UserError(f"spec file {path} is {path.stat().st_size:,} bytes; a job spec is a small JSON object")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"spec file {path} is not UTF-8 text; write the spec as JSON") from None
     try:
         spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f'the spec is not valid JSON ({err}); write it like \'{{"model": "demo"}}\'') from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        problem = err if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        raise UserError(f'the spec is not valid JSON ({problem}); write it like \'{{"model": "demo"}}\'') from None
     job_id = submit(args.kind, spec, args.workspace, after=args.after)
     status = get_job(job_id, args.workspace)["status"]  # "waiting" when it has parents still to finish
     print(f"job {job_id} {status}; run `hybridlab worker` to process it, `hybridlab jobs show {job_id}` to follow it")
@@ -152,8 +160,8 @@ def run_worker_command(args) -> int:
     from hybridlab.jobs.worker import run_worker
 
     for name, value in (("--poll", args.poll), ("--heartbeat", args.heartbeat), ("--stale-after", args.stale_after)):
-        if value <= 0:
-            raise UserError(f"{name} must be a positive number of seconds, got {value}")
+        if not 0 < value < 86_400:  # also refuses nan and inf
+            raise UserError(f"{name} must be a positive number of seconds below a day, got {value}")
     if args.stale_after <= 2 * args.heartbeat:
         raise UserError("--stale-after must be more than twice --heartbeat, or live jobs would look dead")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

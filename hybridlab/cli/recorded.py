@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hybridlab.core.atomic import atomic_directory
+from hybridlab.core.outputs import check_new_folder
 
 
 def add_workspace_option(parser) -> None:
@@ -26,9 +27,9 @@ def add_workspace_option(parser) -> None:
 
 
 def refuse_existing(path: str | Path, option: str = "--out") -> None:
-    """Checked before any work: a command never writes over an earlier result."""
-    if Path(path).exists():
-        raise ValueError(f"{path} already exists; choose another {option}")
+    """Checked before any work: a command never writes over an earlier result, and its output
+    folder can be made (not inside a file, in a writable folder)."""
+    check_new_folder(path, option)
 
 
 def run_recorded(kind: str, spec: dict, args) -> dict:

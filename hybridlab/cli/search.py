@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hybridlab.cli.options import add_options, job_spec_from_args, settings_from_args
 from hybridlab.cli.recorded import add_workspace_option, run_recorded
+from hybridlab.core.outputs import check_new_folder
 from hybridlab.jobs.kinds.common import JobOptions, ModelInput
 from hybridlab.jobs.kinds.search import SearchInputs
 from hybridlab.search.run import SearchSettings
@@ -34,6 +35,7 @@ def run_search(args) -> int:
     settings_from_args(SearchSettings, args).validate()
     if Path(args.run_dir, "best").exists():
         raise ValueError(f"{args.run_dir} already holds a search result; choose another --out")
+    check_new_folder(args.run_dir, "--out", may_exist=True)
     demo = args.model == "demo"
     for option, value in (("--data", args.train_tokens), ("--val", args.val_tokens)):
         if value is None and not demo:

@@ -58,7 +58,9 @@ def command_line(args) -> str:
 def run_study_command(args) -> int:
     import torch
 
-    from hybridlab.data.calibration import batched, load_calibration, load_token_array
+    from hybridlab.core.outputs import check_new_folder
+    from hybridlab.data.calibration import batched, check_tokens, load_calibration, load_token_array
+    from hybridlab.model.checks import check_model, check_seq_len
     from hybridlab.model.loading import load_model, resolve_model_dir
     from hybridlab.study.run import publish, run_study
 
@@ -68,12 +70,23 @@ def run_study_command(args) -> int:
     for option, value in (("--data", args.data), ("--val", args.val), ("--calib", args.calib)):
         if value is None and not demo:
             raise ValueError(f"{option} is required for models other than the demo")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ValueError(f"--threads must be between 1 and 1024, got {args.threads}")
+    check_new_folder(args.out, "--out", may_exist=True)  # an existing study folder is resumed
+    if args.docs:
+        check_new_folder(args.docs, "--docs", may_exist=True)
+    description = check_model(args.model, args.trust_remote_code)  # config, family, weight headers
+    check_seq_len(description.config, settings.seq_len, "--seq-len")
+    vocab = description.widths.vocab_size
+    for value, demo_file in ((args.data, DEMO_TRAIN), (args.val, DEMO_VAL)):
+        check_tokens(value or "demo", vocab, demo_file)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_tokens = load_token_array(args.data or demo_dir() / DEMO_TRAIN).reshape(-1)
-    val_tokens = load_token_array(args.val or demo_dir() / DEMO_VAL).reshape(-1)
+    train_tokens = load_token_array(args.data or demo_dir() / DEMO_TRAIN, vocab_size=vocab).reshape(-1)
+    val_tokens = load_token_array(args.val or demo_dir() / DEMO_VAL, vocab_size=vocab).reshape(-1)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    calib = batched(load_calibration(args.calib or "demo", tokenizer, settings.calib_samples, settings.seq_len), 8)
+    rows = load_calibration(args.calib or "demo", tokenizer, settings.calib_samples, settings.seq_len, vocab)
+    calib = batched(rows, 8)
     result = run_study(
         model,
         tokenizer,

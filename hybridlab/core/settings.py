@@ -249,7 +249,9 @@ def _number_text(value) -> str:
 
 def token_budget(value):
     """A token budget or cap: more than 0, at most MAX_TOKENS."""
-    return at_most(MAX_TOKENS, "a trillion tokens")(positive(value))
+    if not finite(value) > 0:
+        raise ValueError(f"must be a token budget above 0, got {shown(value)}")
+    return at_most(MAX_TOKENS, "a trillion tokens")(value)
 
 
 def token_budget_or_zero(value):
