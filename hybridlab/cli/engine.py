@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 from hybridlab.cli.options import add_options, job_spec_from_args
 from hybridlab.cli.recorded import add_workspace_option, artifact_dir, copy_out, refuse_existing, run_recorded
 from hybridlab.cli.spec_options import add_spec_options, spec_from_args
+from hybridlab.core.atomic import atomic_file
+from hybridlab.core.errors import UserError
+from hybridlab.core.outputs import check_new_file
 from hybridlab.jobs.kinds.common import Calibration, JobOptions, ModelInput
 from hybridlab.jobs.kinds.prune import PruneOptions
+from hybridlab.jobs.kinds.source_model import Streaming
 
 
 def register(sub) -> None:
@@ -21,6 +27,7 @@ def register(sub) -> None:
     add_options(p, ModelInput)
     add_options(p, JobOptions)
     add_options(p, Calibration)
+    add_options(p, Streaming)
     p.add_argument("--out", required=True, help="folder for the scores (safetensors + JSON)")
     p.add_argument("--csv", default=None, help="also write the tidy score table as CSV")
     add_workspace_option(p)
@@ -32,6 +39,7 @@ def register(sub) -> None:
     add_options(p, Calibration)
     add_spec_options(p)
     add_options(p, PruneOptions)
+    add_options(p, Streaming)
     p.add_argument("--out", required=True, help="folder for the pruned Hugging Face model")
     add_workspace_option(p)
     p.set_defaults(func=run_prune)
@@ -59,13 +67,21 @@ def run_importance(args) -> int:
     from hybridlab import ImportanceScores
 
     refuse_existing(args.out)
-    _check_model_and_calib(args)
-    result = run_recorded("importance", job_spec_from_args(args, ModelInput, Calibration, JobOptions), args)
-    out = copy_out(artifact_dir(result, args), args.out)
-    scores = ImportanceScores.load(out)
-    frame = scores.to_frame()
     if args.csv:
-        frame.to_csv(args.csv, index=False)
+        check_new_file(args.csv, "--csv")
+        if Path(args.csv).expanduser().resolve() == Path(args.out).expanduser().resolve():
+            raise UserError(f"--csv {args.csv} is the --out folder; give the CSV its own path")
+    _check_model_and_calib(args)
+    result = run_recorded("importance", job_spec_from_args(args, ModelInput, Calibration, Streaming, JobOptions), args)
+    source = artifact_dir(result, args)
+    scores = ImportanceScores.load(source)
+    frame = scores.to_frame()
+    # Both outputs or neither: the CSV goes to a temporary sibling first, is renamed into place
+    # once --out is complete, and is removed if copying --out fails.
+    with atomic_file(args.csv) if args.csv else nullcontext() as handle:
+        if handle is not None:
+            frame.to_csv(handle, index=False)
+        out = copy_out(source, args.out)
     summary = frame.groupby("axis")["score"].agg(["count", "min", "median", "max"])
     print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
     for metric, values in scores.layers.items():
@@ -82,10 +98,10 @@ def run_prune(args) -> int:
     if spec.is_empty():
         raise ValueError("give at least one target size, e.g. --mamba-num-heads 96 or --num-layers 40")
     refuse_existing(args.out)
-    check_architecture(args.model, spec.to_dict(), args.trust_remote_code)  # reads the config only
+    check_architecture(args.model, spec.to_dict(), args.trust_remote_code, args.allow_pickle_weights)  # headers only
     _check_model_and_calib(args, needs_calib=args.importance is None and args.ranking == "importance")
     job_spec = {
-        **job_spec_from_args(args, ModelInput, PruneOptions, Calibration, JobOptions),
+        **job_spec_from_args(args, ModelInput, PruneOptions, Calibration, Streaming, JobOptions),
         "spec": spec.to_dict(),
     }
     result = run_recorded("prune", job_spec, args)  # an impossible spec is refused before any model is loaded
@@ -102,16 +118,25 @@ def _plan_config(ref: str, trust_remote_code: bool):
 
     if ref in REFERENCE_CONFIGS:
         return reference_config(ref)
-    from transformers import AutoConfig
+    from hybridlab.model.checks import describe_config, read_config
 
-    from hybridlab.model.loading import resolve_model_dir
-
-    return AutoConfig.from_pretrained(resolve_model_dir(ref), trust_remote_code=trust_remote_code)
+    config = read_config(ref, trust_remote_code)
+    describe_config(config)  # an unsupported family or layer type is one line, not a traceback in sizes
+    return config
 
 
 def run_plan(args) -> int:
+    from hybridlab.core.settings import batch_count, sequence_length
     from hybridlab.model.sizes import estimate_sizes
 
+    for flag, value, check in (
+        ("--seq-len", args.seq_len, sequence_length),
+        ("--batch-size", args.batch_size, batch_count),
+    ):
+        try:
+            check(value)
+        except ValueError as err:
+            raise UserError(f"{flag}: {err}") from None
     config = _plan_config(args.model, args.trust_remote_code)
     spec = spec_from_args(args)
     base = estimate_sizes(config, None, args.seq_len, args.batch_size)
@@ -141,4 +166,22 @@ def run_plan(args) -> int:
     for name, a, b, ratio in rows:
         print(f"{name:34}{a:>18}{b:>18}{ratio:>9.3f}")
     print("parameters by kind (pruned): " + ", ".join(f"{k} {v:,}" for k, v in planned.params_by_kind.items()))
+    _print_memory(config, spec, args)
     return 0
+
+
+def _print_memory(config, spec, args) -> None:
+    """What each command needs for this model (bf16 weights, the defaults' calibration and batch sizes)."""
+    from hybridlab.families import describe
+    from hybridlab.model.memory import available_bytes, gib, memory_need
+    from hybridlab.model.sizes import planned_widths
+
+    description = describe(config)
+    pruned = None if spec.is_empty() else planned_widths(description, spec)
+    tokens, batch = 64 * 256, 8 * 256  # importance's defaults: 64 sequences of 256 tokens, batches of 8
+    print(f"memory each command needs (bf16 weights; {gib(available_bytes())} free here):")
+    for command, streamed in (("importance", False), ("importance", True), ("prune", False), ("prune", True)):
+        need = memory_need(command, description, 2, streamed, tokens=tokens, batch_tokens=batch, pruned=pruned)
+        print(f"  {need.describe()}")
+    for command in ("distill", "eval", "bench"):
+        print(f"  {memory_need(command, description, 2, batch_tokens=batch, pruned=pruned).describe()}")

@@ -250,7 +250,7 @@ def _number_text(value) -> str:
 def token_budget(value):
     """A token budget or cap: more than 0, at most MAX_TOKENS."""
     if not finite(value) > 0:
-        raise ValueError(f"must be a token budget above 0, got {shown(value)}")
+        raise ValueError(f"must be greater than 0, got {shown(value)} (a token budget)")
     return at_most(MAX_TOKENS, "a trillion tokens")(value)
 
 

@@ -9,48 +9,44 @@ from pathlib import Path
 import torch
 
 from hybridlab.core.atomic import atomic_directory
-from hybridlab.core.paths import demo_teacher_dir
-from hybridlab.families import family_for, supported_architectures
+from hybridlab.families import supported_architectures
+from hybridlab.model.checks import DEMO_NAME, check_weights, describe_config, read_config, resolve_model_dir
 
-DEMO_NAME = "demo"
-
-
-def resolve_model_dir(ref: str | os.PathLike) -> Path:
-    if str(ref) == DEMO_NAME:
-        path = demo_teacher_dir()
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(
-                f"the bundled demo teacher is missing at {path}; reinstall hybridlab from a full clone"
-            )
-        return path
-    path = Path(ref).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model directory {path} does not exist; pass 'demo' or a local Hugging Face model directory"
-        )
-    if not path.is_dir() or not (path / "config.json").exists():
-        raise ValueError(
-            f"{path} is not a Hugging Face model directory (no config.json); pass 'demo' or a folder written by save_pretrained"
-        )
-    return path
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def load_model(ref: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
-    """(model in eval mode, tokenizer or None). Checks the family before loading weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def torch_dtype(name: str) -> torch.dtype | None:
+    """A dtype option's torch dtype; None for "auto" (the checkpoint's own)."""
+    return None if name == "auto" else getattr(torch, name)
+
+
+def load_model(
+    ref: str | os.PathLike,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    allow_pickle_weights: bool = False,
+):
+    """(model in eval mode, tokenizer or None). Checks the config, the family and its layer types,
+    and the weight files' headers (hybridlab.model.checks) before loading weights; pickle `.bin`
+    weights only with `allow_pickle_weights`."""
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_dir(ref)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    family_for(config)  # an unsupported family fails here, before the weights are read
-    model = AutoModelForCausalLM.from_pretrained(
-        path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
-    )
+    describe_config(read_config(path, trust_remote_code))  # an unsupported family fails here
+    check_weights(path, allow_pickle_weights)  # truncated or garbage files fail here, not inside transformers
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype or "auto")
     model.eval()
+    return model, load_tokenizer(path, trust_remote_code)
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The folder's tokenizer, or None when it has none."""
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError):
-        tokenizer = None
-    return model, tokenizer
+        return None
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:

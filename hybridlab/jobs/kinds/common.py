@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlab.compression.layer_importance import LAYER_METRICS
-from hybridlab.core.settings import positive, setting
+from hybridlab.core.errors import shown
+from hybridlab.core.paths import DEMO_CALIB
+from hybridlab.core.settings import batch_count, sample_count, sequence_length, setting
 from hybridlab.jobs.specs import artifact_name, model_ref
+from hybridlab.model.loading import DTYPES
 from hybridlab.store.lookups import importance_scores_dir
 
 # The library's layer metrics as options; "none" asks for no layer scores (the library's None).
@@ -22,8 +25,20 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def device_name(value: str) -> str:
+    """auto, cpu, cuda or cuda:N; a CUDA device must exist here (jobs run on this machine's workers)."""
     if not _DEVICE.fullmatch(value):
-        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {shown(value)}")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"{value!r} asked for, but torch sees no CUDA device here; use cpu or auto")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{value!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     return value
 
 
@@ -35,6 +50,11 @@ def data_source(value: str) -> str:
     if not path.exists():
         raise ValueError(f"{value!r} does not exist; pass 'demo' or the path of your data")
     return str(path.resolve())
+
+
+def run_id_or_folder(text: str) -> int | str:
+    """Command-line text for an importance run id or a scores folder: digits are a run id."""
+    return int(text) if text.strip().isdigit() else text
 
 
 def absolute_path(value: str) -> str:
@@ -65,6 +85,12 @@ class JobOptions:
         None, check=artifact_name, cli=False, help="artifact name under the workspace (default: <kind>-<job id>)"
     )
     trust_remote_code: bool = setting(False, help="allow custom modeling code from the model folder")
+    dtype: str = setting(
+        "auto", choices=DTYPES, help="load models in this dtype; auto keeps each checkpoint's own (bf16 stays bf16)"
+    )
+    allow_pickle_weights: bool = setting(
+        False, help="read pickle-based pytorch_model.bin weights, which can run code when read (off: safetensors only)"
+    )
 
 
 @dataclass
@@ -77,16 +103,16 @@ class Calibration:
         help="calibration data: 'demo', a .npy token array, text files, .jsonl or .parquet "
         "(default: the demo's for the demo model)",
     )
-    samples: int = setting(64, check=positive, help="calibration sequences (the paper used 1024)")
-    seq_len: int = setting(256, check=positive, help="tokens per calibration sequence")
-    batch_size: int = setting(8, check=positive)
+    samples: int = setting(64, check=sample_count, help="calibration sequences (the paper used 1024)")
+    seq_len: int = setting(256, check=sequence_length, help="tokens per calibration sequence")
+    batch_size: int = setting(8, check=batch_count)
     layer_metric: str = setting(
         "kl",
         choices=LAYER_METRIC_OPTIONS,
         help="layer score: drop-one-layer KL (the paper), loss increase, block cosine, or none",
     )
     layer_samples: int = setting(
-        16, check=positive, help="sequences for the drop-one-layer passes (one forward per layer each)"
+        16, check=sample_count, help="sequences for the drop-one-layer passes (one forward per layer each)"
     )
 
 
@@ -101,8 +127,74 @@ def scores_dir(importance: int | str, store) -> Path:
         return importance_scores_dir(store, importance)
     path = Path(importance).expanduser().resolve()
     if not (path / "scores.json").is_file():
-        raise ValueError(f"{importance!r} holds no importance scores; pass an importance run id or a scores folder")
+        raise ValueError(
+            f"{shown(importance)} holds no importance scores; pass an importance run id or a scores folder"
+        )
     return path
+
+
+# ---- checks before any work: from configs, file headers and token files alone --------------------
+
+
+def check_model_input(spec: dict, key: str = "model"):
+    """The ModelDescription of the spec's model `key`, checked from its config and weight headers
+    (hybridlab.model.checks); None for a "job:N" model, which is checked when it exists."""
+    from hybridlab.model.checks import check_model
+    from hybridlab.store.job_parents import parse_job_ref
+
+    ref = spec.get(key)
+    if ref is None or parse_job_ref(ref) is not None:
+        return None
+    return check_model(ref, spec.get("trust_remote_code", False), spec.get("allow_pickle_weights", False))
+
+
+def check_token_input(
+    source: str | None,
+    description=None,
+    *,
+    demo_file: str = DEMO_CALIB,
+    label: str = "tokens",
+    min_tokens: int = 0,
+    row_len: int = 0,
+) -> None:
+    """A token source (a .npy array, text files, "demo") checked against the model `description`
+    (its vocabulary) without loading it: dtype, shape, emptiness, id range, and for a .npy file
+    at least `min_tokens` tokens in all and rows of at least `row_len` (a 2-D array)."""
+    import numpy as np
+
+    from hybridlab.core.errors import UserError
+    from hybridlab.data.calibration import check_tokens, token_path
+
+    if source is None:
+        return
+    vocab = description.widths.vocab_size if description is not None else None
+    check_tokens(source, vocab, demo_file)
+    path = token_path(source, demo_file)
+    if path.suffix != ".npy" or not (min_tokens or row_len):
+        return
+    shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    if len(shape) == 2 and row_len and shape[1] < row_len:
+        raise UserError(f"{label} {path} has rows of {shape[1]} tokens, fewer than seq_len {row_len}; lower seq_len")
+    if int(np.prod(shape)) < min_tokens:
+        raise UserError(
+            f"{label} {path} holds {int(np.prod(shape)):,} tokens, fewer than the {min_tokens:,} needed for one "
+            "window; pass more tokens or lower seq_len"
+        )
+
+
+def check_calibration(spec: dict, description) -> None:
+    """A Calibration spec's data and seq_len against the model (importance, and prune scoring now)."""
+    check_seq_len(description, spec["seq_len"])
+    source = spec["calib"] or ("demo" if spec["model"] == "demo" else None)
+    check_token_input(source, description, label="'calib'", min_tokens=spec["seq_len"], row_len=spec["seq_len"])
+
+
+def check_seq_len(description, seq_len: int, label: str = "'seq_len'") -> None:
+    """seq_len within the model's max_position_embeddings (where its config names one)."""
+    from hybridlab.model.checks import check_seq_len as check
+
+    if description is not None:
+        check(description.config, seq_len, label)
 
 
 def run_name(spec: dict, ctx, prefix: str) -> str:
@@ -119,11 +211,16 @@ def device(name: str):
     return torch.device(name)
 
 
-def load(ref: str, spec: dict, dtype=None):
-    """(model on the spec's device, tokenizer or None)."""
-    from hybridlab.model.loading import load_model
+def load(ref: str, spec: dict):
+    """(model on the spec's device in the spec's dtype, tokenizer or None)."""
+    from hybridlab.model.loading import load_model, torch_dtype
 
-    model, tokenizer = load_model(ref, trust_remote_code=spec.get("trust_remote_code", False), dtype=dtype)
+    model, tokenizer = load_model(
+        ref,
+        trust_remote_code=spec.get("trust_remote_code", False),
+        dtype=torch_dtype(spec.get("dtype", "auto")),
+        allow_pickle_weights=spec.get("allow_pickle_weights", False),
+    )
     return model.to(device(spec.get("device", "cpu"))), tokenizer
 
 

@@ -5,8 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybridlab.core.paths import DEMO_VAL
-from hybridlab.core.settings import comma_list, parse_token_count, positive, setting
-from hybridlab.jobs.kinds.common import JobOptions, ModelInput, demo_tokens_or, load, run_name
+from hybridlab.core.settings import (
+    batch_count,
+    comma_list,
+    parse_token_count,
+    positive,
+    sequence_length,
+    setting,
+    token_budget,
+)
+from hybridlab.jobs.kinds.common import (
+    JobOptions,
+    ModelInput,
+    check_model_input,
+    check_seq_len,
+    check_token_input,
+    demo_tokens_or,
+    load,
+    run_name,
+)
 from hybridlab.jobs.registry import JobKind, spec_fields
 from hybridlab.jobs.specs import existing_dir, existing_file
 
@@ -25,10 +42,10 @@ class EvalSettings:
         check=existing_file,
         help="1-D uint16 .npy of held-out tokens (default: the demo's for the demo model)",
     )
-    seq_len: int = setting(256, check=positive, help="window length for val_loss")
-    batch_size: int = setting(8, check=positive)
+    seq_len: int = setting(256, check=sequence_length, help="window length for val_loss")
+    batch_size: int = setting(8, check=batch_count)
     max_tokens: int | None = setting(
-        None, check=positive, parse=parse_token_count, help="cap on tokens scored by val_loss, e.g. 2e5"
+        None, check=token_budget, parse=parse_token_count, help="cap on tokens scored by val_loss, e.g. 2e5"
     )
     limit: float | None = setting(None, check=positive, help="items per lm-eval task (a fraction if < 1)")
     include_path: str | None = setting(None, check=existing_dir, help="folder of extra lm-eval task YAML files")
@@ -44,10 +61,21 @@ def _check(spec: dict, store) -> None:
         raise ValueError(
             f"'val_tokens' is required for {', '.join(needs_tokens)} on models other than 'demo': a .npy token file"
         )
+    if spec["max_tokens"] is not None and spec["max_tokens"] < spec["seq_len"]:
+        raise ValueError(
+            f"'max_tokens' {spec['max_tokens']:,} is less than one window of 'seq_len' {spec['seq_len']:,}; "
+            "raise max_tokens or lower seq_len"
+        )
+    description = check_model_input(spec)
+    check_seq_len(description, spec["seq_len"])
+    if needs_tokens:
+        val = spec["val_tokens"] or ("demo" if spec["model"] == "demo" else None)
+        window = spec["seq_len"] + 1 if "val_loss" in spec["tasks"] else 0
+        check_token_input(val, description, demo_file=DEMO_VAL, label="'val_tokens'", min_tokens=window)
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab.data.tokens import load_tokens
+    from hybridlab.data.calibration import load_token_array
     from hybridlab.measure.evaluate import evaluate
 
     name = run_name(spec, ctx, "eval")
@@ -60,7 +88,7 @@ def run(spec: dict, ctx) -> dict:
         model,
         tokenizer,
         spec["tasks"],
-        val_tokens=load_tokens(val_path) if val_path else None,
+        val_tokens=load_token_array(val_path, vocab_size=model.config.vocab_size).reshape(-1) if val_path else None,
         seq_len=spec["seq_len"],
         batch_size=spec["batch_size"],
         max_tokens=spec["max_tokens"],

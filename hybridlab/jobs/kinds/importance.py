@@ -10,16 +10,19 @@ from hybridlab.jobs.kinds.common import (
     Calibration,
     JobOptions,
     ModelInput,
+    check_calibration,
+    check_model_input,
     layer_metric_arg,
-    load,
     run_name,
 )
+from hybridlab.jobs.kinds.source_model import Streaming, calibration_sizes, open_source
 from hybridlab.jobs.registry import JobKind, spec_fields
 
 
 def _check(spec: dict, store) -> None:
     if spec["calib"] is None and spec["model"] != "demo":
         raise ValueError("'calib' is required for models other than 'demo': a .npy token array or text files")
+    check_calibration(spec, check_model_input(spec))
 
 
 def run(spec: dict, ctx) -> dict:
@@ -29,10 +32,12 @@ def run(spec: dict, ctx) -> dict:
     name = run_name(spec, ctx, "importance")
     run_id = ctx.start_run("importance_runs", name, spec["model"], spec)
     ctx.progress(0.0, "loading model")
-    model, tokenizer = load(spec["model"], spec)
+    source = open_source(spec, "importance", ctx, **calibration_sizes(spec))
+    model, tokenizer = source.model, source.tokenizer
     ctx.register_model(spec["model"], model.config)
-    source = spec["calib"] or "demo"
-    rows = load_calibration(source, tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
+    rows = load_calibration(
+        spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"], model.config.vocab_size
+    )
     batches = batched(rows, spec["batch_size"])
     ctx.progress(0.02, "scoring")
     scores = estimate_importance(
@@ -41,6 +46,7 @@ def run(spec: dict, ctx) -> dict:
         layer_metric=layer_metric_arg(spec["layer_metric"]),
         progress=ctx.sub_progress(0.02, 0.97),
         layer_samples=spec["layer_samples"],
+        description=source.description,
     )
     out = scores.save(ctx.artifact_path("importance", name))  # atomic: temp folder, then rename
     least = {m: scores.layers[m].argsort().tolist()[:5] for m in scores.layers}
@@ -59,7 +65,7 @@ def run(spec: dict, ctx) -> dict:
 KIND = JobKind(
     name="importance",
     doc="activation importance of every prunable unit, plus layer importance",
-    fields=spec_fields(ModelInput, Calibration, JobOptions),
+    fields=spec_fields(ModelInput, Calibration, Streaming, JobOptions),
     handler=run,
     check=_check,
 )

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybridlab.core.settings import setting
+from hybridlab.core.settings import seed_value, setting
 from hybridlab.jobs.kinds.common import (
     Calibration,
     JobOptions,
     ModelInput,
+    check_calibration,
     layer_metric_arg,
-    load,
+    run_id_or_folder,
     run_name,
     scores_dir,
 )
+from hybridlab.jobs.kinds.source_model import Streaming, calibration_sizes, open_source
 from hybridlab.jobs.registry import JobKind, spec_fields
 
 DEPTH_KEYS = ("num_layers", "drop_layers")
@@ -36,13 +38,14 @@ class PruneOptions:
     importance: int | str | None = setting(
         None,
         flag="--scores",
+        parse=run_id_or_folder,
         help="an importance run id, or a folder of saved ImportanceScores (default: score the model now)",
     )
     ranking: str = setting("importance", choices=("importance", "random"))
     mamba_ranking: str = setting(
         "group", choices=("group", "global"), help="rank Mamba heads within groups (the paper) or globally (ablation)"
     )
-    seed: int = setting(0)
+    seed: int = setting(0, check=seed_value)
 
 
 def strategy(spec: dict) -> str:
@@ -51,74 +54,87 @@ def strategy(spec: dict) -> str:
     return "mixed" if depth and width else "depth" if depth else "width"
 
 
-def check_architecture(model: str, spec: dict, trust_remote_code: bool = False) -> None:
-    """ValueError unless PruneSpec `spec` is a possible target for `model`; reads only its config."""
-    from transformers import AutoConfig
-
-    from hybridlab.families import describe
-    from hybridlab.model.loading import resolve_model_dir
+def check_architecture(model: str, spec: dict, trust_remote_code: bool = False, allow_pickle_weights: bool = False):
+    """ValueError unless PruneSpec `spec` is a possible target for `model`; reads only its config
+    and weight headers (hybridlab.model.checks). Returns the model's description."""
+    from hybridlab.model.checks import check_model
     from hybridlab.model.sizes import planned_widths
     from hybridlab.model.spec import PruneSpec, resolve
 
-    prune_spec = PruneSpec.from_dict(spec)  # unknown keys -> ValueError
+    prune_spec = PruneSpec.from_dict(spec)  # unknown keys, non-integer sizes -> ValueError
     if prune_spec.is_empty():
         raise ValueError("'spec' keeps every size; give at least one target, e.g. {'mamba_num_heads': 4}")
-    config = AutoConfig.from_pretrained(resolve_model_dir(model), trust_remote_code=trust_remote_code)
-    description = describe(config)
+    description = check_model(model, trust_remote_code, allow_pickle_weights)
     planned_widths(description, prune_spec)  # an impossible spec fails here, before anything is queued
     resolve(prune_spec, description.widths)
+    return description
 
 
 def _check(spec: dict, store) -> None:
-    check_architecture(spec["model"], spec["spec"], spec["trust_remote_code"])
+    from hybridlab.compression.scores_fit import check_scores_fit, load_scores
+
+    description = check_architecture(
+        spec["model"], spec["spec"], spec["trust_remote_code"], spec["allow_pickle_weights"]
+    )
     importance = spec["importance"]
     if importance is None and spec["ranking"] == "importance" and spec["calib"] is None and spec["model"] != "demo":
         raise ValueError(
             "ranking by importance needs 'importance' (an importance run id or scores folder) "
             "or 'calib' data to score the model now"
         )
+    folder = None
     if isinstance(importance, str):
-        spec["importance"] = str(scores_dir(importance, store))  # checked and made absolute
+        folder = scores_dir(importance, store)
+        spec["importance"] = str(folder)  # checked and made absolute
     elif importance is not None and store is not None:
-        scores_dir(importance, store)
+        folder = scores_dir(importance, store)
+    if folder is not None:  # scores of a model with other widths would fail mid-prune
+        check_scores_fit(load_scores(folder), description, folder)
+    elif spec["ranking"] == "importance":
+        check_calibration(spec, description)
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab import ImportanceScores, PruneSpec, prune, save_model
-    from hybridlab.families import describe
+    from transformers import AutoConfig
+
+    from hybridlab import PruneSpec, prune, save_model
+    from hybridlab.compression.prune import prune_checkpoint
+    from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.model.sizes import estimate_sizes
 
     name = run_name(spec, ctx, "candidate")
     # A candidate's spec is its architecture (PruneSpec keys); how it was made goes in its result.
     run_id = ctx.start_run("candidates", name, spec["model"], spec["spec"])
     ctx.progress(0.0, "loading model")
-    model, tokenizer = load(spec["model"], spec)
+    scoring = spec["importance"] is None and spec["ranking"] == "importance"
+    source = open_source(
+        spec, "prune", ctx, **(calibration_sizes(spec) if scoring else {"tokens": 0, "batch_tokens": 0})
+    )
+    model, tokenizer, description = source.model, source.tokenizer, source.description  # described once
     ctx.register_model(spec["model"], model.config)
-    description = describe(model)  # resolved once for pruning and both size estimates
     if spec["importance"] is not None:
-        scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store))
+        scores = load_scores(scores_dir(spec["importance"], ctx.store))
+        check_scores_fit(scores, description, spec["importance"])
     elif spec["ranking"] == "importance":
         scores = _score_now(model, tokenizer, spec, ctx.sub_progress(0.05, 0.6))
     else:
         scores = None
     prune_spec = PruneSpec.from_dict(spec["spec"])
     ctx.progress(0.6, "pruning")
-    pruned = prune(
-        model,
-        prune_spec,
-        scores,
-        ranking=spec["ranking"],
-        mamba_ranking=spec["mamba_ranking"],
-        layer_metric=spec["layer_metric"],
-        seed=spec["seed"],
-        description=description,
-    )
-    ctx.progress(0.8, "saving")
-    out = save_model(pruned, tokenizer, ctx.artifact_path("candidates", name), overwrite=True)
-    ctx.register_model(str(out), pruned.config)
+    ranks = dict(ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"], layer_metric=spec["layer_metric"])
+    out = ctx.artifact_path("candidates", name)
+    if source.streamed:  # layer by layer, written shard by shard
+        progress = ctx.sub_progress(0.6, 0.95)
+        prune_checkpoint(model, prune_spec, out, scores, **ranks, seed=spec["seed"], progress=progress, overwrite=True)
+        new_config = AutoConfig.from_pretrained(out)
+    else:
+        pruned = prune(model, prune_spec, scores, **ranks, seed=spec["seed"], description=description)
+        ctx.progress(0.8, "saving")
+        save_model(pruned, tokenizer, out, overwrite=True)
+        new_config = pruned.config
+    ctx.register_model(str(out), new_config)
     parent, planned = estimate_sizes(description), estimate_sizes(description, prune_spec)
-    params = sum(p.numel() for p in pruned.parameters())
-    parent_params = sum(p.numel() for p in model.parameters())
+    params, parent_params = planned.params, parent.params  # exact (tested against transformers' builds)
     result = {
         "strategy": strategy(spec["spec"]),
         "params": params,
@@ -126,7 +142,7 @@ def run(spec: dict, ctx) -> dict:
         "flops_per_token": planned.flops_per_token,
         "flops_ratio": planned.flops_per_token / parent.flops_per_token,
         "state_bytes": planned.state_bytes,
-        "num_layers": int(pruned.config.num_hidden_layers),
+        "num_layers": int(new_config.num_hidden_layers),
         "parent_params": parent_params,
         "parent_num_layers": _layer_count(model.config),
         "model_path": str(out),
@@ -145,7 +161,8 @@ def _score_now(model, tokenizer, spec: dict, progress):
     from hybridlab import estimate_importance
     from hybridlab.data.calibration import batched, load_calibration
 
-    rows = load_calibration(spec["calib"] or "demo", tokenizer, spec["samples"], spec["seq_len"])  # [N, T]
+    source = spec["calib"] or "demo"
+    rows = load_calibration(source, tokenizer, spec["samples"], spec["seq_len"], model.config.vocab_size)  # [N, T]
     return estimate_importance(
         model,
         batched(rows, spec["batch_size"]),
@@ -162,7 +179,7 @@ def _layer_count(config) -> int:
 KIND = JobKind(
     name="prune",
     doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
-    fields=spec_fields(ModelInput, PruneOptions, Calibration, JobOptions),
+    fields=spec_fields(ModelInput, PruneOptions, Calibration, Streaming, JobOptions),
     handler=run,
     check=_check,
 )

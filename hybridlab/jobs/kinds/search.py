@@ -11,16 +11,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridlab.core.outputs import check_new_folder
 from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL
 from hybridlab.core.settings import setting
 from hybridlab.jobs.kinds.common import (
     JobOptions,
     ModelInput,
     absolute_path,
+    check_model_input,
+    check_seq_len,
+    check_token_input,
     data_source,
     demo_tokens_or,
     existing_path,
     load,
+    run_id_or_folder,
     run_name,
     scores_dir,
 )
@@ -35,6 +40,7 @@ class SearchInputs:
     importance: int | str | None = setting(
         None,
         flag="--scores",
+        parse=run_id_or_folder,
         help="an importance run id or scores folder (default: computed from the calibration data)",
     )
     calib: str | None = setting(
@@ -76,6 +82,8 @@ def _check(spec: dict, store) -> None:
         spec["importance"] = _scores_ref(spec["importance"], store)
     if spec["run_dir"] is not None and (Path(spec["run_dir"]) / "best").exists():
         raise ValueError(f"{spec['run_dir']} already holds a search result; choose another 'run_dir'")
+    if spec["run_dir"] is not None:
+        check_new_folder(spec["run_dir"], "'run_dir'", may_exist=True)
     _check_budget(spec, settings, store)
 
 
@@ -90,25 +98,32 @@ def _scores_ref(importance, store):
 
 def _check_budget(spec: dict, settings, store) -> None:
     """An unreachable budget fails from the config alone (and the scores, when given), before any weights load."""
-    from transformers import AutoConfig
-
-    from hybridlab.compression.importance import ImportanceScores
-    from hybridlab.families import describe
-    from hybridlab.model.loading import resolve_model_dir
+    from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.model.sizes import estimate_sizes
     from hybridlab.search.space import check_reachable, enumerate_candidates, parse_target
 
-    config = AutoConfig.from_pretrained(resolve_model_dir(spec["model"]), trust_remote_code=spec["trust_remote_code"])
-    description = describe(config)
+    description = check_model_input(spec)  # config, family, layer types and weight headers
+    check_seq_len(description, settings.seq_len)
     target = parse_target(settings.target_params, estimate_sizes(description).params)
     check_reachable(description, target, settings.tolerance, settings.space)
+    demo = spec["model"] == "demo"
+    window = settings.seq_len + 1
+    check_token_input(spec["train_tokens"] or ("demo" if demo else None), description, demo_file=DEMO_TRAIN,
+                      label="'train_tokens'", min_tokens=window)  # fmt: skip
+    check_token_input(spec["val_tokens"] or ("demo" if demo else None), description, demo_file=DEMO_VAL,
+                      label="'val_tokens'", min_tokens=window)  # fmt: skip
+    if spec["importance"] is None:
+        check_token_input(spec["calib"] or "demo", description, label="'calib'", min_tokens=settings.seq_len,
+                          row_len=settings.seq_len)  # fmt: skip
     if spec["importance"] is not None and (isinstance(spec["importance"], str) or store is not None):
-        scores = ImportanceScores.load(scores_dir(spec["importance"], store))
+        folder = scores_dir(spec["importance"], store)
+        scores = load_scores(folder)
+        check_scores_fit(scores, description, folder)
         enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
 
 
 def run(spec: dict, ctx) -> dict:
-    from hybridlab.compression.importance import ImportanceScores
+    from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.data.calibration import batched, load_calibration, load_token_array
     from hybridlab.model.loading import save_model
     from hybridlab.search.run import search
@@ -118,12 +133,14 @@ def run(spec: dict, ctx) -> dict:
     model, tokenizer = load(spec["model"], spec)
     ctx.register_model(spec["model"], model.config)
     scores, calib = None, None
+    vocab = int(model.config.vocab_size)
     if spec["importance"] is not None:
-        scores = ImportanceScores.load(scores_dir(spec["importance"], ctx.store))
+        scores = load_scores(scores_dir(spec["importance"], ctx.store))
+        check_scores_fit(scores, model, spec["importance"])
     else:
-        calib = batched(load_calibration(spec["calib"] or "demo", tokenizer, 64, spec["seq_len"]), 8)
-    train = load_token_array(demo_tokens_or(spec["train_tokens"], spec["model"], DEMO_TRAIN)).reshape(-1)
-    val = load_token_array(demo_tokens_or(spec["val_tokens"], spec["model"], DEMO_VAL)).reshape(-1)
+        calib = batched(load_calibration(spec["calib"] or "demo", tokenizer, 64, spec["seq_len"], vocab), 8)
+    train = load_token_array(demo_tokens_or(spec["train_tokens"], spec["model"], DEMO_TRAIN), None, vocab).reshape(-1)
+    val = load_token_array(demo_tokens_or(spec["val_tokens"], spec["model"], DEMO_VAL), None, vocab).reshape(-1)
     out_dir = Path(spec["run_dir"]) if spec["run_dir"] is not None else ctx.checkpoint_dir
     outcome = search(
         model,
