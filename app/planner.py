@@ -29,7 +29,11 @@ class Axis:
 
 
 def axes(widths: Widths) -> list[Axis]:
-    """One control per prunable axis that this model has."""
+    """One control per prunable axis that this model has (not those its family derives from others)."""
+    return [a for a in _all_axes(widths) if a.key not in widths.derived_axes]
+
+
+def _all_axes(widths: Widths) -> list[Axis]:
     found = [Axis("hidden_size", "hidden size", widths.hidden_size, *_step(widths.hidden_size))]
     if widths.has(MLP):
         found.append(Axis("ffn_hidden_size", "FFN neurons", widths.ffn_hidden_size, *_step(widths.ffn_hidden_size)))

@@ -316,7 +316,19 @@ class _Statistics:
         self.batch, self.mask[0] = index, mask
 
     def _add_hidden(self, module, args, output) -> None:  # output [B, T, hidden]: a norm feeding a consumer
-        value = sequence_mean_magnitude(output, self.mask[0])
+        self._add_hidden_value(sequence_mean_magnitude(output, self.mask[0]))
+
+    def _add_hidden_copies(self, copies: int):
+        """For a norm over `copies` hidden-wide inputs side by side ([B, T, copies * hidden], e.g. Zamba2's
+        [stream | embeddings]): channel c is at c, hidden + c, ...; its score sums them."""
+
+        def hook(module, args, output):
+            value = sequence_mean_magnitude(output, self.mask[0])  # [B, copies * hidden]
+            self._add_hidden_value(value.view(len(value), copies, -1).sum(1))
+
+        return hook
+
+    def _add_hidden_value(self, value: torch.Tensor) -> None:  # [B, hidden]
         current = self.hidden_sums[self.batch]
         self.hidden_sums[self.batch] = value if current is None else current + value
 
@@ -326,12 +338,16 @@ class _Statistics:
     def hook_layer(self, layer) -> list:
         """Hooks on one layer: each distinct pre-norm (hidden channels), the block (cosine), and
         the activation that scores each of its mixers' units."""
-        handles = [norm.register_forward_hook(self._add_hidden) for norm in layer.norms]
+        handles = [
+            norm.register_forward_hook(self._add_hidden if copies == 1 else self._add_hidden_copies(copies))
+            for norm, copies in layer.normed_inputs
+        ]
         handles.append(
             layer.block.register_forward_hook(block_cosine_hook(self.cosine, layer.index, self.mask), with_kwargs=True)
         )
-        for sub in layer.sublayers:
-            handles.append(self._hook_mixer(sub.kind, sub.parts, layer.index))
+        widths = self.description.widths
+        for sub in layer.sublayers:  # a shared block's uses add to the scores of its first use
+            handles.append(self._hook_mixer(sub.kind, sub.parts, widths.score_layer(layer.index, sub.kind)))
         return handles
 
     def _hook_mixer(self, kind: str, parts, index: int):

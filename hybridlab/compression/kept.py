@@ -92,7 +92,7 @@ def kept_units(
 
     dropped = choose_dropped_layers(spec, description, scores, layer_metric, rank)
     kept_layers = [i for i in range(old.num_layers) if i not in set(dropped)]
-    new = resolve(spec, old, kept_kinds=tuple(old.layer_kinds[i] for i in kept_layers))
+    new = description.derive(resolve(spec, old, kept_kinds=tuple(old.layer_kinds[i] for i in kept_layers)))
     description.check(new)
 
     # The random control draws from one generator in this order (hidden, then layer by layer):
@@ -100,16 +100,25 @@ def kept_units(
     real = scores or _uniform_scores(old)
     hidden = top_k(rank(real.hidden), new.hidden_size)
     by_layer: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in LAYER_AXES}
+    chosen: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (kind, scored layer) -> {axis: units}
     for index in kept_layers:
         for kind in mixers_of(old.layer_kinds[index]):  # a layer holds at most one mixer of each kind
-            if kind == MLP:
-                by_layer[FFN_NEURON][index] = top_k(rank(real.ffn[index]), new.ffn_hidden_size)
-            elif kind == ATTENTION:
-                by_layer[ATTENTION_HEAD][index] = _attention_heads(rank(real.attention[index]), old, new)
-            else:
-                heads, channels = _mamba_units(real, index, old, new, rank, mamba_ranking)
-                by_layer[MAMBA_HEAD][index], by_layer[MAMBA_CHANNEL][index] = heads, channels
+            scored = old.score_layer(index, kind)  # every use of a shared block keeps the block's units
+            if (kind, scored) not in chosen:
+                chosen[kind, scored] = _units(kind, real, scored, old, new, rank, mamba_ranking)
+            for axis, units in chosen[kind, scored].items():
+                by_layer[axis][index] = units
     return KeptUnits(old, new, tuple(dropped), hidden, by_layer)
+
+
+def _units(kind: str, scores, layer: int, old: Widths, new: Widths, rank, mamba_ranking: str) -> dict:
+    """{axis: kept indices} of one mixer, from its scores at `layer`."""
+    if kind == MLP:
+        return {FFN_NEURON: top_k(rank(scores.ffn[layer]), new.ffn_hidden_size)}
+    if kind == ATTENTION:
+        return {ATTENTION_HEAD: _attention_heads(rank(scores.attention[layer]), old, new)}
+    heads, channels = _mamba_units(scores, layer, old, new, rank, mamba_ranking)
+    return {MAMBA_HEAD: heads, MAMBA_CHANNEL: channels}
 
 
 def _attention_heads(scores: torch.Tensor, old: Widths, new: Widths) -> torch.Tensor:
@@ -231,7 +240,7 @@ def _needs_ranking(spec: PruneSpec, widths: Widths) -> bool:
 def _uniform_scores(widths: Widths) -> ImportanceScores:
     """Flat scores for random ranking without importance (ties are broken by the noise)."""
     ones = lambda n: torch.ones(n)
-    of_kind = lambda kind: [i for i, k in enumerate(widths.layer_kinds) if kind in mixers_of(k)]
+    of_kind = lambda kind: sorted({widths.score_layer(i, kind) for i in widths.uses(kind)})
     return ImportanceScores(
         family="",
         layer_kinds=widths.layer_kinds,

@@ -148,17 +148,25 @@ def _prune_ends(put, new_parts, old_parts, hidden) -> None:
 
 def _prune_layer(put, new_layer, old_layer, kept: KeptUnits, layout: MambaLayout) -> None:
     """One kept layer: its pre-norms and each of its mixers, sliced by the kept units of `old_layer.index`."""
-    hidden, index = kept.hidden, old_layer.index
-    for new_norm, old_norm in zip(new_layer.norms, old_layer.norms):
-        put(new_norm.weight, old_norm.weight[hidden])
+    hidden, index, old = kept.hidden, old_layer.index, kept.old
+    for (new_norm, copies), (old_norm, _) in zip(new_layer.normed_inputs, old_layer.normed_inputs):
+        put(new_norm.weight, old_norm.weight[_copies(hidden, copies, old.hidden_size)])
     for dst, src in zip(new_layer.sublayers, old_layer.sublayers):
         if src.kind == MLP:
             _slice_mlp(put, dst.parts, src.parts, kept.units(FFN_NEURON, index), hidden)
         elif src.kind == ATTENTION:
-            _slice_attention(put, dst.parts, src.parts, kept.units(ATTENTION_HEAD, index), kept.old, hidden)
+            inputs = _copies(hidden, src.input_copies, old.hidden_size)  # q, k, v read the copies side by side
+            _slice_attention(put, dst.parts, src.parts, kept.units(ATTENTION_HEAD, index), old, inputs, hidden)
         else:
             heads, head_channels = kept.units(MAMBA_HEAD, index), kept.units(MAMBA_CHANNEL, index)
             _slice_mamba(put, dst.parts, src.parts, layout, heads, head_channels, hidden)
+    for dst, src in zip(new_layer.hidden_projections, old_layer.hidden_projections):
+        _slice_linear(put, dst, src, rows=hidden, cols=hidden)
+
+
+def _copies(hidden: torch.Tensor, copies: int, width: int) -> torch.Tensor:
+    """[copies * hidden'] indices of the kept channels in each of `copies` hidden-wide inputs side by side."""
+    return torch.cat([hidden + i * width for i in range(copies)])
 
 
 def _slice_mlp(put, dst, src, neurons: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -168,19 +176,29 @@ def _slice_mlp(put, dst, src, neurons: torch.Tensor, hidden: torch.Tensor) -> No
             _slice_linear(put, getattr(dst, name), getattr(src, name), rows=neurons, cols=hidden)
     if src.gate_up_proj is not None:  # rows [gate | up], F each
         width = src.down_proj.weight.shape[1]
-        _slice_linear(put, dst.gate_up_proj, src.gate_up_proj, rows=torch.cat([neurons, width + neurons]), cols=hidden)
+        rows = torch.cat([neurons, width + neurons])
+        _slice_linear(put, dst.gate_up_proj, src.gate_up_proj, rows=rows, cols=hidden)
+        _slice_adapter(put, dst.gate_up_adapter, src.gate_up_adapter, rows=rows, cols=hidden)
     _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
 
 
-def _slice_attention(put, dst, src, heads: torch.Tensor, old, hidden: torch.Tensor) -> None:
+def _slice_attention(put, dst, src, heads: torch.Tensor, old, inputs: torch.Tensor, hidden: torch.Tensor) -> None:
     """Keep query heads [heads']. With GQA every KV group keeps some heads, so K and V stay whole;
-    with MHA (one KV head per query head) each kept head keeps its own K and V rows."""
+    with MHA (one KV head per query head) each kept head keeps its own K and V rows. `inputs` are the
+    kept columns of q, k and v (the hidden channels, in each copy of the input)."""
     channels = _head_channels(heads, old.attention_head_dim)  # [heads' * d]
     kv_rows = channels if old.is_multi_head else None
-    _slice_linear(put, dst.q_proj, src.q_proj, rows=channels, cols=hidden)
-    _slice_linear(put, dst.k_proj, src.k_proj, rows=kv_rows, cols=hidden)
-    _slice_linear(put, dst.v_proj, src.v_proj, rows=kv_rows, cols=hidden)
+    for name, rows in (("q", channels), ("k", kv_rows), ("v", kv_rows)):
+        _slice_linear(put, getattr(dst, f"{name}_proj"), getattr(src, f"{name}_proj"), rows=rows, cols=inputs)
+        _slice_adapter(put, getattr(dst, f"{name}_adapter"), getattr(src, f"{name}_adapter"), rows=rows, cols=inputs)
     _slice_linear(put, dst.o_proj, src.o_proj, rows=hidden, cols=channels)
+
+
+def _slice_adapter(put, dst, src, rows, cols) -> None:
+    """An adapter reads what its projection reads (columns) and writes what it writes (rows); its rank stays."""
+    if src is not None:
+        _slice_linear(put, dst.down, src.down, rows=None, cols=cols)
+        _slice_linear(put, dst.up, src.up, rows=rows, cols=None)
 
 
 def _head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:

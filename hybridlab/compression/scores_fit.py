@@ -48,8 +48,9 @@ def check_scores_fit(scores: ImportanceScores, model, source: object = None) -> 
     for table, (kind, shape, what) in expected.items():
         entries = getattr(scores, table)
         for index, kinds in enumerate(widths.layer_kinds):
-            if kind in _mixers(kinds) and index not in entries:
-                raise UserError(f"{where} have no {kind} scores for layer {index}; {FIX}")
+            scored = widths.score_layer(index, kind) if kind in _mixers(kinds) else None  # shared blocks: 1st use
+            if scored is not None and scored not in entries:
+                raise UserError(f"{where} have no {kind} scores for layer {scored}; {FIX}")
         for index, tensor in entries.items():
             if not 0 <= index < widths.num_layers:
                 raise UserError(f"{where} score layer {index}, but this model has layers 0..{widths.num_layers - 1}")

@@ -8,6 +8,7 @@ from hybridlab.families.base import (
     LAYER_KINDS,
     MAMBA,
     MLP,
+    Adapter,
     AttentionParts,
     Family,
     Layer,
@@ -25,6 +26,7 @@ from hybridlab.families.registry import FAMILIES, family_for, supported_architec
 
 __all__ = [
     "ATTENTION",
+    "Adapter",
     "LAYER_KINDS",
     "MAMBA",
     "MLP",

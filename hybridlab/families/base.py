@@ -66,6 +66,21 @@ class Widths:
     biases: frozenset[str] = field(default_factory=frozenset)
     mlp_gated: bool = False  # act(gate(x)) * up(x): three matrices instead of up and down
     mamba_norm: bool = True  # the Mamba mixer has its gated RMSNorm (weight [H*P])
+    # Shared blocks (Zamba2): the mixers of these kinds are not a layer's own; their uses, layer by layer,
+    # cycle through `shared_blocks` blocks of weights (use u runs block u % shared_blocks). A block is
+    # scored over all its uses and pruned once.
+    shared_kinds: frozenset[str] = field(default_factory=frozenset)
+    shared_blocks: int = 0
+    # the attention reads this many hidden-wide inputs side by side (Zamba2: [stream | embeddings]);
+    # its pre-norm and q/k/v columns are that many times the hidden size
+    attention_input_copies: int = 1
+    # per use of a shared block: low-rank adapters (rank r) added to these mixers' input projections, and
+    # a [hidden, hidden] projection of the block's output into the stream
+    adapter_rank: int = 0
+    adapted_kinds: frozenset[str] = field(default_factory=frozenset)
+    shared_output_proj: bool = False
+    # PruneSpec keys the family derives from other widths (see Family.derive): not offered as controls
+    derived_axes: tuple[str, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -75,17 +90,29 @@ class Widths:
     def pattern(self) -> str:
         return "".join(layer_symbol(k) for k in self.layer_kinds)
 
-    @property
-    def num_norms(self) -> int:
-        """Pre-norms over all layers (the final norm not included)."""
-        return sum(len(stages_of(k)) for k in self.layer_kinds)
-
     def count(self, kind: str) -> int:
         """How many mixers of `kind` the model has, over all layers."""
         return sum(mixers_of(k).count(kind) for k in self.layer_kinds)
 
     def has(self, kind: str) -> bool:
         return self.count(kind) > 0
+
+    def uses(self, kind: str) -> list[int]:
+        """The layers holding a mixer of `kind`, in order."""
+        return [i for i, k in enumerate(self.layer_kinds) if kind in mixers_of(k)]
+
+    def blocks(self, kind: str) -> int:
+        """How many distinct weight sets the mixers of `kind` have (one per use unless shared)."""
+        uses = self.count(kind)
+        return min(self.shared_blocks, uses) if kind in self.shared_kinds else uses
+
+    def score_layer(self, layer: int, kind: str) -> int:
+        """The layer whose scores (and kept units) the `kind` mixer of `layer` uses: its own, or for a
+        shared block the block's first use."""
+        if kind not in self.shared_kinds:
+            return layer
+        uses = self.uses(kind)
+        return uses[uses.index(layer) % self.shared_blocks]
 
     @property
     def is_multi_head(self) -> bool:
@@ -110,6 +137,15 @@ class MambaParts:
 
 
 @dataclass
+class Adapter:
+    """A low-rank (LoRA-like) pair whose output is added to a projection's: up(down(x)). It reads what the
+    projection reads and writes what it writes, so it is sliced like the projection's columns and rows."""
+
+    down: nn.Linear  # weight [r, projection input]
+    up: nn.Linear  # weight [projection output, r]
+
+
+@dataclass
 class MLPParts:
     """An MLP of F neurons. Plain: down(act(up(x))). Gated: down(act(gate(x)) * up(x)), with gate and up as
     two matrices or fused into one gate_up_proj whose rows are [gate | up]."""
@@ -118,14 +154,19 @@ class MLPParts:
     up_proj: nn.Linear | None = None  # weight [F, hidden]
     gate_proj: nn.Linear | None = None  # weight [F, hidden]
     gate_up_proj: nn.Linear | None = None  # weight [2F, hidden]: rows [0:F] gate, [F:2F] up
+    gate_up_adapter: Adapter | None = None  # this use's adapter on gate_up_proj (a shared block's)
 
 
 @dataclass
 class AttentionParts:
-    q_proj: nn.Linear  # weight [heads * head_dim, hidden]
-    k_proj: nn.Linear  # weight [kv_heads * head_dim, hidden]
-    v_proj: nn.Linear  # weight [kv_heads * head_dim, hidden]
+    q_proj: nn.Linear  # weight [heads * head_dim, hidden * input copies]
+    k_proj: nn.Linear  # weight [kv_heads * head_dim, hidden * input copies]
+    v_proj: nn.Linear  # weight [kv_heads * head_dim, hidden * input copies]
     o_proj: nn.Linear  # weight [hidden, heads * head_dim]; its input is the per-head output
+    # this use's adapters on q, k and v (a shared block's), else None
+    q_adapter: Adapter | None = None
+    k_adapter: Adapter | None = None
+    v_adapter: Adapter | None = None
 
 
 @dataclass
@@ -133,8 +174,9 @@ class Sublayer:
     """One mixer of a layer and the pre-norm whose output it reads (parallel mixers share one)."""
 
     kind: str  # MAMBA, MLP or ATTENTION
-    norm: nn.Module  # .weight [hidden]
+    norm: nn.Module  # .weight [hidden * input_copies]
     parts: MambaParts | MLPParts | AttentionParts
+    input_copies: int = 1  # hidden-wide inputs read side by side (see Widths.attention_input_copies)
 
 
 def _itself(hidden_states):
@@ -150,6 +192,8 @@ class Layer:
     # what the model's layer loop expects back from a block that leaves its input unchanged
     # (a tensor for most families, a tuple for some): used to run the model without the layer
     skip_output: Callable = _itself
+    # projections [hidden, hidden] of this layer outside its mixers (Zamba2's per-use `linear`)
+    hidden_projections: list[nn.Linear] = field(default_factory=list)
 
     @classmethod
     def single(cls, index: int, kind: str, block: nn.Module, norm: nn.Module, mixer) -> "Layer":
@@ -162,9 +206,14 @@ class Layer:
     @property
     def norms(self) -> list[nn.Module]:
         """The layer's distinct pre-norms, in order."""
-        seen: dict[int, nn.Module] = {}
+        return [norm for norm, _ in self.normed_inputs]
+
+    @property
+    def normed_inputs(self) -> list[tuple[nn.Module, int]]:
+        """(pre-norm, how many hidden-wide inputs it norms side by side) for each distinct pre-norm."""
+        seen: dict[int, tuple[nn.Module, int]] = {}
         for sub in self.sublayers:
-            seen.setdefault(id(sub.norm), sub.norm)
+            seen.setdefault(id(sub.norm), (sub.norm, sub.input_copies))
         return list(seen.values())
 
     @property
@@ -205,7 +254,11 @@ class Family:
     widths: Callable[[object], Widths]  # config -> Widths
     config_with: Callable[[object, Widths], object]  # (config, new widths) -> new config
     parts: Callable[[nn.Module], ModelParts]  # model -> tensor references
-    check: Callable[[Widths], None] = lambda widths: None  # family-specific limits; raise ValueError
+    # family-specific limits on a plan's widths `new`, given the model's `old`; raise ValueError naming the fix
+    check: Callable[[Widths, Widths], None] = lambda new, old: None
+    # the widths a family derives from others (Zamba2: attention heads from the hidden size), filled in
+    # after a spec is resolved; the spec keys it fills are Widths.derived_axes, which planners do not offer
+    derive: Callable[[Widths, Widths], Widths] = lambda old, new: new
     # fills the buffers of a freshly built (pruned) model that follow from its config, not from the
     # original's buffers (e.g. Falcon-H1's per-segment multipliers of in_proj); returns their names
     rebuild_buffers: Callable[[nn.Module], set[str]] = _no_buffers

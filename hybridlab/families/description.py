@@ -50,8 +50,12 @@ class ModelDescription:
         return self
 
     def check(self, new: Widths) -> None:
-        """ValueError when the family cannot build a model with these widths."""
-        self.family.check(new)
+        """ValueError when the family cannot build a model with these widths from this one."""
+        self.family.check(new, self.widths)
+
+    def derive(self, new: Widths) -> Widths:
+        """`new` with the widths the family derives from others filled in (see Family.derive)."""
+        return self.family.derive(self.widths, new)
 
 
 def describe(model_or_config) -> ModelDescription:

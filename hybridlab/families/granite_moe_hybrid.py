@@ -79,7 +79,7 @@ def widths(config) -> Widths:
     )
 
 
-def check(new: Widths) -> None:
+def check(new: Widths, old: Widths) -> None:
     if ATTENTION_LAYER not in new.layer_kinds:
         raise ValueError(
             f"this plan removes every attention layer, but transformers' {ARCHITECTURE} needs at least one to build "

@@ -28,7 +28,7 @@ def widths(config) -> Widths:
     )
 
 
-def check(new: Widths) -> None:
+def check(new: Widths, old: Widths) -> None:
     check_integer_expand(new, "Mamba2ForCausalLM")
 
 

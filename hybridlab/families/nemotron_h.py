@@ -45,7 +45,7 @@ def widths(config) -> Widths:
     )
 
 
-def check(new: Widths) -> None:
+def check(new: Widths, old: Widths) -> None:
     if ATTENTION not in new.layer_kinds:
         raise ValueError(
             "this plan removes every attention layer, but transformers' NemotronHForCausalLM needs at least one "

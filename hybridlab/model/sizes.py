@@ -46,26 +46,57 @@ def mlp_params(w: Widths) -> int:
 def attention_params(w: Widths) -> int:
     q = w.num_attention_heads * w.attention_head_dim
     kv = w.num_key_value_heads * w.attention_head_dim
-    n = w.hidden_size * (q + 2 * kv) + q * w.hidden_size
+    n = w.attention_input_copies * w.hidden_size * (q + 2 * kv) + q * w.hidden_size  # q, k, v read the copies
     return int(n + ("attention" in w.biases and q + 2 * kv + w.hidden_size))
 
 
 MIXER_PARAMS = {MAMBA: mamba_params, MLP: mlp_params, ATTENTION: attention_params}
 
 
+def stage_norm_width(w: Widths, stage: tuple[str, ...]) -> int:
+    """The width of the pre-norm in front of a stage of mixers (the attention's copies side by side)."""
+    return w.hidden_size * (w.attention_input_copies if ATTENTION in stage else 1)
+
+
 def layer_params(w: Widths, layer_kind: str) -> int:
     """Parameters of one layer of `layer_kind` (e.g. "mamba+mlp"): its mixers and its pre-norms."""
-    return sum(MIXER_PARAMS[k](w) for k in mixers_of(layer_kind)) + len(stages_of(layer_kind)) * w.hidden_size
+    mixers = sum(MIXER_PARAMS[k](w) for k in mixers_of(layer_kind))
+    return mixers + sum(stage_norm_width(w, stage) for stage in stages_of(layer_kind))
+
+
+def per_use_params(w: Widths) -> int:
+    """Parameters each use of a shared block adds: its adapters and its output projection."""
+    n, r, h = 0, w.adapter_rank, w.hidden_size
+    if ATTENTION in w.adapted_kinds:  # on q, k, v: down [r, copies*h], up [q or kv width, r]
+        widths_out = (w.num_attention_heads + 2 * w.num_key_value_heads) * w.attention_head_dim
+        n += r * (3 * w.attention_input_copies * h + widths_out)
+    if MLP in w.adapted_kinds:  # on (gate|)up: down [r, h], up [(2)F, r]
+        n += r * (h + (2 if w.mlp_gated else 1) * w.ffn_hidden_size)
+    return n + (w.shared_output_proj and h * h)
+
+
+def shared_uses(w: Widths) -> int:
+    """Layers that use a shared block."""
+    return sum(any(k in w.shared_kinds for k in mixers_of(kind)) for kind in w.layer_kinds)
 
 
 def count_params(w: Widths) -> dict:
+    """Parameters by part. A shared block's mixers and pre-norms count once per block, its per-use
+    adapters and projections once per use."""
+    shared = lambda stage: all(k in w.shared_kinds for k in stage)  # noqa: E731
+    own_stages = [stage for kind in w.layer_kinds for stage in stages_of(kind) if not shared(stage)]
+    shared_stages = {stage for kind in w.layer_kinds for stage in stages_of(kind) if shared(stage)}
+    norms = w.hidden_size + sum(stage_norm_width(w, stage) for stage in own_stages)  # the final norm and the rest
+    norms += sum(w.blocks(stage[0]) * stage_norm_width(w, stage) for stage in shared_stages)
     by_kind = {
         "embeddings": w.vocab_size * w.hidden_size,
         "lm_head": 0 if w.tied_embeddings else w.vocab_size * w.hidden_size,
-        "norms": (w.num_norms + 1) * w.hidden_size,  # every pre-norm and the final norm
+        "norms": norms,
     }
     for kind, count_fn in MIXER_PARAMS.items():
-        by_kind[kind] = w.count(kind) * count_fn(w)
+        by_kind[kind] = w.blocks(kind) * count_fn(w)
+    if w.shared_kinds:
+        by_kind["shared_block_uses"] = shared_uses(w) * per_use_params(w)
     return by_kind
 
 
@@ -75,7 +106,8 @@ def flops_per_token(w: Widths, seq_len: int) -> float:
     state element: decay, input, readout) and the depthwise convolution."""
     matmul_params = w.vocab_size * w.hidden_size  # the lm_head matmul (embedding lookup is free)
     for kind in (MAMBA, MLP, ATTENTION):
-        matmul_params += w.count(kind) * MIXER_PARAMS[kind](w)
+        matmul_params += w.count(kind) * MIXER_PARAMS[kind](w)  # every use of a shared block computes
+    matmul_params += shared_uses(w) * per_use_params(w)
     flops = 2.0 * matmul_params
     context = (seq_len + 1) / 2
     flops += w.count(ATTENTION) * 4.0 * w.num_attention_heads * w.attention_head_dim * context
@@ -129,7 +161,7 @@ def planned_widths(config, spec: PruneSpec | None = None, drop_layers: tuple[int
         kinds = tuple(k for i, k in enumerate(kinds) if i not in set(drop))
     elif spec.num_layers is not None:
         return _planned_depth(description, spec, kept_layer_count(spec, widths))
-    new = resolve(spec, widths, kept_kinds=kinds)
+    new = description.derive(resolve(spec, widths, kept_kinds=kinds))
     description.check(new)
     return new
 
@@ -138,10 +170,10 @@ def _planned_depth(description, spec: PruneSpec, keep: int) -> Widths:
     """Widths for a num_layers target: the evenly spread layers, or, when the family cannot lose
     some of those (e.g. its last attention layer), the nearest pattern it can build."""
     widths = description.widths
-    description.check(resolve(spec, widths))  # a width the family refuses: no pattern can help
+    description.check(description.derive(resolve(spec, widths)))  # a width the family refuses: no pattern helps
     error = None
     for kinds in _patterns_near(widths.layer_kinds, _evenly_spread(len(widths.layer_kinds), keep)):
-        new = resolve(spec, widths, kept_kinds=kinds)
+        new = description.derive(resolve(spec, widths, kept_kinds=kinds))
         try:
             description.check(new)
             return new

@@ -96,7 +96,8 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
     `config` may be a ModelDescription."""
     from hybridlab.model.sizes import proportional_kinds
 
-    widths = describe(config).widths
+    description = describe(config)
+    widths = description.widths
     shrink = lambda value, step: max(min(width_values(value, step, space.max_width_prune)), 1) if value else value
     keep = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
     smallest = widths.with_(
@@ -109,7 +110,7 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
         else widths.num_attention_heads,
         layer_kinds=proportional_kinds(widths.layer_kinds, keep),
     )
-    floor = sizes_of(smallest).params
+    floor = sizes_of(description.derive(smallest)).params  # with what the family derives (e.g. Zamba2's heads)
     if floor > target_params * (1 + tolerance):
         raise ValueError(
             f"the budget of {target_params:,} parameters is below the smallest architecture the bounds allow "
@@ -145,7 +146,7 @@ def enumerate_candidates(
         if widths.has(MAMBA)
         else [None],
         "num_attention_heads": width_values(widths.num_attention_heads, widths.num_key_value_heads, w_prune)
-        if space.prune_attention and widths.has(ATTENTION)
+        if space.prune_attention and widths.has(ATTENTION) and "num_attention_heads" not in widths.derived_axes
         else [None],
     }
     min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))

@@ -53,17 +53,34 @@ def expected_weights(model, pruned, kept) -> dict[str, torch.Tensor]:
     ]
     for new_layer, index in zip(new_parts.layers, kept.kept_layers):
         old_layer = old_parts.layers[index]
-        pairs += [(new.weight, was.weight[hidden]) for new, was in zip(new_layer.norms, old_layer.norms)]
+        for (new, copies), (was, _) in zip(new_layer.normed_inputs, old_layer.normed_inputs):
+            pairs.append((new.weight, _side_by_side(was.weight, copies, hidden)))
         for dst, src in zip(new_layer.sublayers, old_layer.sublayers):
             if src.kind == MLP:
                 pairs += _mlp_pairs(src.parts, dst.parts, kept.units(FFN_NEURON, index), hidden)
             elif src.kind == ATTENTION:
-                pairs += _attention_pairs(src.parts, dst.parts, old, kept.units(ATTENTION_HEAD, index), hidden)
+                heads = kept.units(ATTENTION_HEAD, index)
+                pairs += _attention_pairs(src.parts, dst.parts, old, heads, hidden, src.input_copies)
             else:
                 heads, channels = kept.units(MAMBA_HEAD, index), kept.units(MAMBA_CHANNEL, index)
                 pairs += _mamba_pairs(src.parts, dst.parts, old, heads, channels, hidden)
+        for new, was in zip(new_layer.hidden_projections, old_layer.hidden_projections):
+            pairs.append((new.weight, was.weight[hidden][:, hidden]))
     names = {id(p): name for name, p in pruned.named_parameters()}
     return {names[id(new)]: want for new, want in pairs if id(new) in names}
+
+
+def _side_by_side(t: torch.Tensor, copies: int, hidden: torch.Tensor) -> torch.Tensor:
+    """[..., copies * h] -> [..., copies * h']: the kept channels of each hidden-wide input, input by input."""
+    return torch.cat([part[..., hidden] for part in t.chunk(copies, dim=-1)], dim=-1)
+
+
+def _adapter_pairs(src, dst, rows, cols: torch.Tensor, copies: int = 1) -> list:
+    """An adapter's down reads the projection's (kept) columns; its up writes the projection's (kept) rows."""
+    if src is None:
+        return []
+    up = src.up.weight if rows is None else src.up.weight[rows]
+    return [(dst.down.weight, _side_by_side(src.down.weight, copies, cols)), (dst.up.weight, up)]
 
 
 def _linear_pairs(src, dst, rows, cols) -> list:
@@ -82,6 +99,11 @@ def _mlp_pairs(src, dst, neurons, hidden) -> list:
     if src.gate_up_proj is not None:  # [gate | up] halves, F rows each
         gate, up = src.gate_up_proj.weight.chunk(2)
         pairs.append((dst.gate_up_proj.weight, torch.cat([gate[neurons], up[neurons]])[:, hidden]))
+        if src.gate_up_proj.bias is not None:
+            gate, up = src.gate_up_proj.bias.chunk(2)
+            pairs.append((dst.gate_up_proj.bias, torch.cat([gate[neurons], up[neurons]])))
+        rows = torch.cat([neurons, len(gate) + neurons])
+        pairs += _adapter_pairs(src.gate_up_adapter, dst.gate_up_adapter, rows, hidden)
     return pairs
 
 
@@ -90,13 +112,20 @@ def _rows_of_heads(t: torch.Tensor, heads: torch.Tensor, head_dim: int) -> torch
     return t.reshape(-1, head_dim, *t.shape[1:])[heads].reshape(-1, *t.shape[1:])
 
 
-def _attention_pairs(src, dst, old, heads, hidden) -> list:
+def _attention_pairs(src, dst, old, heads, hidden, copies: int = 1) -> list:
     d = old.attention_head_dim
     rows = lambda t: _rows_of_heads(t, heads, d)
-    pairs = [(dst.q_proj.weight, rows(src.q_proj.weight)[:, hidden])]
-    for name in ("k_proj", "v_proj"):  # GQA: K and V whole; MHA: each kept head's own
-        weight = getattr(src, name).weight
-        pairs.append((getattr(dst, name).weight, (rows(weight) if old.is_multi_head else weight)[:, hidden]))
+    head_rows = (heads[:, None] * d + torch.arange(d)).flatten()
+    pairs = [(dst.q_proj.weight, _side_by_side(rows(src.q_proj.weight), copies, hidden))]
+    pairs += _adapter_pairs(src.q_adapter, dst.q_adapter, head_rows, hidden, copies)
+    for name in ("k", "v"):  # GQA: K and V whole; MHA: each kept head's own
+        weight = getattr(src, f"{name}_proj").weight
+        kv = rows(weight) if old.is_multi_head else weight
+        pairs.append((getattr(dst, f"{name}_proj").weight, _side_by_side(kv, copies, hidden)))
+        kv_rows = head_rows if old.is_multi_head else None
+        pairs += _adapter_pairs(
+            getattr(src, f"{name}_adapter"), getattr(dst, f"{name}_adapter"), kv_rows, hidden, copies
+        )
     pairs.append((dst.o_proj.weight, rows(src.o_proj.weight.T).T[hidden]))
     if src.q_proj.bias is not None:
         pairs.append((dst.q_proj.bias, rows(src.q_proj.bias)))
