@@ -8,8 +8,9 @@ from hybridlab.families.falcon_h1 import FAMILY as FALCON_H1
 from hybridlab.families.granite_moe_hybrid import FAMILY as GRANITE_MOE_HYBRID
 from hybridlab.families.mamba2 import FAMILY as MAMBA2
 from hybridlab.families.nemotron_h import FAMILY as NEMOTRON_H
+from hybridlab.families.zamba2 import FAMILY as ZAMBA2
 
-FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2, BAMBA, GRANITE_MOE_HYBRID, FALCON_H1)
+FAMILIES: tuple[Family, ...] = (NEMOTRON_H, MAMBA2, BAMBA, GRANITE_MOE_HYBRID, FALCON_H1, ZAMBA2)
 
 
 def supported_architectures() -> list[str]:

@@ -88,6 +88,28 @@ TINY = {
         ssm_in_multiplier=1.2,
         ssm_out_multiplier=0.7,
     ),
+    "zamba2": dict(  # two shared blocks over three hybrid layers, with attention adapters
+        model_type="zamba2",
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=6,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"],
+        num_attention_heads=4,
+        n_mamba_heads=8,
+        mamba_ngroups=2,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        chunk_size=16,
+        intermediate_size=96,
+        num_mem_blocks=2,
+        use_shared_attention_adapter=True,
+        adapter_rank=8,
+        time_step_min=1e-9,  # dt is clamped below at this; the independent Mamba scan does not clamp
+        use_mem_rope=True,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
 }
 
 
