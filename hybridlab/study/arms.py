@@ -24,7 +24,7 @@ import torch
 from hybridlab.compression.importance import MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
 from hybridlab.compression.prune import prune
-from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe, mixers_of
+from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe
 from hybridlab.model.sizes import planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
@@ -136,23 +136,26 @@ def shortlist(candidates: list[Candidate], config, target: int, limit: int) -> l
 
 def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpec:
     """Drop the least important layers (lowest score first) until the parameter count is
-    closest to the target. At least one layer stays, and so does the last attention layer:
-    transformers' Nemotron-H cannot build its cache (so cannot generate) without one."""
+    closest to the target. At least one layer stays, and every layer the family cannot lose is
+    passed over (e.g. Nemotron-H's last attention layer: transformers cannot build its cache, so
+    cannot generate, without one; a Zamba2 layer that uses a cycled shared block)."""
     description = describe(config)
-    kinds = description.layer_kinds
-    attention = [i for i, kind in enumerate(kinds) if ATTENTION in mixers_of(kind)]
-    order = [int(i) for i in torch.argsort(layer_scores.float())]
-    if attention:
-        last = max(attention, key=lambda i: float(layer_scores[i]))  # the attention layer that stays
-        order.remove(last)
+    dropped: list[int] = []
     best: tuple[int, PruneSpec] | None = None
-    for count in range(1, min(len(order), len(kinds) - 1) + 1):
-        spec = PruneSpec(drop_layers=tuple(order[:count]))
-        gap = abs(params_of(description, spec) - target)
+    for index in (int(i) for i in torch.argsort(layer_scores.float())):
+        if len(dropped) == description.num_layers - 1:
+            break
+        spec = PruneSpec(drop_layers=tuple([*dropped, index]))
+        try:
+            params = params_of(description, spec)
+        except ValueError:  # the family cannot lose this layer (given those already dropped)
+            continue
+        dropped.append(index)
+        gap = abs(params - target)
         if best is None or gap < best[0]:
             best = (gap, spec)
     if best is None:
-        raise ValueError("depth-only pruning needs a model with at least two layers")
+        raise ValueError("depth-only pruning needs a model with at least two layers it can lose")
     return best[1]
 
 
@@ -161,8 +164,11 @@ def depth_only_spec(config, layer_scores: torch.Tensor, target: int) -> PruneSpe
 
 def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
     """(heads spec, channels spec) removing about `fraction` of the SSM width H*P each way:
-    heads in steps of n_groups, then the head dim that gives the same H*P."""
-    w = describe(config).widths
+    heads in steps of n_groups, then the head dim that gives the same H*P. When the family cannot
+    build that pair (e.g. Bamba's H*P must stay a whole multiple of the hidden size), the nearest
+    cut it can build."""
+    description = describe(config)
+    w = description.widths
     if not w.has(MAMBA):
         raise ValueError("the heads-versus-channels sweep needs a model with Mamba layers")
     groups = w.mamba_n_groups
@@ -173,7 +179,30 @@ def mamba_sweep_specs(config, fraction: float) -> tuple[PruneSpec, PruneSpec]:
             f"a {fraction:.0%} SSM cut rounds to no change with {w.mamba_num_heads} heads in {groups} groups; "
             "choose larger --ssm-sweep fractions"
         )
-    return PruneSpec(mamba_num_heads=heads), PruneSpec(mamba_head_dim=head_dim)
+    nearest = sorted(range(groups, w.mamba_num_heads, groups), key=lambda h: (abs(h - heads), -h))
+    for candidate in [heads, *nearest]:
+        specs = _same_width_cut(description, candidate)
+        if specs is not None:
+            return specs
+    raise ValueError(
+        f"no SSM cut keeps about the same width both ways ({w.mamba_num_heads} heads in {groups} groups, head "
+        f"dim {w.mamba_head_dim}) in a plan this family can build"
+    )
+
+
+def _same_width_cut(description, heads: int) -> tuple[PruneSpec, PruneSpec] | None:
+    """(heads, head dim) specs with about the same H'*P = H*P' (P' rounded), if the family builds both."""
+    w = description.widths
+    head_dim = max(1, round(heads * w.mamba_head_dim / w.mamba_num_heads))
+    if head_dim == w.mamba_head_dim:
+        return None
+    specs = PruneSpec(mamba_num_heads=heads), PruneSpec(mamba_head_dim=head_dim)
+    try:
+        for spec in specs:
+            params_of(description, spec)
+    except ValueError:
+        return None
+    return specs
 
 
 def sweep_arms(config, fractions: list[float]) -> list[Arm]:

@@ -3,12 +3,14 @@ dashboard page (AppTest) on a tiny random model saved to a folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from hybridlab import PruneSpec
 from hybridlab.cli import main
 from hybridlab.families import describe
 from tests.families.tiny import TINY, tiny_model_folder
@@ -78,6 +80,43 @@ def test_prune_job_writes_a_model_that_loads_and_generates(lab):
     assert sum(p.numel() for p in small.parameters()) == job["result"]["params"]
     prompt = torch.randint(3, 128, (1, 6))
     assert small.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 9)
+
+
+def test_search_ranks_candidates_the_family_can_build(lab):
+    from hybridlab import ImportanceScores, prune
+    from hybridlab.search.run import SearchSettings, search
+    from hybridlab.search.space import SearchSpace
+    from tests.test_distill import corpus
+
+    model = AutoModelForCausalLM.from_pretrained(lab["folder"]).eval()
+    settings = SearchSettings(
+        target_params="70%",
+        tolerance=0.1,
+        max_candidates=3,
+        top_k=0,
+        distill_tokens=0,
+        seq_len=16,
+        eval_tokens=64,
+        measure_latency=False,
+        space=SearchSpace(max_depth_prune=0.3),
+    )
+    scores = ImportanceScores.load(lab["scores"])
+    result = search(model, None, corpus(), corpus(500, seed=1), settings, scores=scores)
+    assert len(result.candidates) == 4  # the teacher and 3 candidates, each pruned and evaluated
+    assert sum(p.numel() for p in result.best_model.parameters()) < sum(p.numel() for p in model.parameters())
+    assert prune(model, PruneSpec.from_dict(json.loads(result.best["spec"])), scores) is not None
+
+
+def test_study_plans_are_ones_the_family_can_build(lab):
+    from hybridlab import ImportanceScores, estimate_sizes, prune
+    from hybridlab.study.arms import depth_only_spec, mamba_sweep_specs
+
+    model = AutoModelForCausalLM.from_pretrained(lab["folder"]).eval()
+    scores = ImportanceScores.load(lab["scores"])
+    target = int(0.8 * estimate_sizes(model.config).params)
+    for spec in (depth_only_spec(model.config, scores.layers["kl"], target), *mamba_sweep_specs(model.config, 0.5)):
+        pruned = prune(model, spec, scores)
+        assert sum(p.numel() for p in pruned.parameters()) == estimate_sizes(pruned.config).params
 
 
 @pytest.mark.parametrize("page", ["model", "importance", "planner", "pareto", "distill", "jobs"])
