@@ -5,8 +5,12 @@ Layout of `<dir>/`:
     state.pt            optimizer state, step, tokens seen, wall time, RNG states (torch.save of
                         tensors/dicts/numbers only, so `torch.load(weights_only=True)` reads it)
 A checkpoint is written to a sibling temp folder and renamed into place, so a crash mid-write
-leaves the previous checkpoint intact. A model sharded with FSDP2 is gathered into full
-tensors first (a collective: every rank calls save_checkpoint, rank 0 writes).
+leaves the previous checkpoint intact. Replacing it takes two renames (the old one to
+`.<dir>.old`, the new one into place); a crash between them leaves only the backup, which
+`restore_checkpoint` (called by load_checkpoint, save_checkpoint and has_checkpoint) renames
+back, so an interrupted run always finds its last complete checkpoint. A model sharded with
+FSDP2 is gathered into full tensors first (a collective: every rank calls save_checkpoint,
+rank 0 writes).
 """
 
 from __future__ import annotations
@@ -18,6 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+from hybridlab.core.atomic import restore_swapped
+from hybridlab.core.faults import pause_point
+
+CHECKPOINT_FILES = ("model.safetensors", "state.pt")
+
+
+def checkpoint_complete(path: str | Path) -> bool:
+    """Whether folder `path` holds both files of a checkpoint."""
+    return all((Path(path) / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def restore_checkpoint(path: str | Path) -> str | None:
+    """Put back the checkpoint a crash stranded in `.<name>.old` between the two renames of a save
+    (or drop that backup when `path` is complete); returns what it did, None if nothing."""
+    return restore_swapped(Path(path), checkpoint_complete)
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a complete checkpoint to resume from, after restoring a stranded one."""
+    restore_checkpoint(path)
+    return checkpoint_complete(path)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -42,6 +68,7 @@ def save_checkpoint(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
+    restore_checkpoint(path)  # never delete the only complete checkpoint below
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -53,6 +80,7 @@ def save_checkpoint(
     torch.save({**state, "optimizer": optimizer_state, "rng": _rng_state()}, tmp / "state.pt")
     if path.exists():
         path.rename(old)
+        pause_point("checkpoint.between-renames")
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -60,6 +88,7 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Restore weights (and optimizer and RNG states) in place; returns the saved state dict."""
     path = Path(path)
+    restore_checkpoint(path)
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"no checkpoint at {path}: expected model.safetensors and state.pt")
     try:

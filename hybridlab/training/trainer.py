@@ -29,7 +29,7 @@ import torch
 
 from hybridlab.core.atomic import write_text
 from hybridlab.core.progress import Cancelled, ProgressFn
-from hybridlab.training.checkpoint import load_checkpoint, save_checkpoint
+from hybridlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict]"]
 EvalFn = Callable[[torch.nn.Module], dict]
@@ -102,7 +102,7 @@ def train(
     ckpt_dir, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
     optimizer = make_optimizer(model, settings)
     state = {"step": 0, "tokens": 0, "wall_s": 0.0}
-    if resume and (ckpt_dir / "state.pt").exists():
+    if resume and has_checkpoint(ckpt_dir):  # also puts back one a crash left mid-rename
         state = load_checkpoint(ckpt_dir, model, optimizer)
         if is_main:
             _truncate_metrics(metrics_path, state["step"])
