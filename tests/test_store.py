@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hybridlab.core.errors import UserError
 from hybridlab.store import (
     SCHEMA_VERSION,
     Store,
@@ -167,7 +168,7 @@ def test_a_store_from_a_newer_hybridlab_is_refused(tmp_path):
     conn = sqlite3.connect(tmp_path / "store.db")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this hybridlab"):
+    with pytest.raises(UserError, match="newer than this hybridlab"):  # one line, no traceback in the CLI
         Store(tmp_path)
 
 

@@ -3,12 +3,23 @@
 `PRAGMA user_version` holds how many migrations a database has seen. Opening a store
 applies the missing ones in order inside one write transaction, so an older database
 is upgraded in place without losing rows, and two processes opening a fresh store at
-the same time cannot both migrate it.
+the same time cannot both migrate it. Before upgrading a store that holds data, a copy of
+it as it was is written next to it (`store.db.v2.bak` before going from version 2), with
+SQLite's backup API under the upgrade's write lock, so the copy is exactly what was upgraded.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
+from pathlib import Path
+
+from hybridlab.core.errors import UserError
+from hybridlab.core.faults import pause_point
+
+BACKUP_NAME = "{name}.v{version}.bak"  # store.db.v2.bak: the store as it was at version 2
+BACKUP_GLOB = "{name}.v*.bak"
 
 # Every run table has the same shape: one row per named result of a job.
 RUN_TABLES = ("importance_runs", "candidates", "distillations", "evaluations", "benchmarks")
@@ -89,11 +100,12 @@ MIGRATIONS = [V1, V2, V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
     """Bring `conn`'s database to SCHEMA_VERSION; returns the version it had before.
 
     `conn` must be in autocommit mode (isolation_level=None): the whole upgrade runs
-    in one BEGIN IMMEDIATE transaction, so a failure leaves the database untouched.
+    in one BEGIN IMMEDIATE transaction, so a failure (or a kill) leaves the database as it
+    was. `path`: the database file, to back up first when it holds data (see backup_before).
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return SCHEMA_VERSION  # fast path: no write lock needed
@@ -101,19 +113,47 @@ def migrate(conn: sqlite3.Connection) -> int:
     try:
         found = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
         if found > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"this store has schema version {found}, newer than this hybridlab ({SCHEMA_VERSION}); "
+            where = f" ({path})" if path is not None else ""
+            raise UserError(
+                f"this store{where} has schema version {found}, newer than this hybridlab ({SCHEMA_VERSION}); "
                 "upgrade hybridlab or use another --workspace"
             )
+        if found > 0 and path is not None:
+            backup_before(path, found)
         for version in range(found, SCHEMA_VERSION):
             for statement in _statements(MIGRATIONS[version]):
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        pause_point("store.migrate")  # fault tests kill the process here, inside the transaction
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return found
+
+
+def backup_before(path: Path, version: int) -> Path:
+    """Copy database `path` (at schema `version`) to `<path>.v<version>.bak`, whole or not at all.
+
+    Called while the caller holds the write lock: the copy is read through a second connection,
+    which in WAL mode sees the last committed state, so it is exactly the store being upgraded."""
+    path = Path(path)
+    final = path.with_name(BACKUP_NAME.format(name=path.name, version=version))
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        source, target = sqlite3.connect(path), sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final
 
 
 def _statements(script: str) -> list[str]:
