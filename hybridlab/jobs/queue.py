@@ -6,18 +6,23 @@ lives in the experiment store. The queue is therefore allowed to lose a message:
 message for a job that is no longer queued is ignored (claiming is atomic).
 
 Messages are JSON instead of huey's default pickle, so reading the queue can never
-run code from the file.
+run code from the file. A queue file that is damaged or not a SQLite database is refused
+with one line saying to move it away: nothing is lost with it, recovery rebuilds the
+queue from the store.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Callable
 
 from huey import SqliteHuey
 from huey.registry import Message
 from huey.serializer import Serializer
+
+from hybridlab.store.db import StoreDamaged
 
 QUEUE_FILE = "queue.db"
 TASK_NAME = "run_job"  # registered as hybridlab.jobs.queue.run_job
@@ -46,14 +51,18 @@ class JobQueue:
 
     def __init__(self, workspace: Path):
         self.path = Path(workspace) / QUEUE_FILE
-        self.huey = SqliteHuey(
-            name="hybridlab",
-            filename=str(self.path),
-            results=False,
-            utc=True,
-            serializer=JsonSerializer(),
-            timeout=60,
-        )
+        check_queue_file(self.path)
+        try:
+            self.huey = SqliteHuey(
+                name="hybridlab",
+                filename=str(self.path),
+                results=False,
+                utc=True,
+                serializer=JsonSerializer(),
+                timeout=60,
+            )
+        except sqlite3.DatabaseError as err:
+            raise _unusable(self.path, err) from None
         self.executor: Callable[[int], None] | None = None
         self._task = self.huey.task(name=TASK_NAME)(self._run)
 
@@ -77,3 +86,27 @@ class JobQueue:
 
     def close(self) -> None:
         self.huey.storage.close()
+
+
+def check_queue_file(path: Path) -> None:
+    """StoreDamaged (one line: move it away) unless `path` is absent or a sound SQLite database."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=60)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise _unusable(path, err) from None
+    if [str(r[0]) for r in rows] != ["ok"]:
+        raise _unusable(path, f"quick_check: {rows[0][0]}")
+
+
+def _unusable(path: Path, detail) -> StoreDamaged:
+    return StoreDamaged(
+        f"the job queue {path} is damaged or not a queue ({detail}): stop the workers and move {path.name} "
+        f"(with its -wal/-shm files) away, e.g. `mv {path} {path}.broken`; nothing is lost, the next worker "
+        "rebuilds the queue from the store"
+    )
