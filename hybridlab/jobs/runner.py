@@ -98,6 +98,8 @@ def _run_handler(ctx: JobContext, reraise: bool) -> str | None:
         if reraise:
             raise
         return FAILED
+    if ok:
+        ctx.discard_checkpoints()  # resume state only: a succeeded job leaves no checkpoints behind
     return SUCCEEDED if ok else None
 
 

@@ -8,6 +8,10 @@ behind by a killed worker is picked up even by a worker that was already running
 SIGTERM or Ctrl-C stops the worker gracefully: the running job is interrupted at
 its next progress report and put back in the queue, to resume from its checkpoint.
 A second signal exits at once (the job is then recovered like after a crash).
+
+The beat thread also re-checks the store file (`PRAGMA quick_check`) every few minutes;
+a worker whose store turns out damaged stops like on SIGTERM, logging the one line that
+says how to recover, instead of reading and writing a broken file.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from hybridlab.jobs.recovery import pid_alive, recover
 from hybridlab.jobs.registry import load_plugins
 from hybridlab.jobs.runner import execute_job, worker_id
 from hybridlab.store import QUEUED, SUCCEEDED, Store, job_parents
+from hybridlab.store.db import StoreError, check_integrity
 
 log = logging.getLogger(__name__)
 WORKERS_DIR = "workers"
+INTEGRITY_EVERY_S = 300.0  # how often a running worker re-checks the store file
 
 
 def run_worker(
@@ -50,7 +56,7 @@ def run_worker(
     stopping = threading.Event()
     _install_signal_handlers(stopping)
     queue.executor = lambda job_id: _run_one(store, queue, job_id, me, stopping, heartbeat_s)
-    beat = _WorkerBeat(store, queue, me, heartbeat_s, stale_s)
+    beat = _WorkerBeat(store, queue, me, heartbeat_s, stale_s, on_damage=stopping.set)
     log.info("worker %s serving %s", me, store.workspace)
     ran = 0
     try:
@@ -98,8 +104,9 @@ def _install_signal_handlers(stopping: threading.Event) -> None:
 class _WorkerBeat:
     """Writes <workspace>/workers/<host>-<pid>.json every beat; runs recovery every stale_s / 2."""
 
-    def __init__(self, store: Store, queue: JobQueue, me: str, heartbeat_s: float, stale_s: float):
+    def __init__(self, store: Store, queue: JobQueue, me: str, heartbeat_s: float, stale_s: float, on_damage=None):
         self.store, self.queue, self.me, self.heartbeat_s, self.stale_s = store, queue, me, heartbeat_s, stale_s
+        self.on_damage = on_damage
         self.path = workers_dir(store.workspace) / f"{socket.gethostname()}-{os.getpid()}.json"
         self.started = time.time()
         self._stop = threading.Event()
@@ -116,13 +123,20 @@ class _WorkerBeat:
         self.path.unlink(missing_ok=True)
 
     def _loop(self) -> None:
-        last_recovery = time.monotonic()
+        last_recovery = last_check = time.monotonic()
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self._write()
+                if time.monotonic() - last_check >= INTEGRITY_EVERY_S:
+                    last_check = time.monotonic()
+                    check_integrity(self.store.conn, self.store.path)
                 if time.monotonic() - last_recovery >= self.stale_s / 2:
                     last_recovery = time.monotonic()
                     recover(self.store, self.queue, self.stale_s)
+            except StoreError as err:  # the store file is damaged or gone: stop, say how to recover
+                log.error("%s; this worker stops", err)
+                if self.on_damage is not None:
+                    self.on_damage()
             except Exception:  # never let bookkeeping kill the worker
                 log.exception("worker beat failed")
 

@@ -9,14 +9,17 @@ complete, so a reader (or a resumed job) never sees half of one.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
 
+from hybridlab.core.atomic import replace_directory
+from hybridlab.core.faults import pause_point
+
 ARTIFACTS = "artifacts"
+JOBS = "jobs"  # <workspace>/jobs/<id>/: a job's own folder (its checkpoints)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -60,13 +63,8 @@ def write_artifact_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        pause_point("artifact.before-rename")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, final)
