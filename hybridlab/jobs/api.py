@@ -17,8 +17,10 @@ import time
 import pandas as pd
 
 from hybridlab.core.paths import workspace_dir
+from hybridlab.jobs.guards import check_confined
 from hybridlab.jobs.parents import check_parents
 from hybridlab.jobs.queue import JobQueue
+from hybridlab.jobs.recovery import recover
 from hybridlab.jobs.specs import JobSpecError, validate_spec
 from hybridlab.store import FINISHED, QUEUED, Store, job_rows, jobs_frame, metrics_frame, models_frame, runs_frame
 
@@ -27,10 +29,14 @@ _queues: dict = {}
 
 
 def _store(workspace) -> Store:
-    """One Store per workspace per process (each holds a connection per thread)."""
+    """One Store per workspace per process (each holds a connection per thread). The first use
+    runs crash recovery once, so what a dead process left shows as it is (a dead command's job
+    failed, a dead worker's job queued again) even before any worker starts."""
     path = workspace_dir(workspace)
     if path not in _stores:
-        _stores[path] = Store(path)
+        store = Store(path)
+        recover(store, _queue(store))
+        _stores[path] = store
     return _stores[path]
 
 
@@ -52,6 +58,11 @@ def submit(kind: str, spec: dict, workspace=None, after: int | list[int] | None 
         clean = validate_spec(kind, spec, store)
     except JobSpecError as err:
         problems.append(str(err))
+    else:
+        try:
+            check_confined(kind, clean, store.workspace)  # a queued job writes only inside the workspace
+        except ValueError as err:
+            problems.append(f"invalid {kind} job spec: {err}")
     try:
         parents = check_parents(store, kind, spec, after)
     except JobSpecError as err:  # reported together with the spec's problems: one message names all

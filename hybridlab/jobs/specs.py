@@ -15,6 +15,7 @@ from pathlib import Path
 from hybridlab.core.errors import UserError, shown
 from hybridlab.core.paths import demo_teacher_dir
 from hybridlab.core.settings import non_negative, one_of, positive  # noqa: F401  (plugins' checks; declared in core)
+from hybridlab.jobs.guards import check_run_name
 from hybridlab.jobs.registry import REQUIRED, Field, JobKind, get_kind
 from hybridlab.store.artifacts import check_name
 
@@ -51,6 +52,11 @@ def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
     if not problems and kind.check is not None:
         try:
             kind.check(clean, store)
+        except ValueError as err:
+            problems.append(str(err))
+    if not problems:
+        try:
+            check_run_name(kind.name, clean, store)  # a name another run has is refused, never reused
         except ValueError as err:
             problems.append(str(err))
     if problems:

@@ -30,6 +30,7 @@ from hybridlab.jobs.kinds.common import (
 from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
 from hybridlab.jobs.specs import existing_dir, existing_file, model_ref
 from hybridlab.store.lookups import candidate_model_dir
+from hybridlab.training.checkpoint import restore_checkpoint
 from hybridlab.training.distill import DistillSettings
 
 
@@ -100,6 +101,7 @@ def _check_run_dir(spec: dict) -> None:
             )
         return
     run_dir = Path(spec["run_dir"])
+    restore_checkpoint(run_dir / "checkpoint")  # one a crash stranded mid-rename counts as there
     if not spec["resume"] and (run_dir / "checkpoint").exists():
         raise ValueError(f"{run_dir} already holds a run; set 'resume' to continue it or choose another 'run_dir'")
     if spec["resume"] and run_dir.exists() and not (run_dir / "checkpoint" / "state.pt").exists():
