@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "distill",  # distill, cache-logits
     "search",  # search
     "study",  # study (the paper's ablations -> docs/results.md)
+    "store",  # store check
 ]
 
 DEBUG_HELP = "show the traceback of an error caused by bad input too (also: HYBRIDLAB_DEBUG=1)"
