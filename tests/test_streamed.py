@@ -1,5 +1,7 @@
 """A model run one layer at a time from its files equals the whole model run in memory, bit for bit."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Mamba2Config, NemotronHConfig
@@ -37,13 +39,13 @@ def test_streamed_layers_equal_the_whole_model(checkpoint, dtype):
     with torch.no_grad():
         reference = whole(ids, attention_mask=mask)
     streamed = StreamedModel(checkpoint, dtype=dtype)
-    hidden = streamed.embed(ids, mask)
-    assert torch.equal(hidden, inputs[0])
+    stream = streamed.embed(ids, mask)
+    assert torch.equal(stream.hidden, inputs[0])
     for i in range(streamed.num_layers):
         with streamed.layer(i):
-            hidden = streamed.run_layer(i, inputs[i], mask)
-        assert torch.equal(hidden, outputs[i]), f"layer {i}"
-    assert torch.equal(streamed.logits(hidden, mask), reference.logits)
+            stream = streamed.run_layer(i, replace(stream, hidden=inputs[i]))
+        assert torch.equal(stream.hidden, outputs[i]), f"layer {i}"
+    assert torch.equal(streamed.logits(stream), reference.logits)
 
 
 def test_only_the_running_layer_holds_weights(checkpoint):
@@ -56,7 +58,7 @@ def test_only_the_running_layer_holds_weights(checkpoint):
         assert inside and all(".layers.1." in n for n in inside)
     assert set(real()) == outside
     with pytest.raises(RuntimeError, match="not in memory"):
-        streamed.run_layer(0, torch.zeros(1, 4, 32))
+        streamed.run_layer(0, streamed.embed(torch.zeros(1, 4, dtype=torch.long)))
 
 
 @pytest.mark.parametrize("layer_metric", ["kl", "cosine"])

@@ -28,7 +28,7 @@ from hybridlab.compression.layer_importance import (
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
-from hybridlab.model.streamed import StreamedModel
+from hybridlab.model.streamed import Stream, StreamedModel
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
 # The prunable axes, as named in the tidy frame and in hybridlab.compression.kept.KeptUnits.
@@ -242,9 +242,9 @@ def _streamed_pass(streamed: StreamedModel, description, batches, layer_batches,
     """Layer-major: every batch through layer 0, then layer 1, ...; only the calibration activations stay
     in memory between layers. Drop-one-layer: the model without layer j is the stream that skipped j,
     carried through every later layer (one extra layer forward per stream, L * (L - 1) / 2 in all)."""
-    n, masks = description.num_layers, [b["attention_mask"] for b in batches]
-    hidden = [streamed.embed(b["input_ids"], b["attention_mask"]) for b in batches]
-    skipping: dict[int, list[torch.Tensor]] = {}  # dropped layer j -> its stream at the current layer
+    n = description.num_layers
+    streams = [streamed.embed(b["input_ids"], b["attention_mask"]) for b in batches]
+    skipping: dict[int, list[Stream]] = {}  # dropped layer j -> its streams at the current layer
     steps = [len(batches) + len(layer_batches) * k for k in range(n)]
     total = sum(steps) + len(layer_batches) * (n + 1)
     done = 0
@@ -253,19 +253,19 @@ def _streamed_pass(streamed: StreamedModel, description, batches, layer_batches,
         with streamed.layer(k):
             layer = streamed.layer_parts(k, description)
             if layer_batches:
-                skipping[k] = hidden[: len(layer_batches)]  # without layer k, layer k's input goes on
+                skipping[k] = streams[: len(layer_batches)]  # without layer k, layer k's input goes on
             handles = stats.hook_layer(layer)
             try:
-                for b in range(len(batches)):
-                    stats.at_batch(b, _to(masks[b], streamed.device))
-                    hidden[b] = streamed.run_layer(k, hidden[b], masks[b])
+                for b, stream in enumerate(streams):
+                    stats.at_batch(b, stream.mask)
+                    streams[b] = streamed.run_layer(k, stream)
             finally:
                 for handle in handles:
                     handle.remove()
                 stats.at_batch(0, None)
-            for j, stream in skipping.items():
+            for j, skipped_streams in skipping.items():
                 if j != k:
-                    skipping[j] = [streamed.run_layer(k, h, masks[b]) for b, h in enumerate(stream)]
+                    skipping[j] = [streamed.run_layer(k, s) for s in skipped_streams]
         done += steps[k]
         reporter.update(steps[k])
         if progress is not None:
@@ -273,9 +273,9 @@ def _streamed_pass(streamed: StreamedModel, description, batches, layer_batches,
     final_norm = streamed.final_norm()
     handle = stats.hook_final_norm(final_norm)
     try:
-        for b, h in enumerate(hidden):
-            stats.at_batch(b, _to(masks[b], streamed.device))
-            final_norm(h)
+        for b, stream in enumerate(streams):
+            stats.at_batch(b, stream.mask)
+            final_norm(stream.hidden)
     finally:
         handle.remove()
         stats.at_batch(0, None)
@@ -284,18 +284,14 @@ def _streamed_pass(streamed: StreamedModel, description, batches, layer_batches,
         scores = DropOneLayer(n)
         with streamed.head():
             for b, batch in enumerate(layer_batches):
-                full = next_token_logprobs(streamed.logits(hidden[b], masks[b]))
-                scores.reference(full, batch["input_ids"].to(streamed.device), _to(masks[b], streamed.device))
+                full = next_token_logprobs(streamed.logits(streams[b]))
+                scores.reference(full, batch["input_ids"].to(streamed.device), streams[b].mask)
                 for j in range(n):
-                    scores.add(j, next_token_logprobs(streamed.logits(skipping[j][b], masks[b])))
+                    scores.add(j, next_token_logprobs(streamed.logits(skipping[j][b])))
                 reporter.update(n + 1)
         layer_scores = scores.result()
     reporter.close()
     return layer_scores
-
-
-def _to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)
 
 
 class _Statistics:

@@ -19,6 +19,7 @@ from torch import nn
 from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD, ImportanceScores
 from hybridlab.compression.kept import KeptUnits, check_mamba_ranking, kept_units
 from hybridlab.core.atomic import atomic_directory
+from hybridlab.core.errors import UserError
 from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MLP, MambaLayout, ModelDescription, describe
 from hybridlab.model.memory import DEFAULT_SHARD_BYTES
@@ -87,6 +88,11 @@ def prune_checkpoint(
     (a Hugging Face folder: sharded safetensors, index, config, the source's tokenizer files). Neither
     model is ever whole in memory; the written weights equal `prune(whole model, ...)` bit for bit."""
     check_mamba_ranking(mamba_ranking)
+    if source.shares_modules_across_layers:
+        raise UserError(
+            f"{source.config.model_type} shares blocks between layers, which streamed pruning cannot slice one "
+            "layer at a time yet; prune it in memory (--no-streaming)"
+        )
     description = describe(source.model)
     kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
     with torch.device("meta"):

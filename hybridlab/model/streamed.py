@@ -7,17 +7,18 @@ ours): a pre-hook hands the layer the cached hidden states and a hook stops the 
 So the streamed hidden states are bit-identical to a whole-model forward in the same dtype.
 
     streamed = StreamedModel("ckpt/")                     # reads config and safetensors headers only
-    hidden = streamed.embed(ids)                          # [B, T, hidden], the input of layer 0
+    stream = streamed.embed(ids, mask)                    # .hidden [B, T, hidden]: the input of layer 0
     for i in range(streamed.num_layers):
         with streamed.layer(i):                           # layer i's weights in memory, nothing else
-            hidden = streamed.run_layer(i, hidden)
-    logits = streamed.logits(hidden)                      # final norm, lm_head, the model's scaling
+            stream = streamed.run_layer(i, stream)
+    logits = streamed.logits(stream)                      # final norm, lm_head, the model's scaling
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -33,17 +34,31 @@ class _Stop(Exception):
 
 
 class _PassThrough(nn.Module):
-    """Stands in for a decoder layer: returns its input. Keeps the layer's plain attributes (e.g. NemotronH's
-    `block_type`), which the model's loop reads to pick the mask for each layer."""
+    """Stands in for a decoder layer: returns its input, shaped as the layer returns its output (a tensor, or
+    a tuple whose first item is the hidden states: `arity` items). Keeps the layer's plain attributes (e.g.
+    NemotronH's `block_type`, which the model's loop reads to pick each layer's mask) and, unregistered, its
+    submodules (which some models' code reaches through the layer list)."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, arity: int = 0):
         super().__init__()
+        self.arity = arity
         for key, value in vars(layer).items():
             if not key.startswith("_") and not isinstance(value, (nn.Module, torch.Tensor)) and key != "training":
                 setattr(self, key, value)
+        for key, child in layer.named_children():
+            object.__setattr__(self, key, child)  # reachable, but not this module's parameters
 
     def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
+        return (hidden_states, *[None] * (self.arity - 1)) if self.arity else hidden_states
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One batch on its way through the layers."""
+
+    hidden: torch.Tensor  # [B, T, hidden]: the next layer's input
+    embeds: torch.Tensor  # [B, T, hidden]: the embedding output, as the model's forward gets it
+    mask: torch.Tensor | None  # [B, T] attention mask (1 = real token)
 
 
 class StreamedModel:
@@ -76,7 +91,19 @@ class StreamedModel:
         for i, block in enumerate(self._blocks):
             self._layer_list[i] = _PassThrough(block)
         self._head_held = False
+        self._arity: dict[int, int] = {}  # layer -> how many items its forward returns (0: a tensor)
         self._materialise_rest()
+
+    @property
+    def shares_modules_across_layers(self) -> bool:
+        """True when a module serves several layers (Zamba2's shared transformer blocks)."""
+        seen: set[int] = set()
+        for block in self._blocks:
+            mine = {id(p) for p in block.parameters()}
+            if mine & seen:
+                return True
+            seen |= mine
+        return False
 
     @property
     def num_layers(self) -> int:
@@ -94,8 +121,8 @@ class StreamedModel:
         try:
             yield block
         finally:
-            self._layer_list[i] = _PassThrough(block)
-            block.to_empty(device="meta")
+            self._layer_list[i] = _PassThrough(block, self._arity.get(i, 0))
+            _free(block)
 
     def layer_parts(self, i: int, description):
         """The family's parts of layer i (see hybridlab.families); call it inside `with streamed.layer(i):`."""
@@ -143,22 +170,26 @@ class StreamedModel:
                 self._layer_list[i] = module
 
     @torch.no_grad()
-    def embed(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The input of layer 0 for token ids [B, T] (embedding and any scaling the model applies)."""
+    def embed(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Stream:
+        """Token ids [B, T] -> the stream entering layer 0 (the embedding, and any scaling the model applies)."""
         self._load(self._embeddings)
+        captured = {}
+        handle = self._embeddings.register_forward_hook(lambda module, args, output: captured.update(embeds=output))
         try:
-            first = self._layer_list[0]
-            return self._capture_input(first, input_ids=ids.to(self.device), attention_mask=_on(attention_mask, self))
+            mask = _on(attention_mask, self)
+            hidden = self._capture_input(self._layer_list[0], input_ids=ids.to(self.device), attention_mask=mask)
+            return Stream(hidden, captured["embeds"], mask)
         finally:
+            handle.remove()
             self._embeddings.to_empty(device="meta")
 
     @torch.no_grad()
-    def run_layer(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Layer i's output for its input `hidden` [B, T, hidden]; the layer must be materialised (see `layer`)."""
+    def run_layer(self, i: int, stream: Stream) -> Stream:
+        """The stream after layer i; the layer must be materialised (see `layer`)."""
         layer = self._layer_list[i]
         if layer is not self._blocks[i]:
             raise RuntimeError(f"layer {i} is not in memory; run it inside `with streamed.layer({i}):`")
-        hidden = hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
+        hidden = stream.hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
 
         def feed(module, args, kwargs):
             return (hidden, *args[1:]), kwargs
@@ -167,6 +198,7 @@ class StreamedModel:
 
         def stop(module, args, kwargs, output):
             captured["out"] = output[0] if isinstance(output, tuple) else output
+            self._arity[i] = len(output) if isinstance(output, tuple) else 0
             raise _Stop
 
         handles = [
@@ -174,37 +206,34 @@ class StreamedModel:
             layer.register_forward_hook(stop, with_kwargs=True),
         ]
         try:
-            self.model(
-                inputs_embeds=hidden.new_zeros(hidden.shape, dtype=self.dtype),
-                attention_mask=_on(attention_mask, self),
-                use_cache=False,
-            )
+            self._forward(stream)
         except _Stop:
             pass
         finally:
             for handle in handles:
                 handle.remove()
-        return captured["out"]
+        return replace(stream, hidden=captured["out"])
 
     @torch.no_grad()
-    def logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, stream: Stream) -> torch.Tensor:
         """Logits [B, T, vocab] from the last layer's output: the model's final norm, lm_head and scaling."""
         held = self._head_held
         if not held:
             self._load(self._lm_head)
         last = self._layer_list[self.num_layers - 1]
-        hidden = hidden.to(self.device)  # keep its dtype: some layers carry an fp32 residual
-        handle = last.register_forward_hook(lambda module, args, output: hidden)
+        hidden = stream.hidden.to(self.device)
+        handle = last.register_forward_hook(lambda m, a, out: (hidden, *out[1:]) if isinstance(out, tuple) else hidden)
         try:
-            return self.model(
-                inputs_embeds=hidden.new_zeros(hidden.shape, dtype=self.dtype),
-                attention_mask=_on(attention_mask, self),
-                use_cache=False,
-            ).logits
+            return self._forward(stream).logits
         finally:
             handle.remove()
             if not held:
                 self._lm_head.to_empty(device="meta")
+
+    def _forward(self, stream: Stream):
+        """The model's forward on the stream's embeddings (which some families hand to every layer, e.g.
+        Zamba2's shared blocks) and mask; hooks decide what the layers see."""
+        return self.model(inputs_embeds=stream.embeds.to(self.device), attention_mask=stream.mask, use_cache=False)
 
     def _capture_input(self, layer: nn.Module, **model_kwargs) -> torch.Tensor:
         captured = {}
@@ -237,7 +266,15 @@ class StreamedModel:
 
     def _materialise_rest(self) -> None:
         """Everything but the layers, embeddings and lm_head (final norm, rotary tables): small, kept in memory.
-        Non-persistent buffers (rotary inverse frequencies) come from the model's own initialisation."""
+        Non-persistent buffers, inside the layers too (rotary inverse frequencies, Falcon-H1's muP vector),
+        are real from the start and come from the model's own initialisation (on meta parameters a no-op)."""
+        with self._originals():
+            for module in self.model.modules():
+                for key in module._non_persistent_buffers_set:
+                    if module._buffers.get(key) is not None and module._buffers[key].is_meta:
+                        module._buffers[key] = torch.empty_like(module._buffers[key], device=self.device)
+            for module in self.model.modules():
+                self.model._init_weights(module)
         skip = {id(m) for m in (self._embeddings, self._lm_head, *self._blocks)}
         for module in _modules_outside(self.model, skip):
             module.to_empty(device=self.device, recurse=False)
@@ -250,6 +287,17 @@ class StreamedModel:
                 for key, name in full.items():
                     value = tensors[self._sources[name]]
                     getattr(module, key).data = value.to(self.device, _dtype_for(value, self.dtype))
+
+
+def _free(module: nn.Module) -> None:
+    """Back to meta: every parameter and persistent buffer (non-persistent buffers stay: they are small and
+    only the model's initialisation can make them again)."""
+    for sub in module.modules():
+        for key, param in list(sub.named_parameters(recurse=False)):
+            sub._parameters[key] = nn.Parameter(torch.empty_like(param, device="meta"), param.requires_grad)
+        for key in list(sub._buffers):
+            if key not in sub._non_persistent_buffers_set and sub._buffers[key] is not None:
+                sub._buffers[key] = torch.empty_like(sub._buffers[key], device="meta")
 
 
 def _modules_outside(model: nn.Module, skip: set[int]) -> list[nn.Module]:
