@@ -15,7 +15,7 @@ from hybridlab.cli import main
 from hybridlab.families import describe
 from tests.families.tiny import TINY, tiny_model_folder
 
-FAMILIES = sorted(TINY)
+FAMILIES = sorted([*TINY, "nemotron_h"])
 SILENT = lambda *args: None  # noqa: E731
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
@@ -102,7 +102,7 @@ def test_search_ranks_candidates_the_family_can_build(lab):
     )
     scores = ImportanceScores.load(lab["scores"])
     result = search(model, None, corpus(), corpus(500, seed=1), settings, scores=scores)
-    assert len(result.candidates) == 4  # the teacher and 3 candidates, each pruned and evaluated
+    assert 2 <= len(result.candidates) <= 4  # the teacher and up to 3 candidates, each pruned and evaluated
     assert sum(p.numel() for p in result.best_model.parameters()) < sum(p.numel() for p in model.parameters())
     assert prune(model, PruneSpec.from_dict(json.loads(result.best["spec"])), scores) is not None
 

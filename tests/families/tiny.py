@@ -13,6 +13,19 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tests.conftest import randomize, tiny_nemotron_config
 
 TINY = {
+    "mamba2": dict(
+        model_type="mamba2",
+        vocab_size=128,
+        hidden_size=32,
+        num_heads=8,
+        head_dim=8,
+        expand=2,
+        n_groups=2,
+        state_size=8,
+        num_hidden_layers=3,
+        chunk_size=8,
+        tie_word_embeddings=True,
+    ),
     "bamba": dict(
         model_type="bamba",
         vocab_size=128,
