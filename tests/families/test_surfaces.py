@@ -68,7 +68,7 @@ def test_cli_importance_plan_and_prune(lab, capsys):
     )
 
 
-def test_prune_job_writes_a_model_that_loads_and_generates(lab):
+def test_prune_job_writes_a_model_that_loads_generates_and_distils(lab):
     from hybridlab.jobs import run_sync
 
     plan = first_plan(AutoModelForCausalLM.from_pretrained(lab["folder"]).config)
@@ -80,6 +80,12 @@ def test_prune_job_writes_a_model_that_loads_and_generates(lab):
     assert sum(p.numel() for p in small.parameters()) == job["result"]["params"]
     prompt = torch.randint(3, 128, (1, 6))
     assert small.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 9)
+    tokens = str(lab["calib"])
+    distill = dict(tokens=256, seq_len=16, batch_size=4, train_tokens=tokens, val_tokens=tokens)
+    job = run_sync(
+        "distill", {"student": f"job:{job['id']}", "teacher": str(lab["folder"]), **distill}, progress=SILENT
+    )
+    assert job["status"] == "succeeded", job  # and the student distils from its teacher
 
 
 def test_search_ranks_candidates_the_family_can_build(lab):
