@@ -61,6 +61,25 @@ class PruneSpec:
     def is_empty(self) -> bool:
         return not self.to_dict()
 
+    def short_name(self, layer_ids: bool = False) -> str:
+        """A name for file and chart labels: 'h208-ffn608-md24-drop7' (with layer_ids: 'drop0.5.9');
+        'full' keeps everything."""
+        values = self.to_dict()
+        parts = [f"{SHORT_NAMES[k]}{values[k]}" for k in SHORT_NAMES if k in values]
+        if self.drop_layers:
+            dropped = ".".join(str(i) for i in self.drop_layers) if layer_ids else str(len(self.drop_layers))
+            parts.append(f"drop{dropped}")
+        return "-".join(parts) or "full"
+
+
+SHORT_NAMES = {
+    "hidden_size": "h",
+    "ffn_hidden_size": "ffn",
+    "num_attention_heads": "att",
+    "mamba_num_heads": "mh",
+    "mamba_head_dim": "md",
+}
+
 
 def _is_whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

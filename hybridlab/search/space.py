@@ -176,7 +176,7 @@ def enumerate_candidates(
             sizes = sizes_of(new, seq_len)
             if low <= sizes.params <= high:
                 strategy = "mixed" if width_spec and drop else ("width" if width_spec else "depth")
-                found.append(Candidate(_name(spec), spec, sizes.params, sizes.flops_per_token, strategy))
+                found.append(Candidate(spec.short_name(), spec, sizes.params, sizes.flops_per_token, strategy))
     if not found:
         raise ValueError(
             f"no candidate within {tolerance:.0%} of {target_params:,} parameters fits the search bounds "
@@ -202,20 +202,3 @@ def round_robin(queues: list[list], limit: int) -> list:
             if queue and len(picked) < limit:
                 picked.append(queue.pop(0))
     return picked
-
-
-SHORT = {
-    "hidden_size": "h",
-    "ffn_hidden_size": "ffn",
-    "num_attention_heads": "att",
-    "mamba_num_heads": "mh",
-    "mamba_head_dim": "md",
-}
-
-
-def _name(spec: PruneSpec) -> str:
-    values = spec.to_dict()
-    parts = [f"{SHORT[k]}{values[k]}" for k in SHORT if k in values]
-    if spec.drop_layers:
-        parts.append(f"drop{len(spec.drop_layers)}")
-    return "-".join(parts)

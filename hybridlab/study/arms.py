@@ -57,29 +57,12 @@ class Arm:
     @property
     def run_key(self) -> str:
         """Arms with the same key are the same student: it is pruned and distilled once."""
-        parts = [spec_name(self.spec)]
+        parts = [self.spec.short_name(layer_ids=True)]
         if self.ranking != "importance":
             parts.append(self.ranking)
         if self.mamba_ranking != "group":
             parts.append(self.mamba_ranking)
         return "-".join(parts)
-
-
-SHORT = {
-    "hidden_size": "h",
-    "ffn_hidden_size": "ffn",
-    "num_attention_heads": "att",
-    "mamba_num_heads": "mh",
-    "mamba_head_dim": "md",
-}
-
-
-def spec_name(spec: PruneSpec) -> str:
-    values = spec.to_dict()
-    parts = [f"{SHORT[k]}{values[k]}" for k in SHORT if k in values]
-    if spec.drop_layers:
-        parts.append("drop" + ".".join(str(i) for i in spec.drop_layers))
-    return "-".join(parts) or "full"
 
 
 def spec_json(spec: PruneSpec) -> str:
