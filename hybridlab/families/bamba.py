@@ -73,7 +73,9 @@ def widths(config) -> Widths:
 
 
 def check(new: Widths, old: Widths) -> None:
-    if ATTENTION_LAYER not in new.layer_kinds:
+    if (
+        ATTENTION_LAYER in old.layer_kinds and ATTENTION_LAYER not in new.layer_kinds
+    ):  # a model without one never had a cache
         raise ValueError(
             f"this plan removes every attention layer, but transformers' {ARCHITECTURE} needs at least one to build "
             "its generation cache; keep one attention layer and drop others instead"

@@ -46,7 +46,7 @@ def widths(config) -> Widths:
 
 
 def check(new: Widths, old: Widths) -> None:
-    if ATTENTION not in new.layer_kinds:
+    if ATTENTION in old.layer_kinds and ATTENTION not in new.layer_kinds:  # a model without one never had a cache
         raise ValueError(
             "this plan removes every attention layer, but transformers' NemotronHForCausalLM needs at least one "
             "to build its generation cache; keep one attention layer and drop others instead"

@@ -115,7 +115,7 @@ def derive(old: Widths, new: Widths) -> Widths:
 
 
 def check(new: Widths, old: Widths) -> None:
-    if HYBRID not in new.layer_kinds:
+    if HYBRID in old.layer_kinds and HYBRID not in new.layer_kinds:  # a model without one never had a cache
         raise ValueError(
             f"this plan removes every hybrid layer, but transformers' {ARCHITECTURE} needs at least one to build "
             "its generation cache; keep one hybrid layer and drop others instead"
@@ -135,6 +135,11 @@ def check(new: Widths, old: Widths) -> None:
             f"dim must stay {hd}, so hidden_size={new.hidden_size} needs num_attention_heads = "
             f"{2 * new.hidden_size / hd:g} (leave num_attention_heads out: it follows the hidden size); nearest "
             f"plans it can build: {' or '.join(fits) or 'keep the hidden size'}"
+        )
+    if not old.is_multi_head and new.num_attention_heads % new.num_key_value_heads:
+        raise ValueError(
+            f"hidden_size={new.hidden_size} gives {new.num_attention_heads} attention heads, not a multiple of the "
+            f"{new.num_key_value_heads} key/value heads: choose a hidden size whose heads fill every KV group"
         )
     check_integer_expand(new, ARCHITECTURE)
 

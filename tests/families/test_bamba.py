@@ -169,3 +169,8 @@ def test_plans_bamba_cannot_express_are_refused_before_work(values, message):
         estimate_sizes(_MODEL.config, PruneSpec.from_dict(values))
     with pytest.raises(ValueError, match=message):
         prune(_MODEL, PruneSpec.from_dict(values), _SCORES)
+
+
+def test_a_model_without_attention_layers_may_still_be_pruned():
+    config = tiny_config("bamba", attn_layer_indices=None)  # like BambaConfig(): no cache to keep buildable
+    assert estimate_sizes(config, PruneSpec(num_layers=2)).params < estimate_sizes(config).params

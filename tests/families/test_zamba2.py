@@ -167,3 +167,10 @@ def test_random_valid_specs_prune_reload_and_match_the_plan(spec, ranking, tmp_p
 def test_plans_zamba2_cannot_express_are_refused_before_work(values, message):
     with pytest.raises(ValueError, match=message):
         prune(_MODEL, PruneSpec.from_dict(values), _SCORES)
+
+
+def test_grouped_query_heads_that_follow_the_hidden_size_must_fill_every_kv_group():
+    config = tiny_config(FAMILY, use_shared_attention_adapter=False, num_key_value_heads=2)
+    assert estimate_sizes(config, PruneSpec(hidden_size=32)).params < estimate_sizes(config).params  # 2 heads
+    with pytest.raises(ValueError, match="3 attention heads, not a multiple of the 2 key/value heads"):
+        estimate_sizes(config, PruneSpec(hidden_size=48))
