@@ -137,7 +137,7 @@ def test_bad_input_is_refused_before_work(pair, tmp_path):
     other = type(teacher)(type(teacher.config).from_dict(teacher.config.to_dict() | {"vocab_size": 64}))
     with pytest.raises(ValueError, match="vocabulary"):
         distill(student, other, corpus(), None, settings(), tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="nothing to resume"):  # a UserError, like every bad input
         (tmp_path / "b").mkdir()
         distill(student, teacher, corpus(), None, settings(), tmp_path / "b", resume=True)
     (tmp_path / "c" / "checkpoint").mkdir(parents=True)

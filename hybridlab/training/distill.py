@@ -18,19 +18,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hybridlab.core.atomic import write_json
+from hybridlab.core.errors import UserError, shown
 from hybridlab.core.progress import ProgressFn
-from hybridlab.core.settings import check_settings, fraction, parse_token_count, positive, setting
+from hybridlab.core.settings import (
+    batch_count,
+    check_settings,
+    fraction,
+    parse_token_count,
+    positive,
+    seed_value,
+    sequence_length,
+    setting,
+    step_count,
+    token_budget,
+)
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.evaluate import validation_loss
 from hybridlab.training import distributed
+from hybridlab.training.checkpoint import restore_checkpoint
 from hybridlab.training.trainer import TrainerSettings, train
 
 
 @dataclass
 class DistillSettings:
-    tokens: int = setting(check=positive, parse=parse_token_count, help="token budget, e.g. 2M or 500k")
-    seq_len: int = setting(256, check=positive, help="tokens per training sequence")
-    batch_size: int = setting(8, check=positive, help="global batch size, split over data-parallel ranks")
+    tokens: int = setting(check=token_budget, parse=parse_token_count, help="token budget, e.g. 2M or 500k")
+    seq_len: int = setting(256, check=sequence_length, help="tokens per training sequence")
+    batch_size: int = setting(8, check=batch_count, help="global batch size, split over data-parallel ranks")
     lr: float = setting(1e-3, check=positive, help="peak learning rate")
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.05
@@ -46,24 +60,24 @@ class DistillSettings:
     bf16_autocast: bool = setting(
         True, flag="--no-bf16", key="bf16", help="bf16 autocast; the command's --no-bf16 (a job's false) trains in fp32"
     )
-    log_every: int = setting(10, check=positive, help="steps between logged training losses")
-    eval_every: int = setting(50, check=positive, help="steps between validation evaluations")
-    checkpoint_every: int = setting(50, check=positive, help="steps between checkpoints")
-    eval_tokens: int = setting(32_768, check=positive, help="validation tokens scored at each evaluation")
-    seed: int = setting(0)
+    log_every: int = setting(10, check=step_count, help="steps between logged training losses")
+    eval_every: int = setting(50, check=step_count, help="steps between validation evaluations")
+    checkpoint_every: int = setting(50, check=step_count, help="steps between checkpoints")
+    eval_tokens: int = setting(32_768, check=token_budget, help="validation tokens scored at each evaluation")
+    seed: int = setting(0, check=seed_value)
 
     @property
     def total_steps(self) -> int:
         return self.tokens // (self.batch_size * self.seq_len)
 
     def validate(self) -> None:
+        check_settings(self)  # each field's type and checks first: a bool or NaN never reaches the arithmetic
         if self.tokens <= 0:
             raise ValueError(f"the token budget must be positive, got {self.tokens}; e.g. --tokens 2M")
         if self.total_steps < 1:
             raise ValueError(
                 f"a budget of {self.tokens} tokens is less than one batch of {self.batch_size} x {self.seq_len}; raise --tokens"
             )
-        check_settings(self)  # each field's own checks (temperature, top_k, lm_loss_weight, ...)
 
 
 def kd_loss(
@@ -104,6 +118,53 @@ def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
     """log(1 - sum(exp(top_logp))): the log-probability of every token not listed."""
     covered = torch.logsumexp(top_logp, dim=-1).clamp(max=0.0)
     return torch.log((-torch.expm1(covered)).clamp_min(1e-30))
+
+
+SETTINGS_FILE = "distill_settings.json"  # in the run folder: the settings the run was started with
+
+
+def check_resume(out_dir: str | Path, settings: DistillSettings, label=lambda name: name) -> None:
+    """Refuse to resume what cannot be resumed honestly: a run folder that does not exist or has no
+    checkpoint, or settings that differ from those the run was started with (a resumed run would
+    then report results its recorded settings did not produce). `label(field)` names a setting
+    as the caller's user knows it (a CLI flag, a job key)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise UserError(f"nothing to resume: run folder {out_dir} does not exist; give the folder of the run to resume")
+    restore_checkpoint(out_dir / "checkpoint")  # one a crash stranded between the two renames of a save
+    missing = [name for name in ("state.pt", "model.safetensors") if not (out_dir / "checkpoint" / name).is_file()]
+    if missing:
+        raise UserError(f"nothing to resume in {out_dir}: it has no checkpoint/{missing[0]}; start without resume")
+    file = out_dir / SETTINGS_FILE
+    if not file.is_file():
+        return  # a run from before the settings were recorded: nothing to compare
+    try:
+        recorded = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{file} cannot be read ({err}); the run's settings are unknown, so start a new run") from None
+    current = asdict(settings)
+    for name, value in current.items():
+        if isinstance(recorded, dict) and name in recorded and recorded[name] != value:
+            who = label(name)
+            if who.strip("'-").replace("-", "_") != name:  # e.g. --no-bf16 for bf16_autocast
+                who = f"{who} ({name})"
+            raise UserError(
+                f"{who} is {shown(value)}, but the run in {out_dir} was started with {shown(recorded[name])}; "
+                "resume with the same setting, or start a new run in another folder"
+            )
+
+
+def _check_ids(tokens, vocab_size: int, name: str) -> None:
+    """Token ids the student has embeddings for (else an IndexError deep inside a forward)."""
+    if tokens is None or len(tokens) == 0:
+        return
+    low, high = int(np.min(tokens)), int(np.max(tokens))
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise UserError(
+            f"the {name} tokens hold id {bad:,}, outside the student's vocabulary of {vocab_size:,} (ids 0 to "
+            f"{vocab_size - 1:,}); tokenize the data with the teacher's tokenizer"
+        )
 
 
 def check_pair(student, teacher_config, student_tokenizer=None, teacher_tokenizer=None) -> None:
@@ -147,12 +208,18 @@ def distill(
         logits_cache.check_compatible(settings)
     if train_tokens is None or len(train_tokens) <= settings.seq_len:
         raise ValueError(f"need more than seq_len={settings.seq_len} training tokens for distillation")
+    for name, tokens in (("training", train_tokens), ("validation", val_tokens)):
+        _check_ids(tokens, int(student.config.vocab_size), name)
     out_dir = Path(out_dir)
-    if resume and out_dir.exists() and not (out_dir / "checkpoint" / "state.pt").exists():
-        raise FileNotFoundError(f"nothing to resume in {out_dir}: no checkpoint/state.pt; start without --resume")
+    if resume:
+        check_resume(out_dir, settings)
 
     dist = distributed.setup()
     student_class = type(student)
+    # fp32 master weights: AdamW's small updates vanish in bf16 weights; bf16 autocast keeps the compute
+    # cheap, and the final model is saved back in the dtype it came in (a bf16 checkpoint stays bf16)
+    stored_dtype = next(student.parameters()).dtype
+    student.float()
     train_model = distributed.wrap(student, dist)
     batches = TokenBatches(train_tokens, settings.batch_size, settings.seq_len, seed=settings.seed)
     if teacher is not None:
@@ -206,7 +273,7 @@ def distill(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
-        (out_dir / "distill_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        write_json(out_dir / SETTINGS_FILE, asdict(settings))
     result = train(
         train_model,
         batch_at,
@@ -222,7 +289,7 @@ def distill(
     if dist.is_main:
         from hybridlab.model.loading import save_model
 
-        save_model(final, student_tokenizer, out_dir / "model", overwrite=True)
+        save_model(final.to(stored_dtype), student_tokenizer, out_dir / "model", overwrite=True)
         result = {**result, "teacher_val_loss": teacher_val, "model_dir": str(out_dir / "model")}
         (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     distributed.barrier(dist)

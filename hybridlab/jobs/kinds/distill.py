@@ -17,11 +17,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridlab.core.outputs import check_new_folder
 from hybridlab.core.paths import DEMO_TRAIN, DEMO_VAL
-from hybridlab.core.settings import setting
+from hybridlab.core.settings import declared, setting
 from hybridlab.jobs.kinds.common import (
     JobOptions,
     absolute_path,
+    check_model_input,
+    check_seq_len,
+    check_token_input,
     demo_tokens_or,
     existing_path,
     load,
@@ -31,7 +35,7 @@ from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
 from hybridlab.jobs.specs import existing_dir, existing_file, model_ref
 from hybridlab.store.lookups import candidate_model_dir
 from hybridlab.training.checkpoint import restore_checkpoint
-from hybridlab.training.distill import DistillSettings
+from hybridlab.training.distill import DistillSettings, check_resume
 
 
 @dataclass
@@ -83,13 +87,28 @@ def _check(spec: dict, store) -> None:
         raise ValueError("'train_tokens' is required unless the teacher is 'demo': a .npy token array or text files")
     settings = settings_of(spec)
     settings.validate()  # a zero or too small budget fails here, before queueing
+    student = check_model_input(spec, "student")
+    teacher = check_model_input(spec, "teacher")
+    teacher_config = teacher.config if teacher is not None else None
     if spec["logits_cache"] is not None:
         from hybridlab.training.logits_cache import LogitsCache
 
         try:
-            LogitsCache(spec["logits_cache"]).check_compatible(settings)
-        except FileNotFoundError as err:
-            raise ValueError(str(err)) from None
+            cache = LogitsCache(spec["logits_cache"])
+            cache.check_compatible(settings)
+            teacher_config = teacher_config or cache.teacher_config()
+        except (FileNotFoundError, KeyError, TypeError) as err:
+            raise ValueError(f"the logits cache {spec['logits_cache']} cannot be used: {err}") from None
+    if student is not None and teacher_config is not None:
+        from hybridlab.model.checks import check_vocabularies
+
+        check_vocabularies(student.config, teacher_config)
+    for description in (student, teacher):
+        check_seq_len(description, settings.seq_len)
+    uses_demo = spec["teacher"] == "demo"
+    for key, demo_file in (("train_tokens", DEMO_TRAIN), ("val_tokens", DEMO_VAL)):
+        source = spec[key] or ("demo" if uses_demo else None)
+        check_token_input(source, student, demo_file=demo_file, label=repr(key), min_tokens=settings.seq_len + 1)
     _check_run_dir(spec)
 
 
@@ -102,10 +121,18 @@ def _check_run_dir(spec: dict) -> None:
         return
     run_dir = Path(spec["run_dir"])
     restore_checkpoint(run_dir / "checkpoint")  # one a crash stranded mid-rename counts as there
-    if not spec["resume"] and (run_dir / "checkpoint").exists():
+    if spec["resume"]:  # the folder, its checkpoint, and the settings it was started with
+        check_resume(run_dir, settings_of(spec), label=_spec_key)
+        return
+    if (run_dir / "checkpoint").exists():
         raise ValueError(f"{run_dir} already holds a run; set 'resume' to continue it or choose another 'run_dir'")
-    if spec["resume"] and run_dir.exists() and not (run_dir / "checkpoint" / "state.pt").exists():
-        raise ValueError(f"nothing to resume in {run_dir}: no checkpoint/state.pt; start without 'resume'")
+    check_new_folder(run_dir, "'run_dir'", may_exist=True)
+
+
+def _spec_key(name: str) -> str:
+    """A DistillSettings field as a job spec names it."""
+    keys = {item.name: item.key for item in declared(DistillSettings)}
+    return repr(keys.get(name, name))
 
 
 def run(spec: dict, ctx) -> dict:
@@ -120,9 +147,11 @@ def run(spec: dict, ctx) -> dict:
     teacher, teacher_tokenizer = load(spec["teacher"], spec) if spec["teacher"] is not None else (None, None)
     cache = LogitsCache(spec["logits_cache"]) if spec["logits_cache"] is not None else None
     tokenizer = student_tokenizer or teacher_tokenizer  # for text data
-    train = load_token_array(demo_tokens_or(spec["train_tokens"], spec["teacher"], DEMO_TRAIN), tokenizer).reshape(-1)
+    vocab = int(student.config.vocab_size)
+    train_path = demo_tokens_or(spec["train_tokens"], spec["teacher"], DEMO_TRAIN)
+    train = load_token_array(train_path, tokenizer, vocab).reshape(-1)
     val_path = demo_tokens_or(spec["val_tokens"], spec["teacher"], DEMO_VAL)
-    val = load_token_array(val_path, tokenizer).reshape(-1) if val_path else None
+    val = load_token_array(val_path, tokenizer, vocab).reshape(-1) if val_path else None
     settings = settings_of(spec)
     run_dir = Path(spec["run_dir"]) if spec["run_dir"] is not None else ctx.checkpoint_dir
     result = distill(
