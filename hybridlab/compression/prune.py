@@ -19,7 +19,6 @@ from torch import nn
 from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD, ImportanceScores
 from hybridlab.compression.kept import KeptUnits, check_mamba_ranking, kept_units
 from hybridlab.core.atomic import atomic_directory
-from hybridlab.core.errors import UserError
 from hybridlab.core.progress import ProgressFn, track
 from hybridlab.families import ATTENTION, MLP, MambaLayout, ModelDescription, describe
 from hybridlab.model.memory import DEFAULT_SHARD_BYTES
@@ -88,21 +87,21 @@ def prune_checkpoint(
     (a Hugging Face folder: sharded safetensors, index, config, the source's tokenizer files). Neither
     model is ever whole in memory; the written weights equal `prune(whole model, ...)` bit for bit."""
     check_mamba_ranking(mamba_ranking)
-    if source.shares_modules_across_layers:
-        raise UserError(
-            f"{source.config.model_type} shares blocks between layers, which streamed pruning cannot slice one "
-            "layer at a time yet; prune it in memory (--no-streaming)"
-        )
     description = describe(source.model)
     kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
     with torch.device("meta"):
         pruned = type(source.model)(description.config_with(kept.new))
     pruned.to(source.dtype).eval()
+    pruned.tie_weights()
     new_parts, hidden = description.parts(pruned), kept.hidden
+    blocks = [layer.block for layer in new_parts.layers]
+    # Parameters that several layers share (Zamba2's shared blocks and their tied adapters) stay in memory
+    # from the start to the end: each layer slices its own part of them, then they are written once.
+    shared = _TensorSlots.shared_between(blocks)
     put = _Writes()
     writer = ShardWriter(pruned, max_shard_bytes)
     steps = [None, *range(kept.new.num_layers)]
-    with atomic_directory(out_dir, overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp, shared.materialised(source.device):
         writer.open(tmp)
         for step in track(steps, len(steps), "prune (streamed)", progress):
             if step is None:  # embeddings, final norm, lm_head
@@ -113,13 +112,15 @@ def prune_checkpoint(
                     writer.add_modules(ends)
                 continue
             old_index = kept.kept_layers[step]
-            block = new_parts.layers[step].block
-            with source.layer(old_index), _materialised([block], source.device):
+            own = _TensorSlots.of(blocks[step], skip=shared)
+            with source.layer(old_index), own.materialised(source.device):
                 old_layer = source.layer_parts(old_index, description)
-                _copy_module_buffers(source.block(old_index), block)
+                _copy_module_buffers(source.block(old_index), blocks[step])
                 _prune_layer(put, description.parts(pruned).layers[step], old_layer, kept, description.mamba_layout)
-                put.check_written([block])
-                writer.add_modules([block])
+                put.check_tensors(own.tensors())
+                writer.add_tensors(own.slots())
+        put.check_tensors(shared.tensors())
+        writer.add_tensors(shared.slots())
         writer.close()
         pruned.config.save_pretrained(tmp)
         if pruned.can_generate():  # as save_pretrained does; the source's own, if any, is copied over it
@@ -140,7 +141,10 @@ class _Writes:
 
     def check_written(self, modules: list[nn.Module]) -> None:
         """An adapter that forgot a tensor would otherwise leave garbage memory in the pruned model."""
-        missing = [n for m in modules for n, p in m.named_parameters() if id(p) not in self.written]
+        self.check_tensors([(n, p) for m in modules for n, p in m.named_parameters()])
+
+    def check_tensors(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        missing = [name for name, tensor in named if id(tensor) not in self.written]
         if missing:
             raise RuntimeError(f"pruning left parameters unset: {missing[:5]}")
 
@@ -269,6 +273,72 @@ def _materialised(modules: list[nn.Module], device) -> Iterator[None]:
     finally:
         for module in modules:
             module.to_empty(device="meta")
+
+
+class _TensorSlots:
+    """Parameter and buffer slots (module, attribute) of a meta model, given real memory together and freed
+    together; slots that hold one tied tensor get one tensor again, so ties survive."""
+
+    def __init__(self, groups: list[list[tuple[nn.Module, str]]]):
+        self.groups = groups  # one list of slots per tensor
+
+    @classmethod
+    def shared_between(cls, blocks: list[nn.Module]) -> "_TensorSlots":
+        """The tensors that appear in more than one block."""
+        where: dict[int, set[int]] = {}
+        slots: dict[int, list] = {}
+        for b, block in enumerate(blocks):
+            for module, attr, tensor in _slots(block):
+                where.setdefault(id(tensor), set()).add(b)
+                slots.setdefault(id(tensor), []).append((module, attr))
+        return cls([slots[key] for key, users in where.items() if len(users) > 1])
+
+    @classmethod
+    def of(cls, block: nn.Module, skip: "_TensorSlots") -> "_TensorSlots":
+        """The block's tensors but the skipped ones."""
+        skipped = {(id(m), a) for group in skip.groups for m, a in group}
+        groups: dict[int, list] = {}
+        for module, attr, tensor in _slots(block):
+            if (id(module), attr) not in skipped:
+                groups.setdefault(id(tensor), []).append((module, attr))
+        return cls(list(groups.values()))
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{type(m).__name__}.{a}", _slot(m, a)) for m, a in (group[0] for group in self.groups)]
+
+    def slots(self) -> list[tuple[nn.Module, str]]:
+        return [slot for group in self.groups for slot in group]
+
+    @contextmanager
+    def materialised(self, device) -> Iterator[None]:
+        self._fill(lambda t: torch.empty_like(t, device=device))
+        try:
+            yield
+        finally:
+            self._fill(lambda t: torch.empty_like(t, device="meta"))
+
+    def _fill(self, make) -> None:
+        for group in self.groups:
+            module, attr = group[0]
+            old = _slot(module, attr)
+            new = nn.Parameter(make(old), old.requires_grad) if attr in module._parameters else make(old)
+            for module, attr in group:
+                (module._parameters if attr in module._parameters else module._buffers)[attr] = new
+
+
+def _slots(root: nn.Module):
+    """(module, attribute, tensor) of every parameter and persistent buffer under `root`."""
+    for module in root.modules():
+        for attr, tensor in module._parameters.items():
+            if tensor is not None:
+                yield module, attr, tensor
+        for attr, tensor in module._buffers.items():
+            if tensor is not None and attr not in module._non_persistent_buffers_set:
+                yield module, attr, tensor
+
+
+def _slot(module: nn.Module, attr: str) -> torch.Tensor:
+    return module._parameters[attr] if attr in module._parameters else module._buffers[attr]
 
 
 def _copy_tokenizer_files(source: Path, dest: Path) -> None:

@@ -95,17 +95,6 @@ class StreamedModel:
         self._materialise_rest()
 
     @property
-    def shares_modules_across_layers(self) -> bool:
-        """True when a module serves several layers (Zamba2's shared transformer blocks)."""
-        seen: set[int] = set()
-        for block in self._blocks:
-            mine = {id(p) for p in block.parameters()}
-            if mine & seen:
-                return True
-            seen |= mine
-        return False
-
-    @property
     def num_layers(self) -> int:
         return len(self._blocks)
 

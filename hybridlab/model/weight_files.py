@@ -171,6 +171,15 @@ class ShardWriter:
     def open(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
 
+    def add_tensors(self, slots: Iterable[tuple[torch.nn.Module, str]]) -> None:
+        """Take the stored tensors in these (module, attribute) slots, write full shards."""
+        for module, attr in slots:
+            name = self._by_owner.get((id(module), attr))
+            if name is not None and name not in self.done:
+                tensor = module._parameters[attr] if attr in module._parameters else module._buffers[attr]
+                self.pending[name] = tensor.detach().to("cpu")
+        self._write_full_shards()
+
     def add_modules(self, modules: Iterable[torch.nn.Module], recurse: bool = True) -> None:
         """Take every stored tensor the modules own (copied: the caller frees the modules), write full shards."""
         for root in modules:
@@ -179,7 +188,12 @@ class ShardWriter:
                 for attr, tensor in local:
                     name = self._by_owner.get((id(module), attr))
                     if name is not None and name not in self.done:
-                        self.pending[name] = tensor.detach().to("cpu")  # shares memory: the caller only frees its modules
+                        self.pending[name] = tensor.detach().to(
+                            "cpu"
+                        )  # shares memory: the caller only frees its modules
+        self._write_full_shards()
+
+    def _write_full_shards(self) -> None:
         while self._next < len(self.shards) and all(n in self.pending for n in self.shards[self._next]):
             self._flush()
 
