@@ -1,6 +1,7 @@
 """The memory a command is estimated to need (hybridlab.model.memory) against what it really takes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,15 +22,21 @@ SMALL = dict(
 )  # fmt: skip
 SPEC = dict(hidden_size=768, ffn_hidden_size=3072, mamba_num_heads=24)
 MEASURE = """
-import json, resource, sys
+import json, sys
 from hybridlab import PruneSpec
 from hybridlab.compression.prune import prune_checkpoint
 from hybridlab.model.streamed import StreamedModel
 
+def status(key):  # kB in /proc/self/status -> bytes
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+spec = PruneSpec(**json.loads(sys.argv[3]))
+prune_checkpoint(StreamedModel(sys.argv[1]), spec, sys.argv[2] + "-warm", ranking="random")  # code pages in
 source = StreamedModel(sys.argv[1])
-base = int(open("/proc/self/statm").read().split()[1]) * 4096  # resident bytes before pruning
-prune_checkpoint(source, PruneSpec(**json.loads(sys.argv[3])), sys.argv[2], ranking="random")
-print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to what is resident now
+base = status("VmRSS")
+prune_checkpoint(source, spec, sys.argv[2], ranking="random")
+print(json.dumps({"base": base, "peak": status("VmHWM")}))
 """
 
 
@@ -37,11 +44,17 @@ print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF)
 def test_streamed_prune_memory_estimate_is_within_20_percent_of_the_measured_peak(tmp_path):
     config = NemotronHConfig(**SMALL)
     checkpoint = write_random_checkpoint(config, tmp_path / "model")
+    # a clean environment: variables earlier tests left behind (e.g. debugging or allocator settings)
+    # must not change what the measured process allocates
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "PYTHONPATH") if key in os.environ}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     run = subprocess.run(
         [sys.executable, "-c", MEASURE, str(checkpoint), str(tmp_path / "out"), json.dumps(SPEC)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
+        cwd=tmp_path,
     )
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     description = describe(config)
@@ -50,3 +63,4 @@ def test_streamed_prune_memory_estimate_is_within_20_percent_of_the_measured_pea
     )
     taken = measured["peak"] - measured["base"]
     assert 0.8 <= taken / need.total <= 1.2, (taken, need.describe())
+    print(f"streamed prune: measured {taken / 2**20:.0f} MiB, estimated {need.describe()}: {taken / need.total:.2f}x")
