@@ -35,13 +35,19 @@ from hybridlab.families.base import (
     MAMBA,
     MLP,
     THEN,
-    AttentionParts,
     Family,
     Layer,
     MLPParts,
     ModelParts,
     Sublayer,
     Widths,
+)
+from hybridlab.families.hf_hybrid import (
+    attention_head_dim,
+    attention_parts,
+    mamba_biases,
+    mamba_config,
+    mamba_widths,
 )
 from hybridlab.families.hf_mamba2_mixer import mamba_parts
 
@@ -50,9 +56,7 @@ LAYER = MAMBA + BESIDE + ATTENTION + THEN + MLP  # "mamba|attention+mlp"
 
 
 def widths(config) -> Widths:
-    biases = {"mamba_conv"} if config.mamba_conv_bias else set()
-    if config.mamba_proj_bias:
-        biases.add("mamba_in_proj")
+    biases = mamba_biases(config)
     if config.projectors_bias:
         biases.add("mamba_out_proj")
     if config.mlp_bias:
@@ -66,13 +70,8 @@ def widths(config) -> Widths:
         ffn_hidden_size=config.intermediate_size,
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
-        # the model reads an optional head_dim and falls back to hidden // heads
-        attention_head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-        mamba_num_heads=config.mamba_n_heads,
-        mamba_head_dim=config.mamba_d_head,
-        mamba_n_groups=config.mamba_n_groups,
-        mamba_state_size=config.mamba_d_state,
-        mamba_conv_kernel=config.mamba_d_conv,
+        attention_head_dim=attention_head_dim(config),
+        **mamba_widths(config),
         tied_embeddings=bool(config.tie_word_embeddings),
         biases=frozenset(biases),
         mlp_gated=True,
@@ -89,8 +88,7 @@ def config_with(config, new: Widths):
         num_attention_heads=new.num_attention_heads,
         num_key_value_heads=new.num_key_value_heads,
         head_dim=new.attention_head_dim,  # written, or a new hidden/heads ratio would change it (and RoPE)
-        mamba_n_heads=new.mamba_num_heads,
-        mamba_d_head=new.mamba_head_dim,
+        **mamba_config(new),
         mamba_d_ssm=new.mamba_num_heads * new.mamba_head_dim,  # the width, free of hidden_size
     )
     return type(config).from_dict(values)
@@ -120,9 +118,7 @@ def parts(model: nn.Module) -> ModelParts:
         attn, ff = block.self_attn, block.feed_forward
         sublayers = [
             Sublayer(MAMBA, block.input_layernorm, mamba_parts(block.mamba)),
-            Sublayer(
-                ATTENTION, block.input_layernorm, AttentionParts(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
-            ),
+            Sublayer(ATTENTION, block.input_layernorm, attention_parts(attn)),
             Sublayer(MLP, block.pre_ff_layernorm, MLPParts(ff.down_proj, up_proj=ff.up_proj, gate_proj=ff.gate_proj)),
         ]
         layers.append(Layer(index, LAYER, block, sublayers, skip_output=_skip_output))

@@ -30,13 +30,20 @@ from hybridlab.families.base import (
     MAMBA,
     MLP,
     THEN,
-    AttentionParts,
     Family,
     Layer,
     MLPParts,
     ModelParts,
     Sublayer,
     Widths,
+)
+from hybridlab.families.hf_hybrid import (
+    attention_head_dim,
+    attention_parts,
+    check_keeps_attention,
+    mamba_biases,
+    mamba_config,
+    mamba_widths,
 )
 from hybridlab.families.hf_mamba2_mixer import mamba_parts
 from hybridlab.families.mamba_width import check_integer_expand, expand_of
@@ -54,9 +61,9 @@ def widths(config) -> Widths:
             "yet: mixture-of-experts pruning is not built; dense configs (num_local_experts=0, shared_mlp only), "
             "such as granite-4.0-h-1b and -micro, can"
         )
-    biases = {"mamba_conv"} if config.mamba_conv_bias else set()
+    biases = mamba_biases(config)
     if config.mamba_proj_bias:
-        biases |= {"mamba_in_proj", "mamba_out_proj"}
+        biases.add("mamba_out_proj")
     if config.attention_bias:
         biases.add("attention")
     return Widths(
@@ -66,13 +73,8 @@ def widths(config) -> Widths:
         ffn_hidden_size=config.shared_intermediate_size,
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
-        # the model reads an optional head_dim and falls back to hidden // heads (published configs omit it)
-        attention_head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-        mamba_num_heads=config.mamba_n_heads,
-        mamba_head_dim=config.mamba_d_head,
-        mamba_n_groups=config.mamba_n_groups,
-        mamba_state_size=config.mamba_d_state,
-        mamba_conv_kernel=config.mamba_d_conv,
+        attention_head_dim=attention_head_dim(config),
+        **mamba_widths(config),
         tied_embeddings=bool(config.tie_word_embeddings),
         biases=frozenset(biases),
         mlp_gated=True,
@@ -80,13 +82,7 @@ def widths(config) -> Widths:
 
 
 def check(new: Widths, old: Widths) -> None:
-    if (
-        ATTENTION_LAYER in old.layer_kinds and ATTENTION_LAYER not in new.layer_kinds
-    ):  # a model without one never had a cache
-        raise ValueError(
-            f"this plan removes every attention layer, but transformers' {ARCHITECTURE} needs at least one to build "
-            "its generation cache; keep one attention layer and drop others instead"
-        )
+    check_keeps_attention(new, old, ATTENTION_LAYER, ARCHITECTURE)
     check_integer_expand(new, ARCHITECTURE)
 
 
@@ -100,8 +96,7 @@ def config_with(config, new: Widths):
         num_attention_heads=new.num_attention_heads,
         num_key_value_heads=new.num_key_value_heads,
         head_dim=new.attention_head_dim,  # written, or a new hidden/heads ratio would change it
-        mamba_n_heads=new.mamba_num_heads,
-        mamba_d_head=new.mamba_head_dim,
+        **mamba_config(new),
         mamba_expand=expand_of(new),
     )
     return type(config).from_dict(values)
@@ -114,10 +109,7 @@ def parts(model: nn.Module) -> ModelParts:
         if block.mamba is not None:
             mixer = Sublayer(MAMBA, block.input_layernorm, mamba_parts(block.mamba))
         else:
-            attn = block.self_attn
-            mixer = Sublayer(
-                ATTENTION, block.input_layernorm, AttentionParts(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
-            )
+            mixer = Sublayer(ATTENTION, block.input_layernorm, attention_parts(block.self_attn))
         shared = block.shared_mlp
         mlp = Sublayer(
             MLP, block.post_attention_layernorm, MLPParts(shared.output_linear, gate_up_proj=shared.input_linear)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridlab.families.base import ATTENTION, MAMBA, MLP, AttentionParts, Family, Layer, MLPParts, ModelParts, Widths
+from hybridlab.families.base import ATTENTION, MAMBA, MLP, Family, Layer, MLPParts, ModelParts, Widths
+from hybridlab.families.hf_hybrid import attention_parts
 from hybridlab.families.hf_mamba2_mixer import mamba_parts
 
 # config.layers_block_type names -> engine kinds. MoE layers ("moe") are not prunable yet.
@@ -78,7 +79,7 @@ def parts(model: nn.Module) -> ModelParts:
         elif kind == MLP:
             mixer_parts = MLPParts(up_proj=mixer.up_proj, down_proj=mixer.down_proj)
         else:
-            mixer_parts = AttentionParts(mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.o_proj)
+            mixer_parts = attention_parts(mixer)
         layers.append(Layer.single(index, kind, block, block.norm, mixer_parts))
     return ModelParts(backbone.embeddings, layers, backbone.norm_f, model.lm_head)
 
