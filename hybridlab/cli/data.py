@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from hybridlab.cli.options import add_options, settings_from_args
+from hybridlab.core.errors import UserError
+from hybridlab.training.pretrain import TrainSettings
+
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="build the demo corpus and tokenizer")
@@ -25,18 +29,8 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a language model from scratch on token arrays")
     train.add_argument("--data", required=True, help="corpus folder from `hybridlab data build`")
     train.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
-    train.add_argument(
-        "--preset", default="demo-teacher", help="model preset (see hybridlab.training.pretrain.PRESETS)"
-    )
+    add_options(train, TrainSettings)
     train.add_argument("--config", default=None, help="JSON file with config overrides for the preset")
-    train.add_argument("--tokens", type=float, default=None, help="token budget, e.g. 8e6")
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--seq-len", type=int, default=None)
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU)")
-    train.add_argument("--eval-every", type=int, default=None, help="steps between validations")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.set_defaults(func=_train)
 
@@ -66,16 +60,15 @@ def _ship(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from hybridlab.training.pretrain import TrainSettings, train_language_model
+    from hybridlab.training.pretrain import train_language_model
 
-    overrides = json.loads(open(args.config).read()) if args.config else {}
-    settings = TrainSettings.for_preset(args.preset)
-    for name in ("batch_size", "seq_len", "lr", "eval_every", "checkpoint_every", "threads"):
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
-    if args.tokens is not None:
-        settings.token_budget = int(args.tokens)
-    settings.seed = args.seed
+    settings = settings_from_args(TrainSettings, args)  # a bad value is one line naming its option
+    try:
+        overrides = json.loads(open(args.config).read()) if args.config else {}
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--config {args.config} is not a readable JSON file ({err}); give a JSON object of config values"
+        ) from None
     result = train_language_model(args.data, args.out, settings, config_overrides=overrides, resume=args.resume)
     print(f"val loss {result['val_loss']:.4f}  perplexity {result['val_perplexity']:.2f}  -> {args.out}/model")
     return 0

@@ -19,6 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab.core.progress import ProgressFn
+from hybridlab.core.settings import (
+    batch_count,
+    build,
+    check_settings,
+    parse_token_count,
+    positive,
+    seed_value,
+    sequence_length,
+    setting,
+    step_count,
+    token_budget,
+)
 from hybridlab.data.tokenizer import load_tokenizer
 from hybridlab.data.tokens import TokenBatches, contiguous_windows, load_tokens, sha256_file, unigram_entropy
 from hybridlab.model.loading import save_model
@@ -47,27 +59,30 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class TrainSettings:
-    preset: str = "demo-teacher"
-    batch_size: int = 8
-    seq_len: int = 256
-    token_budget: int = 2_400_000
-    lr: float = 1.5e-3
+    preset: str = setting("demo-teacher", choices=tuple(PRESETS), help="model preset")
+    batch_size: int = setting(8, check=batch_count)
+    seq_len: int = setting(256, check=sequence_length)
+    token_budget: int = setting(
+        2_400_000, check=token_budget, parse=parse_token_count, flag="--tokens", help="token budget, e.g. 8e6 or 25M"
+    )
+    lr: float = setting(1.5e-3, check=positive)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     bf16_autocast: bool = True
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    eval_every: int = setting(100, check=step_count, help="steps between validations")
+    checkpoint_every: int = setting(100, check=step_count, help="steps between checkpoints")
     eval_windows: int = 32  # val windows used for the periodic (in-training) validation
-    seed: int = 0
-    threads: int | None = None  # torch intra-op threads; 1 is fastest on a busy shared CPU
+    seed: int = setting(0, check=seed_value)
+    threads: int | None = setting(None, check=positive, help="torch threads (1 is fastest on a busy CPU)")
 
     @classmethod
     def for_preset(cls, name: str) -> "TrainSettings":
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
-        return cls(preset=name)
+        return build(cls, {"preset": name}, label=lambda item: item.name)
+
+    def validate(self) -> None:
+        check_settings(self)
 
     @property
     def total_steps(self) -> int:
