@@ -22,26 +22,19 @@ from hybridlab.store.db import STORE_FILE, Store
 from hybridlab.store.owners import artifact_records, jobs_named
 from hybridlab.store.status import CANCELLED, FAILED
 
-# The built-in kinds whose 'name' names an artifact: its folder under artifacts/, and the prefix of
-# the name a job without one gets (`<prefix>-<job id>`, kinds.common.run_name).
-NAMED_ARTIFACTS = {
-    "importance": ("importance", "importance"),
-    "prune": ("candidates", "candidate"),
-    "distill": ("distilled", "distill"),
-    "search": ("search", "search"),
-}
 # Spec keys that name a folder a job writes into.
 OUTPUT_KEYS = ("run_dir",)
 # Folders and files of the workspace that belong to hybridlab itself.
 RESERVED = (ARTIFACTS, JOBS, "workers", "logs", STORE_FILE, "queue.db")
 
 
-def check_run_name(kind: str, spec: dict, store: Store | None) -> None:
-    """ValueError naming the run that already has `spec['name']` and what to do, if one has."""
-    name = spec.get("name")
-    if not isinstance(name, str) or store is None or kind not in NAMED_ARTIFACTS:
+def check_run_name(job_kind, spec: dict, store: Store | None) -> None:
+    """ValueError naming the run that already has `spec['name']` and what to do, if one has.
+    `job_kind` is a registry.JobKind; its `artifact` says where the name leads."""
+    name, kind = spec.get("name"), job_kind.name
+    if not isinstance(name, str) or store is None or job_kind.artifact is None:
         return
-    folder, prefix = NAMED_ARTIFACTS[kind]
+    folder, prefix = job_kind.artifact.folder, job_kind.artifact.prefix
     if re.fullmatch(rf"{re.escape(prefix)}-[0-9]+", name):
         raise ValueError(f"'name' {name!r} has the form {prefix}-N that unnamed {kind} jobs get; choose another name")
     same = [job for job in jobs_named(store, kind, name) if job["status"] not in FINISHED]

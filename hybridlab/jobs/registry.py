@@ -46,6 +46,14 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """Where a kind's named result goes: artifacts/<folder>/<name>; an unnamed job's name is <prefix>-<job id>."""
+
+    folder: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     fields: dict[str, Field]
@@ -53,6 +61,7 @@ class JobKind:
     doc: str = ""
     requires: tuple[str, ...] = ()  # modules the handler needs (checked at submission)
     check: Callable[[dict, Any], None] | None = None  # check(spec, store): cross-field rules; may normalize spec
+    artifact: Artifact | None = None  # the named result it writes, if any (names are unique per folder)
 
     def missing_modules(self) -> list[str]:
         return [m for m in self.requires if not _module_exists(m)]

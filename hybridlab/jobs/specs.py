@@ -56,7 +56,7 @@ def validate_spec(kind_name: str, spec: dict, store=None) -> dict:
             problems.append(str(err))
     if not problems:
         try:
-            check_run_name(kind.name, clean, store)  # a name another run has is refused, never reused
+            check_run_name(kind, clean, store)  # a name another run has is refused, never reused
         except ValueError as err:
             problems.append(str(err))
     if problems:

@@ -31,11 +31,13 @@ from hybridlab.jobs.kinds.common import (
     load,
     run_name,
 )
-from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
+from hybridlab.jobs.registry import Artifact, JobKind, settings_from_spec, spec_fields
 from hybridlab.jobs.specs import existing_dir, existing_file, model_ref
 from hybridlab.store.lookups import candidate_model_dir
 from hybridlab.training.checkpoint import restore_checkpoint
 from hybridlab.training.distill import DistillSettings, check_resume
+
+ARTIFACT = Artifact(folder="distilled", prefix="distill")  # artifacts/distilled/<name>
 
 
 @dataclass
@@ -140,7 +142,7 @@ def run(spec: dict, ctx) -> dict:
     from hybridlab.training.distill import distill
     from hybridlab.training.logits_cache import LogitsCache
 
-    name = run_name(spec, ctx, "distill")
+    name = run_name(spec, ctx, ARTIFACT.prefix)
     run_id = ctx.start_run("distillations", name, spec["student"], spec)
     ctx.progress(0.0, "loading student and teacher")
     student, student_tokenizer = load(spec["student"], spec)
@@ -167,9 +169,9 @@ def run(spec: dict, ctx) -> dict:
         student_tokenizer=student_tokenizer,
         teacher_tokenizer=teacher_tokenizer,
     )
-    final = ctx.artifact_path("distilled", name)
+    final = ctx.artifact_path(ARTIFACT.folder, name)
     if spec["run_dir"] is not None:  # the user's folder keeps its model; the artifact is a copy
-        with ctx.write_artifact("distilled", name) as tmp:
+        with ctx.write_artifact(ARTIFACT.folder, name) as tmp:
             shutil.copytree(run_dir / "model", tmp, dirs_exist_ok=True)
     else:
         if final.exists():  # an earlier attempt moved it but died before recording the run
@@ -189,6 +191,7 @@ def run(spec: dict, ctx) -> dict:
 
 
 KIND = JobKind(
+    artifact=ARTIFACT,
     name="distill",
     doc="logit distillation of a student from a teacher, resumable from checkpoints",
     fields=spec_fields(DistillInputs, DistillSettings, JobOptions),

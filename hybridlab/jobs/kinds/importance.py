@@ -16,7 +16,9 @@ from hybridlab.jobs.kinds.common import (
     run_name,
 )
 from hybridlab.jobs.kinds.source_model import Streaming, calibration_sizes, open_source
-from hybridlab.jobs.registry import JobKind, spec_fields
+from hybridlab.jobs.registry import Artifact, JobKind, spec_fields
+
+ARTIFACT = Artifact(folder="importance", prefix="importance")  # artifacts/importance/<name>
 
 
 def _check(spec: dict, store) -> None:
@@ -29,7 +31,7 @@ def run(spec: dict, ctx) -> dict:
     from hybridlab import estimate_importance
     from hybridlab.data.calibration import batched, load_calibration
 
-    name = run_name(spec, ctx, "importance")
+    name = run_name(spec, ctx, ARTIFACT.prefix)
     run_id = ctx.start_run("importance_runs", name, spec["model"], spec)
     ctx.progress(0.0, "loading model")
     source = open_source(spec, "importance", ctx, **calibration_sizes(spec))
@@ -48,7 +50,7 @@ def run(spec: dict, ctx) -> dict:
         layer_samples=spec["layer_samples"],
         description=source.description,
     )
-    out = scores.save(ctx.artifact_path("importance", name))  # atomic: temp folder, then rename
+    out = scores.save(ctx.artifact_path(ARTIFACT.folder, name))  # atomic: temp folder, then rename
     least = {m: scores.layers[m].argsort().tolist()[:5] for m in scores.layers}
     result = {
         "samples": int(rows.shape[0]),
@@ -63,6 +65,7 @@ def run(spec: dict, ctx) -> dict:
 
 
 KIND = JobKind(
+    artifact=ARTIFACT,
     name="importance",
     doc="activation importance of every prunable unit, plus layer importance",
     fields=spec_fields(ModelInput, Calibration, Streaming, JobOptions),

@@ -25,7 +25,9 @@ from hybridlab.jobs.kinds.common import (
     scores_dir,
 )
 from hybridlab.jobs.kinds.source_model import Streaming, calibration_sizes, open_source
-from hybridlab.jobs.registry import JobKind, spec_fields
+from hybridlab.jobs.registry import Artifact, JobKind, spec_fields
+
+ARTIFACT = Artifact(folder="candidates", prefix="candidate")  # artifacts/candidates/<name>
 
 DEPTH_KEYS = ("num_layers", "drop_layers")
 
@@ -102,7 +104,7 @@ def run(spec: dict, ctx) -> dict:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.model.sizes import estimate_sizes
 
-    name = run_name(spec, ctx, "candidate")
+    name = run_name(spec, ctx, ARTIFACT.prefix)
     # A candidate's spec is its architecture (PruneSpec keys); how it was made goes in its result.
     run_id = ctx.start_run("candidates", name, spec["model"], spec["spec"])
     ctx.progress(0.0, "loading model")
@@ -122,7 +124,7 @@ def run(spec: dict, ctx) -> dict:
     prune_spec = PruneSpec.from_dict(spec["spec"])
     ctx.progress(0.6, "pruning")
     ranks = dict(ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"], layer_metric=spec["layer_metric"])
-    out = ctx.artifact_path("candidates", name)
+    out = ctx.artifact_path(ARTIFACT.folder, name)
     if source.streamed:  # layer by layer, written shard by shard
         progress = ctx.sub_progress(0.6, 0.95)
         prune_checkpoint(model, prune_spec, out, scores, **ranks, seed=spec["seed"], progress=progress, overwrite=True)
@@ -177,6 +179,7 @@ def _layer_count(config) -> int:
 
 
 KIND = JobKind(
+    artifact=ARTIFACT,
     name="prune",
     doc="prune a model to a PruneSpec with importance scores; saves a Hugging Face folder",
     fields=spec_fields(ModelInput, PruneOptions, Calibration, Streaming, JobOptions),

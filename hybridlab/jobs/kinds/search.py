@@ -29,8 +29,10 @@ from hybridlab.jobs.kinds.common import (
     run_name,
     scores_dir,
 )
-from hybridlab.jobs.registry import JobKind, settings_from_spec, spec_fields
+from hybridlab.jobs.registry import Artifact, JobKind, settings_from_spec, spec_fields
 from hybridlab.search.run import SearchSettings
+
+ARTIFACT = Artifact(folder="search", prefix="search")  # artifacts/search/<name>
 
 
 @dataclass
@@ -128,7 +130,7 @@ def run(spec: dict, ctx) -> dict:
     from hybridlab.model.loading import save_model
     from hybridlab.search.run import search
 
-    name = run_name(spec, ctx, "search")
+    name = run_name(spec, ctx, ARTIFACT.prefix)
     ctx.progress(0.0, "loading model")
     model, tokenizer = load(spec["model"], spec)
     ctx.register_model(spec["model"], model.config)
@@ -161,13 +163,14 @@ def run(spec: dict, ctx) -> dict:
         ctx.finish_run(
             "candidates", run_id, None, {**metrics, "val_loss": row.get("distilled_loss", row["zero_shot_loss"])}
         )
-    final = save_model(outcome.best_model, tokenizer, ctx.artifact_path("search", name), overwrite=True)
+    final = save_model(outcome.best_model, tokenizer, ctx.artifact_path(ARTIFACT.folder, name), overwrite=True)
     ctx.register_model(str(final), outcome.best_model.config)
     best = {k: v for k, v in outcome.best.items() if k != "model_dir"}
     return {"best": best, "model_path": str(final), "candidates": len(outcome.candidates) - 1}
 
 
 KIND = JobKind(
+    artifact=ARTIFACT,
     name="search",
     doc="enumerate, prune and rank candidate architectures at a parameter budget; distil the top k",
     fields=spec_fields(ModelInput, SearchInputs, SearchSettings, JobOptions),
