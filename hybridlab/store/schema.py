@@ -112,6 +112,9 @@ def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+        if found == SCHEMA_VERSION:  # another process upgraded it while we waited for the lock
+            conn.execute("COMMIT")
+            return found
         if found > SCHEMA_VERSION:
             where = f" ({path})" if path is not None else ""
             raise UserError(
