@@ -10,8 +10,9 @@ from transformers import NemotronHForCausalLM
 from hybridlab import PruneSpec, estimate_importance, prune
 from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, HIDDEN, MAMBA_CHANNEL, MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
-from hybridlab.families import ATTENTION, MAMBA, MLP, describe
+from hybridlab.families import ATTENTION, MAMBA, describe
 from tests.conftest import randomize, tiny_nemotron_config
+from tests.families.exact import expected_weights  # every family's independent slicing of the original
 
 SPEC = PruneSpec(hidden_size=24, ffn_hidden_size=20, num_attention_heads=2, mamba_num_heads=4, mamba_head_dim=3)
 
@@ -21,72 +22,6 @@ def biased_nemotron():
     """Every optional bias switched on, so their slicing is checked too."""
     config = tiny_nemotron_config(mamba_proj_bias=True, use_bias=True, mlp_bias=True, attention_bias=True)
     return randomize(NemotronHForCausalLM(config), seed=1)
-
-
-def expected_weights(model, pruned, kept) -> dict[str, torch.Tensor]:
-    """Every parameter of `pruned` as it must be: the original tensors indexed by `kept`. The
-    Mamba projections are split into [z | x | B | C | dt] here, independently of the pruner."""
-    old, hidden = kept.old, kept.hidden
-    old_parts, new_parts = describe(model).parts(model), describe(pruned).parts(pruned)
-    pairs = [
-        (new_parts.embeddings.weight, old_parts.embeddings.weight[:, hidden]),
-        (new_parts.lm_head.weight, old_parts.lm_head.weight[:, hidden]),
-        (new_parts.final_norm.weight, old_parts.final_norm.weight[hidden]),
-    ]
-    for new_layer, index in zip(new_parts.layers, kept.kept_layers):
-        src, dst = old_parts.layers[index].mixer, new_layer.mixer
-        pairs.append((new_layer.norm.weight, old_parts.layers[index].norm.weight[hidden]))
-        if new_layer.kind == MLP:
-            neurons = kept.units(FFN_NEURON, index)
-            pairs += [(dst.up_proj.weight, src.up_proj.weight[neurons][:, hidden])]
-            pairs += [(dst.down_proj.weight, src.down_proj.weight[hidden][:, neurons])]
-            if src.up_proj.bias is not None:
-                pairs += [
-                    (dst.up_proj.bias, src.up_proj.bias[neurons]),
-                    (dst.down_proj.bias, src.down_proj.bias[hidden]),
-                ]
-        elif new_layer.kind == ATTENTION:  # transformers' NemotronH attention has no biases
-            heads, d = kept.units(ATTENTION_HEAD, index), old.attention_head_dim
-            pairs += [(dst.q_proj.weight, _rows_of_heads(src.q_proj.weight, heads, d)[:, hidden])]
-            pairs += [
-                (dst.k_proj.weight, src.k_proj.weight[:, hidden]),
-                (dst.v_proj.weight, src.v_proj.weight[:, hidden]),
-            ]
-            pairs += [(dst.o_proj.weight, _rows_of_heads(src.o_proj.weight.T, heads, d).T[hidden])]
-        else:
-            pairs += _mamba_pairs(
-                src, dst, old, kept.units(MAMBA_HEAD, index), kept.units(MAMBA_CHANNEL, index), hidden
-            )
-    names = {id(p): name for name, p in pruned.named_parameters()}
-    return {names[id(new)]: want for new, want in pairs}
-
-
-def _rows_of_heads(t: torch.Tensor, heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[n*d, ...] -> [n'*d, ...]: the rows of the kept heads."""
-    return t.reshape(-1, head_dim, *t.shape[1:])[heads].reshape(-1, *t.shape[1:])
-
-
-def _mamba_pairs(src, dst, old, heads, channels, hidden) -> list:
-    H, P, G, N = old.mamba_num_heads, old.mamba_head_dim, old.mamba_n_groups, old.mamba_state_size
-
-    def inner(t):  # [H*P, ...] -> [H'*P', ...]: the kept (head, channel) pairs
-        return t.reshape(H, P, *t.shape[1:])[heads][:, channels].reshape(-1, *t.shape[1:])
-
-    pairs = []
-    for tensor, new in ((src.in_proj.weight, dst.in_proj.weight), (src.in_proj.bias, dst.in_proj.bias)):
-        if tensor is not None:
-            z, x, B, C, dt = tensor.split([H * P, H * P, G * N, G * N, H])
-            rows = torch.cat([inner(z), inner(x), B, C, dt[heads]])
-            pairs.append((new, rows[:, hidden] if tensor.dim() == 2 else rows))
-    for tensor, new in ((src.conv1d.weight, dst.conv1d.weight), (src.conv1d.bias, dst.conv1d.bias)):
-        if tensor is not None:
-            x, B, C = tensor.split([H * P, G * N, G * N])
-            pairs.append((new, torch.cat([inner(x), B, C])))
-    pairs += [(dst.dt_bias, src.dt_bias[heads]), (dst.A_log, src.A_log[heads]), (dst.D, src.D[heads])]
-    pairs += [(dst.norm_weight, inner(src.norm_weight)), (dst.out_proj.weight, inner(src.out_proj.weight.T).T[hidden])]
-    if src.out_proj.bias is not None:
-        pairs.append((dst.out_proj.bias, src.out_proj.bias[hidden]))
-    return pairs
 
 
 @pytest.mark.parametrize(
