@@ -94,6 +94,14 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(f"prefill   {report['prefill_ms']:.2f} ms ({report['prefill_tokens_per_s']:.0f} tokens/s)")
     print(f"decode    {'n/a' if decode is None else f'{decode:.1f} tokens/s'}")
+    paired = report.get("paired")
+    if paired:  # timed in pairs with its reference (hybridlab.measure.paired)
+        p = paired["prefill"]
+        print(
+            f"speedup   {p['speedup']:.3f}x prefill over {report['reference_model']} "
+            f"({paired['level']:.0%} interval {p['speedup_low']:.3f}-{p['speedup_high']:.3f}, {paired['rounds']} "
+            f"paired rounds; {p['model_ms']:.2f} vs {p['reference_ms']:.2f} ms)"
+        )
     peak = report["peak_memory_bytes"]
     print(
         f"memory    peak {'n/a' if peak is None else f'{peak / 2**20:.1f} MiB'} "

@@ -1,7 +1,9 @@
 """Latency and memory of a model: prefill latency, decode throughput with the cache, peak memory.
 
 Timing: warm-up runs first, then the median of `repeats` runs. On CUDA with CUDA events and
-a synchronize; on the CPU with time.perf_counter.
+a synchronize; on the CPU with time.perf_counter. `measure_paired` times a model interleaved
+with its reference (the teacher it came from) and reports the speedup with a confidence
+interval (hybridlab.measure.paired says why and how); `measure_latency` times one model alone.
 
 - prefill: one forward over [batch_size, seq_len] random tokens that builds the cache
   (use_cache=True) and keeps only the last position's logits, as generation does.
@@ -31,6 +33,7 @@ from typing import Callable
 import torch
 
 from hybridlab.core.progress import ProgressFn
+from hybridlab.measure.paired import LEVEL, METHOD, PairedTimes, Timer, interleave
 
 
 def _device(model) -> torch.device:
@@ -165,22 +168,15 @@ def _check(batch_size: int, seq_len: int, new_tokens: int, repeats: int, warmup:
             raise ValueError(f"{name} must be at least {least}, got {value}")
 
 
-def measure_latency(
-    model,
-    batch_size: int = 1,
-    seq_len: int = 256,
-    new_tokens: int = 32,
-    repeats: int = 5,
-    warmup: int = 1,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict:
-    """Prefill latency, decode throughput and peak memory of `model` on its current device and dtype."""
-    _check(batch_size, seq_len, new_tokens, repeats, warmup)
-    device = _device(model)
-    config = model.config
+def _inputs(config, batch_size: int, seq_len: int, seed: int, device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator).to(device)  # [B, T]
+    return torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator).to(device)  # [B, T]
+
+
+def _calls(model, input_ids: torch.Tensor) -> tuple[Callable[[], object], Callable[[int], Callable[[], object]]]:
+    """(prefill, generate(n)) of `model` on `input_ids` [B, T]: the calls every timing here makes."""
+    batch_size, seq_len = input_ids.shape
+    config = model.config
     attention_mask = torch.ones_like(input_ids)
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -204,54 +200,185 @@ def measure_latency(
 
         return run
 
-    steps = 3 * (warmup + repeats) + 1
+    return prefill, generate
+
+
+def _ticker(progress: ProgressFn | None, steps: int) -> Callable[[], None]:
     done = [0]
 
     def tick():
         done[0] += 1
         if progress is not None:
-            progress(done[0] / steps, "benchmark", None)
+            progress(min(done[0] / steps, 1.0), "benchmark", None)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            # Memory first: later runs reuse what the allocator kept, which would hide the rise.
-            memory = peak_memory(generate(new_tokens), device)
-            state_bytes = cache_bytes(getattr(prefill(), "past_key_values", None))
-            tick()
-            prefill_s = median_time(prefill, device, repeats, warmup, tick)
-            first_s = median_time(generate(1), device, repeats, warmup, tick)
-            full_s = median_time(generate(new_tokens), device, repeats, warmup, tick)
-    finally:
-        model.train(was_training)
+    return tick
 
-    prefill_median = statistics.median(prefill_s)
-    decode_s = statistics.median(full_s) - statistics.median(first_s)  # new_tokens - 1 cached steps
-    decode_tokens = batch_size * (new_tokens - 1)
-    params = sum(p.numel() for p in model.parameters())
+
+def describe_run(model) -> dict:
+    """Where and how a model runs: device, dtype, threads, Mamba kernels."""
+    device = _device(model)
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "mamba_kernels": mamba_kernels(device),
+    }
+
+
+def _model_fields(model, config, seq_len: int, batch_size: int) -> dict:
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "params": params,
+        "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        # state_bytes at the model's own element size, for seq_len tokens of context
+        "analytic": analytic_sizes(config, seq_len, batch_size, next(model.parameters()).element_size()),
+    }
+
+
+def measure_latency(
+    model,
+    batch_size: int = 1,
+    seq_len: int = 256,
+    new_tokens: int = 32,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Prefill latency, decode throughput and peak memory of `model` on its current device and dtype,
+    timed alone (measure_paired times it against a reference)."""
+    _check(batch_size, seq_len, new_tokens, repeats, warmup)
+    device = _device(model)
+    input_ids = _inputs(model.config, batch_size, seq_len, seed, device)
+    prefill, generate = _calls(model, input_ids)
+    tick = _ticker(progress, 3 * (warmup + repeats) + 1)
+    with _eval_mode(model), torch.inference_mode():
+        # Memory first: later runs reuse what the allocator kept, which would hide the rise.
+        memory = peak_memory(generate(new_tokens), device)
+        state_bytes = cache_bytes(getattr(prefill(), "past_key_values", None))
+        tick()
+        prefill_s = median_time(prefill, device, repeats, warmup, tick)
+        first_s = median_time(generate(1), device, repeats, warmup, tick)
+        full_s = median_time(generate(new_tokens), device, repeats, warmup, tick)
+    return {
+        **describe_run(model),
         "batch_size": batch_size,
         "seq_len": seq_len,
         "new_tokens": new_tokens,
         "repeats": repeats,
         "warmup": warmup,
-        "params": params,
-        "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        **_timing_fields(prefill_s, first_s, full_s, batch_size, seq_len, new_tokens),
+        **memory,
+        "measured_state_bytes": state_bytes,  # the cache after prefill: compare with analytic state_bytes
+        **_model_fields(model, model.config, seq_len, batch_size),
+    }
+
+
+def _timing_fields(prefill_s, first_s, full_s, batch_size: int, seq_len: int, new_tokens: int) -> dict:
+    prefill_median = statistics.median(prefill_s)
+    decode_s = statistics.median(full_s) - statistics.median(first_s)  # new_tokens - 1 cached steps
+    return {
         "prefill_ms": 1000.0 * prefill_median,
         "prefill_ms_runs": [1000.0 * t for t in prefill_s],
         "prefill_tokens_per_s": batch_size * seq_len / prefill_median,
         "generate_ms": 1000.0 * statistics.median(full_s),
         # None when timer noise exceeds the decode time (a tiny model, few new tokens).
         "decode_ms_per_step": 1000.0 * decode_s / (new_tokens - 1) if decode_s > 0 else None,
-        "decode_tokens_per_s": decode_tokens / decode_s if decode_s > 0 else None,
-        **memory,
-        "measured_state_bytes": state_bytes,  # the cache after prefill: compare with analytic state_bytes
-        # state_bytes at the model's own element size, for seq_len tokens of context
-        "analytic": analytic_sizes(config, seq_len, batch_size, next(model.parameters()).element_size()),
+        "decode_tokens_per_s": batch_size * (new_tokens - 1) / decode_s if decode_s > 0 else None,
     }
+
+
+class _eval_mode:
+    """Models in eval mode for the block, each put back in the mode it was in."""
+
+    def __init__(self, *models):
+        self.models = models
+
+    def __enter__(self):
+        self.was = [m.training for m in self.models]
+        for m in self.models:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m, was in zip(self.models, self.was):
+            m.train(was)
+
+
+def measure_paired(
+    model,
+    reference,
+    batch_size: int = 1,
+    seq_len: int = 256,
+    new_tokens: int = 32,
+    rounds: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    timer: Timer | None = None,
+) -> dict:
+    """`model` timed interleaved with `reference` (hybridlab.measure.paired): every round times the
+    model then the reference on the same inputs, for prefill, generate(new_tokens) and generate(1).
+    The report holds measure_latency's fields for `model` (its medians over the paired rounds) plus
+    `paired`: per workload the speedup reference/model with its interval and both medians with
+    theirs, and `reference`: the reference's own fields. `timer` replaces the clock (tests)."""
+    _check(batch_size, seq_len, new_tokens, rounds, warmup)
+    device = _device(model)
+    where, there = describe_run(model), describe_run(reference)
+    if (where["device"], where["dtype"]) != (there["device"], there["dtype"]):
+        raise ValueError(
+            f"the model runs on {where['device']} in {where['dtype']} but its reference on {there['device']} in "
+            f"{there['dtype']}; load both on one device in one dtype to time them in pairs"
+        )
+    vocab = min(int(model.config.vocab_size), int(reference.config.vocab_size))
+    input_ids = _inputs(model.config, batch_size, seq_len, seed, device).remainder(vocab)  # [B, T], valid for both
+    (prefill, generate), (ref_prefill, ref_generate) = _calls(model, input_ids), _calls(reference, input_ids)
+    workloads = {
+        "prefill": (prefill, ref_prefill),
+        "generate": (generate(new_tokens), ref_generate(new_tokens)),
+        "generate_1": (generate(1), ref_generate(1)),
+    }
+    tick = _ticker(progress, warmup + rounds + 1)
+    with _eval_mode(model, reference), torch.inference_mode():
+        memory = peak_memory(generate(new_tokens), device)
+        state_bytes = cache_bytes(getattr(prefill(), "past_key_values", None))
+        tick()
+        timed = interleave(workloads, rounds, warmup, timer or (lambda fn: time_call(fn, device)), tick)
+    decode = _paired_decode(timed["generate"], timed["generate_1"])
+    steps = {"batch_size": batch_size, "seq_len": seq_len, "new_tokens": new_tokens}
+    return {
+        **where,
+        **steps,
+        "repeats": rounds,
+        "warmup": warmup,
+        **_timing_fields(timed["prefill"].model_s, timed["generate_1"].model_s, timed["generate"].model_s, **steps),
+        **memory,
+        "measured_state_bytes": state_bytes,
+        **_model_fields(model, model.config, seq_len, batch_size),
+        "reference": {
+            **_timing_fields(
+                timed["prefill"].reference_s, timed["generate_1"].reference_s, timed["generate"].reference_s, **steps
+            ),
+            **_model_fields(reference, reference.config, seq_len, batch_size),
+        },
+        "paired": {
+            "rounds": rounds,
+            "warmup": warmup,
+            "order": "model, reference in every round (ABAB...), warm-up rounds first",
+            "level": LEVEL,
+            "method": METHOD,
+            "prefill": timed["prefill"].summary(),
+            "generate": timed["generate"].summary(),
+            "decode": decode,
+        },
+    }
+
+
+def _paired_decode(full: PairedTimes, first: PairedTimes) -> dict | None:
+    """Decode steps per round (generate(n) - generate(1)) as paired times; None when timer noise
+    exceeds the decode time in some round (a tiny model, few new tokens)."""
+    model_s = [f - o for f, o in zip(full.model_s, first.model_s)]
+    reference_s = [f - o for f, o in zip(full.reference_s, first.reference_s)]
+    if min(model_s + reference_s) <= 0:
+        return None
+    return PairedTimes(model_s, reference_s).summary()
