@@ -333,32 +333,28 @@ def measure_paired(
     vocab = min(int(model.config.vocab_size), int(reference.config.vocab_size))
     input_ids = _inputs(model.config, batch_size, seq_len, seed, device).remainder(vocab)  # [B, T], valid for both
     (prefill, generate), (ref_prefill, ref_generate) = _calls(model, input_ids), _calls(reference, input_ids)
-    workloads = {
-        "prefill": (prefill, ref_prefill),
-        "generate": (generate(new_tokens), ref_generate(new_tokens)),
-        "generate_1": (generate(1), ref_generate(1)),
-    }
+    workloads = {"prefill": (prefill, ref_prefill)}
+    if decode:
+        workloads["generate"] = (generate(new_tokens), ref_generate(new_tokens))
+        workloads["generate_1"] = (generate(1), ref_generate(1))
     tick = _ticker(progress, warmup + rounds + 1)
     with _eval_mode(model, reference), torch.inference_mode():
-        memory = peak_memory(generate(new_tokens), device)
+        memory = peak_memory(generate(new_tokens) if decode else prefill, device)
         state_bytes = cache_bytes(getattr(prefill(), "past_key_values", None))
         tick()
         timed = interleave(workloads, rounds, warmup, timer or (lambda fn: time_call(fn, device)), tick)
-    decode = _paired_decode(timed["generate"], timed["generate_1"])
     steps = {"batch_size": batch_size, "seq_len": seq_len, "new_tokens": new_tokens}
     return {
         **where,
         **steps,
         "repeats": rounds,
         "warmup": warmup,
-        **_timing_fields(timed["prefill"].model_s, timed["generate_1"].model_s, timed["generate"].model_s, **steps),
+        **_side_fields(timed, "model_s", steps),
         **memory,
         "measured_state_bytes": state_bytes,
         **_model_fields(model, model.config, seq_len, batch_size),
         "reference": {
-            **_timing_fields(
-                timed["prefill"].reference_s, timed["generate_1"].reference_s, timed["generate"].reference_s, **steps
-            ),
+            **_side_fields(timed, "reference_s", steps),
             **_model_fields(reference, reference.config, seq_len, batch_size),
         },
         "paired": {
@@ -368,10 +364,21 @@ def measure_paired(
             "level": LEVEL,
             "method": METHOD,
             "prefill": timed["prefill"].summary(),
-            "generate": timed["generate"].summary(),
-            "decode": decode,
+            "generate": timed["generate"].summary() if decode else None,
+            "decode": _paired_decode(timed["generate"], timed["generate_1"]) if decode else None,
         },
     }
+
+
+def _side_fields(timed: dict[str, PairedTimes], side: str, steps: dict) -> dict:
+    """measure_latency's timing fields for one side ("model_s" or "reference_s") of the paired rounds."""
+    if "generate" not in timed:  # prefill only
+        prefill_s = getattr(timed["prefill"], side)
+        fields = _timing_fields(prefill_s, prefill_s, prefill_s, **steps)
+        return {**fields, "generate_ms": None, "decode_ms_per_step": None, "decode_tokens_per_s": None}
+    return _timing_fields(
+        getattr(timed["prefill"], side), getattr(timed["generate_1"], side), getattr(timed["generate"], side), **steps
+    )
 
 
 def _paired_decode(full: PairedTimes, first: PairedTimes) -> dict | None:

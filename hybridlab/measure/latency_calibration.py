@@ -1,0 +1,237 @@
+"""Calibrating the latency model (hybridlab.measure.latency_model) on this device.
+
+Small random-weight models of the given model's family are built at a few widths (the model's own,
+all at 3/4 and 1/2, and each prunable axis alone at 1/2) with a short layer pattern (two layers of
+each kind the model has), in the model's class, dtype and device. Each is run as bench's prefill at
+a few sequence lengths; forward hooks on every decoder layer (the family adapter's `Layer.block`)
+time the layers one by one, and what the forward spends outside them is the "rest". One linear fit
+per layer kind and one for the rest make the LatencyModel. Only widths and layer kinds come from
+the family description; no tensor name is used here.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from hybridlab.core.progress import ProgressFn, track
+from hybridlab.core.settings import (
+    MAX_SEQ_LEN,
+    at_most,
+    comma_list,
+    positive,
+    setting,
+    step_count,
+    step_count_or_zero,
+)
+from hybridlab.families import MAMBA, describe
+from hybridlab.measure.bench import _calls, describe_run, mamba_kernels
+from hybridlab.measure.latency_model import (
+    REST,
+    LatencyModel,
+    fit_linear,
+    layer_features,
+    rest_features,
+)
+from hybridlab.model.sizes import planned_widths
+from hybridlab.model.spec import PruneSpec
+
+WIDTH_AXES = ("hidden_size", "ffn_hidden_size", "mamba_num_heads", "mamba_head_dim", "num_attention_heads")
+
+
+def seq_len_list(text) -> list[int]:
+    """'64,256' -> [64, 256]."""
+    values = text if isinstance(text, list) else comma_list(text)
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read sequence lengths from {text!r}; write e.g. 64,256") from None
+
+
+def sequence_lengths(values) -> list[int]:
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"must be a non-empty list of whole numbers, e.g. [64, 256], got {values!r}")
+    for value in values:
+        at_most(MAX_SEQ_LEN)(positive(value))
+    return sorted(set(values))
+
+
+@dataclass
+class CalibrationSettings:
+    seq_lens: list[int] = setting(
+        default_factory=lambda: [64, 256],
+        parse=seq_len_list,
+        check=sequence_lengths,
+        cli_default="64,256",
+        help="prompt lengths timed, comma-separated (cover the lengths you will predict for)",
+    )
+    repeats: int = setting(3, check=step_count, help="timed forwards per shape; the median counts")
+    warmup: int = setting(1, check=step_count_or_zero, help="untimed forwards per shape first")
+
+
+def width_points(description) -> list[PruneSpec]:
+    """The widths timed: the model's, all axes at 3/4 and 1/2, each axis alone at 1/2 (so the fit can
+    tell the axes apart); each with two layers of every kind. Points the family refuses are left out."""
+    widths = description.widths
+    axes = {a: getattr(widths, a) for a in WIDTH_AXES if getattr(widths, a) and a not in widths.derived_axes}
+    steps = {
+        "mamba_num_heads": widths.mamba_n_groups,
+        "num_attention_heads": max(widths.num_key_value_heads, 1),
+    }
+    scalings = [{}, {a: 0.75 for a in axes}, {a: 0.5 for a in axes}, *({a: 0.5} for a in axes)]
+    drop = _short_pattern(widths.layer_kinds)
+    points = []
+    for scaling in scalings:
+        values = {a: _snap(axes[a] * s, steps.get(a, 8 if axes[a] >= 64 else 1)) for a, s in scaling.items()}
+        for layers in (drop, None):  # the short pattern, else the model's own if the family refuses it
+            spec = PruneSpec(**{a: v for a, v in values.items() if v != axes[a]}, drop_layers=layers)
+            try:
+                planned_widths(description, spec)
+            except ValueError:
+                continue
+            points.append(spec)
+            break
+    return points
+
+
+def _snap(value: float, step: int) -> int:
+    return max(step, int(round(value / step)) * step)
+
+
+def _short_pattern(kinds: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Layers to drop so that two layers of each kind remain (None: nothing to drop)."""
+    kept, seen = set(), {}
+    for i, kind in enumerate(kinds):
+        if seen.get(kind, 0) < 2:
+            kept.add(i)
+            seen[kind] = seen.get(kind, 0) + 1
+    drop = tuple(i for i in range(len(kinds)) if i not in kept)
+    return drop or None
+
+
+def build_like(model, description, spec: PruneSpec):
+    """A random-weight model of `model`'s class with the widths `spec` plans, on its device and dtype."""
+    config = description.config_with(planned_widths(description, spec))
+    parameter = next(model.parameters())
+    with torch.device(parameter.device):
+        built = type(model)(config)
+    return built.to(parameter.dtype).eval()
+
+
+def time_layers(model, seq_len: int, repeats: int, warmup: int, seed: int = 0) -> tuple[list[float], float]:
+    """(median seconds of each decoder layer, median seconds of the whole prefill) over `repeats`
+    prefills of [1, seq_len] random tokens, timed by hooks on the family's layer blocks."""
+    device = next(model.parameters()).device
+    layers = describe(model).parts(model).layers
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    starts: dict[int, float] = {}
+    spent: dict[int, float] = {}
+
+    def before(index):
+        def hook(module, args, kwargs=None):
+            sync()
+            starts[index] = time.perf_counter()
+
+        return hook
+
+    def after(index):
+        def hook(module, args, output):
+            sync()
+            spent[index] = spent.get(index, 0.0) + time.perf_counter() - starts[index]
+
+        return hook
+
+    handles = []
+    for layer in layers:
+        handles.append(layer.block.register_forward_pre_hook(before(layer.index)))
+        handles.append(layer.block.register_forward_hook(after(layer.index)))
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator).to(device)  # [1, T]
+    prefill = _calls(model, input_ids)[0]
+    per_layer: list[list[float]] = [[] for _ in layers]
+    totals = []
+    try:
+        with torch.inference_mode():
+            for run in range(warmup + repeats):
+                spent.clear()
+                sync()
+                begin = time.perf_counter()
+                prefill()
+                sync()
+                if run >= warmup:
+                    totals.append(time.perf_counter() - begin)
+                    for i, layer in enumerate(layers):
+                        per_layer[i].append(spent.get(layer.index, 0.0))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [statistics.median(t) for t in per_layer], statistics.median(totals)
+
+
+def mamba_forward(model) -> str | None:
+    """Which function runs the model's Mamba mixers ("module.qualname"), found through the family's
+    parts (the module whose child is the mixer's in_proj); None without Mamba layers."""
+    parts = describe(model).parts(model)
+    for layer in parts.layers:
+        sub = layer.sublayer(MAMBA)
+        if sub is None:
+            continue
+        for module in layer.block.modules():
+            if any(child is sub.parts.in_proj for child in module.children()):
+                forward = module.forward
+                inner = getattr(module, "torch_forward", None)
+                names = [
+                    f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', '?')}" for f in (forward, inner) if f
+                ]
+                return " -> ".join(names)
+    return None
+
+
+def calibrate(model, settings: CalibrationSettings | None = None, progress: ProgressFn | None = None) -> LatencyModel:
+    """Time small models of `model`'s family on its device and dtype and fit the latency model."""
+    settings = settings or CalibrationSettings()
+    settings.seq_lens = sequence_lengths(settings.seq_lens)
+    description = describe(model)
+    begin = time.perf_counter()
+    rows: dict[str, list] = {}
+    points = []
+    specs = width_points(description)
+    for spec in track(specs, len(specs), "latency calibration", progress):
+        built = build_like(model, description, spec)
+        widths = describe(built).widths
+        for seq_len in settings.seq_lens:
+            layer_s, total_s = time_layers(built, seq_len, settings.repeats, settings.warmup)
+            for kind, seconds in zip(widths.layer_kinds, layer_s):
+                feats = layer_features(kind, widths, seq_len, seq_len)
+                rows.setdefault(kind, []).append((feats, seconds))
+                points.append({"kind": kind, "seq_len": seq_len, "features": feats, "seconds": seconds})
+            feats = rest_features(widths, 1, seq_len)
+            rest_s = max(total_s - sum(layer_s), 0.0)
+            rows.setdefault(REST, []).append((feats, rest_s))
+            points.append({"kind": REST, "seq_len": seq_len, "features": feats, "seconds": rest_s})
+        del built
+    fits = {kind: fit_linear([f for f, _ in pairs], [s for _, s in pairs]) for kind, pairs in rows.items()}
+    where = describe_run(model)
+    forward = mamba_forward(model)
+    return LatencyModel(
+        family=description.family.name,
+        device=torch.device(where["device"]).type,
+        device_name=where["device_name"],
+        dtype=where["dtype"],
+        threads=where["torch_threads"],
+        layers={k: v for k, v in fits.items() if k != REST},
+        rest=fits[REST],
+        seq_lens=list(settings.seq_lens),
+        mamba_forward=forward,
+        fast_mamba=bool(forward and "fast" in forward.lower())
+        or mamba_kernels(next(model.parameters()).device)["in_use"],
+        seconds=time.perf_counter() - begin,
+        points=points,
+    )
