@@ -316,12 +316,14 @@ def measure_paired(
     seed: int = 0,
     progress: ProgressFn | None = None,
     timer: Timer | None = None,
+    decode: bool = True,
 ) -> dict:
     """`model` timed interleaved with `reference` (hybridlab.measure.paired): every round times the
     model then the reference on the same inputs, for prefill, generate(new_tokens) and generate(1).
     The report holds measure_latency's fields for `model` (its medians over the paired rounds) plus
     `paired`: per workload the speedup reference/model with its interval and both medians with
-    theirs, and `reference`: the reference's own fields. `timer` replaces the clock (tests)."""
+    theirs, and `reference`: the reference's own fields. `timer` replaces the clock (tests);
+    decode=False times prefill only (the generate and decode fields are then None)."""
     _check(batch_size, seq_len, new_tokens, rounds, warmup)
     device = _device(model)
     where, there = describe_run(model), describe_run(reference)
