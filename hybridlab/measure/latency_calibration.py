@@ -72,7 +72,7 @@ class CalibrationSettings:
         cli_default="64,256",
         help="prompt lengths timed, comma-separated (cover the lengths you will predict for)",
     )
-    repeats: int = setting(3, check=step_count, help="timed forwards per shape; the median counts")
+    repeats: int = setting(5, check=step_count, help="timed forwards per shape; the median counts")
     warmup: int = setting(1, check=step_count_or_zero, help="untimed forwards per shape first")
 
 
