@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "data",  # data build, train
     "distill",  # distill, cache-logits
     "search",  # search
+    "latency",  # latency-calibrate
     "study",  # study (the paper's ablations -> docs/results.md)
     "store",  # store check
 ]

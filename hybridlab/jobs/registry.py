@@ -31,6 +31,7 @@ BUILTIN_KINDS = {
     "eval": "hybridlab.jobs.kinds.evaluate",
     "bench": "hybridlab.jobs.kinds.bench",
     "search": "hybridlab.jobs.kinds.search",
+    "latency-calibrate": "hybridlab.jobs.kinds.latency_calibrate",
 }
 
 

@@ -268,3 +268,26 @@ def missing_calibration(config, device_name: str | None, dtype: str | None, thre
         f"no latency calibration for {describe(config).family.name} models"
         f"{f' ({wanted})' if wanted else ''}; run `hybridlab latency-calibrate --model <this model>` first"
     )
+
+
+def speedup_estimate(
+    config, spec=None, seq_len: int = 256, batch_size: int = 1, drop_layers=None, latency=None, folder=None
+) -> dict:
+    """A plan's speedup as the planner shows it: predicted by this device's latency model when one is
+    calibrated for the family (`latency`, else the newest found in `folder`), else the FLOP ratio, with
+    a label saying which. {"speedup", "basis": "latency model" | "FLOPs", "label"}."""
+    from hybridlab.model.sizes import sizes_of
+
+    description = describe(config)
+    latency = latency if latency is not None else find_latency_model(description, folder=folder)
+    if latency is not None:
+        predicted = predicted_speedup(latency, description, spec, seq_len, batch_size, drop_layers)
+        return {"speedup": predicted["speedup"], "basis": "latency model", "label": f"latency model {latency.label}"}
+    parent = sizes_of(description.widths, seq_len, batch_size).flops_per_token
+    plan = sizes_of(planned_widths(description, spec, drop_layers=drop_layers), seq_len, batch_size).flops_per_token
+    return {
+        "speedup": parent / plan,
+        "basis": "FLOPs",
+        "label": f"FLOP ratio: no latency calibration for {description.family.name} models here "
+        "(run `hybridlab latency-calibrate --model ...` for a predicted speedup)",
+    }
