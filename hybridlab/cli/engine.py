@@ -141,9 +141,14 @@ def run_plan(args) -> int:
     spec = spec_from_args(args)
     base = estimate_sizes(config, None, args.seq_len, args.batch_size)
     planned = estimate_sizes(config, spec, args.seq_len, args.batch_size)
+    from hybridlab.measure.latency_model import speedup_estimate
+
+    speedup = speedup_estimate(config, spec, args.seq_len, args.batch_size)  # this device's latency model, else FLOPs
     if args.json:
         json.dump(
-            {"spec": spec.to_dict(), "original": base.to_dict(), "pruned": planned.to_dict()}, sys.stdout, indent=2
+            {"spec": spec.to_dict(), "original": base.to_dict(), "pruned": planned.to_dict(), "speedup": speedup},
+            sys.stdout,
+            indent=2,
         )
         print()
         return 0
@@ -166,6 +171,8 @@ def run_plan(args) -> int:
     for name, a, b, ratio in rows:
         print(f"{name:34}{a:>18}{b:>18}{ratio:>9.3f}")
     print("parameters by kind (pruned): " + ", ".join(f"{k} {v:,}" for k, v in planned.params_by_kind.items()))
+    print(f"{'predicted speedup' if speedup['basis'] != 'FLOPs' else 'speedup (FLOPs)'}: {speedup['speedup']:.2f}x "
+          f"prefill of {args.seq_len} tokens ({speedup['label']})")  # fmt: skip
     _print_memory(config, spec, args)
     return 0
 
