@@ -1,5 +1,6 @@
 """The pruning planner's arithmetic, without Streamlit: slider ranges per axis, presets
-that hit a target parameter fraction, and the analytic summary of a plan.
+that hit a target parameter fraction, and the analytic summary of a plan (its speedup predicted
+by this device's latency model when one is calibrated, else the FLOP ratio).
 
 Everything here reads only the config (hybridlab.model.sizes), so it is instant; each function
 describes the model once and sizes every plan it tries from that description.
@@ -139,10 +140,23 @@ def preset_spec(config, preset: str, target_fraction: float) -> PruneSpec:
     return best({**_width_spec(widths, s), "num_layers": kept_layers} for s in scales)
 
 
-def plan_summary(config, spec: PruneSpec, drop_layers: tuple[int, ...] | None = None, seq_len: int = 4096) -> dict:
-    """Parent vs plan: params, FLOPs/token, inference state, ratios, FLOP-estimated speedup.
-    Raises ValueError (with the library's message) for an impossible spec."""
+def plan_summary(
+    config,
+    spec: PruneSpec,
+    drop_layers: tuple[int, ...] | None = None,
+    seq_len: int = 4096,
+    latency=None,
+    speed_seq_len: int = 256,
+    latency_folder=None,
+) -> dict:
+    """Parent vs plan: params, FLOPs/token, inference state, ratios, and the speedup of a prefill of
+    `speed_seq_len` tokens: predicted by this device's latency model (`latency`, else the newest
+    calibration in `latency_folder` / the workspace), else the FLOP ratio; `speedup_basis` and
+    `speedup_label` say which. Raises ValueError (with the library's message) for an impossible spec."""
+    from hybridlab.measure.latency_model import speedup_estimate
+
     description = describe(config)
+    speed = speedup_estimate(description, spec, speed_seq_len, 1, drop_layers, latency=latency, folder=latency_folder)
     parent = estimate_sizes(description, seq_len=seq_len)
     plan = sizes_of(planned_widths(description, spec, drop_layers=drop_layers), seq_len=seq_len)
     return {
@@ -152,7 +166,11 @@ def plan_summary(config, spec: PruneSpec, drop_layers: tuple[int, ...] | None = 
         "flops_ratio": plan.flops_per_token / parent.flops_per_token,
         "state_bytes": plan.state_bytes,
         "state_ratio": plan.state_bytes / parent.state_bytes if parent.state_bytes else 1.0,
-        "speedup": parent.flops_per_token / plan.flops_per_token,
+        "flops_speedup": parent.flops_per_token / plan.flops_per_token,
+        "speedup": speed["speedup"],
+        "speedup_basis": speed["basis"],  # "latency model" or "FLOPs"
+        "speedup_label": speed["label"],
+        "speedup_seq_len": speed_seq_len,
         "parent_params": parent.params,
         "params_by_kind": plan.params_by_kind,
     }

@@ -69,8 +69,14 @@ cols[2].metric(
     f"{summary['state_ratio'] - 1:+.1%}",
     delta_color="off",
 )
-cols[3].metric("estimated speedup", f"{summary['speedup']:.2f}x", help="parent FLOPs per token / plan FLOPs per token")
+predicted = summary["speedup_basis"] == "latency model"
+cols[3].metric(
+    "predicted speedup" if predicted else "speedup (FLOP ratio)",
+    f"{summary['speedup']:.2f}x",
+    help=f"prefill of {summary['speedup_seq_len']} tokens; {summary['speedup_label']}",
+)
 st.caption(f"Plan: `{spec.to_dict() or 'keep everything'}`")
+st.caption(f"Speedup: {summary['speedup_label']}.")
 st.plotly_chart(charts.layer_strip(list(widths.layer_kinds), set(drop or ())), width="stretch", key="plan-strip")
 if spec.num_layers is not None and drop is None:
     st.caption(
