@@ -6,6 +6,12 @@
 3. distil the top k for a token budget and measure their latency;
 4. pick the lowest distilled loss, breaking near-ties by measured latency.
 Every candidate's numbers are recorded, so the Pareto frontier can be drawn from them.
+
+With a latency budget (e.g. 0.6), only candidates whose prefill this device's latency model
+(hybridlab.measure.latency_model) predicts at <= 60% of the teacher's are ranked. Every row's
+`estimated_latency_ms` is the teacher's measured prefill times the predicted ratio (the FLOP ratio
+without a calibration; `latency_basis` says which), and finalists are timed in pairs with the
+teacher (hybridlab.measure.bench.measure_paired): `speedup` with its interval.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from hybridlab.compression.prune import prune
 from hybridlab.core.progress import ProgressFn, subrange, track
 from hybridlab.core.settings import (
     check_settings,
+    finite,
     parse_token_count,
     positive,
     seed_value,
@@ -34,6 +41,7 @@ from hybridlab.core.settings import (
 )
 from hybridlab.families import describe
 from hybridlab.measure.evaluate import kl_to_teacher, validation_loss
+from hybridlab.measure.latency_model import predicted_speedup
 from hybridlab.model.sizes import estimate_sizes
 from hybridlab.search.space import (
     Candidate,
@@ -42,10 +50,21 @@ from hybridlab.search.space import (
     enumerate_candidates,
     parse_target,
     pick_diverse,
+    within_latency,
 )
 from hybridlab.training.distill import DistillSettings, distill
 
 RANK_BY = ("loss", "kl")
+PAIRED_ROUNDS = 5  # finalist vs teacher rounds (hybridlab.measure.paired)
+
+
+def latency_fraction(value):
+    """A latency budget: above 0 and at most 1 (a fraction of the teacher's predicted prefill)."""
+    if not 0 < finite(value) <= 1:
+        raise ValueError(
+            f"must be above 0 and at most 1 (a fraction of the teacher's latency, e.g. 0.6), got {value!r}"
+        )
+    return value
 
 
 @dataclass
@@ -71,7 +90,15 @@ class SearchSettings:
     batch_size: int = 8
     eval_tokens: int = setting(16_384, check=token_budget, help="validation tokens scored per candidate")
     tie_tolerance: float = 0.01  # nats: closer distilled losses count as a tie, broken by latency
-    measure_latency: bool = setting(True, flag="--no-latency", help="measure the finalists' latency")
+    latency_budget: float | None = setting(
+        None,
+        check=latency_fraction,
+        help="keep candidates whose prefill this device's latency model predicts at most this fraction of the "
+        "teacher's (e.g. 0.6); needs `hybridlab latency-calibrate` first",
+    )
+    measure_latency: bool = setting(
+        True, flag="--no-latency", help="time the finalists in pairs with the teacher (speedup with an interval)"
+    )
     accuracy_task: str | None = setting(None, help="an eval task for the finalists, e.g. continuation_mc")
     accuracy_limit: int = 100
     seed: int = setting(0, check=seed_value)
@@ -103,12 +130,18 @@ def search(
     calib_batches: list | None = None,
     out_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    latency_model=None,
+    latency_folder: str | Path | None = None,
 ) -> SearchResult:
+    """`latency_model`: this device's LatencyModel for predicted latencies (default: the newest calibration
+    for this model's device, dtype and threads in `latency_folder`, else the workspace's); a latency budget
+    without one is refused before any work."""
     settings.validate()
     total = sum(p.numel() for p in model.parameters())
     target = parse_target(settings.target_params, total)
     description = describe(model)  # the family and widths, resolved once for every step below
     check_reachable(description, target, settings.tolerance, settings.space)
+    latency = latency_model_for(model, settings, latency_model, latency_folder)  # before any model work
     if scores is None:
         if not calib_batches:
             raise ValueError("search needs importance scores or calibration batches to compute them")
@@ -120,12 +153,14 @@ def search(
             description=description,
         )
     candidates = enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
+    if settings.latency_budget is not None:
+        candidates = within_latency(candidates, description, latency, settings.latency_budget, settings.seq_len)
     chosen = pick_diverse(candidates, settings.max_candidates, target)
     out = Path(out_dir) if out_dir is not None else None
 
     teacher_row = _teacher_row(model, description, val_tokens, settings)
     rows = [
-        _zero_shot(model, description, c, scores, val_tokens, settings, teacher_row)
+        _zero_shot(model, description, c, scores, val_tokens, settings, teacher_row, latency)
         for c in track(chosen, len(chosen), "search: zero-shot ranking", progress, 0.1, 0.4)
     ]
     rows.sort(key=lambda r: r["zero_shot_" + settings.rank_by])
@@ -171,7 +206,14 @@ def _teacher_row(model, description, val_tokens, settings: SearchSettings) -> di
 
 
 def _zero_shot(
-    teacher, description, candidate: Candidate, scores, val_tokens, settings: SearchSettings, teacher_row: dict
+    teacher,
+    description,
+    candidate: Candidate,
+    scores,
+    val_tokens,
+    settings: SearchSettings,
+    teacher_row: dict,
+    latency=None,
 ) -> dict:
     student = prune(teacher, candidate.spec, scores, layer_metric=settings.space.layer_metric, description=description)
     if settings.rank_by == "kl":
@@ -189,10 +231,15 @@ def _zero_shot(
         "zero_shot_kl": kl,
         "_model": student,
     }
-    if "latency_ms" in teacher_row:  # latency scales with FLOPs to first order
-        row["estimated_latency_ms"] = (
-            teacher_row["latency_ms"] * candidate.flops_per_token / teacher_row["flops_per_token"]
-        )
+    if latency is not None:
+        ratio = predicted_speedup(latency, description, candidate.spec, settings.seq_len)["latency_ratio"]
+        row["latency_basis"] = "latency model"
+    else:  # latency scales with FLOPs to first order
+        ratio = candidate.flops_per_token / teacher_row["flops_per_token"]
+        row["latency_basis"] = "FLOPs"
+    row["predicted_latency_ratio"] = ratio
+    if "latency_ms" in teacher_row:
+        row["estimated_latency_ms"] = teacher_row["latency_ms"] * ratio
     return row
 
 
@@ -225,7 +272,7 @@ def _distil_finalist(
     row["distilled_loss"] = result["val_loss"]
     row["distill_tokens"] = result["tokens"]
     if settings.measure_latency:
-        row["latency_ms"] = _prefill_ms(student, settings)
+        row.update(_paired_prefill(student, teacher, settings))
     if settings.accuracy_task:
         from hybridlab.measure.evaluate import evaluate
 
@@ -250,6 +297,38 @@ def _prefill_ms(model, settings: SearchSettings) -> float:
     return measure_latency(model, batch_size=1, seq_len=settings.seq_len, new_tokens=2, repeats=3, warmup=1)[
         "prefill_ms"
     ]
+
+
+def _paired_prefill(student, teacher, settings: SearchSettings) -> dict:
+    """The finalist's prefill timed in pairs with the teacher: its median, the speedup and its interval."""
+    from hybridlab.measure.bench import measure_paired
+
+    report = measure_paired(
+        student, teacher, seq_len=settings.seq_len, new_tokens=2, rounds=PAIRED_ROUNDS, warmup=1, decode=False
+    )
+    prefill = report["paired"]["prefill"]
+    return {
+        "latency_ms": prefill["model_ms"],
+        "teacher_latency_ms": prefill["reference_ms"],
+        "speedup": prefill["speedup"],
+        "speedup_low": prefill["speedup_low"],
+        "speedup_high": prefill["speedup_high"],
+    }
+
+
+def latency_model_for(model, settings: SearchSettings, given=None, folder=None):
+    """The latency model a search predicts with: `given`, else the calibration matching the model's device,
+    dtype and threads; UserError when a latency budget needs one and there is none."""
+    from hybridlab.measure.bench import describe_run
+    from hybridlab.measure.latency_model import find_latency_model, missing_calibration
+
+    if given is not None:
+        return given
+    where = describe_run(model)
+    found = find_latency_model(model, where["device_name"], where["dtype"], where["torch_threads"], folder)
+    if found is None and settings.latency_budget is not None:
+        raise missing_calibration(model, where["device_name"], where["dtype"], where["torch_threads"])
+    return found
 
 
 def _tempdir() -> str:

@@ -202,3 +202,22 @@ def round_robin(queues: list[list], limit: int) -> list:
             if queue and len(picked) < limit:
                 picked.append(queue.pop(0))
     return picked
+
+
+def within_latency(candidates: list[Candidate], config, latency, budget: float, seq_len: int) -> list[Candidate]:
+    """The candidates whose prefill of `seq_len` tokens `latency` (a LatencyModel) predicts at most `budget`
+    times the teacher's; UserError naming the fastest one when none is."""
+    from hybridlab.core.errors import UserError
+    from hybridlab.measure.latency_model import predicted_speedup
+
+    description = describe(config)
+    ratios = {c.name: predicted_speedup(latency, description, c.spec, seq_len)["latency_ratio"] for c in candidates}
+    kept = [c for c in candidates if ratios[c.name] <= budget]
+    if not kept:
+        fastest = min(candidates, key=lambda c: ratios[c.name])
+        raise UserError(
+            f"no candidate at this parameter budget is predicted within {budget:.0%} of the teacher's latency "
+            f"(the fastest, {fastest.name}, is predicted at {ratios[fastest.name]:.0%}; {latency.label}); "
+            "raise --latency-budget or aim for fewer parameters"
+        )
+    return kept

@@ -108,6 +108,8 @@ def _check_budget(spec: dict, settings, store) -> None:
     check_seq_len(description, settings.seq_len)
     target = parse_target(settings.target_params, estimate_sizes(description).params)
     check_reachable(description, target, settings.tolerance, settings.space)
+    if settings.latency_budget is not None:
+        _check_calibrated(description, store)
     demo = spec["model"] == "demo"
     window = settings.seq_len + 1
     check_token_input(spec["train_tokens"] or ("demo" if demo else None), description, demo_file=DEMO_TRAIN,
@@ -124,9 +126,20 @@ def _check_budget(spec: dict, settings, store) -> None:
         enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
 
 
+def _check_calibrated(description, store) -> None:
+    """A latency budget needs a latency calibration for the family (its device, dtype and threads are
+    matched when the job runs)."""
+    from hybridlab.measure.latency_model import calibration_dir, find_latency_model, missing_calibration
+
+    folder = calibration_dir(store.workspace if store is not None else None)
+    if description is not None and find_latency_model(description, folder=folder) is None:
+        raise missing_calibration(description, None, None, None)
+
+
 def run(spec: dict, ctx) -> dict:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.data.calibration import batched, load_calibration, load_token_array
+    from hybridlab.measure.latency_model import calibration_dir
     from hybridlab.model.loading import save_model
     from hybridlab.search.run import search
 
@@ -154,6 +167,7 @@ def run(spec: dict, ctx) -> dict:
         calib_batches=calib,
         out_dir=out_dir,
         progress=ctx.progress,
+        latency_folder=calibration_dir(ctx.workspace),
     )
     for row in outcome.candidates.to_dict("records"):
         if row["name"] == "teacher":
