@@ -201,13 +201,34 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return rows.loc[keep]
 
 
-def pareto_chart(frame: pd.DataFrame, x: str, y: str, x_title: str, y_title: str) -> go.Figure:
-    """Every candidate coloured by strategy, the teacher as a star, the frontier as a line."""
+def _error_bars(part: pd.DataFrame, x: str, interval: tuple[str, str] | None) -> dict | None:
+    """Asymmetric horizontal error bars from the interval columns (rows without one get none)."""
+    if interval is None or not set(interval) <= set(part.columns):
+        return None
+    low, high = (part[c].astype(float) for c in interval)
+    if low.isna().all():
+        return None
+    return dict(
+        type="data",
+        symmetric=False,
+        array=(high - part[x]).fillna(0).clip(lower=0).to_numpy(),
+        arrayminus=(part[x] - low).fillna(0).clip(lower=0).to_numpy(),
+        thickness=1.5,
+        width=4,
+    )
+
+
+def pareto_chart(
+    frame: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, x_interval: tuple[str, str] | None = None
+) -> go.Figure:
+    """Every candidate coloured by strategy, the teacher as a star, the frontier as a line.
+    `x_interval`: the (low, high) columns of x's confidence interval, drawn as error bars."""
     rows = frame.dropna(subset=[x, y])
     fig = go.Figure()
     for strategy, part in rows.groupby("strategy"):
         teacher = strategy == "teacher"
         fig.add_scatter(
+            error_x=_error_bars(part, x, x_interval),
             x=part[x],
             y=part[y],
             mode="markers+text" if teacher else "markers",

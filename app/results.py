@@ -1,6 +1,7 @@
 """One comparison table per parent model, joined from the store's run listings:
 the teacher, every pruned candidate and every distilled student, with validation
-loss (evaluations) and prefill latency (benchmarks, else estimated from FLOPs).
+loss (evaluations) and prefill latency (benchmarks, else estimated from FLOPs). A model timed in
+pairs with the teacher (a paired bench, or a search finalist) carries its speedup and interval.
 Plain pandas, no Streamlit: the Pareto page and the tests share it.
 """
 
@@ -23,9 +24,20 @@ COLUMNS = [
     "val_loss",
     "prefill_ms",
     "latency_ms",
+    "latency_low",
+    "latency_high",
     "latency_source",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
     "spec",
 ]
+PAIRED = {  # a paired bench result's columns (hybridlab.measure.bench.measure_paired) -> comparison columns
+    "paired.prefill.speedup": "speedup",
+    "paired.prefill.speedup_low": "speedup_low",
+    "paired.prefill.speedup_high": "speedup_high",
+    "paired.prefill.reference_ms": "reference_ms",
+}
 
 
 def _col(frame: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
@@ -61,6 +73,7 @@ def comparison(
     parent_sizes: {"params", "flops_per_token"} of the parent (hybridlab.model.sizes)."""
     losses = latest_by_model(evaluations, "val_loss")
     prefill = latest_by_model(benchmarks, "prefill_ms")
+    paired = _paired_by_model(benchmarks)
     rows = [
         {
             "name": parent_name,
@@ -92,6 +105,8 @@ def comparison(
             "flops_ratio": run.get("flops_ratio"),
             "spec": _spec_of(run),
             "val_loss": run.get("val_loss"),
+            # a search's finalists are timed in pairs with the teacher
+            **{k: run.get(k) for k in ("speedup", "speedup_low", "speedup_high")},
         }  # a search may record its own loss
         rows.append(row)
         if isinstance(row["model"], str):
@@ -119,13 +134,44 @@ def comparison(
             frame.at[i, "val_loss"] = losses[row["model"]]
         if row["model"] in prefill:
             frame.at[i, "prefill_ms"] = prefill[row["model"]]
+        for key, value in paired.get(row["model"], {}).items():
+            if key != "reference_ms":
+                frame.at[i, key] = value
     frame[["params", "param_ratio", "flops_per_token", "flops_ratio", "val_loss", "prefill_ms"]] = frame[
         ["params", "param_ratio", "flops_per_token", "flops_ratio", "val_loss", "prefill_ms"]
     ].astype(float)
     teacher_ms = frame.loc[0, "prefill_ms"]
+    if pd.isna(teacher_ms):  # the teacher timed only as the reference of paired benches
+        teacher_ms = next(
+            (v["reference_ms"] for v in paired.values() if v.get("reference_ms") == v.get("reference_ms")), np.nan
+        )
     measured = frame["prefill_ms"].notna()
     frame["latency_ms"] = np.where(measured, frame["prefill_ms"], teacher_ms * frame["flops_ratio"])
     frame["latency_source"] = np.where(measured, "measured", np.where(frame["latency_ms"].notna(), "estimated", None))
+    return _with_paired_latency(frame, teacher_ms)
+
+
+def _paired_by_model(benchmarks: pd.DataFrame) -> dict:
+    """model_ref -> {speedup, speedup_low, speedup_high, reference_ms} of its latest paired bench."""
+    if benchmarks.empty or "paired.prefill.speedup" not in benchmarks.columns:
+        return {}  # results stored before benches were paired: nothing to add
+    done = benchmarks[(benchmarks["status"] == SUCCEEDED) & benchmarks["paired.prefill.speedup"].notna()]
+    return {
+        row["model_ref"]: {new: row.get(old) for old, new in PAIRED.items()}
+        for _, row in done.sort_values("id").iterrows()
+    }
+
+
+def _with_paired_latency(frame: pd.DataFrame, teacher_ms: float) -> pd.DataFrame:
+    """A row timed in pairs with the teacher gets latency = the teacher's prefill / its speedup, and the
+    speedup's interval as latency_low..latency_high: rows timed in different jobs (different machine
+    load) then compare through their ratios to the same teacher time."""
+    frame[["speedup", "speedup_low", "speedup_high"]] = frame[["speedup", "speedup_low", "speedup_high"]].astype(float)
+    paired = frame["speedup"].notna() & pd.notna(teacher_ms)
+    frame.loc[paired, "latency_ms"] = teacher_ms / frame.loc[paired, "speedup"]
+    frame["latency_low"] = np.where(paired, teacher_ms / frame["speedup_high"], np.nan)
+    frame["latency_high"] = np.where(paired, teacher_ms / frame["speedup_low"], np.nan)
+    frame.loc[paired, "latency_source"] = "paired"
     return frame
 
 

@@ -40,7 +40,11 @@ state.show_jobs(st.session_state.get(WATCH_KEY, [])[-6:], "pareto")
 
 if len(table) < 2:
     st.info("Only the teacher so far: prune and evaluate candidates on the Prune planner page.")
-axis = st.radio("latency axis", ["latency (measured, else estimated from FLOPs)", "FLOPs per token"], horizontal=True)
+axis = st.radio(
+    "latency axis",
+    ["latency (paired with the teacher, else measured, else estimated from FLOPs)", "FLOPs per token"],
+    horizontal=True,
+)
 x, x_title = (
     ("latency_ms", "prefill latency (ms)") if axis.startswith("latency") else ("flops_per_token", "FLOPs per token")
 )
@@ -48,7 +52,17 @@ if x == "latency_ms" and table["latency_ms"].isna().all():
     st.caption("No measured latency yet (bench jobs): showing FLOPs per token instead.")
     x, x_title = "flops_per_token", "FLOPs per token"
 left, right = st.columns(2)
-left.plotly_chart(charts.pareto_chart(table, x, "val_loss", x_title, "validation loss"), width="stretch", key="pareto")
+interval = ("latency_low", "latency_high") if x == "latency_ms" else None
+left.plotly_chart(
+    charts.pareto_chart(table, x, "val_loss", x_title, "validation loss", x_interval=interval),
+    width="stretch",
+    key="pareto",
+)
+if x == "latency_ms" and (table["latency_source"] == "paired").any():
+    st.caption(
+        "Paired: the teacher's prefill divided by the candidate's speedup, timed interleaved with the teacher in "
+        "one job; the bars are the speedup's 95% interval. Other points: measured alone or estimated from FLOPs."
+    )
 right.plotly_chart(charts.depth_vs_width(table, "val_loss", "validation loss"), width="stretch", key="depth-width")
 st.dataframe(table.drop(columns=["spec"]), hide_index=True, width="stretch")
 
