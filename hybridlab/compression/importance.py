@@ -3,6 +3,15 @@
 Every width axis is scored from activations collected by forward hooks, aggregated
 as the mean magnitude over the sequence, then the L2 norm over samples. Padded
 positions (attention_mask 0) contribute nothing. Higher score = more important.
+
+Mixtures of experts add three axes. Routed experts get two scores, summed over every
+calibration token (so an expert seldom chosen scores low): "routing_mass", the gate the
+router gives the expert (0 when the token does not choose it; after any renormalisation
+and scaling, i.e. the weight its output is added with), and "gated_output_norm", the L2
+norm of the expert's output times that gate (in the latent space when the experts have
+one). Expert neurons are scored by the activation entering the expert's down projection,
+over the tokens routed to it, aggregated as dense FFN neurons are (a token not routed to
+the expert contributes zero); the shared expert's neurons exactly as a dense FFN's.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ from hybridlab.compression.layer_importance import (
 )
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, ModelDescription, MoEParts, describe
 from hybridlab.model.streamed import Stream, StreamedModel
 
 SCORES_FILE, META_FILE = "scores.safetensors", "scores.json"
 # The prunable axes, as named in the tidy frame and in hybridlab.compression.kept.KeptUnits.
 HIDDEN, FFN_NEURON, ATTENTION_HEAD = "hidden", "ffn_neuron", "attention_head"
 MAMBA_HEAD, MAMBA_CHANNEL = "mamba_head", "mamba_channel"
+MOE_EXPERT, MOE_NEURON, SHARED_EXPERT_NEURON = "moe_expert", "moe_neuron", "shared_expert_neuron"
+EXPERT_METRICS = ("routing_mass", "gated_output_norm")  # how routed experts are scored (see the module doc)
 
 
 @dataclass
@@ -48,6 +59,10 @@ class ImportanceScores:
     mamba: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [H, P], the x part of in_proj
     layers: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L]
     meta: dict = field(default_factory=dict)
+    # mixtures of experts (E routed experts of F neurons, S shared-expert neurons); empty for dense models
+    experts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # EXPERT_METRICS -> layer -> [E]
+    moe_neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [E, F], down_proj inputs
+    shared_experts: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [S], like ffn
 
     # -- derived Mamba scores (paper Eqs. 19-24) --------------------------------------
     def mamba_channel_scores(self, layer: int) -> torch.Tensor:
@@ -63,9 +78,11 @@ class ImportanceScores:
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir).expanduser().resolve()
         tensors = {"hidden": self.hidden}
-        for name, table in (("ffn", self.ffn), ("attention", self.attention), ("mamba", self.mamba)):
+        for name, table in self._layer_tables().items():
             tensors.update({f"{name}.{layer}": t for layer, t in table.items()})
         tensors.update({f"layers.{metric}": t for metric, t in self.layers.items()})
+        for metric, table in self.experts.items():  # experts.<metric>.<layer>
+            tensors.update({f"experts.{metric}.{layer}": t for layer, t in table.items()})
         meta = dict(
             family=self.family,
             layer_kinds=list(self.layer_kinds),
@@ -87,12 +104,16 @@ class ImportanceScores:
             )
         meta = json.loads((path / META_FILE).read_text())
         tensors = load_file(path / SCORES_FILE)
-        tables: dict[str, dict] = {"ffn": {}, "attention": {}, "mamba": {}, "layers": {}}
-        for key, tensor in tensors.items():
+        tables: dict[str, dict] = {name: {} for name in (*LAYER_TABLES, "layers", "experts")}
+        for key, tensor in tensors.items():  # files written before an axis existed simply lack its table
             if key == "hidden":
                 continue
             table, sub = key.split(".", 1)
-            tables[table][sub if table == "layers" else int(sub)] = tensor
+            if table == "experts":
+                metric, layer = sub.rsplit(".", 1)
+                tables[table].setdefault(metric, {})[int(layer)] = tensor
+            else:
+                tables[table][sub if table == "layers" else int(sub)] = tensor
         return cls(
             family=meta["family"],
             layer_kinds=tuple(meta["layer_kinds"]),
@@ -103,9 +124,13 @@ class ImportanceScores:
             **tables,
         )
 
+    def _layer_tables(self) -> dict[str, dict[int, torch.Tensor]]:
+        return {name: getattr(self, name) for name in LAYER_TABLES}
+
     # -- a tidy table for plots ---------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        """Columns: layer, layer_kind, axis, index, group, score (layer -1 = model-wide)."""
+        """Columns: layer, layer_kind, axis, index, group, score (layer -1 = model-wide). Routed experts
+        appear once per metric (axis "moe_expert_<metric>"); an expert neuron's group is its expert."""
         rows: list[pd.DataFrame] = [_rows(-1, "model", HIDDEN, self.hidden)]
         for layer, scores in self.ffn.items():
             rows.append(_rows(layer, MLP, FFN_NEURON, scores))
@@ -116,12 +141,22 @@ class ImportanceScores:
             heads = self.mamba_head_scores(layer)
             rows.append(_rows(layer, MAMBA, MAMBA_HEAD, heads, len(heads) // self.n_groups))
             rows.append(_rows(layer, MAMBA, MAMBA_CHANNEL, self.mamba_channel_scores(layer)))
+        for metric, table in self.experts.items():
+            for layer, scores in table.items():
+                rows.append(_rows(layer, MOE, f"{MOE_EXPERT}_{metric}", scores))
+        for layer, scores in self.moe_neurons.items():
+            rows.append(_rows(layer, MOE, MOE_NEURON, scores.flatten(), scores.shape[1]))
+        for layer, scores in self.shared_experts.items():
+            rows.append(_rows(layer, MOE, SHARED_EXPERT_NEURON, scores))
         for metric, scores in self.layers.items():
             frame = _rows(-1, "model", f"layer_{metric}", scores)
             frame["layer"] = frame["index"]
             frame["layer_kind"] = [self.layer_kinds[i] for i in frame["index"]]
             rows.append(frame)
         return pd.concat(rows, ignore_index=True)
+
+
+LAYER_TABLES = ("ffn", "attention", "mamba", "moe_neurons", "shared_experts")  # {layer: tensor} tables
 
 
 def _rows(layer: int, kind: str, axis: str, scores: torch.Tensor, group_size: int | None = None) -> pd.DataFrame:
@@ -307,6 +342,8 @@ class _Statistics:
         self.ffn: dict[int, _SquaredSum] = {}
         self.attn: dict[int, _SquaredSum] = {}
         self.mamba: dict[int, _SquaredSum] = {}
+        self.moe: dict[int, _ExpertSums] = {}
+        self.shared: dict[int, _SquaredSum] = {}
 
     def at_batch(self, index: int, mask: torch.Tensor | None) -> None:
         self.batch, self.mask[0] = index, mask
@@ -343,10 +380,37 @@ class _Statistics:
         )
         widths = self.description.widths
         for sub in layer.sublayers:  # a shared block's uses add to the scores of its first use
-            handles.append(self._hook_mixer(sub.kind, sub.parts, widths.score_layer(layer.index, sub.kind)))
+            handles += self._hook_mixer(sub.kind, sub.parts, widths.score_layer(layer.index, sub.kind))
         return handles
 
-    def _hook_mixer(self, kind: str, parts, index: int):
+    def _hook_mixer(self, kind: str, parts, index: int) -> list:
+        if kind == MOE:
+            return self._hook_moe(parts, index)
+        return [self._hook_dense_mixer(kind, parts, index)]
+
+    def _hook_moe(self, parts: MoEParts, index: int) -> list:
+        """The routed experts' inputs and routing decisions (a pre-hook on the experts), the batch's shape
+        (a pre-hook on the whole mixture: the experts see tokens flattened) and the shared expert's neurons."""
+        acc = self.moe.setdefault(index, _ExpertSums())
+        shape: list = [None]  # (B, T) of the batch being run
+
+        def batch_shape(module, args, kwargs):
+            shape[0] = _first_input(args, kwargs).shape[:2]
+
+        def routed(module, args, kwargs):  # x [N, in], top_k_index [N, k], top_k_weights [N, k]
+            x, top_k_index, top_k_weights = (*args, *kwargs.values())[:3]
+            acc.add(parts, x, top_k_index, top_k_weights, shape[0], self.mask[0])
+
+        handles = [
+            parts.module.register_forward_pre_hook(batch_shape, with_kwargs=True),
+            parts.experts.register_forward_pre_hook(routed, with_kwargs=True),
+        ]
+        if parts.shared_expert is not None:  # neurons: the input of its down_proj [B, T, S]
+            shared = self.shared.setdefault(index, _SquaredSum())
+            handles.append(parts.shared_expert.down_proj.register_forward_pre_hook(self._input_hook(shared)))
+        return handles
+
+    def _hook_dense_mixer(self, kind: str, parts, index: int):
         if kind == MLP:  # neurons: the input of down_proj [B, T, F]
             acc = self.ffn.setdefault(index, _SquaredSum())
             return parts.down_proj.register_forward_pre_hook(self._input_hook(acc))
@@ -394,6 +458,11 @@ class _Statistics:
                 i: self.mamba[i].result().view(widths.mamba_num_heads, widths.mamba_head_dim)
                 for i in sorted(self.mamba)
             },
+            experts={metric: {i: self.moe[i].metric(metric) for i in sorted(self.moe)} for metric in EXPERT_METRICS}
+            if self.moe
+            else {},
+            moe_neurons={i: self.moe[i].neurons.result() for i in sorted(self.moe)},
+            shared_experts={i: self.shared[i].result() for i in sorted(self.shared)},
             layers={
                 "cosine": torch.tensor([self.cosine[i].result() for i in range(widths.num_layers)]),
                 **layer_scores,
@@ -405,6 +474,63 @@ class _Statistics:
                 "layer_samples": sum(len(b["input_ids"]) for b in layer_batches),
             },
         )
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+class _ExpertSums:
+    """One mixture of experts' statistics: per routed expert, its routing mass and gated output norm summed
+    over tokens, and the squared per-sample means of its neuron activations (see the module docstring)."""
+
+    def __init__(self):
+        self.routing_mass: torch.Tensor | None = None  # [E]
+        self.gated_output_norm: torch.Tensor | None = None  # [E]
+        self.neurons = _SquaredSum()  # [E, F]
+
+    def metric(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+    @torch.no_grad()
+    def add(self, parts: MoEParts, x, top_k_index, top_k_weights, shape, mask) -> None:
+        """x [N, in]: the experts' input, N = B*T tokens in row-major order; top_k_index / top_k_weights
+        [N, k]: the experts each token chose and their gates; mask [B, T] or None."""
+        experts, width = parts.down_proj.shape[0], parts.down_proj.shape[2]
+        batch, steps = shape
+        x, tokens = x.detach().float(), x.shape[0]
+        valid = torch.ones(tokens, device=x.device) if mask is None else mask.reshape(-1).to(x.device).float()  # [N]
+        chosen = torch.zeros(tokens, experts + 1, device=x.device)  # [N, E + 1]: some code pads choices with E
+        gates = chosen.scatter_add(1, top_k_index, top_k_weights.float())[:, :experts]  # [N, E]
+        chosen = chosen.scatter(1, top_k_index, 1.0)[:, :experts] * valid[:, None]
+        routing_mass = (gates * valid[:, None]).sum(0)  # [E]
+        output_norm = torch.zeros(experts, device=x.device)
+        sample = torch.arange(tokens, device=x.device) // steps  # [N]: each token's sample
+        sums = torch.zeros(experts, batch, width, device=x.device)  # |activation| summed per sample
+        for e in chosen.sum(0).nonzero().flatten().tolist():
+            routed = chosen[:, e].nonzero().flatten()  # [n]
+            activation = _expert_activation(parts, e, x[routed])  # [n, F]
+            output = activation @ parts.down_proj[e].float().T  # [n, in]
+            output_norm[e] = (output * gates[routed, e, None]).norm(dim=-1).sum()
+            sums[e].index_add_(0, sample[routed], activation.abs())
+        counts = valid.view(batch, steps).sum(1).clamp_min(1.0)  # [B] valid positions per sample
+        means = sums / counts[None, :, None]  # [E, B, F]: mean |activation| over each sample's positions
+        self.routing_mass = _summed(self.routing_mass, routing_mass)
+        self.gated_output_norm = _summed(self.gated_output_norm, output_norm)
+        update = means.pow(2).sum(1)  # [E, F]
+        self.neurons.value = _summed(self.neurons.value, update)
+
+
+def _summed(total: torch.Tensor | None, update: torch.Tensor) -> torch.Tensor:
+    return update if total is None else total + update
+
+
+def _expert_activation(parts: MoEParts, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """[n, in] -> [n, F]: what enters routed expert `expert`'s down projection."""
+    if parts.gate_up_proj is not None:  # rows [gate | up]
+        gate, up = (x @ parts.gate_up_proj[expert].float().T).chunk(2, dim=-1)
+        return parts.act_fn(gate) * up
+    return parts.act_fn(x @ parts.up_proj[expert].float().T)
 
 
 def _first_samples(batches: list[dict], samples: int | None) -> list[dict]:

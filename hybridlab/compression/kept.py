@@ -9,6 +9,10 @@ of every kept layer, and the dropped layers; `prune` only slices weights by it.
   then heads scored over those channels and ranked within their group, the same number per
   group, so every kept head still reads its own group's B and C. mamba_ranking="global" ranks
   heads over the whole layer (the ablation's strawman that mispairs heads with B/C).
+- Mixtures of experts: the top num_moe_experts routed experts by `expert_metric` (routing_mass,
+  gated_output_norm, or "random", the seeded control), the same number from every routing group;
+  then, inside each kept expert, its own top moe_ffn_hidden_size neurons; the shared expert's top
+  neurons like an FFN's.
 - Layers: the spec's drop_layers, or the least important by a layer metric that the family
   can lose (e.g. NemotronH keeps one attention layer).
 """
@@ -21,19 +25,24 @@ import torch
 
 from hybridlab.compression.importance import (
     ATTENTION_HEAD,
+    EXPERT_METRICS,
     FFN_NEURON,
     HIDDEN,
     MAMBA_CHANNEL,
     MAMBA_HEAD,
+    MOE_EXPERT,
+    MOE_NEURON,
+    SHARED_EXPERT_NEURON,
     ImportanceScores,
 )
 from hybridlab.compression.scores_fit import check_scores_fit
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, Widths, describe, mixers_of
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, ModelDescription, Widths, describe, mixers_of
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 RANKINGS = ("importance", "random")
 MAMBA_RANKINGS = ("group", "global")
-LAYER_AXES = (FFN_NEURON, ATTENTION_HEAD, MAMBA_HEAD, MAMBA_CHANNEL)
+EXPERT_RANKINGS = (*EXPERT_METRICS, "random")  # how routed experts are chosen; "random" is the control
+LAYER_AXES = (FFN_NEURON, ATTENTION_HEAD, MAMBA_HEAD, MAMBA_CHANNEL, MOE_EXPERT, MOE_NEURON, SHARED_EXPERT_NEURON)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class KeptUnits:
     by_layer: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     # by_layer[FFN_NEURON][l]: [F'];  by_layer[ATTENTION_HEAD][l]: [heads'] (KV-group aware)
     # by_layer[MAMBA_HEAD][l]: [H'];  by_layer[MAMBA_CHANNEL][l]: [P'], the same in every kept head
+    # by_layer[MOE_EXPERT][l]: [E'] routed experts (group-aware);  by_layer[MOE_NEURON][l]: [E', F'], row i the
+    # neurons kept in kept expert i;  by_layer[SHARED_EXPERT_NEURON][l]: [S']
 
     @property
     def kept_layers(self) -> tuple[int, ...]:
@@ -73,12 +84,16 @@ def kept_units(
     mamba_ranking: str = "group",
     layer_metric: str = "kl",
     seed: int = 0,
+    expert_metric: str = "routing_mass",
 ) -> KeptUnits:
     """The units `spec` keeps in `model` (a model, its config or its ModelDescription).
 
     ranking: "importance", or "random" (a seeded control on every axis; scores may be None).
+    expert_metric: which expert score chooses routed experts ("routing_mass", "gated_output_norm"), or
+    "random": experts by a seeded draw of their own while every other axis follows `ranking`.
     Raises ValueError for an impossible spec, missing scores, or scores of another model."""
     check_mamba_ranking(mamba_ranking)
+    check_expert_metric(expert_metric)
     description = describe(model)
     old = description.widths
     resolve(spec, old)  # validate widths before any work
@@ -99,24 +114,27 @@ def kept_units(
     # changing the order changes which units a seed keeps.
     real = scores or _uniform_scores(old)
     hidden = top_k(rank(real.hidden), new.hidden_size)
+    expert_rank = _ExpertRanker(rank, expert_metric, seed)
     by_layer: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in LAYER_AXES}
     chosen: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (kind, scored layer) -> {axis: units}
     for index in kept_layers:
         for kind in mixers_of(old.layer_kinds[index]):  # a layer holds at most one mixer of each kind
             scored = old.score_layer(index, kind)  # every use of a shared block keeps the block's units
             if (kind, scored) not in chosen:
-                chosen[kind, scored] = _units(kind, real, scored, old, new, rank, mamba_ranking)
+                chosen[kind, scored] = _units(kind, real, scored, old, new, rank, mamba_ranking, expert_rank)
             for axis, units in chosen[kind, scored].items():
                 by_layer[axis][index] = units
     return KeptUnits(old, new, tuple(dropped), hidden, by_layer)
 
 
-def _units(kind: str, scores, layer: int, old: Widths, new: Widths, rank, mamba_ranking: str) -> dict:
+def _units(kind: str, scores, layer: int, old: Widths, new: Widths, rank, mamba_ranking: str, expert_rank) -> dict:
     """{axis: kept indices} of one mixer, from its scores at `layer`."""
     if kind == MLP:
         return {FFN_NEURON: top_k(rank(scores.ffn[layer]), new.ffn_hidden_size)}
     if kind == ATTENTION:
         return {ATTENTION_HEAD: _attention_heads(rank(scores.attention[layer]), old, new)}
+    if kind == MOE:
+        return _moe_units(scores, layer, old, new, rank, expert_rank)
     heads, channels = _mamba_units(scores, layer, old, new, rank, mamba_ranking)
     return {MAMBA_HEAD: heads, MAMBA_CHANNEL: channels}
 
@@ -141,6 +159,34 @@ def _mamba_units(scores, layer: int, old: Widths, new: Widths, rank, mamba_ranki
     return heads, channels
 
 
+def _moe_units(scores, layer: int, old: Widths, new: Widths, rank, expert_rank) -> dict:
+    """Routed experts [E'] (the same number from every routing group, so n_group stays valid), the neurons
+    [E', F'] each kept expert keeps by its own scores, and the shared expert's neurons [S']."""
+    groups = old.moe_n_group
+    expert_scores = expert_rank(scores, layer, old.num_moe_experts)  # [E]
+    experts = top_k_within_groups(expert_scores, groups, new.num_moe_experts // groups)
+    neuron_scores = rank(scores.moe_neurons[layer])[experts]  # [E', F]
+    units = {MOE_EXPERT: experts, MOE_NEURON: top_k_rows(neuron_scores, new.moe_ffn_hidden_size)}
+    if old.moe_shared_expert_intermediate_size:
+        shared = rank(scores.shared_experts[layer])
+        units[SHARED_EXPERT_NEURON] = top_k(shared, new.moe_shared_expert_intermediate_size)
+    return units
+
+
+class _ExpertRanker:
+    """Scores that choose routed experts: the expert metric's (through the main ranking, so ranking="random"
+    draws them too), or, for expert_metric="random", a seeded draw from a generator of their own."""
+
+    def __init__(self, rank, expert_metric: str, seed: int):
+        self.rank, self.metric = rank, expert_metric
+        self.own = _Ranker(None, "random", seed) if expert_metric == "random" else None
+
+    def __call__(self, scores, layer: int, experts: int) -> torch.Tensor:
+        if self.own is not None:
+            return self.own(torch.zeros(experts))
+        return self.rank(scores.experts[self.metric][layer])
+
+
 def check_mamba_ranking(mamba_ranking: str) -> None:
     if mamba_ranking not in MAMBA_RANKINGS:
         raise ValueError(f"mamba_ranking must be one of {MAMBA_RANKINGS}, got {mamba_ranking!r}")
@@ -149,6 +195,16 @@ def check_mamba_ranking(mamba_ranking: str) -> None:
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, in ascending index order (keeps the layout stable)."""
     return torch.sort(torch.topk(scores.float(), k, sorted=False).indices).values
+
+
+def top_k_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, m] -> [n, k]: each row's k highest scores' indices, in ascending order."""
+    return torch.sort(torch.topk(scores.float(), k, dim=1, sorted=False).indices, dim=1).values
+
+
+def check_expert_metric(expert_metric: str) -> None:
+    if expert_metric not in EXPERT_RANKINGS:
+        raise ValueError(f"expert_metric must be one of {EXPERT_RANKINGS}, got {expert_metric!r}")
 
 
 def top_k_within_groups(scores: torch.Tensor, groups: int, k_per_group: int) -> torch.Tensor:
@@ -250,4 +306,7 @@ def _uniform_scores(widths: Widths) -> ImportanceScores:
         ffn={i: ones(widths.ffn_hidden_size) for i in of_kind(MLP)},
         attention={i: ones(widths.num_attention_heads) for i in of_kind(ATTENTION)},
         mamba={i: torch.ones(widths.mamba_num_heads, widths.mamba_head_dim) for i in of_kind(MAMBA)},
+        experts={metric: {i: ones(widths.num_moe_experts) for i in of_kind(MOE)} for metric in EXPERT_METRICS},
+        moe_neurons={i: torch.ones(widths.num_moe_experts, widths.moe_ffn_hidden_size) for i in of_kind(MOE)},
+        shared_experts={i: ones(widths.moe_shared_expert_intermediate_size) for i in of_kind(MOE)},
     )

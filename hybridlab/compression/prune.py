@@ -3,6 +3,20 @@ the original's weights. The input model is never modified.
 
 Which units stay is decided in hybridlab.compression.kept (one rule for the pruner,
 the dashboard and the study); this module only slices the tensors by it.
+
+Mixtures of experts. Keeping routed experts slices the router's rows, any per-expert router
+bias (NemotronH's e_score_correction_bias) and dimension 0 of every per-expert tensor. The pruned
+model computes exactly what the original computes when the removed experts can never be chosen:
+- softmax over the top-k logits (GraniteMoeHybrid): the removed experts' router logits set to -inf;
+  the same top-k is taken from the rest and the softmax over the chosen k is unchanged.
+- sigmoid scores with a correction bias and grouped routing (NemotronH): the removed experts' choice
+  scores (sigmoid(logit) + bias) set to -inf. Every group keeps the same number of experts, at least
+  two, so the group scores (the sum of a group's two best choice scores), the chosen topk_group groups
+  and the top-k inside them are the original's among the kept experts; the gates stay the chosen
+  experts' sigmoid scores, renormalised over the chosen k when norm_topk_prob, times
+  routed_scaling_factor (n_group, topk_group, top-k and the scaling factor are kept as they are).
+Pruning expert neurons equals zeroing those neurons' activations in each expert; the shared
+expert's neurons and a latent projection's columns are sliced like a dense MLP's.
 """
 
 from __future__ import annotations
@@ -16,11 +30,20 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD, ImportanceScores
-from hybridlab.compression.kept import KeptUnits, check_mamba_ranking, kept_units
+from hybridlab.compression.importance import (
+    ATTENTION_HEAD,
+    FFN_NEURON,
+    MAMBA_CHANNEL,
+    MAMBA_HEAD,
+    MOE_EXPERT,
+    MOE_NEURON,
+    SHARED_EXPERT_NEURON,
+    ImportanceScores,
+)
+from hybridlab.compression.kept import KeptUnits, check_expert_metric, check_mamba_ranking, kept_units
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.core.progress import ProgressFn, track
-from hybridlab.families import ATTENTION, MLP, MambaLayout, ModelDescription, describe
+from hybridlab.families import ATTENTION, MLP, MOE, MambaLayout, ModelDescription, MoEParts, describe
 from hybridlab.model.memory import DEFAULT_SHARD_BYTES
 from hybridlab.model.spec import PruneSpec
 from hybridlab.model.streamed import StreamedModel
@@ -37,6 +60,7 @@ def prune(
     layer_metric: str = "kl",
     seed: int = 0,
     description: ModelDescription | None = None,
+    expert_metric: str = "routing_mass",
 ):
     """Return a new, smaller model of the same class pruned to `spec`.
 
@@ -45,10 +69,14 @@ def prune(
     let them fall into groups by position: the strawman that mispairs heads with B/C).
     layer_metric: which layer score chooses layers when only num_layers is given.
     description: describe(model), when the caller already has it.
+    expert_metric: which expert score keeps routed experts: "routing_mass", "gated_output_norm" or
+    "random" (the seeded control for experts alone); see the module docstring for what a pruned
+    mixture of experts computes.
     """
     check_mamba_ranking(mamba_ranking)
+    check_expert_metric(expert_metric)
     description = describe(model) if description is None else description.checked_for(model)
-    kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
+    kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed, expert_metric)
     hidden = kept.hidden
     old_parts = description.parts(model)
 
@@ -57,13 +85,14 @@ def prune(
         pruned = type(model)(description.config_with(kept.new))
     pruned.to_empty(device=next(model.parameters()).device)
     pruned.tie_weights()  # to_empty gives tied tensors (lm_head = embeddings) separate memory; tie them again
-    pruned.to(dtype)
-    _copy_buffers(model, pruned, rebuilt=description.family.rebuild_buffers(pruned))
+    _to_dtype(pruned, dtype)
     new_parts = description.parts(pruned)
     put = _Writes()
     _prune_ends(put, new_parts, old_parts, hidden)
     for new_layer, old_index in zip(new_parts.layers, kept.kept_layers):
         _prune_layer(put, new_layer, old_parts.layers[old_index], kept, description.mamba_layout)
+    # the rest hold no prunable axis; the sliced ones (a router's per-expert bias) are written already
+    _copy_buffers(model, pruned, skip=description.family.rebuild_buffers(pruned), written=put.written)
     put.check_written([pruned])
     pruned.eval()
     return pruned
@@ -82,16 +111,19 @@ def prune_checkpoint(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    expert_metric: str = "routing_mass",
 ) -> Path:
     """Prune a checkpoint to `spec` one layer at a time and write the result, shard by shard, to `out_dir`
     (a Hugging Face folder: sharded safetensors, index, config, the source's tokenizer files). Neither
     model is ever whole in memory; the written weights equal `prune(whole model, ...)` bit for bit."""
     check_mamba_ranking(mamba_ranking)
+    check_expert_metric(expert_metric)
     description = describe(source.model)
-    kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed)
+    kept = kept_units(scores, description, spec, ranking, mamba_ranking, layer_metric, seed, expert_metric)
     with torch.device("meta"):
         pruned = type(source.model)(description.config_with(kept.new))
-    pruned.to(source.dtype).eval()
+    _to_dtype(pruned, source.dtype)
+    pruned.eval()
     pruned.tie_weights()
     new_parts, hidden = description.parts(pruned), kept.hidden
     blocks = [layer.block for layer in new_parts.layers]
@@ -164,6 +196,8 @@ def _prune_layer(put, new_layer, old_layer, kept: KeptUnits, layout: MambaLayout
     for dst, src in zip(new_layer.sublayers, old_layer.sublayers):
         if src.kind == MLP:
             _slice_mlp(put, dst.parts, src.parts, kept.units(FFN_NEURON, index), hidden)
+        elif src.kind == MOE:
+            _slice_moe(put, dst.parts, src.parts, kept, index)
         elif src.kind == ATTENTION:
             inputs = _copies(hidden, src.input_copies, old.hidden_size)  # q, k, v read the copies side by side
             _slice_attention(put, dst.parts, src.parts, kept.units(ATTENTION_HEAD, index), old, inputs, hidden)
@@ -190,6 +224,33 @@ def _slice_mlp(put, dst, src, neurons: torch.Tensor, hidden: torch.Tensor) -> No
         _slice_linear(put, dst.gate_up_proj, src.gate_up_proj, rows=rows, cols=hidden)
         _slice_adapter(put, dst.gate_up_adapter, src.gate_up_adapter, rows=rows, cols=hidden)
     _slice_linear(put, dst.down_proj, src.down_proj, rows=hidden, cols=neurons)
+
+
+def _slice_moe(put, dst: MoEParts, src: MoEParts, kept: KeptUnits, index: int) -> None:
+    """Keep routed experts [E'] with their neurons [E', F'] (row i: kept expert i's), and the shared
+    expert's neurons; the hidden channels in every tensor that reads or writes the hidden states."""
+    hidden = kept.hidden
+    experts, neurons = kept.units(MOE_EXPERT, index), kept.units(MOE_NEURON, index)
+    put(dst.router_weight, src.router_weight[experts][:, hidden])
+    if src.router_bias is not None:
+        put(dst.router_bias, src.router_bias[experts])
+    if src.latent_in is not None:  # the experts read and write the latent, which stays whole
+        _slice_linear(put, dst.latent_in, src.latent_in, rows=None, cols=hidden)
+        _slice_linear(put, dst.latent_out, src.latent_out, rows=hidden, cols=None)
+        channels = slice(None)
+    else:
+        channels = hidden
+    by_expert = experts[:, None]  # [E', 1]: indexes each kept expert's rows together with its own neurons
+    if src.up_proj is not None:  # [E, F, in] -> [E', F', in']
+        put(dst.up_proj, src.up_proj[by_expert, neurons][:, :, channels])
+    if src.gate_up_proj is not None:  # [E, 2F, in]: rows [gate | up], the same neurons in both halves
+        width = src.down_proj.shape[2]
+        rows = torch.cat([neurons, width + neurons], dim=1)  # [E', 2F']
+        put(dst.gate_up_proj, src.gate_up_proj[by_expert, rows][:, :, channels])
+    down = torch.take_along_dim(src.down_proj[experts], neurons[:, None, :], dim=2)  # [E', in, F']
+    put(dst.down_proj, down[:, channels])
+    if src.shared_expert is not None:
+        _slice_mlp(put, dst.shared_expert, src.shared_expert, kept.units(SHARED_EXPERT_NEURON, index), hidden)
 
 
 def _slice_attention(put, dst, src, heads: torch.Tensor, old, inputs: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -242,17 +303,31 @@ def _slice_mamba(put, dst, src, layout: MambaLayout, heads, head_channels, hidde
     _slice_linear(put, dst.out_proj, src.out_proj, rows=hidden, cols=inner)
 
 
-def _copy_buffers(model, pruned, rebuilt: set[str] = frozenset()) -> None:
+def _copy_buffers(model, pruned, skip: set[str] = frozenset(), written: set[int] = frozenset()) -> None:
     """Buffers (rotary tables and the like) hold no prunable axis: copy them by name, except those
-    the family `rebuilt` from the pruned config (their shape follows the widths)."""
+    the family rebuilt from the pruned config (`skip`, names: their shape follows the widths) and those
+    already sliced (`written`, tensor ids: e.g. a router's per-expert bias)."""
     old_buffers = dict(model.named_buffers())
     for name, buffer in pruned.named_buffers():
-        if name in rebuilt:
+        if name in skip or id(buffer) in written:
             continue
         source = old_buffers.get(name)
         if source is None or source.shape != buffer.shape:
             raise RuntimeError(f"cannot carry buffer {name} into the pruned model")
         buffer.copy_(source)
+
+
+def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """`model` in `dtype`, except what its class keeps in float32 in half precision, as from_pretrained
+    does (`_keep_in_fp32_modules_strict`, e.g. NemotronH's router), so their slices are copied exactly."""
+    model.to(dtype)
+    keep = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    if not keep or dtype not in (torch.float16, torch.bfloat16):
+        return
+    for name, module in model.named_modules():
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None and any(part in f"{name}.{attr}" for part in keep):
+                tensor.data = tensor.data.float()
 
 
 def _copy_module_buffers(source: nn.Module, target: nn.Module) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from hybridlab.compression.importance import ImportanceScores
+from hybridlab.compression.importance import EXPERT_METRICS, ImportanceScores
 from hybridlab.core.errors import UserError
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, ModelDescription, describe
 
 FIX = "run importance on this model or pass scores made for it"
 
@@ -40,17 +40,24 @@ def check_scores_fit(scores: ImportanceScores, model, source: object = None) -> 
         refuse("num_key_value_heads", scores.num_key_value_heads, widths.num_key_value_heads)
     if tuple(scores.hidden.shape) != (widths.hidden_size,):
         refuse("hidden_size", _size(scores.hidden), widths.hidden_size)
+    experts = (widths.num_moe_experts,)
     expected = {
         "ffn": (MLP, (widths.ffn_hidden_size,), "ffn_hidden_size"),
         "attention": (ATTENTION, (widths.num_attention_heads,), "num_attention_heads"),
         "mamba": (MAMBA, (widths.mamba_num_heads, widths.mamba_head_dim), "mamba_num_heads x mamba_head_dim"),
+        "moe_neurons": (MOE, (*experts, widths.moe_ffn_hidden_size), "num_moe_experts x moe_ffn_hidden_size"),
     }
+    if widths.moe_shared_expert_intermediate_size:
+        shared = (widths.moe_shared_expert_intermediate_size,)
+        expected["shared_experts"] = (MOE, shared, "moe_shared_expert_intermediate_size")
+    for metric in EXPERT_METRICS:
+        expected[f"experts {metric}"] = (MOE, experts, f"num_moe_experts ({metric})")
     for table, (kind, shape, what) in expected.items():
-        entries = getattr(scores, table)
+        entries = _table(scores, table)
         for index, kinds in enumerate(widths.layer_kinds):
             scored = widths.score_layer(index, kind) if kind in _mixers(kinds) else None  # shared blocks: 1st use
             if scored is not None and scored not in entries:
-                raise UserError(f"{where} have no {kind} scores for layer {scored}; {FIX}")
+                raise UserError(f"{where} have no {table if kind == MOE else kind} scores for layer {scored}; {FIX}")
         for index, tensor in entries.items():
             if not 0 <= index < widths.num_layers:
                 raise UserError(f"{where} score layer {index}, but this model has layers 0..{widths.num_layers - 1}")
@@ -59,6 +66,13 @@ def check_scores_fit(scores: ImportanceScores, model, source: object = None) -> 
     for metric, tensor in scores.layers.items():
         if tuple(tensor.shape) != (widths.num_layers,):
             refuse(f"{metric!r} layer scores for", f"{_size(tensor)} layers", f"{widths.num_layers} layers")
+
+
+def _table(scores: ImportanceScores, name: str) -> dict:
+    """A {layer: tensor} table of the scores; "experts <metric>" names one expert metric's."""
+    if name.startswith("experts "):
+        return scores.experts.get(name.split(" ", 1)[1], {})
+    return getattr(scores, name)
 
 
 def _mixers(layer_kind: str) -> list[str]:
@@ -71,7 +85,7 @@ def _size(tensor) -> str:
 
 
 def _pattern(kinds) -> str:
-    symbols = {MAMBA: "M", MLP: "-", ATTENTION: "*"}
+    symbols = {MAMBA: "M", MLP: "-", ATTENTION: "*", MOE: "E"}
     if all(k in symbols for k in kinds):
         return "".join(symbols[k] for k in kinds)
     return ",".join(kinds)

@@ -11,6 +11,8 @@ pre-norm; mixers joined by "|" run side by side on the output of one shared pre-
     "mamba"                  NemotronH / Mamba2: one mixer per layer
     "mamba+mlp"              Bamba, GraniteMoeHybrid: a mixer, then a gated MLP
     "mamba|attention+mlp"    Falcon-H1: Mamba and attention in parallel, then an MLP
+    "moe"                    NemotronH mixture of experts: routed experts and their shared expert
+    "mamba+moe"              GraniteMoeHybrid with experts: a mixer, then the experts beside the shared MLP
 
 A layer holds at most one mixer of each kind, so per-layer scores and kept units are
 keyed by (axis, layer index).
@@ -21,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import torch
 from torch import nn
 
-MAMBA, MLP, ATTENTION = "mamba", "mlp", "attention"
-LAYER_KINDS = (MAMBA, MLP, ATTENTION)  # the mixer kinds a layer is built from
+MAMBA, MLP, ATTENTION, MOE = "mamba", "mlp", "attention", "moe"
+LAYER_KINDS = (MAMBA, MLP, ATTENTION, MOE)  # the mixer kinds a layer is built from
 THEN, BESIDE = "+", "|"  # separators of a layer kind: sequential stages, parallel mixers
-LAYER_SYMBOLS = {MAMBA: "M", MLP: "-", ATTENTION: "*"}  # Nemotron-H pattern letters
+LAYER_SYMBOLS = {MAMBA: "M", MLP: "-", ATTENTION: "*", MOE: "E"}  # Nemotron-H pattern letters
 
 
 def stages_of(layer_kind: str) -> tuple[tuple[str, ...], ...]:
@@ -62,7 +65,8 @@ class Widths:
     mamba_state_size: int = 0
     mamba_conv_kernel: int = 4
     tied_embeddings: bool = False
-    # which optional biases exist: names from {"mamba_in_proj", "mamba_out_proj", "mamba_conv", "mlp", "attention"}
+    # which optional biases exist: names from {"mamba_in_proj", "mamba_out_proj", "mamba_conv", "mlp", "attention",
+    # "moe_latent"} ("mlp" covers the shared experts too)
     biases: frozenset[str] = field(default_factory=frozenset)
     mlp_gated: bool = False  # act(gate(x)) * up(x): three matrices instead of up and down
     mamba_norm: bool = True  # the Mamba mixer has its gated RMSNorm (weight [H*P])
@@ -81,6 +85,20 @@ class Widths:
     shared_output_proj: bool = False
     # PruneSpec keys the family derives from other widths (see Family.derive): not offered as controls
     derived_axes: tuple[str, ...] = ()
+    # Mixture of experts (MOE mixers): a router sends each token to moe_top_k of num_moe_experts routed
+    # experts (MLPs of moe_ffn_hidden_size neurons, `moe_gated` like mlp_gated), whose gated outputs add to
+    # an always-on shared expert of moe_shared_expert_intermediate_size neurons (0: none; an MLP like the
+    # dense ones: mlp_gated, the "mlp" bias). Grouped routing: the experts form moe_n_group equal groups
+    # and each token chooses among the experts of its moe_topk_group best groups. moe_latent_size > 0:
+    # the routed experts read and write a latent of that width, projected from and back to hidden.
+    num_moe_experts: int = 0
+    moe_top_k: int = 0
+    moe_ffn_hidden_size: int = 0
+    moe_shared_expert_intermediate_size: int = 0
+    moe_n_group: int = 1
+    moe_topk_group: int = 1
+    moe_latent_size: int = 0
+    moe_gated: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -113,6 +131,11 @@ class Widths:
             return layer
         uses = self.uses(kind)
         return uses[uses.index(layer) % self.shared_blocks]
+
+    @property
+    def moe_expert_input(self) -> int:
+        """The width routed experts read and write: their latent, or the hidden size."""
+        return self.moe_latent_size or self.hidden_size
 
     @property
     def is_multi_head(self) -> bool:
@@ -170,12 +193,35 @@ class AttentionParts:
 
 
 @dataclass
+class MoEParts:
+    """A mixture of experts of E routed experts of F neurons each (and an optional shared expert).
+
+    `module(x [B, T, hidden])` routes every token to its top-k experts: `experts(x [N, in], top_k_index [N, k],
+    top_k_weights [N, k]) -> [N, in]` (N = B*T tokens in row-major order; in = hidden, or the latent width when
+    latent projections exist) runs them and sums their outputs weighted by the gates. Routed expert e computes
+    down[e] @ act(up[e] @ x), or gated: down[e] @ (act(gate[e] @ x) * up[e] @ x). Every per-expert tensor has
+    the expert first, so keeping experts is indexing dimension 0 of each (and the router's rows)."""
+
+    module: nn.Module  # the whole mixture, called on the normed hidden states [B, T, hidden]
+    experts: nn.Module  # the routed experts, called as above (its pre-hook sees the routing decisions)
+    router_weight: nn.Parameter  # [E, hidden]: one row of router logits per expert
+    down_proj: nn.Parameter  # [E, in, F]; its input is the expert's neuron activation
+    act_fn: Callable[[torch.Tensor], torch.Tensor]
+    up_proj: nn.Parameter | None = None  # [E, F, in] (plain experts)
+    gate_up_proj: nn.Parameter | None = None  # [E, 2F, in]: rows [0:F] gate (activated), [F:2F] up (gated experts)
+    router_bias: torch.Tensor | None = None  # [E] per-expert bias of the choice only (NemotronH's correction)
+    shared_expert: MLPParts | None = None  # always on, beside the routed experts, on the same input
+    latent_in: nn.Linear | None = None  # weight [latent, hidden]: the experts' input
+    latent_out: nn.Linear | None = None  # weight [hidden, latent]: the experts' summed output back to hidden
+
+
+@dataclass
 class Sublayer:
     """One mixer of a layer and the pre-norm whose output it reads (parallel mixers share one)."""
 
-    kind: str  # MAMBA, MLP or ATTENTION
+    kind: str  # MAMBA, MLP, ATTENTION or MOE
     norm: nn.Module  # .weight [hidden * input_copies]
-    parts: MambaParts | MLPParts | AttentionParts
+    parts: MambaParts | MLPParts | AttentionParts | MoEParts
     input_copies: int = 1  # hidden-wide inputs read side by side (see Widths.attention_input_copies)
 
 

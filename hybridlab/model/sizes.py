@@ -2,29 +2,43 @@
 
 Parameter counts are exact (tests compare them with what transformers builds on the
 meta device). FLOPs and state memory are analytic estimates for inference.
+
+A mixture of experts has two sizes: its total parameters (every routed expert), and the
+parameters one token runs through (the router, its top-k routed experts, the shared expert and
+the latent projections); `active_params` counts the second, and FLOPs per token follow it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, MambaLayout, Widths, describe, mixers_of, stages_of
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, MambaLayout, Widths, describe, mixers_of, stages_of
 from hybridlab.model.spec import PruneSpec, kept_layer_count, resolve
 
 
 @dataclass(frozen=True)
 class Sizes:
     params: int
-    params_by_kind: dict  # "embeddings", "lm_head", "mamba", "mlp", "attention", "norms"
+    params_by_kind: dict  # "embeddings", "lm_head", "mamba", "mlp", "attention", "norms" (and "moe")
     flops_per_token: float  # forward pass, averaged over a prefill of seq_len tokens
     state_bytes: int  # inference state at seq_len: KV cache + Mamba conv and SSM states
     kv_cache_bytes: int
     mamba_state_bytes: int
     seq_len: int
     batch_size: int
+    active_params: int = 0  # parameters a token runs through (== params without mixtures of experts)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def budget_params(self, budget: str = "total") -> int:
+        """The count a parameter budget is measured in: "total" or "active" (per token)."""
+        if budget not in PARAM_BUDGETS:
+            raise ValueError(f"a parameter budget is one of {PARAM_BUDGETS}, got {budget!r}")
+        return self.params if budget == "total" else self.active_params
+
+
+PARAM_BUDGETS = ("total", "active")
 
 
 def mamba_params(w: Widths) -> int:
@@ -50,7 +64,30 @@ def attention_params(w: Widths) -> int:
     return int(n + ("attention" in w.biases and q + 2 * kv + w.hidden_size))
 
 
-MIXER_PARAMS = {MAMBA: mamba_params, MLP: mlp_params, ATTENTION: attention_params}
+def routed_expert_params(w: Widths) -> int:
+    """One routed expert: (gate,) up [F, in] and down [in, F], no biases."""
+    return (3 if w.moe_gated else 2) * w.moe_ffn_hidden_size * w.moe_expert_input
+
+
+def moe_params(w: Widths, experts: int | None = None) -> int:
+    """A mixture of experts with `experts` of its routed experts (all by default; moe_top_k: what one
+    token runs through): the router [E, hidden], the experts, the shared expert and latent projections."""
+    experts = w.num_moe_experts if experts is None else experts
+    n = w.num_moe_experts * w.hidden_size + experts * routed_expert_params(w)
+    if w.moe_shared_expert_intermediate_size:  # an MLP like the dense ones, of its own width
+        n += mlp_params(w.with_(ffn_hidden_size=w.moe_shared_expert_intermediate_size))
+    if w.moe_latent_size:  # [latent, hidden] in, [hidden, latent] out
+        n += 2 * w.hidden_size * w.moe_latent_size + ("moe_latent" in w.biases and w.moe_latent_size + w.hidden_size)
+    return int(n)
+
+
+def active_moe_params(w: Widths) -> int:
+    return moe_params(w, w.moe_top_k)
+
+
+MIXER_PARAMS = {MAMBA: mamba_params, MLP: mlp_params, ATTENTION: attention_params, MOE: moe_params}
+# what one token runs through: all of every mixer but a mixture of experts
+ACTIVE_MIXER_PARAMS = {**MIXER_PARAMS, MOE: active_moe_params}
 
 
 def stage_norm_width(w: Widths, stage: tuple[str, ...]) -> int:
@@ -94,19 +131,26 @@ def count_params(w: Widths) -> dict:
         "norms": norms,
     }
     for kind, count_fn in MIXER_PARAMS.items():
-        by_kind[kind] = w.blocks(kind) * count_fn(w)
+        if kind != MOE or w.has(MOE):
+            by_kind[kind] = w.blocks(kind) * count_fn(w)
     if w.shared_kinds:
         by_kind["shared_block_uses"] = shared_uses(w) * per_use_params(w)
     return by_kind
 
 
+def inactive_params(w: Widths) -> int:
+    """Parameters a token does not run through: the routed experts beyond its top-k, in every MoE layer."""
+    return w.blocks(MOE) * (w.num_moe_experts - w.moe_top_k) * routed_expert_params(w)
+
+
 def flops_per_token(w: Widths, seq_len: int) -> float:
-    """2 FLOPs per multiply-add of every matmul, plus attention scores over the average
+    """2 FLOPs per multiply-add of every matmul a token runs through (a mixture of experts: the router,
+    its top-k experts, the shared expert), plus attention scores over the average
     causal context (seq_len + 1) / 2, plus the SSM state update (about 3 multiply-adds per
     state element: decay, input, readout) and the depthwise convolution."""
     matmul_params = w.vocab_size * w.hidden_size  # the lm_head matmul (embedding lookup is free)
-    for kind in (MAMBA, MLP, ATTENTION):
-        matmul_params += w.count(kind) * MIXER_PARAMS[kind](w)  # every use of a shared block computes
+    for kind in (MAMBA, MLP, ATTENTION, MOE):  # a mixture of experts: its active path
+        matmul_params += w.count(kind) * ACTIVE_MIXER_PARAMS[kind](w)  # every use of a shared block computes
     matmul_params += shared_uses(w) * per_use_params(w)
     flops = 2.0 * matmul_params
     context = (seq_len + 1) / 2
@@ -134,8 +178,10 @@ def state_bytes(
 def sizes_of(widths: Widths, seq_len: int = 4096, batch_size: int = 1, dtype_bytes: int = 2) -> Sizes:
     by_kind = count_params(widths)
     kv, mamba = state_bytes(widths, seq_len, batch_size, dtype_bytes)
+    params = int(sum(by_kind.values()))
     return Sizes(
-        params=int(sum(by_kind.values())),
+        params=params,
+        active_params=params - inactive_params(widths),
         params_by_kind={k: int(v) for k, v in by_kind.items()},
         flops_per_token=flops_per_token(widths, seq_len),
         state_bytes=kv + mamba,

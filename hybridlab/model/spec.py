@@ -6,13 +6,23 @@ pruned model's `Widths` and rejects invalid specs before any work is done.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, fields
 
 from hybridlab.core.errors import UserError, shown
-from hybridlab.families.base import ATTENTION, MAMBA, MLP, Widths
+from hybridlab.families.base import ATTENTION, MAMBA, MLP, MOE, Widths
 
-WIDTH_KEYS = ("hidden_size", "ffn_hidden_size", "num_attention_heads", "mamba_num_heads", "mamba_head_dim")
+WIDTH_KEYS = (
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,10 @@ class PruneSpec:
     num_attention_heads: int | None = None
     mamba_num_heads: int | None = None
     mamba_head_dim: int | None = None
+    # mixture of experts: routed experts kept per MoE layer, neurons kept in every routed expert, shared expert width
+    num_moe_experts: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    moe_shared_expert_intermediate_size: int | None = None
     num_layers: int | None = None
     drop_layers: tuple[int, ...] | None = None
 
@@ -78,6 +92,9 @@ SHORT_NAMES = {
     "num_attention_heads": "att",
     "mamba_num_heads": "mh",
     "mamba_head_dim": "md",
+    "num_moe_experts": "ex",
+    "moe_ffn_hidden_size": "exffn",
+    "moe_shared_expert_intermediate_size": "shffn",
 }
 
 
@@ -119,6 +136,29 @@ def kept_layer_count(spec: PruneSpec, widths: Widths) -> int:
     return kept
 
 
+def fewest_experts(widths: Widths) -> int:
+    """The fewest routed experts a MoE layer can keep so that every token still finds its top-k: groups
+    keep the same number of experts each (the router's n_group stays), and the topk_group groups a token
+    chooses among must hold at least top_k experts."""
+    return widths.moe_n_group * math.ceil(widths.moe_top_k / widths.moe_topk_group)
+
+
+def check_routable(kept: int, widths: Widths) -> None:
+    """UserError unless keeping `kept` routed experts per MoE layer leaves the router valid."""
+    groups, fewest = widths.moe_n_group, fewest_experts(widths)
+    grouped = f" from its best {widths.moe_topk_group} of {groups} expert groups" if groups > 1 else ""
+    if kept < fewest:
+        raise UserError(
+            f"num_moe_experts={kept} keeps too few experts: the router sends every token to its top "
+            f"{widths.moe_top_k} experts{grouped}; keep at least {fewest}"
+        )
+    if kept % groups:
+        raise UserError(
+            f"num_moe_experts={kept} is not a multiple of the router's {groups} expert groups: every group keeps "
+            f"the same number of experts; try {kept - kept % groups}"
+        )
+
+
 def resolve(spec: PruneSpec, widths: Widths, kept_kinds: tuple[str, ...] | None = None) -> Widths:
     """The pruned model's widths. `kept_kinds` is the layer pattern after dropping layers
     (known only once layers are chosen); without it the original pattern is checked."""
@@ -132,8 +172,20 @@ def resolve(spec: PruneSpec, widths: Widths, kept_kinds: tuple[str, ...] | None 
         ),
         mamba_num_heads=_check_size("mamba_num_heads", spec.mamba_num_heads, widths.mamba_num_heads, widths.has(MAMBA)),
         mamba_head_dim=_check_size("mamba_head_dim", spec.mamba_head_dim, widths.mamba_head_dim, widths.has(MAMBA)),
+        num_moe_experts=_check_size("num_moe_experts", spec.num_moe_experts, widths.num_moe_experts, widths.has(MOE)),
+        moe_ffn_hidden_size=_check_size(
+            "moe_ffn_hidden_size", spec.moe_ffn_hidden_size, widths.moe_ffn_hidden_size, widths.has(MOE)
+        ),
+        moe_shared_expert_intermediate_size=_check_size(
+            "moe_shared_expert_intermediate_size",
+            spec.moe_shared_expert_intermediate_size,
+            widths.moe_shared_expert_intermediate_size,
+            widths.has(MOE) and widths.moe_shared_expert_intermediate_size > 0,
+        ),
         layer_kinds=tuple(kinds),
     )
+    if widths.has(MOE):
+        check_routable(new.num_moe_experts, widths)
     if widths.is_multi_head:  # MHA: a pruned query head takes its own key/value head with it
         new = new.with_(num_key_value_heads=new.num_attention_heads)
     if new.mamba_num_heads % widths.mamba_n_groups:
