@@ -164,3 +164,87 @@ def test_cli_search_is_recorded_and_writes_its_folder(tiny_nemotron, scores, tmp
     err = capsys.readouterr().err
     assert "below the smallest architecture" in err and "Traceback" not in err  # refused from the config alone
     assert len(list_jobs(ws)) == 1 and not (tmp_path / "other").exists()
+
+
+# ---- a latency budget (hybridlab.measure.latency_model) ------------------------------------------
+
+
+def _space():
+    return SearchSpace(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1)
+
+
+def test_within_latency_keeps_exactly_the_candidates_predicted_within_budget(tiny_nemotron, scores):
+    from hybridlab.core.errors import UserError
+    from hybridlab.measure.latency_model import predicted_speedup
+    from hybridlab.search.space import within_latency
+    from tests.test_latency_model import known_model
+
+    latency = known_model(tiny_nemotron)
+    found = enumerate_candidates(
+        tiny_nemotron,
+        scores,
+        parse_target("60%", sum(p.numel() for p in tiny_nemotron.parameters())),
+        0.05,
+        _space(),
+        32,
+    )
+    ratio = {c.name: predicted_speedup(latency, tiny_nemotron, c.spec, 32)["latency_ratio"] for c in found}
+    budget = sorted(ratio.values())[len(ratio) // 2]  # about half of them fit
+    kept = within_latency(found, tiny_nemotron, latency, budget, 32)
+    assert {c.name for c in kept} == {n for n, r in ratio.items() if r <= budget}
+    assert 0 < len(kept) < len(found)
+    with pytest.raises(UserError, match="no candidate at this parameter budget is predicted within 1%"):
+        within_latency(found, tiny_nemotron, latency, 0.01, 32)
+
+
+def test_search_with_a_latency_budget_ranks_only_candidates_within_it(tiny_nemotron, scores):
+    from tests.test_latency_model import known_model
+
+    latency = known_model(tiny_nemotron)
+    settings = SearchSettings(
+        target_params="60%",
+        tolerance=0.05,
+        max_candidates=16,
+        distill_tokens=0,
+        seq_len=32,
+        eval_tokens=256,
+        measure_latency=False,
+        latency_budget=0.8,
+        space=_space(),
+    )
+    result = search(tiny_nemotron, None, corpus(), corpus(2000, seed=1), settings, scores=scores, latency_model=latency)
+    rows = result.candidates[result.candidates["name"] != "teacher"]
+    assert len(rows) > 0 and (rows["predicted_latency_ratio"] <= 0.8).all()
+    assert set(rows["latency_basis"]) == {"latency model"}
+
+
+@pytest.mark.parametrize("budget", [0, -0.5, 1.5, float("nan")])
+def test_a_latency_budget_outside_0_to_1_is_refused(budget):
+    with pytest.raises(ValueError, match="above 0 and at most 1|finite"):
+        SearchSettings(latency_budget=budget).validate()
+
+
+def test_search_without_a_calibration_refuses_a_latency_budget_before_any_work(tiny_nemotron, scores, tmp_path):
+    from hybridlab.core.errors import UserError
+
+    settings = SearchSettings(target_params="60%", tolerance=0.05, latency_budget=0.6, space=_space(), seq_len=32)
+    with pytest.raises(UserError, match="no latency calibration for nemotron_h models .*latency-calibrate"):
+        search(tiny_nemotron, None, corpus(), corpus(2000, seed=1), settings, latency_folder=tmp_path)  # no scores
+
+
+@pytest.mark.parametrize(
+    "budget, message", [("1.5", "--latency-budget: must be above 0 and at most 1"), ("0.6", "no latency calibration")]
+)
+def test_cli_search_latency_budget_errors_are_one_line(tiny_nemotron, tmp_path, capsys, budget, message):
+    from hybridlab.cli import main
+    from hybridlab.jobs import list_jobs
+
+    tiny_nemotron.save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "t.npy", corpus())
+    capsys.readouterr()
+    argv = ["search", "--model", str(tmp_path / "model"), "--target-params", "60%", "--calib", str(tmp_path / "t.npy")]
+    argv += ["--data", str(tmp_path / "t.npy"), "--val", str(tmp_path / "t.npy"), "--seq-len", "32"]
+    assert main([*argv, "--latency-budget", budget, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list_jobs().empty and not (tmp_path / "out").exists()
