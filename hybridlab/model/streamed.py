@@ -17,6 +17,7 @@ So the streamed hidden states are bit-identical to a whole-model forward in the 
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -243,15 +244,22 @@ class StreamedModel:
     def _load(self, module: nn.Module) -> None:
         """Give `module` its checkpoint tensors, in the model's dtype, on the device."""
         prefix = self._module_names[module]
-        names = [f"{prefix}.{key}" for key in module.state_dict()]
-        tensors = self.files.load_many(self._sources[name] for name in names)
+        tensors = self._read([f"{prefix}.{key}" for key in module.state_dict()])
         state = {
-            name[len(prefix) + 1 :]: tensors[self._sources[name]].to(
-                self.device, _dtype_for(tensors[self._sources[name]], self.dtype)
-            )
-            for name in names
+            name[len(prefix) + 1 :]: tensor.to(self.device, _dtype_for(tensor, self.dtype))
+            for name, tensor in tensors.items()
         }
         module.load_state_dict(state, assign=True, strict=True)
+
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Module tensor name -> its tensor from the files (stacked from its stored slices where the checkpoint
+        stores it as several, e.g. NemotronH's one tensor per expert)."""
+        sources = {name: self._sources[name] for name in names}
+        tensors = self.files.load_many(s for source in sources.values() for s in _stored_names(source))
+        return {
+            name: tensors[source] if isinstance(source, str) else torch.stack([tensors[s] for s in source])
+            for name, source in sources.items()
+        }
 
     def _materialise_rest(self) -> None:
         """Everything but the layers, embeddings and lm_head (final norm, rotary tables): small, kept in memory.
@@ -272,10 +280,18 @@ class StreamedModel:
             if own:
                 prefix = self._module_names[module]
                 full = {k: (f"{prefix}.{k}" if prefix else k) for k in own}
-                tensors = self.files.load_many(self._sources[n] for n in full.values())
+                tensors = self._read(list(full.values()))
                 for key, name in full.items():
-                    value = tensors[self._sources[name]]
+                    value = tensors[name]
                     getattr(module, key).data = value.to(self.device, _dtype_for(value, self.dtype))
+
+
+def _stored_names(source: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (source,) if isinstance(source, str) else source
+
+
+def _natural_order(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _free(module: nn.Module) -> None:
@@ -310,21 +326,34 @@ def _parent_list(model: nn.Module, block: nn.Module) -> nn.ModuleList:
     raise ValueError(f"{type(model).__name__}: cannot find the list that holds its decoder layers")
 
 
-def _checkpoint_names(model: nn.Module, files: WeightFiles) -> dict[str, str]:
+def _checkpoint_names(model: nn.Module, files: WeightFiles) -> dict[str, str | tuple[str, ...]]:
     """Module tensor name -> the name it has in the checkpoint files (transformers' own renamings, e.g.
-    NemotronH's `backbone.` -> `model.`)."""
+    NemotronH's `backbone.` -> `model.`), or the names of the slices it is stacked from (transformers'
+    conversions that stack a list along dimension 0, e.g. NemotronH's `experts.{e}.up_proj.weight`)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming
+    from transformers.core_model_loading import MergeModulelist, WeightConverter, WeightRenaming
 
-    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
-    sources = {}
+    def stacks(transform) -> bool:
+        operations = getattr(transform, "operations", None) or [None]
+        return isinstance(transform, WeightConverter) and all(
+            isinstance(op, MergeModulelist) and op.dim == 0 for op in operations
+        )
+
+    transforms = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming) or stacks(t)]
+    sources: dict[str, str | tuple[str, ...]] = {}
+    stacked: dict[str, list[str]] = {}
     for stored in files.tensors:
-        name = stored
-        for renaming in renamings:
-            renamed, matched = renaming.rename_source_key(name)
+        name, stacking = stored, False
+        for transform in transforms:
+            renamed, matched = transform.rename_source_key(name)
             if matched is not None:
-                name = renamed
-        sources[name] = stored
+                name, stacking = renamed, stacking or isinstance(transform, WeightConverter)
+        if stacking:
+            stacked.setdefault(name, []).append(stored)
+        else:
+            sources[name] = stored
+    for name, slices in stacked.items():  # in the order of their list index (expert 2 before expert 10)
+        sources[name] = tuple(sorted(slices, key=_natural_order))
     state = model.state_dict(keep_vars=True)
     by_tensor = {id(tensor): name for name, tensor in state.items() if name in sources}
     for name, tensor in state.items():  # tied weights (e.g. lm_head = embeddings) are stored once
