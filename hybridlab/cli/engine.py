@@ -108,6 +108,9 @@ def run_prune(args) -> int:
     out = copy_out(artifact_dir(result, args), args.out)
     before, after = result["parent_params"], result["params"]
     print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
+    before, after = result["parent_active_params"], result["active_params"]
+    if before != result["parent_params"]:
+        print(f"active parameters per token: {before:,} -> {after:,} ({after / before:.1%})")
     print(f"layers: {result['parent_num_layers']} -> {result['num_layers']}")
     print(f"pruned model written to {out}")
     return 0
@@ -152,8 +155,17 @@ def run_plan(args) -> int:
         )
         print()
         return 0
-    rows = [
-        ("parameters", f"{base.params:,}", f"{planned.params:,}", planned.params / base.params),
+    rows = [("parameters", f"{base.params:,}", f"{planned.params:,}", planned.params / base.params)]
+    if base.active_params != base.params:  # a mixture of experts: what one token runs through
+        rows.append(
+            (
+                "active parameters per token",
+                f"{base.active_params:,}",
+                f"{planned.active_params:,}",
+                planned.active_params / base.active_params,
+            )
+        )
+    rows += [
         (
             "GFLOPs per token",
             f"{base.flops_per_token / 1e9:.3f}",

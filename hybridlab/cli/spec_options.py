@@ -12,6 +12,9 @@ SIZE_OPTIONS = (
     "num_attention_heads",
     "mamba_num_heads",
     "mamba_head_dim",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
     "num_layers",
 )
 

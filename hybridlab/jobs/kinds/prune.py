@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridlab.compression.kept import EXPERT_RANKINGS
 from hybridlab.core.settings import seed_value, setting
 from hybridlab.jobs.kinds.common import (
     Calibration,
@@ -46,6 +47,12 @@ class PruneOptions:
     ranking: str = setting("importance", choices=("importance", "random"))
     mamba_ranking: str = setting(
         "group", choices=("group", "global"), help="rank Mamba heads within groups (the paper) or globally (ablation)"
+    )
+    expert_metric: str = setting(
+        "routing_mass",
+        choices=EXPERT_RANKINGS,
+        help="mixtures of experts: keep the routed experts with the most routing mass, the largest gated output "
+        "norm, or random ones (the control)",
     )
     seed: int = setting(0, check=seed_value)
 
@@ -123,7 +130,12 @@ def run(spec: dict, ctx) -> dict:
         scores = None
     prune_spec = PruneSpec.from_dict(spec["spec"])
     ctx.progress(0.6, "pruning")
-    ranks = dict(ranking=spec["ranking"], mamba_ranking=spec["mamba_ranking"], layer_metric=spec["layer_metric"])
+    ranks = dict(
+        ranking=spec["ranking"],
+        mamba_ranking=spec["mamba_ranking"],
+        layer_metric=spec["layer_metric"],
+        expert_metric=spec["expert_metric"],
+    )
     out = ctx.artifact_path(ARTIFACT.folder, name)
     if source.streamed:  # layer by layer, written shard by shard
         progress = ctx.sub_progress(0.6, 0.95)
@@ -152,6 +164,9 @@ def run(spec: dict, ctx) -> dict:
         "calib": (spec["calib"] or "demo") if spec["importance"] is None and scores is not None else None,
         "ranking": spec["ranking"],
         "mamba_ranking": spec["mamba_ranking"],
+        "expert_metric": spec["expert_metric"],
+        "active_params": planned.active_params,
+        "parent_active_params": parent.active_params,
     }
     ctx.finish_run("candidates", run_id, out, result)
     ctx.progress(1.0, "done")
