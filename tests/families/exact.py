@@ -18,10 +18,18 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hybridlab import PruneSpec, estimate_sizes, prune
-from hybridlab.compression.importance import ATTENTION_HEAD, FFN_NEURON, MAMBA_CHANNEL, MAMBA_HEAD
+from hybridlab.compression.importance import (
+    ATTENTION_HEAD,
+    FFN_NEURON,
+    MAMBA_CHANNEL,
+    MAMBA_HEAD,
+    MOE_EXPERT,
+    MOE_NEURON,
+    SHARED_EXPERT_NEURON,
+)
 from hybridlab.compression.kept import kept_units, plan_drop_layers
 from hybridlab.compression.layer_importance import skipped
-from hybridlab.families import ATTENTION, MAMBA, MLP, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, describe
 from hybridlab.model.sizes import planned_widths
 
 ATOL = 2e-5
@@ -61,12 +69,14 @@ def expected_weights(model, pruned, kept) -> dict[str, torch.Tensor]:
             elif src.kind == ATTENTION:
                 heads = kept.units(ATTENTION_HEAD, index)
                 pairs += _attention_pairs(src.parts, dst.parts, old, heads, hidden, src.input_copies)
+            elif src.kind == MOE:
+                pairs += _moe_pairs(src.parts, dst.parts, kept, index)
             else:
                 heads, channels = kept.units(MAMBA_HEAD, index), kept.units(MAMBA_CHANNEL, index)
                 pairs += _mamba_pairs(src.parts, dst.parts, old, heads, channels, hidden)
         for new, was in zip(new_layer.hidden_projections, old_layer.hidden_projections):
             pairs.append((new.weight, was.weight[hidden][:, hidden]))
-    names = {id(p): name for name, p in pruned.named_parameters()}
+    names = {id(p): name for name, p in [*pruned.named_parameters(), *pruned.named_buffers()]}
     return {names[id(new)]: want for new, want in pairs if id(new) in names}
 
 
@@ -104,6 +114,34 @@ def _mlp_pairs(src, dst, neurons, hidden) -> list:
             pairs.append((dst.gate_up_proj.bias, torch.cat([gate[neurons], up[neurons]])))
         rows = torch.cat([neurons, len(gate) + neurons])
         pairs += _adapter_pairs(src.gate_up_adapter, dst.gate_up_adapter, rows, hidden)
+    return pairs
+
+
+def _moe_pairs(src, dst, kept, index) -> list:
+    """Expert by expert and neuron by neuron (loops, not the pruner's batched indexing)."""
+    hidden, experts, neurons = kept.hidden, kept.units(MOE_EXPERT, index), kept.units(MOE_NEURON, index)
+    channels = hidden if src.latent_in is None else torch.arange(src.down_proj.shape[1])
+    pairs = [(dst.router_weight, src.router_weight[experts][:, hidden])]
+    if src.router_bias is not None:
+        pairs.append((dst.router_bias, src.router_bias[experts]))
+    ups, gate_ups, downs = [], [], []
+    for e, mine in zip(experts.tolist(), neurons):
+        downs.append(torch.stack([src.down_proj[e][:, n][channels] for n in mine.tolist()], dim=1))
+        if src.up_proj is not None:
+            ups.append(torch.stack([src.up_proj[e][n][channels] for n in mine.tolist()]))
+        if src.gate_up_proj is not None:
+            gate, up = src.gate_up_proj[e].chunk(2)
+            gate_ups.append(torch.cat([gate[mine][:, channels], up[mine][:, channels]]))
+    pairs.append((dst.down_proj, torch.stack(downs)))
+    if ups:
+        pairs.append((dst.up_proj, torch.stack(ups)))
+    if gate_ups:
+        pairs.append((dst.gate_up_proj, torch.stack(gate_ups)))
+    if src.latent_in is not None:
+        pairs += _linear_pairs(src.latent_in, dst.latent_in, None, hidden)
+        pairs += _linear_pairs(src.latent_out, dst.latent_out, hidden, None)
+    if src.shared_expert is not None:
+        pairs += _mlp_pairs(src.shared_expert, dst.shared_expert, kept.units(SHARED_EXPERT_NEURON, index), hidden)
     return pairs
 
 
@@ -166,9 +204,11 @@ def check_weights_are_kept_slices(model, spec: PruneSpec, scores, **options) -> 
     kept = kept_units(scores, model, spec, **options)
     pruned = prune(model, spec, scores, **options)
     expected = expected_weights(model, pruned, kept)
-    assert set(expected) == {name for name, _ in pruned.named_parameters()}  # every tensor is checked
-    for name, weight in pruned.named_parameters():
-        assert torch.equal(weight, expected[name]), name
+    parameters = {name for name, _ in pruned.named_parameters()}
+    assert parameters <= set(expected)  # every parameter is checked (and the sliced buffers)
+    for name, weight in [*pruned.named_parameters(), *pruned.named_buffers()]:
+        if name in expected:
+            assert torch.equal(weight, expected[name]), name
 
 
 # -- pruned == original with the units zeroed -----------------------------------------------------

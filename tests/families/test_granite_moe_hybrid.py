@@ -1,5 +1,6 @@
 """GraniteMoeHybrid (Granite-4.0-H), dense: every layer is a mixer and then a shared gated MLP whose
-gate and up projections are fused into one input_linear (two halves, sliced alike)."""
+gate and up projections are fused into one input_linear (two halves, sliced alike). With routed experts:
+tests/test_moe.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hybridlab import PruneSpec, estimate_importance, estimate_sizes, prune
 from hybridlab.cli import main
 from hybridlab.compression.importance import MAMBA_CHANNEL, MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
+from hybridlab.families import describe
 from tests.families import exact
 from tests.families.tiny import tiny_config, tiny_model
 from tests.test_prune_exact import reference_mamba_mixer
@@ -64,10 +66,10 @@ def test_published_size_from_a_folder_with_only_a_config(tmp_path, capsys):
     assert report["pruned"]["params"] < report["original"]["params"]
 
 
-def test_mixture_of_experts_configs_are_refused_clearly():
-    config = tiny_config(FAMILY, num_local_experts=4, num_experts_per_tok=2)
-    with pytest.raises(ValueError, match="num_local_experts=4.*dense configs"):
-        estimate_sizes(config)
+def test_with_experts_the_shared_mlp_is_the_mixtures_shared_expert():  # pruning them: tests/test_moe.py
+    widths = describe(tiny_config(FAMILY, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16)).widths
+    assert widths.layer_kinds == ("mamba+moe", "attention+moe", "mamba+moe", "mamba+moe")
+    assert (widths.ffn_hidden_size, widths.moe_shared_expert_intermediate_size, widths.num_moe_experts) == (0, 96, 4)
 
 
 @pytest.mark.parametrize(

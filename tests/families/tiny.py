@@ -126,7 +126,34 @@ TINY = {
 }
 
 
+# Mixture-of-experts variants: (base family, overrides). Widths are multiples of 8, as transformers' grouped_mm
+# experts need; NemotronH routes in two groups (a token picks one group, then its top 2 experts there).
+TINY_MOE = {
+    "nemotron_h_moe": (
+        "nemotron_h",
+        dict(
+            hybrid_override_pattern="ME*EM-E",
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            moe_shared_expert_intermediate_size=24,
+            n_group=2,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+        ),
+    ),
+    "granite_moe_hybrid_moe": (
+        "granite_moe_hybrid",
+        dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=16),
+    ),
+}
+
+
 def tiny_config(family: str, **overrides):
+    if family in TINY_MOE:
+        base, values = TINY_MOE[family]
+        return tiny_config(base, **(values | overrides))
     if family == "nemotron_h":
         return tiny_nemotron_config(**overrides)
     return AutoConfig.for_model(**(TINY[family] | overrides))
@@ -134,7 +161,13 @@ def tiny_config(family: str, **overrides):
 
 def tiny_model(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return randomize(AutoModelForCausalLM.from_config(tiny_config(family, **overrides)), seed)
+    model = randomize(AutoModelForCausalLM.from_config(tiny_config(family, **overrides)), seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a router's choice-only bias (NemotronH's correction), so slicing it shows
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.2)
+    return model
 
 
 def tiny_model_folder(family: str, root: Path) -> tuple[Path, Path]:
