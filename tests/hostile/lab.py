@@ -127,9 +127,10 @@ def build_lab(root: Path) -> Lab:
     (sharded / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}})
     )
-    values = json.loads(config)
-    values.pop("layers_block_type", None)
-    folder("moe", config_text=json.dumps({**values, "hybrid_override_pattern": "M-*E"}))
+    moe = dict(
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, moe_shared_expert_intermediate_size=16
+    )
+    _save_model(root / "moe", tiny_config(hybrid_override_pattern="M-*E", **moe))  # mixture of experts: top 2 of 4
     llama = root / "llama"
     LlamaConfig(
         vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64

@@ -47,7 +47,11 @@ ROWS = [
     ("load-pickle", lambda L, m: load_model(L / "pickled"), r"pickle weights .*allow-pickle-weights"),
     ("load-bad-json", lambda L, m: load_model(L / "bad_json"), r"not valid JSON"),
     ("load-unknown-type", lambda L, m: load_model(L / "unknown_type"), r"transformers cannot read"),
-    ("load-moe", lambda L, m: load_model(L / "moe"), r"mixture of experts"),
+    (
+        "plan-moe-below-top-k",
+        lambda L, m: estimate_sizes(read_config(L / "moe"), PruneSpec(num_moe_experts=1)),
+        r"top 2 experts; keep at least 2",
+    ),
     ("load-llama", lambda L, m: load_model(L / "llama"), r"cannot prune llama"),
     ("load-missing", lambda L, m: load_model(L / "missing"), r"does not exist"),
     ("check-model-bad-index", lambda L, m: check_model(L / "bad_index"), r"names shard .* missing"),

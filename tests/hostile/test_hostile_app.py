@@ -56,7 +56,6 @@ def _planner(val_tokens: str):
 ROWS = [
     ("model-not-json", _model_page("{L}/bad_json"), r"config\.json is not valid JSON"),
     ("model-unknown-type", _model_page("{L}/unknown_type"), r"transformers cannot read"),
-    ("model-moe", _model_page("{L}/moe"), r"mixture of experts"),
     ("model-llama", _model_page("{L}/llama"), r"cannot prune llama"),
     ("model-missing", _model_page("{L}/missing"), r"neither 'demo' nor an existing directory"),
     ("scores-other-widths", _importance_page(scores="{L}/scores_wide"), r"hidden_size 48, but this model has 32"),

@@ -54,7 +54,11 @@ ROWS = [
     ("config-no-model-type", IMP + " --model {L}/no_model_type", r"names no 'model_type'"),
     ("config-unknown-type", IMP + " --model {L}/unknown_type", r"transformers cannot read .*no-such-architecture"),
     ("family-llama", IMP + " --model {L}/llama", r"cannot prune llama: supported model families"),
-    ("family-moe-layers", IMP + " --model {L}/moe", r"\['moe'\] \(mixture of experts\) cannot be pruned"),
+    (
+        "family-moe-expert-width",
+        "plan --model {L}/moe --moe-ffn-hidden-size 0",
+        r"moe_ffn_hidden_size must be at least 1",
+    ),
     # ---- calibration tokens -------------------------------------------------------------------------
     ("calib-ids-above-vocab", IMP + " --calib {L}/big_ids.npy", r"token id 99\d.*vocabulary has 128 tokens"),
     ("calib-negative-ids", IMP + " --calib {L}/negative.npy", r"token id -\d.*cannot be negative"),
@@ -109,7 +113,7 @@ ROWS = [
     ("prune-groups", PRUNE + " --mamba-num-heads 3", r"not a multiple of n_groups=2"),
     ("prune-seed-negative", PRUNE + " --seed -1", r"--seed: must be 0 or more"),
     ("prune-weights-truncated", PRUNE + " --model {L}/truncated", r"not a complete safetensors file"),
-    ("prune-family-moe", PRUNE + " --model {L}/moe", r"mixture of experts"),
+    ("prune-moe-scores-of-dense", PRUNE + " --model {L}/moe", r"layer pattern differs"),
     # ---- distill: budgets, vocabularies, resume ----------------------------------------------------
     ("tokens-1e99", KD + " --tokens 1e99", r"--tokens: must be at most 1,000,000,000,000 \(a trillion tokens\)"),
     ("tokens-nan", KD + " --tokens nan", r"--tokens: token count 'nan' is not finite"),
@@ -156,7 +160,7 @@ ROWS = [
     ("search-val-above-vocab", SEARCH + " --val {L}/big_ids.npy", r"token id 99\d"),
     ("search-budget-zero", SEARCH + " --target-params 0", r"target"),
     ("plan-not-json", "plan --model {L}/bad_json --hidden-size 16", r"config\.json is not valid JSON"),
-    ("plan-moe", "plan --model {L}/moe --hidden-size 16", r"mixture of experts"),
+    ("plan-moe-below-top-k", "plan --model {L}/moe --num-moe-experts 1", r"top 2 experts; keep at least 2"),
     ("plan-seq-len-zero", "plan --model {L}/model --seq-len 0", r"--seq-len: must be greater than 0"),
     ("plan-grows", "plan --model {L}/model --hidden-size 999", r"larger than the model's 32"),
     # ---- jobs, worker, cache-logits, study ---------------------------------------------------------

@@ -69,7 +69,7 @@ ROWS = [
     ("imp-pickle-weights", "importance", imp(model="{L}/pickled"), r"pickle weights .*allow_pickle_weights"),
     ("imp-pickle-flag-text", "importance", imp(allow_pickle_weights="yes"), r"'allow_pickle_weights' must be true"),
     ("imp-config-not-json", "importance", imp(model="{L}/bad_json"), r"not valid JSON"),
-    ("imp-moe", "importance", imp(model="{L}/moe"), r"mixture of experts"),
+    ("prune-moe-below-top-k", "prune", prune(model="{L}/moe", spec={"num_moe_experts": 1}), r"keep at least 2"),
     ("imp-llama", "importance", imp(model="{L}/llama"), r"cannot prune llama"),
     ("imp-samples-fraction", "importance", imp(samples=1.5), r"'samples' must be a whole number, got float 1\.5"),
     ("imp-samples-bool", "importance", imp(samples=True), r"'samples' must be a whole number, got the boolean"),
