@@ -1,5 +1,6 @@
-"""The ablation study: arm planning (exact sizes, the paper's definitions), an end-to-end run on a
-tiny model with tiny budgets, resume after cancel, the generated report, and bad input."""
+"""The ablation study: arm planning (exact sizes, the paper's definitions), the paired bootstrap and its
+verdicts, what a seed changes, an end-to-end run of three seeds on a tiny model with tiny budgets, resume
+after cancel, the generated report, and bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import torch
 from hybridlab import estimate_importance, prune
 from hybridlab.cli import build_parser, main
 from hybridlab.core.progress import Cancelled
+from hybridlab.data.tokens import TokenBatches
 from hybridlab.families import ATTENTION, MAMBA, family_for
+from hybridlab.measure.evaluate import validation_loss
+from hybridlab.study import stats
 from hybridlab.study.arms import (
     COMPARISONS,
     depth_only_spec,
@@ -24,8 +28,8 @@ from hybridlab.study.arms import (
     shortlist,
     width_candidates,
 )
-from hybridlab.study.run import StudySettings, publish, run_study, target_params
-from hybridlab.study.runs import tokens_to_match
+from hybridlab.study.run import StudySettings, calibration_subset, publish, run_study, target_params
+from hybridlab.study.runs import tokens_to_match, window_losses
 from tests.test_distill import corpus
 
 
@@ -45,9 +49,12 @@ def tiny_settings(**overrides) -> StudySettings:
         tolerance=0.05,
         max_candidates=4,
         curve_points=2,
+        curve_eval_tokens=256,
         scratch_curve_points=4,
         latency_repeats=1,
-        bf16_autocast=False,
+        calib_samples=4,
+        layer_samples=4,
+        seeds=3,
     )
     return StudySettings(**(values | overrides))
 
@@ -117,56 +124,235 @@ def test_tokens_to_match_is_the_first_evaluation_at_or_below_target():
     assert tokens_to_match(curve, 3.0) is None
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One tiny study with every comparison (module-scoped: it is the slow part)."""
+# -- the paired bootstrap and its verdicts -----------------------------------------------------
+
+
+def paired_losses(difference: float, seed: int, seeds: int = 3, windows: int = 64):
+    """Two arms' [S, W] losses sharing window and seed effects (what pairing removes), B = A + difference + noise."""
+    rng = np.random.default_rng(seed)
+    base = 5.0 + rng.normal(0, 0.5, windows)[None, :] + rng.normal(0, 0.02, seeds)[:, None]  # [S, W]
+    a = base + rng.normal(0, 0.01, (seeds, windows))
+    b = base + difference + rng.normal(0, 0.01, (seeds, windows))
+    return a, b
+
+
+def test_paired_interval_covers_a_known_difference_and_excludes_zero():
+    a, b = paired_losses(0.05, seed=1)
+    interval = stats.paired_difference(a, b)  # A - B = -0.05
+    assert interval.low < -0.05 < interval.high and interval.high < 0
+    assert interval.estimate == pytest.approx((a - b).mean())
+    assert stats.direction(interval) == -1
+    # pairing is what resolves it: the unpaired arm intervals overlap widely (window-to-window spread 0.5)
+    arm_a, arm_b = stats.bootstrap_mean(a), stats.bootstrap_mean(b)
+    assert arm_a.high > arm_b.low and arm_a.low <= a.mean() <= arm_a.high
+
+
+def test_paired_interval_includes_zero_without_a_difference():
+    a, b = paired_losses(0.0, seed=2)
+    interval = stats.paired_difference(a, b)
+    assert interval.low < 0 < interval.high and stats.direction(interval) == 0
+
+
+def test_interval_coverage_is_near_its_level():
+    """Over many synthetic studies the 95% interval holds the true difference about 95% of the time."""
+    truth = 0.02
+    intervals = [stats.paired_difference(*paired_losses(truth, seed=i), resamples=500) for i in range(100)]
+    hits = [interval.low < -truth < interval.high for interval in intervals]
+    assert 0.88 <= np.mean(hits) <= 1.0
+
+
+def test_interval_is_a_fixed_function_of_the_losses_and_sees_seed_spread():
+    a, b = paired_losses(0.05, seed=3)
+    assert stats.paired_difference(a, b) == stats.paired_difference(a, b)
+    # a seed that disagrees widens the interval: the seeds are resampled too
+    wild = b.copy()
+    wild[2] -= 0.1
+    assert np.ptp([stats.paired_difference(a, wild).low, stats.paired_difference(a, wild).high]) > np.ptp(
+        [stats.paired_difference(a, b).low, stats.paired_difference(a, b).high]
+    )
+    with pytest.raises(ValueError, match="same seeds and windows"):
+        stats.paired_difference(a, b[:, :10])
+
+
+def test_verdict_text_follows_the_interval():
+    better = stats.Interval(-0.15, -0.2, -0.1)
+    assert (
+        stats.verdict("width-only", "depth-only", better)
+        == "width-only better than depth-only by 0.150 nats [0.100, 0.200]"
+    )
+    worse = stats.Interval(0.15, 0.1, 0.2)
+    assert (
+        stats.verdict("width-only", "depth-only", worse)
+        == "depth-only better than width-only by 0.150 nats [0.100, 0.200]"
+    )
+    unsure = stats.Interval(-0.02, -0.05, 0.01)
+    text = stats.verdict("width-only", "depth-only", unsure)
+    assert text == "no difference detected at this budget: width-only - depth-only = -0.020 [-0.050, +0.010] nats"
+    assert "better" not in text
+
+
+# -- what a seed changes -----------------------------------------------------------------------
+
+
+def test_a_seed_draws_its_own_calibration_subset_and_batches():
+    subsets = [calibration_subset(256, 32, seed) for seed in (0, 1, 2)]
+    assert all(len(set(rows)) == 32 and rows == sorted(rows) for rows in subsets)
+    assert len({tuple(rows) for rows in subsets}) == 3
+    assert calibration_subset(256, 32, 1) == subsets[1]  # the same seed draws the same windows
+    assert calibration_subset(20, 32, 5) == list(range(20))  # a small pool: every seed scores all of it
+    settings = StudySettings()
+    batches = {seed: TokenBatches(corpus(), 4, 32, seed=settings.distill_settings(seed).seed) for seed in (0, 1)}
+    assert not torch.equal(batches[0].batch(0), batches[1].batch(0))
+    assert torch.equal(batches[0].batch(3), TokenBatches(corpus(), 4, 32, seed=0).batch(3))
+
+
+def test_window_losses_average_to_the_validation_loss(tiny_nemotron):
+    tokens = corpus(2000, seed=1)
+    windows = window_losses(tiny_nemotron, tokens, 32, 512)
+    assert windows.shape == (16,)
+    assert windows.mean() == pytest.approx(validation_loss(tiny_nemotron, tokens, 32, max_tokens=512)["loss"], rel=1e-5)
+
+
+# -- a tiny study, end to end ------------------------------------------------------------------
+
+
+def tiny_teacher():
     from transformers import NemotronHForCausalLM
 
     from tests.conftest import randomize, tiny_nemotron_config
 
     torch.manual_seed(0)
-    teacher = randomize(NemotronHForCausalLM(tiny_nemotron_config()))
-    calib = [torch.randint(3, 128, (4, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    return randomize(NemotronHForCausalLM(tiny_nemotron_config()))
+
+
+CALIB = torch.randint(3, 128, (12, 24), generator=torch.Generator().manual_seed(7))  # the pool, [N, T]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny study with every comparison and three seeds (module-scoped: it is the slow part)."""
+    teacher = tiny_teacher()
     out = tmp_path_factory.mktemp("study")
     result = run_study(
-        teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), out, command="hybridlab study --x"
+        teacher, None, corpus(), corpus(2000, seed=1), CALIB, tiny_settings(), out, command="hybridlab study --x"
     )
-    return teacher, calib, result
+    return teacher, result
 
 
-def test_study_rows_are_exact_and_shared_students_are_trained_once(finished):
-    teacher, _, result = finished
+def test_study_rows_are_exact_and_shared_students_are_trained_once_per_seed(finished):
+    teacher, result = finished
     frame, curves = result.results, result.curves
     assert set(frame["comparison"]) == {"reference", *COMPARISONS}
     arms = frame[~frame["comparison"].isin(["reference", "from_scratch"])]
-    assert len(arms) == 2 + 4 + 2 + 2 + 2
+    assert len(arms) == 2 + 2 + 2 + 2 + 2  # one heads-versus-channels cut by default
     for row in arms.to_dict("records"):
-        assert row["params"] == n_params(result.models[row["run"]])  # exact, from the planned spec
-        assert row["tokens"] == 4 * 4 * 32 and np.isfinite(row["distilled_loss"]) and row["latency_ms"] > 0
-    # group-aware, importance and the SSM-pruned mix are one student (same spec and ranking): distilled once
+        assert row["params"] == n_params(result.models[row["run"], 0])  # exact, from the planned spec
+        assert row["tokens"] == 4 * 4 * 32 and row["seeds"] == 3 and row["latency_ms"] > 0
+        for stage in ("zero_shot_loss", "distilled_loss"):
+            assert row[f"{stage}_low"] <= row[stage] <= row[f"{stage}_high"]
+    # group-aware, importance and the SSM-pruned mix are one student (same spec and ranking): distilled once a seed
     same = frame[frame["arm"].isin(["group-aware", "importance", "prunes Mamba heads"])]
     assert same["run"].nunique() == 1 and same["distilled_loss"].nunique() == 1
+    assert len(list((result.out_dir / "runs" / same["run"].iloc[0]).glob("seed-*/arm.json"))) == 3
     pair = frame[frame["comparison"] == "group_vs_global"]
     assert pair["spec"].nunique() == 1 and list(pair["mamba_ranking"]) == ["group", "global"]
     ranked = pd.read_csv(result.out_dir / "width_candidates.csv")
     width = frame[frame["arm"] == "width-only"].iloc[0]
-    assert (
-        json.loads(width["spec"]) == json.loads(ranked.iloc[0]["spec"])
-        and ranked["zero_shot_loss"].is_monotonic_increasing
-    )
+    assert json.loads(width["spec"]) == json.loads(ranked.iloc[0]["spec"])
+    assert ranked["zero_shot_loss"].is_monotonic_increasing
     at_target = arms[arms["comparison"] != "heads_vs_channels"]
     best = at_target.loc[at_target["distilled_loss"].idxmin()]
     scratch = frame[frame["comparison"] == "from_scratch"].iloc[0]
     assert (scratch["spec"], scratch["params"], scratch["tokens"]) == (best["spec"], best["params"], 8 * 4 * 32)
-    assert result.summary["scratch"]["target_curve_loss"] == pytest.approx(
-        curves[(curves["run"] == best["run"]) & (curves["kind"] == "eval")]["val_loss"].iloc[-1]
+    last_points = curves[(curves["run"] == best["run"]) & (curves["kind"] == "eval")].groupby("seed")["val_loss"].last()
+    assert len(last_points) == 3
+    assert result.summary["scratch"]["target_curve_loss"] == pytest.approx(last_points.mean())
+
+
+def test_seeds_change_calibration_data_and_random_draw(finished):
+    teacher, result = finished
+    per_seed = result.per_seed
+    rows = per_seed.drop_duplicates("seed").set_index("seed")["calibration_rows"]
+    assert rows.nunique() == 3  # each seed scored importance on its own calibration windows
+    assert result.summary["calibration_subsets"]["1"] == [int(i) for i in rows[1].split()]
+    windows = pd.read_csv(result.out_dir / "results_windows.csv")
+    distilled = windows[windows["stage"] == "distilled"].pivot_table(
+        index=["run", "window"], columns="seed", values="loss"
     )
-    assert set(curves["run"]) == set(arms["run"]) | {"scratch"}
-    assert (curves[curves["kind"] == "eval"].groupby("run").size() >= 2).all()
+    assert (distilled[0] != distilled[1]).any() and (distilled[1] != distilled[2]).any()
+    first_batch = {  # the distillation curves start from different batches
+        seed: json.loads(
+            (
+                result.out_dir / "runs" / result.results["run"].iloc[1] / f"seed-{seed}" / "distill_settings.json"
+            ).read_text()
+        )["seed"]
+        for seed in (0, 1, 2)
+    }
+    assert first_batch == {0: 0, 1: 1, 2: 2}
+    random_run = result.results[result.results["arm"] == "random"]["run"].iloc[0]
+    weights = [result.models[random_run, seed].get_input_embeddings().weight for seed in (0, 1, 2)]
+    assert weights[0].shape == weights[1].shape and not torch.equal(weights[0], weights[1])
+
+
+def test_the_same_seed_reproduces_the_same_results(finished, tmp_path):
+    """A one-seed study at seed 1 gives seed 1's numbers of the three-seed study, to the bit."""
+    teacher, whole = finished
+    comparisons = ("width_vs_depth", "importance_vs_random")
+    again = run_study(
+        tiny_teacher(),
+        None,
+        corpus(),
+        corpus(2000, seed=1),
+        CALIB,
+        tiny_settings(seeds=1, seed=1, comparisons=comparisons, scratch_tokens=0),
+        tmp_path,
+    )
+    for run in again.per_seed["run"].unique():
+        mine = again.per_seed[again.per_seed["run"] == run].iloc[0]
+        theirs = whole.per_seed[(whole.per_seed["run"] == run) & (whole.per_seed["seed"] == 1)].iloc[0]
+        assert mine["calibration_rows"] == theirs["calibration_rows"]
+        assert (mine["zero_shot_loss"], mine["distilled_loss"]) == (theirs["zero_shot_loss"], theirs["distilled_loss"])
+
+
+def test_comparisons_have_paired_intervals_and_verdicts_from_them(finished):
+    _, result = finished
+    pairs = pd.read_csv(result.out_dir / "results_comparisons.csv")
+    assert set(pairs["stage"]) == {"zero_shot", "distilled"}
+    assert len(pairs) == 2 * 5  # five pairs (one sweep cut), two stages
+    windows = pd.read_csv(result.out_dir / "results_windows.csv")
+    runs = result.results.set_index(["comparison", "arm"])["run"]
+    for row in pairs.to_dict("records"):
+        assert row["low"] <= row["difference"] <= row["high"] and row["seeds"] == 3
+        assert row["verdict"] == stats.verdict(
+            row["arm_a"], row["arm_b"], stats.Interval(row["difference"], row["low"], row["high"])
+        )
+        tables = [
+            windows[(windows["run"] == runs[row["comparison"], arm]) & (windows["stage"] == row["stage"])]
+            .pivot(index="seed", columns="window", values="loss")
+            .to_numpy()
+            for arm in (row["arm_a"], row["arm_b"])
+        ]
+        recomputed = stats.paired_difference(*tables)
+        assert (recomputed.estimate, recomputed.low, recomputed.high) == pytest.approx(
+            (row["difference"], row["low"], row["high"])
+        )
+
+
+def test_curves_carry_every_seed_and_their_band(finished):
+    _, result = finished
+    curves = pd.read_csv(result.out_dir / "results_curves.csv")
+    evals = curves[(curves["kind"] == "eval") & (curves["training"] == "distill")]
+    assert (evals.groupby("run")["seed"].nunique() == 3).all()
+    assert (evals.groupby(["run", "step"]).size() == 3).all()
+    band = evals.groupby(["run", "step"])["val_loss"].agg(["min", "max", "mean"])
+    merged = evals.drop_duplicates(["run", "step"]).set_index(["run", "step"])
+    assert np.allclose(merged["val_loss_min"], band["min"].loc[merged.index])
+    assert np.allclose(merged["val_loss_max"], band["max"].loc[merged.index])
+    assert (merged["band_seeds"] == 3).all()
 
 
 def test_report_numbers_come_from_the_results(finished):
-    _, _, result = finished
+    _, result = finished
     text = (result.out_dir / "results.md").read_text()
     assert "hybridlab study --x" in text
     for heading in (
@@ -176,54 +362,59 @@ def test_report_numbers_come_from_the_results(finished):
         "Pruning the SSM versus leaving it whole",
         "Importance ranking versus random",
         "training from scratch",
+        "## Runtime",
     ):
         assert heading in text
-    table = [line for line in text.splitlines() if line.startswith("| ") and "`" in line.split("|")[3]]
+    assert "3 seeds per arm (0, 1, 2)" in text and "2,000 resamples" in text and "0.5%" not in text
+    measured = text.split("## Measured table")[1].split("\n## ")[0]
+    table = [line for line in measured.splitlines() if line.startswith("| ") and "`{" in line]
     csv = pd.read_csv(result.out_dir / "results.csv")
     assert len(table) == len(csv)
     for line, row in zip(table, csv.to_dict("records")):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == row["arm"] and cells[3] == f"{row['params']:,}"
-        for cell, key in ((cells[5], "zero_shot_loss"), (cells[6], "distilled_loss"), (cells[7], "scratch_loss")):
-            assert cell == ("—" if pd.isna(row[key]) else f"{row[key]:.3f}")
-    numbers = set(re.findall(r"(?<![\d.])(\d+\.\d{3})(?!\d)(?! nats)", text))  # gaps ("0.123 nats") are differences
-    produced = {f"{v:.3f}" for v in csv[["zero_shot_loss", "distilled_loss", "scratch_loss", "teacher_loss"]].stack()}
-    produced |= {f"{v:.3f}" for v in pd.read_csv(result.out_dir / "width_candidates.csv")["zero_shot_loss"]}
-    produced |= {f"{result.summary['scratch'][k]:.3f}" for k in ("target_curve_loss", "best_curve_loss")}
-    produced.add(f"{tiny_settings().lr:g}")  # the learning rate in the setup paragraph
-    assert numbers and numbers <= produced
+        if not pd.isna(row["distilled_loss"]):
+            assert (
+                cells[6]
+                == f"{row['distilled_loss']:.3f} [{row['distilled_loss_low']:.3f}, {row['distilled_loss_high']:.3f}]"
+            )
+    pairs = pd.read_csv(result.out_dir / "results_comparisons.csv")
+    for verdict in pairs["verdict"]:
+        assert verdict in text
+    numbers = {float(n) for n in re.findall(r"(?<![\d.])[-+]?\d+\.\d{3}(?!\d)", text)}
+    produced = set()
+    for frame, columns in (
+        (csv, [c for c in csv.columns if "loss" in c]),
+        (pairs, ["difference", "low", "high"]),
+        (pd.read_csv(result.out_dir / "width_candidates.csv"), ["zero_shot_loss"]),
+        (result.per_seed, ["distilled_loss"]),
+    ):
+        produced |= {round(float(v), 3) for v in frame[columns].stack()}
+        produced |= {round(-float(v), 3) for v in frame[columns].stack()}
+    produced |= {round(result.summary["scratch"][k], 3) for k in ("target_curve_loss", "best_curve_loss")}
+    assert numbers and {round(n, 3) for n in numbers} <= produced
 
 
 def test_cancelled_study_resumes_to_the_same_numbers(finished, tmp_path):
-    teacher, calib, whole = finished
+    teacher, whole = finished
     fired = []
 
     def cancel_in_third_run(fraction, message, metrics):
-        if "(3/" in message:
+        if message.startswith("study: distilling") and "(3/" in message:
             fired.append(message)
         elif fired and message.startswith("step 2/"):  # mid-distillation: the trainer saves a checkpoint
             raise Cancelled()
 
+    args = (teacher, None, corpus(), corpus(2000, seed=1), CALIB)
     with pytest.raises(Cancelled):
-        run_study(
-            teacher,
-            None,
-            corpus(),
-            corpus(2000, seed=1),
-            calib,
-            tiny_settings(),
-            tmp_path,
-            progress=cancel_in_third_run,
-        )
-    assert len(list((tmp_path / "runs").glob("*/arm.json"))) == 2
-    assert len(list((tmp_path / "runs").glob("*/checkpoint/state.pt"))) == 3
-    resumed = run_study(
-        teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(), tmp_path, command="hybridlab study --x"
-    )
-    columns = ["arm", "params", "zero_shot_loss", "distilled_loss", "scratch_loss", "tokens"]
+        run_study(*args, tiny_settings(), tmp_path, progress=cancel_in_third_run)
+    assert len(list((tmp_path / "runs").glob("*/seed-*/arm.json"))) == 2
+    assert len(list((tmp_path / "runs").glob("*/seed-*/checkpoint/state.pt"))) == 3
+    resumed = run_study(*args, tiny_settings(), tmp_path, command="hybridlab study --x")
+    columns = ["arm", "params", "zero_shot_loss", "distilled_loss", "distilled_loss_low", "scratch_loss", "tokens"]
     pd.testing.assert_frame_equal(resumed.results[columns], whole.results[columns], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="other settings"):
-        run_study(teacher, None, corpus(), corpus(2000, seed=1), calib, tiny_settings(tokens=8 * 4 * 32), tmp_path)
+        run_study(*args, tiny_settings(tokens=8 * 4 * 32), tmp_path)
 
 
 def test_cli_runs_a_model_directory_and_publishes(tiny_nemotron, tmp_path, capsys):
@@ -258,7 +449,8 @@ def test_cli_runs_a_model_directory_and_publishes(tiny_nemotron, tmp_path, capsy
         "1",
         "--calib-samples",
         "8",
-        "--no-bf16",
+        "--seeds",
+        "2",
         "--data",
         str(tmp_path / "train.npy"),
         "--val",
@@ -287,6 +479,7 @@ def test_cli_runs_a_model_directory_and_publishes(tiny_nemotron, tmp_path, capsy
         (["--compression", "1.5"], "between 0 and 1"),
         (["--compression", "half"], "cannot read a compression"),
         (["--tokens", "0"], "less than one batch"),
+        (["--seeds", "0"], "seeds: must be greater than 0"),
         (["--comparisons", "width_vs_depth,bogus"], "unknown comparisons"),
         (["--ssm-sweep", "0,50"], "ssm-sweep fractions"),
         (["--model", "/nonexistent/model"], "does not exist"),

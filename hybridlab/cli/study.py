@@ -12,7 +12,7 @@ from hybridlab.core.settings import declared, setting
 from hybridlab.study.run import StudySettings
 
 # Options always echoed into the regeneration command; the others only when they differ from the default.
-ALWAYS = ("model", "compression", "tokens", "scratch_tokens", "out", "docs")
+ALWAYS = ("model", "compression", "tokens", "seeds", "scratch_tokens", "out", "docs")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def run_study_command(args) -> int:
     import torch
 
     from hybridlab.core.outputs import check_new_folder
-    from hybridlab.data.calibration import batched, check_tokens, load_calibration, load_token_array
+    from hybridlab.data.calibration import check_tokens, load_calibration, load_token_array
     from hybridlab.model.checks import check_model, check_seq_len
     from hybridlab.model.loading import load_model, resolve_model_dir
     from hybridlab.study.run import publish, run_study
@@ -85,8 +85,8 @@ def run_study_command(args) -> int:
     train_tokens = load_token_array(args.data or demo_dir() / DEMO_TRAIN, vocab_size=vocab).reshape(-1)
     val_tokens = load_token_array(args.val or demo_dir() / DEMO_VAL, vocab_size=vocab).reshape(-1)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    rows = load_calibration(args.calib or "demo", tokenizer, settings.calib_samples, settings.seq_len, vocab)
-    calib = batched(rows, 8)
+    # the pool the seeds draw their calibration subsets from
+    calib = load_calibration(args.calib or "demo", tokenizer, settings.calib_pool, settings.seq_len, vocab)
     result = run_study(
         model,
         tokenizer,
@@ -101,6 +101,9 @@ def run_study_command(args) -> int:
     )
     columns = ["comparison", "arm", "params", "zero_shot_loss", "distilled_loss", "scratch_loss", "latency_ms"]
     print(result.results[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    for row in result.comparisons[result.comparisons["stage"] == "distilled"].to_dict("records"):
+        print(f"{row['comparison']}: {row['verdict']}")
+    print(f"wall time {result.summary['wall_s'] / 60:.1f} min")
     print(f"study written to {Path(args.out) / 'results.md'}")
     if args.docs:
         for path in publish(args.out, args.docs):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -227,25 +228,29 @@ def plan_arms(
     scores,
     target: int,
     settings,
-    loss_of,
+    windows_of,
     layer_metric: str = "kl",
     description: ModelDescription | None = None,
 ):
-    """(arms, zero-shot ranking of the width candidates, zero-shot loss by run key, facts for the report).
+    """(arms, zero-shot ranking of the width candidates, zero-shot losses per validation window by run key,
+    facts for the report). windows_of(model) -> [W] losses; a candidate ranks by their mean.
     description: describe(teacher), when the caller already has it."""
     description = describe(teacher) if description is None else description.checked_for(teacher)
     wanted = set(settings.comparisons)
     facts: dict = {}
     arms: list[Arm] = []
     ranked = pd.DataFrame(columns=["name", "spec", "params", "prunes_mamba_heads", "zero_shot_loss"])
-    zero_shot: dict[str, float] = {}
+    zero_shot: dict[str, np.ndarray] = {}
     if wanted - {HEADS_VS_CHANNELS}:
         candidates = width_candidates(
             description, scores, target, settings.tolerance, settings.max_width_prune, layer_metric
         )
         rows = []
         for candidate in shortlist(candidates, description, target, settings.max_candidates):
-            loss = loss_of(prune(teacher, candidate.spec, scores, layer_metric=layer_metric, description=description))
+            windows = windows_of(
+                prune(teacher, candidate.spec, scores, layer_metric=layer_metric, description=description)
+            )
+            loss = float(np.mean(windows))
             rows.append(
                 {
                     "name": candidate.name,
@@ -256,7 +261,7 @@ def plan_arms(
                     "_spec": candidate.spec,
                 }
             )
-            zero_shot[Arm("", "", candidate.spec).run_key] = loss
+            zero_shot[Arm("", "", candidate.spec).run_key] = windows
         rows.sort(key=lambda r: r["zero_shot_loss"])
         width_best = rows[0]["_spec"]
         pruned = [r["_spec"] for r in rows if r["prunes_mamba_heads"]]
@@ -304,7 +309,7 @@ def plan_arms(
         if IMPORTANCE_VS_RANDOM in wanted:
             arms += [
                 Arm(IMPORTANCE_VS_RANDOM, "importance", pruned[0]),
-                Arm(IMPORTANCE_VS_RANDOM, f"random (seed {settings.seed})", pruned[0], ranking="random"),
+                Arm(IMPORTANCE_VS_RANDOM, "random", pruned[0], ranking="random", note="a seeded random draw per seed"),
             ]
     if HEADS_VS_CHANNELS in wanted:
         arms += sweep_arms(description, list(settings.ssm_sweep))

@@ -1,6 +1,7 @@
-"""docs/results.md from a finished study: the measured table, the command that regenerates it,
-and one paragraph per finding. Every number comes from the study's results and summary;
-the paper's findings are named, never quoted as numbers."""
+"""docs/results.md from a finished study: the setup (what each seed changes, how intervals are made),
+the measured table with 95% intervals, every paired comparison with its verdict, one paragraph per
+finding and where the time went. Every number comes from the study's tables and summary; a verdict
+is read from an interval (hybridlab.study.stats), never from a threshold on the point estimates."""
 
 from __future__ import annotations
 
@@ -16,49 +17,99 @@ from hybridlab.study.arms import (
     SSM_PRUNED_VS_WHOLE,
     WIDTH_VS_DEPTH,
 )
+from hybridlab.study.stats import METHOD
 
-TIE = 0.005  # relative: losses closer than this count as a tie (one seed per arm, no error bars)
+# what the paper found, per comparison: its claim, and the sign of (arm A - arm B) in distilled loss it implies
+# (-1: A lower; 0: the two equal)
+PAPER = {
+    WIDTH_VS_DEPTH: ("Width-only versus depth-only", "width-only pruning beats depth-only at the same size", -1),
+    HEADS_VS_CHANNELS: (
+        "Mamba heads versus head channels",
+        "cutting whole Mamba heads beats cutting head channels at the same SSM width, in loss and latency (Figure 7)",
+        -1,
+    ),
+    GROUP_VS_GLOBAL: (
+        "Group-aware versus global head ranking",
+        "Mamba heads must be ranked within their groups, since a head moved to another group reads the wrong B and C",
+        -1,
+    ),
+    SSM_PRUNED_VS_WHOLE: (
+        "Pruning the SSM versus leaving it whole",
+        "Table 1's candidates 1 (Mamba heads pruned) and 2 (SSM whole, more FFN pruned) reach the same loss, "
+        "the first slightly faster",
+        0,
+    ),
+    IMPORTANCE_VS_RANDOM: (
+        "Importance ranking versus random",
+        "activation importance chooses better units than chance",
+        -1,
+    ),
+}
 
 
 def loss(value) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def render(results: pd.DataFrame, summary: dict, settings: dict, candidates: pd.DataFrame | None = None) -> str:
+def with_interval(row: dict, prefix: str) -> str:
+    value = row.get(prefix)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return loss(value)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def render(
+    results: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    summary: dict,
+    settings: dict,
+    candidates: pd.DataFrame | None = None,
+    per_seed: pd.DataFrame | None = None,
+) -> str:
     rows = results.to_dict("records")
     by = {(r["comparison"], r["arm"]): r for r in rows}
     teacher = by[("reference", "teacher")]
-    parts = [_header(summary, settings, teacher), _table(rows)]
+    pairs = comparisons.to_dict("records")
+    parts = [_header(summary, settings, teacher), _table(rows), _pairs_table(pairs)]
+    if per_seed is not None and len(per_seed):
+        parts.append(_seeds_table(per_seed))
     if candidates is not None and len(candidates):
         parts.append(_candidates(candidates))
     parts.append("## Findings\n")
-    for comparison, writer in (
-        (WIDTH_VS_DEPTH, _width_vs_depth),
-        (HEADS_VS_CHANNELS, _heads_vs_channels),
-        (GROUP_VS_GLOBAL, _group_vs_global),
-        (SSM_PRUNED_VS_WHOLE, _ssm_pruned_vs_whole),
-        (IMPORTANCE_VS_RANDOM, _importance_vs_random),
-    ):
-        arms = [r for r in rows if r["comparison"] == comparison]
-        if arms:
-            parts.append(writer(arms, teacher, summary))
+    for comparison in PAPER:
+        found = [p for p in pairs if p["comparison"] == comparison]
+        if found:
+            parts.append(_finding(comparison, found, by, summary))
     if summary.get("scratch"):
         parts.append(_from_scratch(summary, by))
+    parts.append(_runtime(summary, settings))
     return "\n".join(parts)
 
 
 def _header(summary: dict, s: dict, teacher: dict) -> str:
     top_k = (
-        f"the teacher's top-{s['teacher_top_k']} logits, cached once"
+        f"the teacher's top-{s['teacher_top_k']} log-probabilities plus the mass of the rest of the vocabulary "
+        "(cached once per seed, shared by every student of that seed)"
         if s.get("teacher_top_k")
         else "the live teacher's full logits"
     )
     model = "the demo teacher" if summary.get("model") in (None, "demo") else f"`{summary['model']}`"
+    seeds = list(range(s["seed"], s["seed"] + s["seeds"]))
+    pool, samples = summary.get("calibration_pool"), s["calib_samples"]
+    calibration = (
+        f"which {samples} of the {pool} calibration windows score importance (drawn without replacement; "
+        f"the drop-one-layer KL uses the first {s['layer_samples']} of them)"
+        if pool and pool > samples
+        else f"nothing in the calibration: the pool has only {pool} windows, so every seed scores all of them"
+    )
     return f"""# Results: the Minitron-SSM ablations on {model}
 
-Generated by `hybridlab study` from its own measurements; do not edit by hand. The table's
-rows are `results.csv` and the loss curves `results_curves.csv`, both next to this file.
-Regenerate everything with:
+Generated by `hybridlab study` from its own measurements; do not edit by hand. The tables are
+`results.csv` (arms), `results_comparisons.csv` (paired differences) and `results_curves.csv` (loss curves
+per seed with min/max bands), next to this file. Regenerate everything with:
 
 ```
 {summary.get("command") or "hybridlab study"}
@@ -66,37 +117,74 @@ Regenerate everything with:
 
 **Setup.** Teacher: {summary["teacher_params"]:,} parameters, validation loss {loss(summary["teacher_loss"])}.
 Target: remove {s["compression"]:.0%} of the parameters, i.e. {summary["target_params"]:,} parameters
-(the width arms are within {s["tolerance"]:.0%} of it; depth-only is the closest layer count). Every arm is
-distilled for {s["tokens"]:,} tokens (batch {s["batch_size"]} x {s["seq_len"]}, learning rate {s["lr"]:g}, forward KL
-to {top_k}), on the same batches in the same order, drawn from a training sample of
-{summary["train_tokens_available"]:,} tokens. Losses are next-token cross entropy in nats, fp32, on the first
-{s["eval_tokens"]:,} validation tokens. Latency is the median prefill time of one sequence of
-{s["seq_len"]} tokens over {s["latency_repeats"]} rounds in which every model is timed in turn, on this
-machine's CPU with {summary["torch_threads"]} torch thread(s). One seed ({s["seed"]}) per arm, so small
-differences carry no error bar: verdicts call losses within {TIE:.1%} of each other a tie. Training (every distillation and the from-scratch run) took
-{summary["training_wall_s"] / 60:.1f} minutes of wall time; the last pass of the command took {summary["wall_s"] / 60:.1f} minutes.
+(the width arms are within {s["tolerance"]:.0%} of it; depth-only is the closest layer count). The architectures are
+planned once, from seed {seeds[0]}'s importance scores. Every arm is distilled for {s["tokens"]:,} tokens per seed
+(batch {s["batch_size"]} x {s["seq_len"]}, learning rate {s["lr"]:g}, {"bf16 autocast" if s["bf16_autocast"] else "fp32"},
+forward KL to {top_k}), drawn from a training sample of {summary["train_tokens_available"]:,} tokens. Losses are
+next-token cross entropy in nats, fp32, on the same {summary["validation_windows"]} validation windows of
+{s["seq_len"]} tokens for every model and seed.
+
+**Seeds.** {len(seeds)} seeds per arm ({", ".join(map(str, seeds))}). A seed changes exactly three things:
+{calibration}; the distillation batches (which training windows, in which order); and the random control's draw.
+Validation windows, architectures, budgets and the from-scratch run are the same for every seed.
+
+**Intervals.** Every loss and every difference is given as estimate [95% interval]: {METHOD}. A verdict says
+"A better than B" only when the interval of A - B excludes 0, and otherwise "no difference detected at this
+budget". Latency is the median prefill time of one sequence of {s["seq_len"]} tokens over {s["latency_repeats"]}
+rounds in which every architecture is timed in turn, once per distinct architecture, on this machine's CPU with
+{summary["torch_threads"]} torch thread(s); it has no interval.
 """
 
 
 def _table(rows: list[dict]) -> str:
     lines = [
         "## Measured table\n",
-        "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | latency ms | tokens |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Means over seeds and windows, with 95% intervals.\n",
+        "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | latency ms | tokens | seeds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['comparison']} | {r['arm']} | `{r['spec']}` | {int(r['params']):,} | {r['flops_per_token'] / 1e6:.2f} | "
-            f"{loss(r['zero_shot_loss'])} | {loss(r['distilled_loss'])} | {loss(r['scratch_loss'])} | "
-            f"{r['latency_ms']:.1f} | {int(r['tokens']):,} |"
+            f"{with_interval(r, 'zero_shot_loss')} | {with_interval(r, 'distilled_loss')} | {loss(r['scratch_loss'])} | "
+            f"{r['latency_ms']:.1f} | {int(r['tokens']):,} | {int(r['seeds'])} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _pairs_table(pairs: list[dict]) -> str:
+    lines = [
+        "## Paired comparisons\n",
+        "A - B in nats (negative: A has the lower loss), paired by seed and validation window.\n",
+        "| comparison | A | B | stage | A - B [95% interval] | verdict |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for p in pairs:
+        lines.append(
+            f"| {p['comparison']} | {p['arm_a']} | {p['arm_b']} | {p['stage'].replace('_', '-')} | "
+            f"{p['difference']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] | {p['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _seeds_table(per_seed: pd.DataFrame) -> str:
+    frame = per_seed.drop_duplicates("run")[["run"]].merge(per_seed, on="run")
+    seeds = sorted(frame["seed"].unique())
+    lines = [
+        "Distilled loss of each student per seed (students shared by several arms are listed once):\n",
+        "| student | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---:|" * len(seeds),
+    ]
+    for run, group in frame.groupby("run", sort=False):
+        values = dict(zip(group["seed"], group["distilled_loss"]))
+        lines.append(f"| `{run}` | " + " | ".join(loss(values.get(s)) for s in seeds) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _candidates(frame: pd.DataFrame) -> str:
     lines = [
-        "Width-only candidates at the target, ranked zero-shot (the best one is the width-only arm; the best "
-        "with and without Mamba head pruning are the SSM arms):\n",
+        "Width-only candidates at the target, ranked zero-shot with the first seed's scores (the best one is the "
+        "width-only arm; the best with and without Mamba head pruning are the SSM arms):\n",
         "| candidate | params | prunes Mamba heads | zero-shot loss |",
         "|---|---:|---|---:|",
     ]
@@ -107,108 +195,51 @@ def _candidates(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gap(better: float, worse: float) -> str:
-    return f"{worse - better:.3f} nats ({(worse - better) / better:.1%})"
-
-
-def _verdict(ok: bool) -> str:
-    return "**Reproduced.**" if ok else "**Not reproduced.**"
-
-
-def _expected_better(expected: float, other: float) -> str:
-    """Verdict for 'expected has the lower loss', with ties (within TIE) called inconclusive."""
-    if expected < other * (1 - TIE):
-        return "**Reproduced.**"
-    if expected <= other * (1 + TIE):
-        return f"**Inconclusive:** the two are within {TIE:.1%} of each other."
-    return "**Not reproduced.**"
-
-
-def _width_vs_depth(arms, teacher, summary) -> str:
-    w, d = arms[0], arms[1]
-    first, second = (w, d) if w["distilled_loss"] < d["distilled_loss"] else (d, w)
-    return (
-        f"### Width-only versus depth-only\n\nThe paper found width-only pruning beats depth-only at the same size. "
-        f"{_expected_better(w['distilled_loss'], d['distilled_loss'])} After distillation width-only `{w['spec']}` reached {loss(w['distilled_loss'])} and depth-only "
-        f"{loss(d['distilled_loss'])}: {first['arm']} is better by {_gap(first['distilled_loss'], second['distilled_loss'])}. "
-        f"Zero-shot the losses were {loss(w['zero_shot_loss'])} and {loss(d['zero_shot_loss'])}. Depth-only {d['note']}: "
-        f"the embeddings are a large share of a small model, so depth pruning must cut deep to reach the target. "
-        f"Prefill latency: width-only {w['latency_ms']:.1f} ms, depth-only {d['latency_ms']:.1f} ms, teacher "
-        f"{teacher['latency_ms']:.1f} ms.\n"
-    )
-
-
-def _heads_vs_channels(arms, teacher, summary) -> str:
-    pairs = [(arms[i], arms[i + 1]) for i in range(0, len(arms), 2)]
-    wins = sum(h["distilled_loss"] < c["distilled_loss"] * (1 - TIE) for h, c in pairs)
-    ties = sum(abs(h["distilled_loss"] - c["distilled_loss"]) <= TIE * c["distilled_loss"] for h, c in pairs)
-    zero_shot_wins = sum(h["zero_shot_loss"] < c["zero_shot_loss"] for h, c in pairs)
-    faster = sum(h["latency_ms"] < c["latency_ms"] for h, c in pairs)
-    if wins == len(pairs):
-        verdict = "**Reproduced.**"
-    elif wins + ties == len(pairs):
-        verdict = "**Inconclusive:** heads never lost by more than a tie." if ties else "**Reproduced.**"
-    else:
-        verdict = "**Partly reproduced.**" if wins else "**Not reproduced.**"
-    details = "; ".join(
-        f"at {h['arm'].split(' ', 1)[1]} heads {loss(h['zero_shot_loss'])} -> {loss(h['distilled_loss'])} "
-        f"versus channels {loss(c['zero_shot_loss'])} -> {loss(c['distilled_loss'])}, "
-        f"prefill {h['latency_ms']:.1f} versus {c['latency_ms']:.1f} ms"
-        for h, c in pairs
-    )
-    return (
-        f"### Mamba heads versus head channels\n\nThe paper found that cutting whole Mamba heads beats cutting head "
-        f"channels at the same SSM width, in loss and in latency (its Figure 7 sweep). {verdict} Pruning heads gave the "
-        f"lower distilled loss in {wins} of {len(pairs)} cuts beyond a tie ({ties} ties; zero-shot lower in {zero_shot_wins} of "
-        f"{len(pairs)}) and the lower "
-        f"prefill latency in {faster} of {len(pairs)}. Losses zero-shot -> distilled: {details}. The uncut SSM is the teacher: {loss(teacher['zero_shot_loss'])}, {teacher['latency_ms']:.1f} ms.\n"
-    )
-
-
-def _group_vs_global(arms, teacher, summary) -> str:
-    g, x = arms[0], arms[1]
-    if summary.get("global_ranking_moved_heads") == 0:
-        body = (
-            "**Not testable on this teacher.** Both arms are the same model: "
-            + x["note"]
-            + ", so global ranking kept the same heads in the same groups."
+def _outcome(expected: int, pair: dict) -> str:
+    found = int(pair["direction"])
+    interval = f"{pair['difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}]"
+    if expected == 0:
+        if found == 0:
+            return f"**Reproduced:** no difference detected at this budget ({pair['arm_a']} - {pair['arm_b']} = {interval} nats)."
+        if found < 0:
+            return f"**Reproduced, and more:** {pair['verdict']}."
+        return f"**Does not reproduce at this scale:** {pair['verdict']}, where the paper found them equal."
+    if found == expected:
+        return f"**Reproduced:** {pair['verdict']}."
+    if found == 0:
+        return (
+            f"**Not reproduced at this budget:** no difference detected ({pair['arm_a']} - {pair['arm_b']} = "
+            f"{interval} nats); a difference of either sign inside that interval is not excluded."
         )
-    else:
-        first, second = (g, x) if g["distilled_loss"] < x["distilled_loss"] else (x, g)
-        body = (
-            f"{_expected_better(g['distilled_loss'], x['distilled_loss'])} On `{g['spec']}`, {x['note']}. Zero-shot: group-aware {loss(g['zero_shot_loss'])}, global "
-            f"{loss(x['zero_shot_loss'])}; distilled: {loss(g['distilled_loss'])} versus {loss(x['distilled_loss'])}, "
-            f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}."
+    return f"**Does not reproduce at this scale:** {pair['verdict']}, the opposite of the paper."
+
+
+def _finding(comparison: str, pairs: list[dict], by: dict, summary: dict) -> str:
+    title, claim, expected = PAPER[comparison]
+    lines = [f"### {title}\n", f"The paper found that {claim}."]
+    if comparison == GROUP_VS_GLOBAL and summary.get("global_ranking_moved_heads") == 0:
+        note = by[(comparison, pairs[0]["arm_b"])]["note"]
+        lines.append(
+            f"**Not testable on this teacher.** Both arms are the same model: {note}, so global ranking kept "
+            "the same heads in the same groups."
         )
-    return (
-        f"### Group-aware versus global head ranking\n\nThe paper ranks Mamba heads within their groups, because a head "
-        f"moved to another group reads the wrong B and C. {body}\n"
-    )
-
-
-def _ssm_pruned_vs_whole(arms, teacher, summary) -> str:
-    p, w = arms[0], arms[1]
-    ok = p["distilled_loss"] <= w["distilled_loss"] * (1 + TIE)
-    return (
-        f"### Pruning the SSM versus leaving it whole\n\nThe paper's Table 1 candidates 1 (Mamba heads pruned) and 2 "
-        f"(SSM whole, more FFN pruned) reached the same loss, the first slightly faster. Here: reproduced if the SSM-pruned "
-        f"mix is at most {TIE:.1%} worse. {_verdict(ok)} `{p['spec']}` ({int(p['params']):,} parameters) "
-        f"reached {loss(p['distilled_loss'])} and `{w['spec']}` ({int(w['params']):,}) reached {loss(w['distilled_loss'])} "
-        f"(zero-shot {loss(p['zero_shot_loss'])} and {loss(w['zero_shot_loss'])}); the difference is "
-        f"{p['distilled_loss'] - w['distilled_loss']:+.3f} nats. Prefill latency {p['latency_ms']:.1f} versus "
-        f"{w['latency_ms']:.1f} ms.\n"
-    )
-
-
-def _importance_vs_random(arms, teacher, summary) -> str:
-    i, r = arms[0], arms[1]
-    first, second = (i, r) if i["distilled_loss"] < r["distilled_loss"] else (r, i)
-    return (
-        f"### Importance ranking versus random\n\nActivation importance should choose better units than chance. "
-        f"{_expected_better(i['distilled_loss'], r['distilled_loss'])} On `{i['spec']}` zero-shot importance gave {loss(i['zero_shot_loss'])} and {r['arm']} "
-        f"{loss(r['zero_shot_loss'])}; after distillation {loss(i['distilled_loss'])} versus {loss(r['distilled_loss'])}, "
-        f"{first['arm']} better by {_gap(first['distilled_loss'], second['distilled_loss'])}.\n"
-    )
+        return " ".join(lines) + "\n"
+    distilled = [p for p in pairs if p["stage"] == "distilled"]
+    zero_shot = {(p["arm_a"], p["arm_b"]): p for p in pairs if p["stage"] == "zero_shot"}
+    for pair in distilled:
+        a, b = by[(comparison, pair["arm_a"])], by[(comparison, pair["arm_b"])]
+        before = zero_shot[(pair["arm_a"], pair["arm_b"])]
+        lead = f"{pair['arm_a']} versus {pair['arm_b']}: " if len(distilled) > 1 else ""
+        lines.append(
+            f"{lead}{_outcome(expected, pair)} After distillation {pair['arm_a']} reached "
+            f"{with_interval(a, 'distilled_loss')} and {pair['arm_b']} {with_interval(b, 'distilled_loss')}. "
+            f"Zero-shot: {before['verdict']}. Prefill latency {pair['latency_a_ms']:.1f} versus {pair['latency_b_ms']:.1f} ms"
+            f" (teacher {by[('reference', 'teacher')]['latency_ms']:.1f} ms)."
+        )
+        notes = [f"{r['arm']}: {r['note']}" for r in (a, b) if r["note"]]
+        if notes:
+            lines.append("(" + "; ".join(notes) + ".)")
+    return " ".join(line for line in lines if line) + "\n"
 
 
 def _from_scratch(summary: dict, by: dict) -> str:
@@ -217,22 +248,27 @@ def _from_scratch(summary: dict, by: dict) -> str:
     spec = row["spec"]
     if s["tokens_to_match"] is not None:
         ratio = s["tokens_to_match"] / s["distill_tokens"]
-        verdict = "**Reproduced.**" if ratio > 1 else "**Not reproduced:** from scratch was as fast or faster."
+        verdict = (
+            "**Reproduced.**"
+            if ratio > 1
+            else "**Does not reproduce at this scale:** from scratch was as fast or faster."
+        )
         outcome = (
-            f"{verdict} Its validation loss first reached the distilled student's "
-            f"{loss(s['target_curve_loss'])} at {s['tokens_to_match']:,} tokens, {ratio:.1f}x the {s['distill_tokens']:,} "
-            f"distillation tokens (checked every {s['eval_every_tokens']:,} tokens)."
+            f"{verdict} Its validation loss first reached the distilled students' "
+            f"{loss(s['target_curve_loss'])} (their last curve point, mean over seeds) at {s['tokens_to_match']:,} tokens, "
+            f"{ratio:.1f}x the {s['distill_tokens']:,} distillation tokens (checked every {s['eval_every_tokens']:,} tokens)."
         )
     else:
         outcome = (
-            f"It did not reach the distilled student's {loss(s['target_curve_loss'])} within {s['tokens']:,} tokens "
-            f"({s['tokens'] / s['distill_tokens']:.1f}x the {s['distill_tokens']:,} distillation tokens; its best was "
-            f"{loss(s['best_curve_loss'])}), so from-scratch training needs more than {s['tokens'] / s['distill_tokens']:.1f}x "
-            f"the tokens here: **reproduced in direction, ratio only bounded below**."
+            f"It did not reach the distilled students' {loss(s['target_curve_loss'])} (their last curve point, mean "
+            f"over seeds) within {s['tokens']:,} tokens ({s['tokens'] / s['distill_tokens']:.1f}x the "
+            f"{s['distill_tokens']:,} distillation tokens; its best was {loss(s['best_curve_loss'])}), so from-scratch "
+            f"training needs more than {s['tokens'] / s['distill_tokens']:.1f}x the tokens here: **reproduced in "
+            "direction, ratio only bounded below**."
         )
     pretraining = summary.get("teacher_pretraining_tokens")
     teacher_note = (
-        f"The teacher itself was pretrained on {pretraining:,} tokens; counting them, the distilled student cost "
+        f"The teacher itself was pretrained on {pretraining:,} tokens; counting them, a distilled student cost "
         f"{pretraining + s['distill_tokens']:,} tokens in all."
         if pretraining
         else "The teacher's pretraining tokens are not recorded with this model."
@@ -240,9 +276,31 @@ def _from_scratch(summary: dict, by: dict) -> str:
     return (
         f"### Distillation versus training from scratch\n\nThe paper's compressed models needed far fewer tokens than "
         f"training their size from scratch. A randomly initialised model of the best distilled architecture `{spec}` was "
-        f"trained with next-token loss on the same data for {s['tokens']:,} tokens (its loss went from {loss(s['initial_loss'])} "
-        f"to {loss(s['final_loss'])}). {outcome} Both curves are measured the same way (the in-training evaluation"
-        f"{' under bf16 autocast' if summary.get('bf16_autocast') else ''}), and one cosine schedule over the whole budget is used, so the crossing point is an upper bound for a "
-        f"schedule tuned to end there. {teacher_note} The comparison counts distillation tokens only, as the paper does: "
-        f"the teacher exists anyway, and its pretraining is what the student inherits.\n"
+        f"trained with next-token loss on the same data (one run, seed {s.get('seed', 0)}) for {s['tokens']:,} tokens "
+        f"(its loss went from {loss(s['initial_loss'])} to {loss(s['final_loss'])}). {outcome} Both curves are measured "
+        f"the same way (the in-training evaluation on the curve windows), and one cosine schedule over the whole budget "
+        f"is used, so the crossing point is an upper bound for a schedule tuned to end there. {teacher_note} The "
+        f"comparison counts distillation tokens only, as the paper does: the teacher exists anyway, and its pretraining "
+        f"is what the student inherits.\n"
     )
+
+
+def _runtime(summary: dict, s: dict) -> str:
+    stages = summary.get("stages", {})
+    total = summary["wall_s"]
+    seeds = s["seeds"]
+    lines = [
+        "## Runtime\n",
+        f"This pass of the command took {total / 60:.1f} minutes of wall time with {summary['torch_threads']} torch "
+        f"thread(s). It trains {summary['distinct_students']} distinct students (arms that are the same model, e.g. "
+        f"the width-only arm, the SSM-pruned mix, group-aware and importance ranking, share one) x {seeds} seeds = "
+        f"{summary['distinct_students'] * seeds} distillations of {s['tokens']:,} tokens, from "
+        f"{'a teacher-logits cache built once per seed' if s.get('teacher_top_k') else 'the live teacher'}, and times "
+        f"{summary['distinct_architectures']} distinct architectures once each. Where the time went (CPU seconds count "
+        "every thread; on a busy machine wall time also counts the waiting):\n",
+        "| stage | wall s | CPU s |",
+        "|---|---:|---:|",
+    ]
+    for name, t in stages.items():
+        lines.append(f"| {name} | {t['wall_s']:.0f} | {t['cpu_s']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
-"""The trained models of the ablation study: one distilled student per arm, the from-scratch
-baseline, and their prefill latencies. Each run lives in its own folder and is reused when
-the study is resumed (arm.json / scratch.json mark a finished run)."""
+"""The trained models of the ablation study: one distilled student per arm and seed, the
+from-scratch baseline, and their prefill latencies. Each run lives in its own folder
+(runs/<student>/seed-<n>/) and is reused when the study is resumed (arm.json / scratch.json
+mark a finished run). Losses are kept per validation window, so arms can be compared in pairs."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import copy
 import inspect
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from hybridlab.compression.prune import prune
 from hybridlab.core.atomic import write_json
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.bench import time_call
+from hybridlab.measure.evaluate import token_windows
 from hybridlab.training.distill import DistillSettings, distill
 from hybridlab.training.pretrain import lm_loss
 from hybridlab.training.trainer import TrainerSettings, train
@@ -26,10 +31,39 @@ from hybridlab.training.trainer import TrainerSettings, train
 @dataclass
 class RunResult:
     model: torch.nn.Module
-    zero_shot_loss: float  # fp32, right after pruning
-    distilled_loss: float  # fp32, after distillation
+    zero_shot_windows: list[float]  # fp32 loss per validation window, right after pruning
+    distilled_windows: list[float]  # the same windows after distillation
     tokens: int  # distillation tokens
-    curve_final_loss: float  # the run's last in-training evaluation (bf16 autocast, as the curves)
+    curve_final_loss: float  # the run's last in-training evaluation (as the curves are measured)
+    calibration_rows: list[int]  # which calibration windows scored this student's units
+    wall_s: float  # pruning, scoring and distilling this student
+
+    @property
+    def zero_shot_loss(self) -> float:
+        return float(np.mean(self.zero_shot_windows))
+
+    @property
+    def distilled_loss(self) -> float:
+        return float(np.mean(self.distilled_windows))
+
+
+@torch.inference_mode()
+def window_losses(model, tokens, seq_len: int, max_tokens: int, batch_size: int = 8) -> np.ndarray:
+    """Mean next-token cross entropy (nats, fp32) of each validation window: [W]. The windows are
+    measure.evaluate's (every window predicts seq_len tokens), so the mean over windows equals
+    validation_loss over the same max_tokens."""
+    windows = token_windows(tokens, seq_len, max_tokens)  # [W, seq_len + 1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits.float()  # [B, T, V]
+        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [B, T]
+        out.append(loss.double().mean(dim=1).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out)
 
 
 def distil_arm(
@@ -42,16 +76,20 @@ def distil_arm(
     kd: DistillSettings,
     run_dir: Path,
     cache,
-    loss_of,
-    zero_shot_loss: float | None,
+    windows_of,
+    zero_shot_windows: np.ndarray | None,
     layer_metric: str,
     seed: int,
+    calibration_rows: list[int],
     progress=None,
 ) -> RunResult:
-    """Prune the arm's student from the teacher, score it, distil it; reuse a finished run."""
+    """Prune the arm's student from the teacher with this seed's scores (and, for the random
+    control, this seed's draw), score it per window, distil it on this seed's batches; reuse a
+    finished run. windows_of(model) -> [W] losses on the study's validation windows."""
     record = run_dir / "arm.json"
     if record.exists() and (run_dir / "model" / "config.json").exists():
         return RunResult(model=_load(run_dir / "model"), **json.loads(record.read_text()))
+    started = time.perf_counter()
     student = prune(
         teacher,
         arm.spec,
@@ -61,7 +99,7 @@ def distil_arm(
         layer_metric=layer_metric,
         seed=seed,
     )
-    zero_shot = loss_of(student) if zero_shot_loss is None else zero_shot_loss
+    zero_shot = windows_of(student) if zero_shot_windows is None else zero_shot_windows
     resume = (run_dir / "checkpoint" / "state.pt").exists()
     result = distill(
         student,
@@ -78,11 +116,13 @@ def distil_arm(
     )
     student.eval()
     values = {
-        "zero_shot_loss": zero_shot,
-        "distilled_loss": loss_of(student),
+        "zero_shot_windows": [float(v) for v in zero_shot],
+        "distilled_windows": [float(v) for v in windows_of(student)],
         "tokens": int(result["tokens"]),
         "curve_final_loss": last_eval_loss(run_dir),
+        "calibration_rows": [int(i) for i in calibration_rows],
     }
+    values["wall_s"] = round(time.perf_counter() - started, 2)  # of this attempt, when resumed
     write_json(record, values)
     return RunResult(model=student, **values)
 
@@ -91,16 +131,19 @@ def train_from_scratch(
     template,
     tokenizer,
     arm,
-    distilled: RunResult,
+    distill_tokens: int,
+    target_curve_loss: float,
     train_tokens,
     val_tokens,
     settings,
     run_dir: Path,
     loss_of,
+    curve_loss_of,
     progress=None,
 ) -> dict:
     """Train a randomly initialised model of `template`'s architecture with next-token loss and
-    find the first evaluation whose validation loss reaches the distilled student's."""
+    find the first evaluation whose validation loss (curve_loss_of, the windows the distillation
+    curves use) reaches `target_curve_loss`, the distilled students' last curve point."""
     record = run_dir / "scratch.json"
     if record.exists():
         return {"arm": arm, **json.loads(record.read_text())}
@@ -134,7 +177,7 @@ def train_from_scratch(
         lm_loss,
         trainer_settings,
         run_dir,
-        eval_fn=lambda m: {"val_loss": loss_of(m)},
+        eval_fn=lambda m: {"val_loss": curve_loss_of(m)},
         progress=progress,
         resume=resume,
     )
@@ -144,11 +187,12 @@ def train_from_scratch(
         "initial_loss": initial,
         "final_loss": loss_of(model),
         "tokens": int(result["tokens"]),
-        "distill_tokens": distilled.tokens,
-        "target_curve_loss": distilled.curve_final_loss,
-        "tokens_to_match": tokens_to_match(curve, distilled.curve_final_loss),
+        "distill_tokens": distill_tokens,
+        "target_curve_loss": target_curve_loss,
+        "tokens_to_match": tokens_to_match(curve, target_curve_loss),
         "best_curve_loss": min(loss for _, loss in curve),
         "eval_every_tokens": trainer_settings.eval_every * per_step,
+        "seed": settings.seed,
     }
     write_json(record, values)
     return {"arm": arm, **values}
@@ -175,12 +219,16 @@ def last_eval_loss(run_dir: Path) -> float:
     return curve[-1][1]
 
 
-def read_curve(run_dir: Path, run: str, training: str) -> pd.DataFrame:
-    """The run's metrics.jsonl as tidy rows: run, training, kind, step, tokens, loss, kd_loss, val_loss, lr, wall_s."""
+def read_curve(run_dir: Path, run: str, training: str, seed: int) -> pd.DataFrame:
+    """The run's metrics.jsonl as tidy rows: run, training, kind, step, tokens, loss, kd_loss, val_loss, lr,
+    wall_s, seed."""
     columns = ["step", "tokens", "loss", "kd_loss", "val_loss", "lr", "wall_s"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [{"run": run, "training": training, "kind": r["kind"], **{c: r.get(c) for c in columns}} for r in records]
-    return pd.DataFrame(rows, columns=["run", "training", "kind", *columns])
+    rows = [
+        {"run": run, "training": training, "kind": r["kind"], **{c: r.get(c) for c in columns}, "seed": seed}
+        for r in records
+    ]
+    return pd.DataFrame(rows, columns=["run", "training", "kind", *columns, "seed"])
 
 
 @torch.inference_mode()
