@@ -414,3 +414,22 @@ def test_cli_importance_plan_and_prune_on_every_moe_axis(family, tmp_path, capsy
         spec["hidden_size"],
     )
     assert sum(p.numel() for p in pruned.parameters()) == estimate_sizes(pruned.config).params
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_streamed_prune_job_scores_the_model_and_prunes_every_moe_axis(family, tmp_path):
+    from hybridlab.jobs import run_sync
+
+    folder, calib = tmp_path / "model", tmp_path / "calib.npy"
+    MODELS[family].save_pretrained(folder)
+    np.save(calib, np.random.default_rng(0).integers(3, 128, 4096).astype(np.uint16))
+    spec = MIXED[family].to_dict()
+    values = {"model": str(folder), "calib": str(calib), "samples": 4, "seq_len": 16, "spec": spec}
+    job = run_sync("prune", values | {"streaming": True, "expert_metric": "random", "layer_metric": "cosine"})
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    pruned = AutoModelForCausalLM.from_pretrained(result["model_path"])
+    assert sum(p.numel() for p in pruned.parameters()) == result["params"]
+    assert result["active_params"] < result["parent_active_params"] < result["parent_params"]
+    assert describe(pruned).widths.num_moe_experts == spec["num_moe_experts"]
+    assert torch.isfinite(exact.logits(pruned, BATCH)).all()

@@ -147,7 +147,8 @@ def run(spec: dict, ctx) -> dict:
         save_model(pruned, tokenizer, out, overwrite=True)
         new_config = pruned.config
     ctx.register_model(str(out), new_config)
-    parent, planned = estimate_sizes(description), estimate_sizes(description, prune_spec)
+    # from the pruned config: the layers num_layers dropped are the ones importance chose, not the plan's guess
+    parent, planned = estimate_sizes(description), estimate_sizes(new_config)
     params, parent_params = planned.params, parent.params  # exact (tested against transformers' builds)
     result = {
         "strategy": strategy(spec["spec"]),
