@@ -433,3 +433,16 @@ def test_a_streamed_prune_job_scores_the_model_and_prunes_every_moe_axis(family,
     assert result["active_params"] < result["parent_active_params"] < result["parent_params"]
     assert describe(pruned).widths.num_moe_experts == spec["num_moe_experts"]
     assert torch.isfinite(exact.logits(pruned, BATCH)).all()
+
+
+def test_a_search_space_can_aim_at_active_parameters():
+    from hybridlab.search.space import SearchSpace, enumerate_candidates
+
+    config, scores = MODELS["nemotron_h_moe"].config, SCORES["nemotron_h_moe"]
+    target = int(estimate_sizes(config).active_params * 0.8)
+    found = enumerate_candidates(config, scores, target, 0.1, SearchSpace(param_budget="active"), seq_len=64)
+    assert found
+    for candidate in found:
+        sizes = estimate_sizes(config, candidate.spec, seq_len=64)
+        assert candidate.params == sizes.active_params < sizes.params
+        assert abs(candidate.params - target) <= 0.1 * target

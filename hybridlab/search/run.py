@@ -137,9 +137,9 @@ def search(
     for this model's device, dtype and threads in `latency_folder`, else the workspace's); a latency budget
     without one is refused before any work."""
     settings.validate()
-    total = sum(p.numel() for p in model.parameters())
-    target = parse_target(settings.target_params, total)
     description = describe(model)  # the family and widths, resolved once for every step below
+    total = estimate_sizes(description).budget_params(settings.space.param_budget)  # total, or active per token
+    target = parse_target(settings.target_params, total)
     check_reachable(description, target, settings.tolerance, settings.space)
     latency = latency_model_for(model, settings, latency_model, latency_folder)  # before any model work
     if scores is None:

@@ -18,7 +18,7 @@ from hybridlab.compression.kept import least_important_layers
 from hybridlab.compression.layer_importance import LAYER_METRICS
 from hybridlab.core.settings import below_one, check_settings, parse_token_count, positive, setting
 from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
-from hybridlab.model.sizes import planned_widths, sizes_of
+from hybridlab.model.sizes import PARAM_BUDGETS, planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 
 
@@ -37,6 +37,11 @@ class SearchSpace:
     layer_metric: str = setting(
         "kl", choices=[m for m in LAYER_METRICS if m is not None], help="layer score that picks layers to drop"
     )
+    param_budget: str = setting(
+        "total",
+        choices=PARAM_BUDGETS,
+        help="count the target in total parameters, or in active parameters per token (mixtures of experts)",
+    )
 
     def validate(self) -> None:
         check_settings(self)
@@ -46,7 +51,7 @@ class SearchSpace:
 class Candidate:
     name: str
     spec: PruneSpec
-    params: int
+    params: int  # counted as the space's param_budget says (total, or active per token)
     flops_per_token: float
     strategy: str  # "width", "depth" or "mixed"
 
@@ -110,7 +115,7 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
         else widths.num_attention_heads,
         layer_kinds=proportional_kinds(widths.layer_kinds, keep),
     )
-    floor = sizes_of(description.derive(smallest)).params  # with what the family derives (e.g. Zamba2's heads)
+    floor = sizes_of(description.derive(smallest)).budget_params(space.param_budget)  # with what the family derives
     if floor > target_params * (1 + tolerance):
         raise ValueError(
             f"the budget of {target_params:,} parameters is below the smallest architecture the bounds allow "
@@ -174,9 +179,10 @@ def enumerate_candidates(
             except ValueError:  # a family limit (e.g. Mamba2's integer expand)
                 continue
             sizes = sizes_of(new, seq_len)
-            if low <= sizes.params <= high:
+            params = sizes.budget_params(space.param_budget)
+            if low <= params <= high:
                 strategy = "mixed" if width_spec and drop else ("width" if width_spec else "depth")
-                found.append(Candidate(spec.short_name(), spec, sizes.params, sizes.flops_per_token, strategy))
+                found.append(Candidate(spec.short_name(), spec, params, sizes.flops_per_token, strategy))
     if not found:
         raise ValueError(
             f"no candidate within {tolerance:.0%} of {target_params:,} parameters fits the search bounds "
