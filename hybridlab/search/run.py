@@ -141,7 +141,7 @@ def search(
     total = estimate_sizes(description).budget_params(settings.space.param_budget)  # total, or active per token
     target = parse_target(settings.target_params, total)
     check_reachable(description, target, settings.tolerance, settings.space)
-    latency = latency_model_for(model, settings, latency_model, latency_folder)  # before any model work
+    latency = latency_model_for(model, description, settings, latency_model, latency_folder)  # before any work
     if scores is None:
         if not calib_batches:
             raise ValueError("search needs importance scores or calibration batches to compute them")
@@ -316,7 +316,7 @@ def _paired_prefill(student, teacher, settings: SearchSettings) -> dict:
     }
 
 
-def latency_model_for(model, settings: SearchSettings, given=None, folder=None):
+def latency_model_for(model, description, settings: SearchSettings, given=None, folder=None):
     """The latency model a search predicts with: `given`, else the calibration matching the model's device,
     dtype and threads; UserError when a latency budget needs one and there is none."""
     from hybridlab.measure.bench import describe_run
@@ -325,9 +325,9 @@ def latency_model_for(model, settings: SearchSettings, given=None, folder=None):
     if given is not None:
         return given
     where = describe_run(model)
-    found = find_latency_model(model, where["device_name"], where["dtype"], where["torch_threads"], folder)
+    found = find_latency_model(description, where["device_name"], where["dtype"], where["torch_threads"], folder)
     if found is None and settings.latency_budget is not None:
-        raise missing_calibration(model, where["device_name"], where["dtype"], where["torch_threads"])
+        raise missing_calibration(description, where["device_name"], where["dtype"], where["torch_threads"])
     return found
 
 
