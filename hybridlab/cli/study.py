@@ -84,7 +84,8 @@ def run_study_command(args) -> int:
         torch.set_num_threads(args.threads)
     train_tokens = load_token_array(args.data or demo_dir() / DEMO_TRAIN, vocab_size=vocab).reshape(-1)
     val_tokens = load_token_array(args.val or demo_dir() / DEMO_VAL, vocab_size=vocab).reshape(-1)
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    # float32: the study's losses are fp32, and CPUs without bf16 units run bf16 several times slower
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=torch.float32)
     # the pool the seeds draw their calibration subsets from
     calib = load_calibration(args.calib or "demo", tokenizer, settings.calib_pool, settings.seq_len, vocab)
     result = run_study(

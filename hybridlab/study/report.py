@@ -85,7 +85,7 @@ def render(
             parts.append(_finding(comparison, found, by, summary))
     if summary.get("scratch"):
         parts.append(_from_scratch(summary, by))
-    parts.append(_runtime(summary, settings))
+    parts.append(_runtime(summary, settings, results, per_seed))
     return "\n".join(parts)
 
 
@@ -285,7 +285,7 @@ def _from_scratch(summary: dict, by: dict) -> str:
     )
 
 
-def _runtime(summary: dict, s: dict) -> str:
+def _runtime(summary: dict, s: dict, results: pd.DataFrame, per_seed: pd.DataFrame | None) -> str:
     stages = summary.get("stages", {})
     total = summary["wall_s"]
     seeds = s["seeds"]
@@ -303,4 +303,17 @@ def _runtime(summary: dict, s: dict) -> str:
     ]
     for name, t in stages.items():
         lines.append(f"| {name} | {t['wall_s']:.0f} | {t['cpu_s']:.0f} |")
+    if per_seed is not None and len(per_seed):
+        lines += [
+            "",
+            f"Of the distillation stage, the training loops themselves (steps and curve points, by the runs' own "
+            f"clocks) took {summary.get('training_wall_s', 0) / 60:.1f} minutes. Wall seconds per student and seed "
+            "(pruning, zero-shot scoring, distillation, final scoring; a resumed run counts its last attempt):\n",
+            "| student | params | " + " | ".join(f"seed {seed}" for seed in sorted(per_seed["seed"].unique())) + " |",
+            "|---|---:|" + "---:|" * per_seed["seed"].nunique(),
+        ]
+        params = dict(zip(results["run"], results["params"]))
+        for run, group in per_seed.drop_duplicates(["run", "seed"]).groupby("run", sort=False):
+            cells = " | ".join(f"{v:.0f}" for v in group.sort_values("seed")["wall_s"])
+            lines.append(f"| `{run}` | {int(params[run]):,} | {cells} |")
     return "\n".join(lines) + "\n"
