@@ -316,3 +316,28 @@ def test_bench_reference_refuses_a_job_reference_and_a_missing_folder(tmp_path):
         validate_spec("bench", {"model": "demo", "reference": "job:3"})
     with pytest.raises(ValueError, match="neither 'demo' nor an existing directory"):
         validate_spec("bench", {"model": "demo", "reference": str(tmp_path / "missing")})
+
+
+def test_pareto_chart_draws_the_paired_interval_as_error_bars():
+    import pandas as pd
+
+    from app.charts import pareto_chart
+
+    table = pd.DataFrame(
+        {
+            "name": ["teacher", "a", "b"],
+            "strategy": ["teacher", "width", "width"],
+            "params": [10, 5, 6],
+            "latency_ms": [100.0, 50.0, 60.0],
+            "latency_low": [float("nan"), 40.0, float("nan")],  # b was timed alone: no bar
+            "latency_high": [float("nan"), 70.0, float("nan")],
+            "val_loss": [2.0, 2.5, 2.4],
+        }
+    )
+    figure = pareto_chart(table, "latency_ms", "val_loss", "ms", "loss", x_interval=("latency_low", "latency_high"))
+    width = next(trace for trace in figure.data if trace.name == "width")
+    assert list(width.error_x.array) == [20.0, 0.0] and list(width.error_x.arrayminus) == [10.0, 0.0]
+    teacher = next(trace for trace in figure.data if trace.name == "teacher")
+    assert teacher.error_x.array is None  # no interval at all: no bars
+    plain = pareto_chart(table, "latency_ms", "val_loss", "ms", "loss")
+    assert all(trace.error_x.array is None for trace in plain.data)
