@@ -16,11 +16,19 @@ import numpy as np
 import pytest
 import torch
 
+from hybridlab.core.errors import UserError
 from hybridlab.data.build import build_corpus, is_validation, split_documents
-from hybridlab.data.clean import html_to_text, normalise_whitespace
-from hybridlab.data.sources import Document
+from hybridlab.data.clean import html_to_text, info_nodes, normalise_whitespace, pod_to_text
+from hybridlab.data.sources import SOURCES, Document, Source, read_documents
 from hybridlab.data.tokenizer import END_OF_TEXT, load_tokenizer, save_tokenizer, train_tokenizer
-from hybridlab.data.tokens import TokenBatches, contiguous_windows, load_tokens, save_tokens, unigram_entropy
+from hybridlab.data.tokens import (
+    TokenBatches,
+    contiguous_windows,
+    load_tokens,
+    save_tokens,
+    sha256_file,
+    unigram_entropy,
+)
 
 PAGE = """<!DOCTYPE html><html><head><title>os — Miscellaneous</title>
 <style>body { color: red }</style><script>var DOCUMENTATION_OPTIONS = {};</script></head>
@@ -164,6 +172,9 @@ def tiny_debs(tmp_path_factory):
     return debs
 
 
+OLD_SOURCES = SOURCES[:2]  # the two packages of the first demo corpus; tiny_debs fakes only these
+
+
 def test_build_corpus_end_to_end_is_reproducible(tiny_debs, tmp_path):
     a = build_corpus(
         tmp_path / "a",
@@ -173,6 +184,7 @@ def test_build_corpus_end_to_end_is_reproducible(tiny_debs, tmp_path):
         calib_samples=4,
         calib_seq_len=16,
         progress=lambda *a: None,
+        sources=OLD_SOURCES,
     )
     b = build_corpus(
         tmp_path / "b",
@@ -182,6 +194,7 @@ def test_build_corpus_end_to_end_is_reproducible(tiny_debs, tmp_path):
         calib_samples=4,
         calib_seq_len=16,
         progress=lambda *a: None,
+        sources=OLD_SOURCES,
     )
     assert a == b  # same inputs, same hashes of every array and of the tokenizer
     assert [s["documents"] for s in a["sources"]] == [30, 10]  # translations, stubs, indexes, _sources skipped
@@ -204,3 +217,133 @@ def test_build_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         build_corpus(tmp_path / "out", debs_dir=tmp_path)
+
+
+INFO = (
+    "This is demo.info, produced by makeinfo version 7.0 from demo.texi.\n\n"
+    "\x1f\nFile: demo.info,  Node: Top,  Next: Linking,  Up: (dir)\n\nDemo manual\n***********\n\n"
+    + "The linker combines object files into one executable. "
+    * 6
+    + "\n\n* Menu:\n\n* Linking::          How objects are combined.\n* Scripts:: Linker scripts.\n\n"
+    "\x1f\nFile: demo.info,  Node: Linking,  Prev: Top,  Up: Top\n\n1 Linking\n*********\n\n"
+    + "Each section is placed at an address chosen by the script. " * 6
+    + "\n\x1f\nTag Table:\nNode: Top\x7f89\nNode: Linking\x7f400\n\x1f\nEnd Tag Table\n"
+)
+
+
+def test_info_manuals_become_one_clean_document_per_node():
+    nodes = dict(info_nodes(INFO))
+    assert list(nodes) == ["Top", "Linking"]
+    assert nodes["Top"].startswith("Demo manual\n***********\n\nThe linker combines")
+    for junk in ("Menu", "How objects are combined", "makeinfo", "Tag Table", "File: demo.info"):
+        assert junk not in nodes["Top"] and junk not in nodes["Linking"]
+    assert "Each section is placed" in nodes["Linking"]
+
+
+POD = """=encoding utf8
+
+=head1 NAME
+
+perlfoo - how B<bold> and C<< $a->method >> code read
+
+=over 4
+
+=item * Use L<perlfunc/"open"> or L<the manual|perlsyn>.
+
+=back
+
+An index entryX<hidden> and a literal E<lt>tagE<gt>.
+
+=cut
+"""
+
+
+def test_pod_is_reduced_to_its_text():
+    assert pod_to_text(POD) == (
+        "NAME\n\nperlfoo - how bold and $a->method code read\n\n* Use perlfunc open or the manual.\n\n"
+        "An index entry and a literal <tag>.\n"
+    )
+
+
+def _new_source(kinds: tuple[str, ...], **kw) -> Source:
+    return Source("fake-manual-doc", "GFDL-1.3+", "usr/share/fake", kinds=kinds, about="a fake manual", **kw)
+
+
+@pytest.fixture(scope="module")
+def debs_with_a_new_package(tiny_debs, tmp_path_factory):
+    """The first corpus' two packages plus one new package in three formats (info, POD, HTML)."""
+    debs = tmp_path_factory.mktemp("debs-v2")
+    for deb in tiny_debs.glob("*.deb"):
+        shutil.copyfile(deb, debs / deb.name)
+    files = {
+        "info/demo.info.gz": gzip.compress(INFO.encode()),
+        "pod/perlfoo.pod": (POD + _sentence(7) * 3).encode(),
+        "html/a.html": PAGE.replace("functionality.", _sentence(3) * 3).encode(),
+        "html/z-copy.html": PAGE.replace("functionality.", _sentence(3) * 3).encode(),  # exact duplicate: dropped
+        "html/skipped/b.html": PAGE.replace("functionality.", _sentence(4) * 3).encode(),
+    }
+    _fake_deb(debs, "fake-manual-doc", "usr/share/fake", files)
+    return debs
+
+
+def test_read_documents_reads_the_declared_kinds_without_duplicates(debs_with_a_new_package, tmp_path):
+    subprocess.run(
+        ["dpkg-deb", "-x", str(debs_with_a_new_package / "fake-manual-doc_1.0_all.deb"), str(tmp_path)], check=True
+    )
+    source = _new_source(("info", "pod", "html"), skip=("html/skipped/*",))
+    paths = [d.path for d in read_documents(tmp_path, source)]
+    assert paths == [
+        "fake-manual-doc/html/a.html",
+        "fake-manual-doc/info/demo.info/Top",
+        "fake-manual-doc/info/demo.info/Linking",
+        "fake-manual-doc/pod/perlfoo.pod",
+    ]
+    only_html = read_documents(tmp_path, _new_source(("html",), include=("html/skipped/*",)))
+    assert [d.path for d in only_html] == ["fake-manual-doc/html/skipped/b.html"]
+
+
+def test_build_with_a_reused_tokenizer_keeps_ids_split_and_lists_every_source(debs_with_a_new_package, tmp_path):
+    quiet = dict(val_fraction=0.2, calib_samples=4, calib_seq_len=16, progress=lambda *a: None)
+    old = build_corpus(tmp_path / "v1", debs_dir=debs_with_a_new_package, vocab_size=300, sources=OLD_SOURCES, **quiet)
+    sources = OLD_SOURCES + (_new_source(("info", "pod", "html"), skip=("html/skipped/*",)),)
+    new = build_corpus(
+        tmp_path / "v2",
+        debs_dir=debs_with_a_new_package,
+        tokenizer=tmp_path / "v1" / "tokenizer",
+        sources=sources,
+        **quiet,
+    )
+    # The very tokenizer: same bytes, and the arrays are exactly its ids for each document in order.
+    assert new["tokenizer_sha256"] == old["tokenizer_sha256"] == sha256_file(tmp_path / "v1/tokenizer/tokenizer.json")
+    assert new["tokenizer"] == "reused" and new["vocab_size"] == old["vocab_size"]
+    tok = load_tokenizer(tmp_path / "v2" / "tokenizer")
+    unpacked = {s.package: debs_with_a_new_package / s.package for s in sources}
+    docs = [d for s in sources for d in read_documents(unpacked[s.package], s)]
+    train_docs, val_docs = split_documents(docs, 0.2)
+    for name, split in (("train.npy", train_docs), ("val.npy", val_docs)):
+        expected = [i for d in split for i in tok(d.text, add_special_tokens=False).input_ids + [tok.eos_token_id]]
+        assert load_tokens(tmp_path / "v2" / name).tolist() == expected
+    # Old documents keep their split; the new package adds to both splits.
+    assert set(old["val_documents"]) == {p for p in new["val_documents"] if not p.startswith("fake-manual-doc/")}
+    fake = new["sources"][2]
+    assert fake["documents"] == 4 and fake["split"]["train"]["documents"] + fake["split"]["val"]["documents"] == 4
+    assert sum(s["split"]["train"]["tokens"] for s in new["sources"]) == new["tokens"]["train"]
+    assert sum(s["split"]["val"]["tokens"] for s in new["sources"]) == new["tokens"]["val"]
+    assert (
+        new["documents"]["train"] + new["documents"]["val"] == old["documents"]["train"] + old["documents"]["val"] + 4
+    )
+    card = (tmp_path / "v2" / "DATA_CARD.md").read_text()
+    for source in new["sources"]:
+        assert f"| `{source['package']}` | 1.0 | {source['license']} |" in card
+        assert f"`{source['deb']}`: sha256 `{source['deb_sha256']}`" in card
+        assert len(source["deb_sha256"]) == 64
+    assert "reused unchanged" in card and "fake manual" in card
+
+
+def test_a_bad_tokenizer_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="no tokenizer.json"):
+        build_corpus(tmp_path / "out", debs_dir=tmp_path / "never", tokenizer=tmp_path / "missing")
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a readable tokenizers file"):
+        build_corpus(tmp_path / "out", debs_dir=tmp_path / "never", tokenizer=tmp_path / "tokenizer.json")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "never").exists()

@@ -16,7 +16,13 @@ def register(subparsers) -> None:
     build = data_sub.add_parser("build", help="Debian docs -> BPE tokenizer -> uint16 token arrays")
     build.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     build.add_argument("--debs", default=None, help="folder holding (or receiving) the .deb files; default: temp")
-    build.add_argument("--vocab-size", type=int, default=8192)
+    build.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of a newly trained tokenizer")
+    build.add_argument(
+        "--tokenizer",
+        default=None,
+        help="reuse this tokenizer unchanged (a tokenizer.json or a folder holding one, e.g. assets/demo/teacher) "
+        "instead of training one; --vocab-size is then ignored",
+    )
     build.add_argument("--val-fraction", type=float, default=0.02)
     build.set_defaults(func=_build)
     ship = data_sub.add_parser("ship", help="copy a finished teacher run into assets/demo with its model card")
@@ -38,7 +44,13 @@ def register(subparsers) -> None:
 def _build(args: argparse.Namespace) -> int:
     from hybridlab.data.build import build_corpus
 
-    stats = build_corpus(args.out, debs_dir=args.debs, vocab_size=args.vocab_size, val_fraction=args.val_fraction)
+    stats = build_corpus(
+        args.out,
+        debs_dir=args.debs,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        tokenizer=args.tokenizer,
+    )
     print(
         f"train tokens {stats['tokens']['train']:,}  val tokens {stats['tokens']['val']:,}  "
         f"val unigram entropy {stats['val_unigram_entropy_nats']:.4f} nats"

@@ -113,3 +113,65 @@ def normalise_whitespace(text: str) -> str:
         lines.append((" " * min(indent, 8)) + body if body else "")
     text = _BLANK_LINES.sub("\n\n", "\n".join(lines))
     return text.strip() + "\n" if text.strip() else ""
+
+
+# GNU info: nodes are separated by a 0x1f byte line; each starts with "File: x.info,  Node: Name,  Next: ...".
+_INFO_NODE_HEADER = re.compile(r"^File: [^,]+,\s+Node: ([^,\n]+)")
+_INFO_MENU_ENTRY = re.compile(r"^\* [^:]+::|^\* [^:]+: [^.]+\.")
+
+
+def info_nodes(info: str) -> list[tuple[str, str]]:
+    """(node name, cleaned text) for each node of a GNU info file; tag tables and menus are dropped."""
+    nodes = []
+    for chunk in info.split("\x1f"):
+        lines = chunk.lstrip("\n").split("\n")
+        header = _INFO_NODE_HEADER.match(lines[0]) if lines else None
+        if header is None:  # the preamble, "Tag Table:", "Indirect:", "Local Variables:"
+            continue
+        body, in_menu = [], False
+        for line in lines[1:]:
+            if line.startswith("* Menu:"):
+                in_menu = True
+                continue
+            if in_menu and (_INFO_MENU_ENTRY.match(line) or not line.strip() or line.startswith(" ")):
+                continue  # menu entries, their wrapped descriptions and the blank lines between groups
+            in_menu = False
+            body.append(line)
+        nodes.append((header.group(1).strip(), normalise_whitespace("\n".join(body))))
+    return nodes
+
+
+_POD_COMMAND = re.compile(r"^=(\w+)\s*(.*)$")
+_POD_DROPPED_COMMANDS = {"pod", "cut", "over", "back", "begin", "end", "for", "encoding"}
+_POD_ESCAPES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
+
+
+def _pod_code(match: re.Match) -> str:
+    code, inner = match.group(1), match.group(2)
+    if code in "XZ":  # index entries and zero-width markers
+        return ""
+    if code == "E":
+        return _POD_ESCAPES.get(inner, chr(int(inner)) if inner.isdigit() else inner)
+    if code == "L":  # L<text|target>, L<name/"section">, L<name>
+        text = inner.split("|", 1)[0] if "|" in inner else inner
+        return text.replace('/"', " ").replace('"', "")
+    return inner
+
+
+_POD_CODE_DOUBLE = re.compile(r"([A-Z])<{2,}\s+(.*?)\s+>{2,}", re.S)
+_POD_CODE_SINGLE = re.compile(r"([A-Z])<([^<>]*)>")
+
+
+def pod_to_text(pod: str) -> str:
+    """Plain text of a Perl POD document: headings and items kept as lines, formatting codes unwrapped."""
+    out = []
+    for line in pod.replace("\r\n", "\n").split("\n"):
+        command = _POD_COMMAND.match(line)
+        if command is None:
+            out.append(line)
+        elif command.group(1) not in _POD_DROPPED_COMMANDS:
+            out.append(command.group(2))  # =head1 NAME -> NAME, =item * x -> * x
+    text = _POD_CODE_DOUBLE.sub(_pod_code, "\n".join(out))
+    for _ in range(4):  # nested codes unwrap from the inside out: B<C<x>>
+        text = _POD_CODE_SINGLE.sub(_pod_code, text)
+    return normalise_whitespace(text)
