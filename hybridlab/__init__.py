@@ -2,6 +2,7 @@
 
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
 from hybridlab.compression.prune import prune, prune_checkpoint
+from hybridlab.model.fast_mamba import use_fast_mamba
 from hybridlab.model.loading import load_model, save_model
 from hybridlab.model.sizes import Sizes, estimate_sizes
 from hybridlab.model.spec import PruneSpec
@@ -27,5 +28,6 @@ __all__ = [
     "prune",
     "prune_checkpoint",
     "save_model",
+    "use_fast_mamba",
 ]
 __version__ = "0.1.0"

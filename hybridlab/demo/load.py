@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from hybridlab.core.paths import DEMO_CALIB, DEMO_TRAIN, DEMO_VAL, demo_dir, demo_teacher_dir
+from hybridlab.model.fast_mamba import enable_if_suitable as enable_fast_mamba
 
 DEMO_NAME = "demo"
 # The fixed subset the model card's "subset loss" is computed on (fast on CPU, checked by tests).
@@ -79,6 +80,7 @@ def load_demo(with_model: bool = True, root: str | Path | None = None) -> Demo:
         # Weights are stored in bfloat16 to keep the repository small; all work happens in float32.
         model = AutoModelForCausalLM.from_pretrained(str(teacher), local_files_only=True, dtype=torch.float32)
         model.eval()
+        enable_fast_mamba(model)  # HYBRIDLAB_FAST_MAMBA=0 keeps transformers' scan
     calib = torch.from_numpy(np.load(root / DEMO_CALIB, allow_pickle=False).astype(np.int64))
     val = torch.from_numpy(np.load(root / DEMO_VAL, allow_pickle=False).astype(np.int64))
     sample_file = root / DEMO_TRAIN

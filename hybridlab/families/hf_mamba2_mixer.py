@@ -8,6 +8,18 @@ from torch import nn
 
 from hybridlab.families.base import MambaParts
 
+# transformers' class of this mixer in each family (hybridlab.model.fast_mamba swaps the scan they call)
+MIXER_CLASS_NAMES = frozenset(
+    {
+        "NemotronHMamba2Mixer",
+        "Mamba2Mixer",
+        "BambaMixer",
+        "GraniteMoeHybridMambaLayer",
+        "FalconH1Mixer",
+        "Zamba2MambaMixer",
+    }
+)
+
 
 def mamba_parts(mixer: nn.Module) -> MambaParts:
     return MambaParts(

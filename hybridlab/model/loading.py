@@ -11,6 +11,7 @@ import torch
 from hybridlab.core.atomic import atomic_directory
 from hybridlab.families import supported_architectures
 from hybridlab.model.checks import DEMO_NAME, check_weights, describe_config, read_config, resolve_model_dir
+from hybridlab.model.fast_mamba import enable_if_suitable as enable_fast_mamba
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -36,6 +37,7 @@ def load_model(
     check_weights(path, allow_pickle_weights)  # truncated or garbage files fail here, not inside transformers
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype or "auto")
     model.eval()
+    enable_fast_mamba(model)  # on the CPU without CUDA kernels; HYBRIDLAB_FAST_MAMBA=0 keeps transformers' scan
     return model, load_tokenizer(path, trust_remote_code)
 
 

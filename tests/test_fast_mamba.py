@@ -1,0 +1,214 @@
+"""The fast CPU Mamba2 path (hybridlab.model.fast_mamba) against transformers' own PyTorch code: every
+family's mixer, outputs and gradients in float32 within 1e-5 relative (largest difference over the
+largest value), with group counts 1 < g < h, g = 1 and g = h, sequences that do not fill the last chunk,
+left padding, a given initial state, cached prefill and single-token decoding. Timings live in
+benchmarks/mamba_cpu.py, not here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hybridlab.model import fast_mamba
+from hybridlab.model.fast_mamba import chunk_scan, fast_mixers, is_fast, use_fast_mamba
+from tests.families.tiny import tiny_config, tiny_model
+
+FAMILIES = ["nemotron_h", "mamba2", "bamba", "granite_moe_hybrid", "falcon_h1", "zamba2"]
+TOLERANCE = 1e-5
+
+
+def relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _mixer_run(model, mixer, fast: bool, x, upstream, mask=None):
+    """(output, input grad, {param: grad}) of one mixer forward + backward in training mode."""
+    use_fast_mamba(model, fast)
+    mixer.train()
+    mixer.zero_grad()
+    x = x.clone().requires_grad_()
+    out = mixer(x, attention_mask=mask)
+    (out * upstream).sum().backward()
+    grads = {name: p.grad.clone() for name, p in mixer.named_parameters() if p.grad is not None}
+    return out.detach(), x.grad.clone(), grads
+
+
+def _assert_mixer_exact(model, lengths=(37,), mask_padding: int = 0):
+    mixers = fast_mixers(model)
+    assert mixers, "no Mamba2 mixer found"
+    generator = torch.Generator().manual_seed(0)
+    for mixer in mixers:
+        hidden = mixer.in_proj.in_features
+        for length in lengths:
+            x = torch.randn(2, length, hidden, generator=generator)
+            upstream = torch.randn(2, length, hidden, generator=generator)
+            mask = None
+            if mask_padding:
+                mask = torch.ones(2, length, dtype=torch.long)
+                mask[1, :mask_padding] = 0  # left padding on the second row
+            want = _mixer_run(model, mixer, False, x, upstream, mask)
+            got = _mixer_run(model, mixer, True, x, upstream, mask)
+            assert relative(got[0], want[0]) < TOLERANCE, f"output, length {length}"
+            assert relative(got[1], want[1]) < TOLERANCE, f"input grad, length {length}"
+            assert got[2].keys() == want[2].keys()
+            for name in want[2]:
+                assert relative(got[2][name], want[2][name]) < TOLERANCE, f"grad of {name}, length {length}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixer_outputs_and_gradients_equal_transformers(family):
+    model = tiny_model(family)
+    # 37 tokens: the last chunk is partly padding; one full chunk; a single token without cache
+    _assert_mixer_exact(model, lengths=(37, tiny_config(family).to_dict().get("chunk_size") or 16, 1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_mask(family):
+    _assert_mixer_exact(tiny_model(family), lengths=(37,), mask_padding=5)
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [1, 8],  # every head sharing one B/C, and one group per head (the tiny config itself has 2)
+)
+def test_group_counts(groups):
+    _assert_mixer_exact(tiny_model("nemotron_h", n_groups=groups), lengths=(21,))
+
+
+def test_falcon_h1_without_mixer_norm():
+    _assert_mixer_exact(tiny_model("falcon_h1", mamba_rms_norm=False), lengths=(37,))
+
+
+def _reference_scan():
+    from transformers.models.nemotron_h import modeling_nemotron_h
+
+    fn = modeling_nemotron_h.mamba2_chunk_scan
+    return getattr(fn, "hybridlab_original", fn)
+
+
+def test_scan_with_initial_state_and_final_state():
+    generator = torch.Generator().manual_seed(1)
+    b, length, h, p, g, n = 2, 45, 6, 4, 3, 5
+
+    def inputs():
+        return [
+            torch.randn(b, length, h, p, generator=generator),  # x
+            torch.randn(b, length, h, generator=generator) - 1,  # dt
+            -torch.rand(h, generator=generator) * 4,  # A
+            torch.randn(b, length, g, n, generator=generator),  # B
+            torch.randn(b, length, g, n, generator=generator),  # C
+            torch.randn(h, generator=generator),  # D
+            torch.randn(h, generator=generator),  # dt_bias
+            torch.randn(b, h, p, n, generator=generator),  # initial state
+        ]
+
+    values = inputs()
+    up_y, up_state = torch.randn(b, length, h, p, generator=generator), torch.randn(b, h, p, n, generator=generator)
+    results = []
+    for fn in (_reference_scan(), chunk_scan):
+        leaves = [v.clone().requires_grad_() for v in values]
+        x, dt, A, B, C, D, dt_bias, s0 = leaves
+        y, final = fn(
+            x, dt, A, B, C, 16, D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True,
+            dt_limit=(0.05, 2.0), return_final_states=True,
+        )  # fmt: skip
+        ((y * up_y).sum() + (final * up_state).sum()).backward()
+        results.append([y.detach(), final.detach()] + [leaf.grad for leaf in leaves])
+    names = ["y", "final state", "x", "dt", "A", "B", "C", "D", "dt_bias", "initial state"]
+    for name, got, want in zip(names, results[1], results[0]):
+        assert relative(got, want) < TOLERANCE, name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_prefill_and_decoding_equal_transformers(family, monkeypatch):
+    calls = []
+    for name, kernel in list(fast_mamba.FAST_KERNELS.items()):
+        counted = lambda *a, _name=name, _kernel=kernel, **k: calls.append(_name) or _kernel(*a, **k)
+        monkeypatch.setitem(fast_mamba.FAST_KERNELS, name, counted)
+    model = tiny_model(family)
+    prompt = torch.randint(3, 128, (2, 19), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for fast in (False, True):
+        use_fast_mamba(model, fast)
+        with torch.no_grad():
+            out = model(prompt, use_cache=True)
+            logits, cache = [out.logits[:, -1]], out.past_key_values
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens = [token]
+            for _ in range(6):
+                step = model(token, cache=cache, use_cache=True)
+                cache = step.past_key_values
+                logits.append(step.logits[:, -1])
+                token = step.logits[:, -1].argmax(-1, keepdim=True)
+                tokens.append(token)
+        runs.append((torch.stack(logits, 1), torch.cat(tokens, 1)))
+    assert set(calls) == set(fast_mamba.FAST_KERNELS), "the fast run did not use both fast kernels"
+    assert torch.equal(runs[1][1], runs[0][1])
+    # Zamba2's random shared blocks amplify any float32 rounding difference layer by layer (its mixers
+    # alone agree to 1e-7, see above), so its whole-model logits get a looser bound
+    assert relative(runs[1][0], runs[0][0]) < (1e-3 if family == "zamba2" else TOLERANCE)
+
+
+def test_decoding_step_uses_the_fast_kernel(monkeypatch):
+    calls = []
+    original = fast_mamba.FAST_KERNELS["mamba2_selective_state_update"]
+    monkeypatch.setitem(
+        fast_mamba.FAST_KERNELS, "mamba2_selective_state_update", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    model = tiny_model("mamba2")
+    use_fast_mamba(model)
+    with torch.no_grad():
+        out = model(torch.tensor([[5, 6, 7]]), use_cache=True)
+        model(torch.tensor([[8]]), cache=out.past_key_values, use_cache=True)
+    assert calls, "a cached single-token step did not reach the fast decoding kernel"
+
+
+def test_switch_off_and_deep_copies():
+    model = tiny_model("nemotron_h")
+    assert use_fast_mamba(model) == 3 and all(is_fast(m) for m in fast_mixers(model))
+    twin = copy.deepcopy(model)  # e.g. a pruned copy: the switch travels with the module
+    assert all(is_fast(m) for m in fast_mixers(twin))
+    use_fast_mamba(model, enabled=False)
+    assert not any(is_fast(m) for m in fast_mixers(model))
+    assert all(is_fast(m) for m in fast_mixers(twin))
+
+
+def test_load_model_turns_it_on_on_cpu(tmp_path, monkeypatch):
+    from hybridlab.model.loading import load_model
+
+    tiny_model("bamba").save_pretrained(tmp_path / "m")
+    model, _ = load_model(tmp_path / "m")
+    assert fast_mixers(model) and all(is_fast(m) for m in fast_mixers(model))
+    monkeypatch.setenv(fast_mamba.ENV_SWITCH, "0")
+    model, _ = load_model(tmp_path / "m")
+    assert not any(is_fast(m) for m in fast_mixers(model))
+
+
+def test_other_mixers_stay_untouched_on_cuda_tensors_and_outside_fast_mixers(monkeypatch):
+    # a model that was not switched on runs the original even though its module's functions dispatch now
+    fast_model, plain_model = tiny_model("nemotron_h"), tiny_model("nemotron_h")
+    use_fast_mamba(fast_model)
+    calls = []
+    original = fast_mamba.FAST_KERNELS["mamba2_chunk_scan"]
+    monkeypatch.setitem(
+        fast_mamba.FAST_KERNELS, "mamba2_chunk_scan", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    from transformers.models.nemotron_h import modeling_nemotron_h
+
+    dispatch = modeling_nemotron_h.mamba2_chunk_scan  # installed by use_fast_mamba above
+    x = torch.randn(1, 8, 8, 4)
+    args = (x, torch.randn(1, 8, 8), -torch.ones(8), torch.randn(1, 8, 2, 8), torch.randn(1, 8, 2, 8), 8)
+    dispatch(*args)  # not inside a switched-on mixer
+    assert not calls
+    token = fast_mamba._inside_fast_mixer.set(True)
+    try:
+        dispatch(*args)
+        assert calls == [1]
+        assert not fast_mamba._applies("mamba2_chunk_scan", (x.to("meta"),) + args[1:], {})  # not a CPU tensor
+    finally:
+        fast_mamba._inside_fast_mixer.reset(token)
+    with torch.no_grad():
+        ids = torch.randint(3, 128, (1, 12))
+        assert relative(plain_model(ids).logits, fast_model(ids).logits) < TOLERANCE
