@@ -20,7 +20,7 @@ from benchmarks._common import device, teacher_model
 from hybridlab import PruneSpec, estimate_sizes, prune
 from hybridlab.families import describe
 from hybridlab.measure.bench import measure_paired
-from hybridlab.measure.latency_calibration import CalibrationSettings, calibrate
+from hybridlab.measure.latency_calibration import CalibrationSettings, calibrate, match_mamba_path
 from hybridlab.measure.latency_model import save_latency_model
 
 GOAL = 0.10
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     errors, flop_errors = [], []
     for name, spec in candidates(description).items():
-        student = prune(teacher, spec, ranking="random", description=description).eval()
+        student = match_mamba_path(teacher, prune(teacher, spec, ranking="random", description=description).eval())
         paired = measure_paired(student, teacher, seq_len=args.seq_len, rounds=args.rounds, warmup=1, decode=False)
         measured = paired["paired"]["prefill"]
         # the layers prune really dropped (random ranking), not the evenly spread plan

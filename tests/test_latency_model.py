@@ -182,3 +182,17 @@ def test_cli_latency_calibrate_bad_input_is_one_line(tiny_nemotron, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list_jobs().empty
+
+
+def test_calibration_follows_the_models_mamba_path(tiny_nemotron):
+    """Models built for timing run the fast CPU Mamba path exactly when the calibrated model does."""
+    fast = pytest.importorskip("hybridlab.model.fast_mamba")
+    from hybridlab.measure.latency_calibration import build_like, fast_mamba_on, width_points
+
+    description = describe(tiny_nemotron)
+    fast.use_fast_mamba(tiny_nemotron, enabled=False)
+    assert not fast_mamba_on(build_like(tiny_nemotron, description, width_points(description)[0]))
+    if fast.use_fast_mamba(tiny_nemotron) == 0:
+        pytest.skip("this transformers' NemotronH mixer has no kernel functions the fast path replaces")
+    built = build_like(tiny_nemotron, description, width_points(description)[1])
+    assert fast_mamba_on(tiny_nemotron) and fast_mamba_on(built)

@@ -117,12 +117,36 @@ def _short_pattern(kinds: tuple[str, ...]) -> tuple[int, ...] | None:
 
 
 def build_like(model, description, spec: PruneSpec):
-    """A random-weight model of `model`'s class with the widths `spec` plans, on its device and dtype."""
+    """A random-weight model of `model`'s class with the widths `spec` plans, on its device and dtype,
+    running the same Mamba path as `model`."""
     config = description.config_with(planned_widths(description, spec))
     parameter = next(model.parameters())
     with torch.device(parameter.device):
         built = type(model)(config)
-    return built.to(parameter.dtype).eval()
+    return match_mamba_path(model, built.to(parameter.dtype).eval())
+
+
+def _fast_mamba_module():
+    try:
+        from hybridlab.model import fast_mamba
+    except ImportError:  # a checkout without the fast CPU Mamba path
+        return None
+    needed = ("fast_mixers", "is_fast", "use_fast_mamba")
+    return fast_mamba if all(hasattr(fast_mamba, name) for name in needed) else None
+
+
+def fast_mamba_on(model) -> bool:
+    """Whether `model`'s Mamba mixers run hybridlab's fast CPU path (hybridlab.model.fast_mamba)."""
+    fast = _fast_mamba_module()
+    return fast is not None and any(fast.is_fast(m) for m in fast.fast_mixers(model))
+
+
+def match_mamba_path(source, target):
+    """`target` with the fast Mamba path switched on when `source` has it (models built or pruned in
+    memory do not get what the loaders switch on): timings compare like with like. Returns `target`."""
+    if fast_mamba_on(source):
+        _fast_mamba_module().use_fast_mamba(target)
+    return target
 
 
 def time_layers(model, seq_len: int, repeats: int, warmup: int, seed: int = 0) -> tuple[list[float], float]:
@@ -220,6 +244,10 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
     fits = {kind: fit_linear([f for f, _ in pairs], [s for _, s in pairs]) for kind, pairs in rows.items()}
     where = describe_run(model)
     forward = mamba_forward(model)
+    if forward and fast_mamba_on(model):
+        forward += " with hybridlab.model.fast_mamba's scan"
+    if forward and mamba_kernels(next(model.parameters()).device)["in_use"]:
+        forward += " with the mamba_ssm CUDA kernels"
     return LatencyModel(
         family=description.family.name,
         device=torch.device(where["device"]).type,
@@ -230,8 +258,7 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
         rest=fits[REST],
         seq_lens=list(settings.seq_lens),
         mamba_forward=forward,
-        fast_mamba=bool(forward and "fast" in forward.lower())
-        or mamba_kernels(next(model.parameters()).device)["in_use"],
+        fast_mamba=fast_mamba_on(model),
         seconds=time.perf_counter() - begin,
         points=points,
     )

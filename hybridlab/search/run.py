@@ -302,7 +302,9 @@ def _prefill_ms(model, settings: SearchSettings) -> float:
 def _paired_prefill(student, teacher, settings: SearchSettings) -> dict:
     """The finalist's prefill timed in pairs with the teacher: its median, the speedup and its interval."""
     from hybridlab.measure.bench import measure_paired
+    from hybridlab.measure.latency_calibration import match_mamba_path
 
+    match_mamba_path(teacher, student)  # the teacher's Mamba path (fast CPU scan or not) for both
     report = measure_paired(
         student, teacher, seq_len=settings.seq_len, new_tokens=2, rounds=PAIRED_ROUNDS, warmup=1, decode=False
     )
