@@ -100,8 +100,9 @@ def _header(summary: dict, s: dict, teacher: dict) -> str:
     seeds = list(range(s["seed"], s["seed"] + s["seeds"]))
     pool, samples = summary.get("calibration_pool"), s["calib_samples"]
     calibration = (
-        f"which {samples} of the {pool} calibration windows score importance (drawn without replacement; "
-        f"the drop-one-layer KL uses the first {s['layer_samples']} of them)"
+        f"which {samples} of the {pool} calibration windows score the units (neurons, heads, channels) a student "
+        f"keeps (drawn without replacement; the drop-one-layer KL, which only plans the depth arm, runs once, on "
+        f"the first {s['layer_samples']} windows of the first seed)"
         if pool and pool > samples
         else f"nothing in the calibration: the pool has only {pool} windows, so every seed scores all of them"
     )

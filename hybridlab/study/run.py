@@ -14,8 +14,10 @@
 5. prefill latency once per distinct architecture, round-robin so that load drifts hit all alike;
 6. paired bootstrap intervals (hybridlab.study.stats) on every arm and every difference.
 
-What a seed s changes, and nothing else: (a) the calibration subset: `calib_samples` windows drawn without
-replacement from the calibration pool by numpy's default_rng([s, CALIB_STREAM]); (b) the distillation data:
+What a seed s changes, and nothing else: (a) the calibration subset that scores the units (neurons, heads,
+channels) the students keep: `calib_samples` windows drawn without replacement from the calibration pool by
+numpy's default_rng([s, CALIB_STREAM]) (layer scores, which only plan the architectures, come from the first
+seed); (b) the distillation data:
 the windows and their order, TokenBatches(train, seed=s) (so each seed has its own teacher logits cache);
 (c) the random control's draw (prune(ranking="random", seed=s)). Validation windows, architectures, budgets
 and the from-scratch run are the same for every seed.
@@ -303,9 +305,11 @@ def run_study(
         for i, seed in enumerate(seeds):
             say(0.05 * i / len(seeds), f"study: importance scores, seed {seed} ({i + 1}/{len(seeds)})")
             part = subrange(progress, 0.05 * i / len(seeds), 0.05 * (i + 1) / len(seeds))
-            scores[seed] = _scores(
-                teacher, calib_rows, subsets[seed], settings, out / "importance" / f"seed-{seed}", part
-            )
+            # layer scores only plan the depth arm, which is planned once from the first seed: later seeds skip
+            # the drop-one-layer passes (17 forwards over the windows on the demo) and score units only
+            metric = LAYER_METRIC if seed == seeds[0] else None
+            saved = out / "importance" / f"seed-{seed}"
+            scores[seed] = _scores(teacher, calib_rows, subsets[seed], settings, saved, metric, part)
 
     say(0.05, "study: planning the arms (zero-shot ranking of width-only candidates)")
     with stage("planning (zero-shot ranking)"):
@@ -663,16 +667,16 @@ def _claim(out: Path, settings: StudySettings) -> None:
         write_json(record, {"settings": _settings_dict(settings), "status": "running"}, default=_plain)
 
 
-def _scores(teacher, calib_rows: torch.Tensor, rows: list[int], settings: StudySettings, saved: Path, progress):
-    """Importance on the seed's calibration windows (saved, with the rows, for resume and audit)."""
+def _scores(teacher, calib_rows: torch.Tensor, rows: list[int], settings: StudySettings, saved: Path, metric, progress):
+    """Importance on the seed's calibration windows (saved, with the rows, for resume and audit); layer scores
+    by `metric`, or none."""
     rows_file = saved.parent / f"{saved.name}.rows.json"
     if saved.exists() and rows_file.exists() and json.loads(rows_file.read_text()) == rows:
         return ImportanceScores.load(saved)
     subset = calib_rows[rows]  # [n, seq_len]
     batches = [subset[i : i + 8] for i in range(0, len(subset), 8)]
-    scores = estimate_importance(
-        teacher, batches, layer_metric=LAYER_METRIC, layer_samples=settings.layer_samples, progress=progress
-    )
+    layer_samples = settings.layer_samples if metric else None
+    scores = estimate_importance(teacher, batches, layer_metric=metric, layer_samples=layer_samples, progress=progress)
     scores.save(saved)
     write_json(rows_file, rows)
     return scores
