@@ -2,9 +2,10 @@
 
 Small random-weight models of the given model's family are built at a few widths (the model's own,
 all at 3/4 and 1/2, and each prunable axis alone at 1/2) with a short layer pattern (two layers of
-each kind the model has), in the model's class, dtype and device. Each is run as bench's prefill at
-a few sequence lengths; forward hooks on every decoder layer (the family adapter's `Layer.block`)
-time the layers one by one, and what the forward spends outside them is the "rest". One linear fit
+each kind the model has), in the model's class, dtype, device and Mamba path. Each is run as bench's
+prefill at a few sequence lengths, every shape once per round, round after round (so the machine's
+changing load falls on all shapes alike); forward hooks on every decoder layer (the family adapter's
+`Layer.block`) time the layers one by one, and what the forward spends outside them is the "rest". One linear fit
 per layer kind and one for the rest make the LatencyModel. Only widths and layer kinds come from
 the family description; no tensor name is used here.
 """
@@ -149,54 +150,65 @@ def match_mamba_path(source, target):
     return target
 
 
-def time_layers(model, seq_len: int, repeats: int, warmup: int, seed: int = 0) -> tuple[list[float], float]:
-    """(median seconds of each decoder layer, median seconds of the whole prefill) over `repeats`
-    prefills of [1, seq_len] random tokens, timed by hooks on the family's layer blocks."""
-    device = next(model.parameters()).device
-    layers = describe(model).parts(model).layers
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    starts: dict[int, float] = {}
-    spent: dict[int, float] = {}
+class LayerTimer:
+    """One prefill of [1, seq_len] random tokens through `model`, each decoder layer timed by hooks on the
+    family's layer blocks (with a CUDA synchronize around each on a GPU); `run()` returns
+    (seconds per layer, seconds of the whole prefill). `close()` removes the hooks."""
 
-    def before(index):
-        def hook(module, args, kwargs=None):
-            sync()
-            starts[index] = time.perf_counter()
+    def __init__(self, model, seq_len: int, seed: int = 0):
+        self.model = model
+        device = next(model.parameters()).device
+        self.layers = describe(model).parts(model).layers
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self.starts: dict[int, float] = {}
+        self.spent: dict[int, float] = {}
+        self.handles = []
+        for layer in self.layers:
+            self.handles.append(layer.block.register_forward_pre_hook(self._before(layer.index)))
+            self.handles.append(layer.block.register_forward_hook(self._after(layer.index)))
+        generator = torch.Generator().manual_seed(seed)
+        input_ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator).to(device)  # [1, T]
+        self.prefill = _calls(model, input_ids)[0]
+
+    def _before(self, index: int):
+        def hook(module, args):
+            self.sync()
+            self.starts[index] = time.perf_counter()
 
         return hook
 
-    def after(index):
+    def _after(self, index: int):
         def hook(module, args, output):
-            sync()
-            spent[index] = spent.get(index, 0.0) + time.perf_counter() - starts[index]
+            self.sync()
+            self.spent[index] = self.spent.get(index, 0.0) + time.perf_counter() - self.starts[index]
 
         return hook
 
-    handles = []
-    for layer in layers:
-        handles.append(layer.block.register_forward_pre_hook(before(layer.index)))
-        handles.append(layer.block.register_forward_hook(after(layer.index)))
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator).to(device)  # [1, T]
-    prefill = _calls(model, input_ids)[0]
-    per_layer: list[list[float]] = [[] for _ in layers]
-    totals = []
-    try:
+    def run(self) -> tuple[list[float], float]:
+        self.spent.clear()
         with torch.inference_mode():
-            for run in range(warmup + repeats):
-                spent.clear()
-                sync()
-                begin = time.perf_counter()
-                prefill()
-                sync()
-                if run >= warmup:
-                    totals.append(time.perf_counter() - begin)
-                    for i, layer in enumerate(layers):
-                        per_layer[i].append(spent.get(layer.index, 0.0))
-    finally:
-        for handle in handles:
+            self.sync()
+            begin = time.perf_counter()
+            self.prefill()
+            self.sync()
+            total = time.perf_counter() - begin
+        return [self.spent.get(layer.index, 0.0) for layer in self.layers], total
+
+    def close(self) -> None:
+        for handle in self.handles:
             handle.remove()
-    return [statistics.median(t) for t in per_layer], statistics.median(totals)
+
+
+def time_layers(model, seq_len: int, repeats: int, warmup: int) -> tuple[list[float], float]:
+    """(median seconds of each decoder layer, median seconds of the prefill) over `repeats` LayerTimer runs."""
+    timer = LayerTimer(model, seq_len)
+    try:
+        runs = [timer.run() for _ in range(warmup + repeats)][warmup:]
+    finally:
+        timer.close()
+    return [statistics.median(r[0][i] for r in runs) for i in range(len(timer.layers))], statistics.median(
+        r[1] for r in runs
+    )
 
 
 def mamba_forward(model) -> str | None:
@@ -226,21 +238,34 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
     begin = time.perf_counter()
     rows: dict[str, list] = {}
     points = []
-    specs = width_points(description)
-    for spec in track(specs, len(specs), "latency calibration", progress):
-        built = build_like(model, description, spec)
-        widths = describe(built).widths
-        for seq_len in settings.seq_lens:
-            layer_s, total_s = time_layers(built, seq_len, settings.repeats, settings.warmup)
-            for kind, seconds in zip(widths.layer_kinds, layer_s):
-                feats = layer_features(kind, widths, seq_len, seq_len)
-                rows.setdefault(kind, []).append((feats, seconds))
-                points.append({"kind": kind, "seq_len": seq_len, "features": feats, "seconds": seconds})
-            feats = rest_features(widths, 1, seq_len)
-            rest_s = max(total_s - sum(layer_s), 0.0)
-            rows.setdefault(REST, []).append((feats, rest_s))
-            points.append({"kind": REST, "seq_len": seq_len, "features": feats, "seconds": rest_s})
-        del built
+    built = [build_like(model, description, spec) for spec in width_points(description)]
+    shapes = [(b, describe(b).widths, seq_len) for b in built for seq_len in settings.seq_lens]
+    timers = [LayerTimer(b, seq_len) for b, _, seq_len in shapes]
+    runs: list[list] = [[] for _ in shapes]
+    try:
+        # Round-robin over the shapes, like paired timing: a change in the machine's load falls on
+        # every shape's rounds alike instead of on whichever shape was being timed then.
+        for round_ in track(range(settings.warmup + settings.repeats), settings.warmup + settings.repeats,
+                            "latency calibration", progress):  # fmt: skip
+            for timer, kept in zip(timers, runs):
+                measured = timer.run()
+                if round_ >= settings.warmup:
+                    kept.append(measured)
+    finally:
+        for timer in timers:
+            timer.close()
+    for (_, widths, seq_len), measured in zip(shapes, runs):
+        layer_s = [statistics.median(r[0][i] for r in measured) for i in range(widths.num_layers)]
+        total_s = statistics.median(r[1] for r in measured)
+        for kind, seconds in zip(widths.layer_kinds, layer_s):
+            feats = layer_features(kind, widths, seq_len, seq_len)
+            rows.setdefault(kind, []).append((feats, seconds))
+            points.append({"kind": kind, "seq_len": seq_len, "features": feats, "seconds": seconds})
+        feats = rest_features(widths, 1, seq_len)
+        rest_s = max(total_s - sum(layer_s), 0.0)
+        rows.setdefault(REST, []).append((feats, rest_s))
+        points.append({"kind": REST, "seq_len": seq_len, "features": feats, "seconds": rest_s})
+    del built, shapes, timers
     fits = {kind: fit_linear([f for f, _ in pairs], [s for _, s in pairs]) for kind, pairs in rows.items()}
     where = describe_run(model)
     forward = mamba_forward(model)
