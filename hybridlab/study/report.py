@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from hybridlab.measure.paired import METHOD as LATENCY_METHOD
 from hybridlab.study.arms import (
     FROM_SCRATCH,
     GROUP_VS_GLOBAL,
@@ -59,6 +60,26 @@ def with_interval(row: dict, prefix: str) -> str:
     if low is None or (isinstance(low, float) and math.isnan(low)):
         return loss(value)
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def speedup(row: dict, prefix: str = "speedup") -> str:
+    return f"{row[prefix]:.2f}x [{row[prefix + '_low']:.2f}, {row[prefix + '_high']:.2f}]"
+
+
+def _faster(pair: dict) -> str:
+    """Which arm prefills faster, read from the two speedup intervals (both paired with the teacher)."""
+    a = speedup({k[:-2]: v for k, v in pair.items() if k.endswith("_a")})
+    b = speedup({k[:-2]: v for k, v in pair.items() if k.endswith("_b")})
+    if pair["speedup_low_a"] > pair["speedup_high_b"]:
+        verdict = f"{pair['arm_a']} faster"
+    elif pair["speedup_low_b"] > pair["speedup_high_a"]:
+        verdict = f"{pair['arm_b']} faster"
+    else:
+        verdict = "the intervals overlap, no difference detected"
+    return (
+        f"Prefill speedup over the teacher: {pair['arm_a']} {a} ({pair['latency_ms_a']:.1f} ms), {pair['arm_b']} {b} "
+        f"({pair['latency_ms_b']:.1f} ms): {verdict}."
+    )
 
 
 def render(
@@ -131,9 +152,10 @@ Validation windows, architectures, budgets and the from-scratch run are the same
 
 **Intervals.** Every loss and every difference is given as estimate [95% interval]: {METHOD}. A verdict says
 "A better than B" only when the interval of A - B excludes 0, and otherwise "no difference detected at this
-budget". Latency is the median prefill time of one sequence of {s["seq_len"]} tokens over {s["latency_repeats"]}
-rounds in which every architecture is timed in turn, once per distinct architecture, on this machine's CPU with
-{summary["torch_threads"]} torch thread(s); it has no interval.
+budget". Latency is the prefill of one sequence of {s["seq_len"]} tokens, once per distinct architecture, each
+timed interleaved with the teacher (model then teacher, {s["latency_repeats"]} rounds after a warm-up round) on
+this machine's CPU with {summary["torch_threads"]} torch thread(s): the median milliseconds, and the speedup over
+the teacher with its 95% interval ({LATENCY_METHOD}).
 """
 
 
@@ -141,14 +163,14 @@ def _table(rows: list[dict]) -> str:
     lines = [
         "## Measured table\n",
         "Means over seeds and windows, with 95% intervals.\n",
-        "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | latency ms | tokens | seeds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| comparison | arm | spec | params | MFLOPs/token | zero-shot loss | distilled loss | scratch loss | prefill ms | speedup | tokens | seeds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['comparison']} | {r['arm']} | `{r['spec']}` | {int(r['params']):,} | {r['flops_per_token'] / 1e6:.2f} | "
             f"{with_interval(r, 'zero_shot_loss')} | {with_interval(r, 'distilled_loss')} | {loss(r['scratch_loss'])} | "
-            f"{r['latency_ms']:.1f} | {int(r['tokens']):,} | {int(r['seeds'])} |"
+            f"{r['latency_ms']:.1f} | {speedup(r)} | {int(r['tokens']):,} | {int(r['seeds'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -234,8 +256,7 @@ def _finding(comparison: str, pairs: list[dict], by: dict, summary: dict) -> str
         lines.append(
             f"{lead}{_outcome(expected, pair)} After distillation {pair['arm_a']} reached "
             f"{with_interval(a, 'distilled_loss')} and {pair['arm_b']} {with_interval(b, 'distilled_loss')}. "
-            f"Zero-shot: {before['verdict']}. Prefill latency {pair['latency_a_ms']:.1f} versus {pair['latency_b_ms']:.1f} ms"
-            f" (teacher {by[('reference', 'teacher')]['latency_ms']:.1f} ms)."
+            f"Zero-shot: {before['verdict']}. {_faster(pair)}"
         )
         notes = [f"{r['arm']}: {r['note']}" for r in (a, b) if r["note"]]
         if notes:

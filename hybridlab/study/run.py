@@ -11,7 +11,8 @@
    and shared by all its students), then scored on the same windows again;
 4. a student of the best distilled architecture is trained from scratch (first seed) with a larger
    budget, to count the tokens it needs to match distillation;
-5. prefill latency once per distinct architecture, round-robin so that load drifts hit all alike;
+5. prefill latency once per distinct architecture, each timed interleaved with the teacher (measure_paired), as a
+   speedup with its interval;
 6. paired bootstrap intervals (hybridlab.study.stats) on every arm and every difference.
 
 What a seed s changes, and nothing else: (a) the calibration subset that scores the units (neurons, heads,
@@ -65,7 +66,7 @@ from hybridlab.study.report import render
 from hybridlab.study.runs import (
     RunResult,
     distil_arm,
-    prefill_latencies,
+    paired_latencies,
     read_curve,
     train_from_scratch,
     window_losses,
@@ -376,12 +377,14 @@ def run_study(
                 subrange(progress, distil_end, 0.95),
             )
 
-    say(0.95, "study: prefill latency, round-robin, once per architecture")
+    say(0.95, "study: prefill latency, paired with the teacher, once per architecture")
     with stage("latency"):
         by_spec = {}
         for key, arm in runs.items():
             by_spec.setdefault(arms_lib.spec_json(arm.spec), done[key, seeds[0]].model)
-        latency_by_spec = prefill_latencies({"teacher": teacher, **by_spec}, settings.seq_len, settings.latency_repeats)
+        latency_by_spec = paired_latencies(
+            {"teacher": teacher, **by_spec}, teacher, settings.seq_len, settings.latency_repeats
+        )
 
     with stage("intervals and report"):
         results, per_seed, windows = _results(
@@ -464,7 +467,7 @@ def _results(description, teacher_windows, planned, done, seeds, scratch, latenc
             **_interval_columns("distilled_loss", None),
             "scratch_loss": None,
             "seeds": 1,
-            "latency_ms": latency_by_spec["teacher"],
+            **latency_by_spec["teacher"],
             "tokens": 0,
             **common,
         }
@@ -489,7 +492,7 @@ def _results(description, teacher_windows, planned, done, seeds, scratch, latenc
                 ),
                 "scratch_loss": None,
                 "seeds": len(seeds),
-                "latency_ms": latency_by_spec[spec],
+                **latency_by_spec[spec],
                 "tokens": done[arm.run_key, seeds[0]].tokens,
                 **common,
                 "ranking": arm.ranking,
@@ -536,7 +539,7 @@ def _results(description, teacher_windows, planned, done, seeds, scratch, latenc
                 "zero_shot_loss": scratch["initial_loss"],
                 "scratch_loss": scratch["final_loss"],
                 "seeds": 1,
-                "latency_ms": latency_by_spec[spec],
+                **latency_by_spec[spec],
                 "tokens": scratch["tokens"],
                 **common,
                 "note": f"same architecture as {scratch['arm'].run_key}, seed {scratch['seed']}",
@@ -574,8 +577,11 @@ def _comparisons(planned, done, seeds, latency_by_spec) -> pd.DataFrame:
                     "high": difference.high,
                     "direction": stats.direction(difference),
                     "verdict": stats.verdict(a.arm, b.arm, difference),
-                    "latency_a_ms": latency_by_spec[arms_lib.spec_json(a.spec)],
-                    "latency_b_ms": latency_by_spec[arms_lib.spec_json(b.spec)],
+                    **{
+                        f"{name}_{side}": latency_by_spec[arms_lib.spec_json(arm.spec)][name]
+                        for side, arm in (("a", a), ("b", b))
+                        for name in ("latency_ms", "speedup", "speedup_low", "speedup_high")
+                    },
                     "seeds": len(seeds),
                     "windows": len(done[a.run_key, seeds[0]].distilled_windows),
                 }

@@ -1,14 +1,12 @@
 """The trained models of the ablation study: one distilled student per arm and seed, the
-from-scratch baseline, and their prefill latencies. Each run lives in its own folder
+from-scratch baseline, and their prefill latencies (each timed in pairs with the teacher). Each run lives in its own folder
 (runs/<student>/seed-<n>/) and is reused when the study is resumed (arm.json / scratch.json
 mark a finished run). Losses are kept per validation window, so arms can be compared in pairs."""
 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch.nn.functional as F
 from hybridlab.compression.prune import prune
 from hybridlab.core.atomic import write_json
 from hybridlab.data.tokens import TokenBatches
-from hybridlab.measure.bench import time_call
+from hybridlab.measure.bench import measure_paired
 from hybridlab.measure.evaluate import token_windows
 from hybridlab.training.distill import DistillSettings, distill
 from hybridlab.training.pretrain import lm_loss
@@ -231,28 +229,27 @@ def read_curve(run_dir: Path, run: str, training: str, seed: int) -> pd.DataFram
     return pd.DataFrame(rows, columns=["run", "training", "kind", *columns, "seed"])
 
 
-@torch.inference_mode()
-def prefill_latencies(models: dict, seq_len: int, repeats: int, seed: int = 0) -> dict[str, float]:
-    """Median prefill milliseconds of each model for one sequence of seq_len random tokens.
-    Models are timed in turn within each repeat, so a change in machine load hits all of them."""
-    any_model = next(iter(models.values()))
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, any_model.config.vocab_size, (1, seq_len), generator=generator)  # [1, T]
-
-    def prefill(model):
-        keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        device = next(model.parameters()).device
-        ids = input_ids.to(device)
-        return lambda: model(input_ids=ids, use_cache=True, **keep_last)
-
-    calls = {key: prefill(model.eval()) for key, model in models.items()}
-    for call in calls.values():
-        call()  # warm-up
-    times: dict[str, list[float]] = {key: [] for key in models}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            times[key].append(time_call(call, next(models[key].parameters()).device))
-    return {key: 1000.0 * statistics.median(values) for key, values in times.items()}
+def paired_latencies(models: dict, teacher, seq_len: int, rounds: int, progress=None) -> dict[str, dict]:
+    """Prefill of one sequence of seq_len tokens, each model timed interleaved with the teacher
+    (hybridlab.measure.bench.measure_paired: model then teacher in every round, after a warm-up round):
+    {key: {"latency_ms", "latency_ms_low", "latency_ms_high" (median and its order-statistic interval),
+    "teacher_ms", "speedup", "speedup_low", "speedup_high" (teacher / model, t-interval on paired log ratios)}}."""
+    out = {}
+    for i, (key, model) in enumerate(models.items()):
+        timed = measure_paired(model, teacher, seq_len=seq_len, rounds=rounds, warmup=1, decode=False)
+        prefill = timed["paired"]["prefill"]
+        out[key] = {
+            "latency_ms": prefill["model_ms"],
+            "latency_ms_low": prefill["model_ms_low"],
+            "latency_ms_high": prefill["model_ms_high"],
+            "teacher_ms": prefill["reference_ms"],
+            "speedup": prefill["speedup"],
+            "speedup_low": prefill["speedup_low"],
+            "speedup_high": prefill["speedup_high"],
+        }
+        if progress is not None:
+            progress((i + 1) / len(models), f"paired latency {i + 1}/{len(models)}", None)
+    return out
 
 
 def _load(path: Path):
