@@ -121,13 +121,16 @@ def test_scan_with_initial_state_and_final_state():
         assert relative(got, want) < TOLERANCE, name
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_cached_prefill_and_decoding_equal_transformers(family, monkeypatch):
+@pytest.mark.parametrize(
+    "family, overrides",
+    [(family, {}) for family in FAMILIES] + [("falcon_h1", {"mamba_rms_norm": False})],  # z gates the decode step
+)
+def test_cached_prefill_and_decoding_equal_transformers(family, overrides, monkeypatch):
     calls = []
     for name, kernel in list(fast_mamba.FAST_KERNELS.items()):
         counted = lambda *a, _name=name, _kernel=kernel, **k: calls.append(_name) or _kernel(*a, **k)
         monkeypatch.setitem(fast_mamba.FAST_KERNELS, name, counted)
-    model = tiny_model(family)
+    model = tiny_model(family, **overrides)
     prompt = torch.randint(3, 128, (2, 19), generator=torch.Generator().manual_seed(2))
     runs = []
     for fast in (False, True):

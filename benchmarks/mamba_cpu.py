@@ -1,0 +1,211 @@
+"""The fast CPU Mamba2 path (hybridlab.use_fast_mamba) against plain transformers on the demo teacher.
+
+One model is switched between the two paths, each measurement alternating fast and plain rounds
+(medians, so drift in the shared machine's load affects both alike). Prints the ratio plain / fast
+for: one Mamba mixer forward + backward (batch x seq tokens, training mode), a whole training step
+(forward, backward, AdamW step), a no-grad prefill, cached decoding (tokens/s, one token at a time
+after a prompt) and importance estimation on calibration windows. Issue 14's goals, on the 2-core CPU
+with 2 threads at batch 8 x 256: training step >= 1.6x, mixer >= 2.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks._common import interleaved_medians, teacher_model
+from hybridlab import estimate_importance, use_fast_mamba
+from hybridlab.model.fast_mamba import fast_mixers
+
+CLOCK = {"wall": None, "cpu": time.process_time}
+_clock = None  # set by main: None = wall clock through _common.interleaved_medians
+
+
+def _medians(fns, repeats: int) -> dict[str, float]:
+    """Interleaved medians; with --clock cpu in this process's CPU seconds, which other processes
+    on a shared machine disturb far less than wall time (meaningful with --threads 1)."""
+    if _clock is None:
+        return interleaved_medians(fns, torch.device("cpu"), repeats)
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            begin = _clock()
+            fn()
+            times[name].append(_clock() - begin)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _both(model, fn):
+    """{"plain": ..., "fast": ...} callables that switch the model's path, then run fn."""
+
+    def run(fast):
+        def call():
+            use_fast_mamba(model, fast)
+            return fn()
+
+        return call
+
+    return {"plain": run(False), "fast": run(True)}
+
+
+def _report(name: str, medians: dict[str, float], unit_count: float | None = None, unit: str = "") -> float:
+    ratio = medians["plain"] / medians["fast"]
+    rates = ""
+    if unit_count:
+        rates = f"  ({unit_count / medians['plain']:.0f} vs {unit_count / medians['fast']:.0f} {unit})"
+    print(
+        f"{name:<28} plain {medians['plain'] * 1000:9.1f} ms   fast {medians['fast'] * 1000:9.1f} ms   "
+        f"ratio {ratio:5.2f}x{rates}",
+        flush=True,
+    )
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--importance-windows", type=int, default=16)
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="cpu: process CPU time")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="instead: training tokens/s at batch 8 and 16, 1 and 2 threads, float32 and bf16 autocast, fast and plain",
+    )
+    args = parser.parse_args(argv)
+    global _clock
+    _clock = CLOCK[args.clock]
+    if args.throughput:
+        return throughput(args)
+
+    torch.set_num_threads(args.threads)
+    model, what = teacher_model()
+    mixers = fast_mixers(model)
+    if not mixers:
+        print(f"{what}: no Mamba2 mixer the fast path supports")
+        return 1
+    b, t = args.batch_size, args.seq_len
+    print(
+        f"{what}, {len(mixers)} Mamba mixers, batch {b} x {t}, {args.threads} threads, {args.repeats} rounds, "
+        f"{args.clock} clock"
+    )
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (b, t), generator=torch.Generator().manual_seed(0))
+    ratios = {}
+
+    mixer = mixers[0]
+    hidden = torch.randn(b, t, mixer.in_proj.in_features, requires_grad=True)
+
+    def mixer_step():
+        mixer.train()
+        mixer(hidden).sum().backward()
+
+    ratios["mixer"] = _report("mixer fwd+bwd", _medians(_both(model, mixer_step), args.repeats * 2))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+
+    ratios["train"] = _report(
+        "training step",
+        _medians(_both(model, train_step), args.repeats),
+        b * t,
+        "tok/s",
+    )
+    model.eval()
+
+    def prefill():
+        with torch.no_grad():
+            model(ids, use_cache=False)
+
+    ratios["prefill"] = _report(
+        "prefill (no grad)",
+        _medians(_both(model, prefill), args.repeats),
+        b * t,
+        "tok/s",
+    )
+
+    prompt = ids[:1, :64]
+
+    def decode():
+        with torch.no_grad():
+            out = model(prompt, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(args.decode_tokens):
+                out = model(token, cache=cache, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+    ratios["decode"] = _report(
+        "cached decoding (64 + steps)",
+        _medians(_both(model, decode), max(2, args.repeats // 2)),
+        args.decode_tokens,
+        "tok/s",
+    )
+
+    calib = torch.randint(3, vocab, (args.importance_windows, t), generator=torch.Generator().manual_seed(1))
+
+    def importance():
+        estimate_importance(model, list(calib.split(b)), layer_metric=None)
+
+    ratios["importance"] = _report(
+        "importance estimation",
+        _medians(_both(model, importance), max(2, args.repeats // 2)),
+    )
+    use_fast_mamba(model)
+    print(
+        "goals: training step >= 1.6x: "
+        + ("met" if ratios["train"] >= 1.6 else "NOT met")
+        + f" ({ratios['train']:.2f}x); mixer >= 2.5x: "
+        + ("met" if ratios["mixer"] >= 2.5 else "NOT met")
+        + f" ({ratios['mixer']:.2f}x)"
+    )
+    return 0
+
+
+def throughput(args) -> int:
+    """Training-step tokens/s of the demo teacher for choosing a training run's settings."""
+    model, what = teacher_model()
+    print(f"{what}: training step tokens/s (AdamW), seq {args.seq_len}, {args.repeats} rounds, plain vs fast")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+    model.train()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for batch in (8, 16):
+            ids = torch.randint(
+                3, model.config.vocab_size, (batch, args.seq_len), generator=torch.Generator().manual_seed(0)
+            )
+            for precision in ("float32", "bf16 autocast"):
+
+                def step(ids=ids, precision=precision):
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+                        loss = model(ids, labels=ids).loss
+                    loss.backward()
+                    optimizer.step()
+
+                medians = _medians(_both(model, step), args.repeats)
+                tokens = batch * args.seq_len
+                print(
+                    f"threads {threads}  batch {batch:2d} x {args.seq_len}  {precision:<13}  "
+                    f"plain {tokens / medians['plain']:6.0f} tok/s   fast {tokens / medians['fast']:6.0f} tok/s   "
+                    f"ratio {medians['plain'] / medians['fast']:.2f}x",
+                    flush=True,
+                )
+    use_fast_mamba(model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
