@@ -138,3 +138,182 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
     assert len(optimizer.state) == sum(1 for p in other.parameters() if p.requires_grad)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nowhere", other)
+
+
+# --- resuming a pretraining run across machines: weights-only snapshots and the run record ---------------
+
+TINY_OVERRIDES = dict(
+    hybrid_override_pattern="M-*M-",
+    hidden_size=32,
+    intermediate_size=48,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    mamba_num_heads=8,
+    mamba_head_dim=4,
+    n_groups=2,
+    ssm_state_size=8,
+    chunk_size=8,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """A corpus folder as `hybridlab data build` writes it, with a tiny tokenizer and learnable arrays."""
+    from hybridlab.data.tokenizer import save_tokenizer, train_tokenizer
+    from hybridlab.data.tokens import save_tokens
+
+    root = tmp_path_factory.mktemp("corpus")
+    save_tokenizer(
+        train_tokenizer(["the device driver reads the status register"] * 30, vocab_size=300), root / "tokenizer"
+    )
+    tokens = _tokens()
+    save_tokens(root / "train.npy", tokens[:5000])
+    save_tokens(root / "val.npy", tokens[5000:5800])
+    return root
+
+
+def _train_settings(**kw):
+    from hybridlab.training.pretrain import TrainSettings
+
+    values = dict(
+        batch_size=2,
+        seq_len=16,
+        token_budget=12 * 2 * 16,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=4,
+        checkpoint_every=3,
+        eval_windows=4,
+        threads=1,
+        rewarm_steps=0,
+        log_every=1,
+    )
+    values.update(kw)
+    return TrainSettings(**values)
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _stop_at(step: int, total: int = 12):
+    def progress(fraction, message, metrics):
+        if round(fraction * total) >= step:
+            raise Cancelled()
+
+    return progress
+
+
+def _tiny_model_like(folder):
+    from hybridlab.training.pretrain import build_model
+
+    config = json.loads((folder / "config.json").read_text())
+    ids = (config["vocab_size"], config["bos_token_id"], config["eos_token_id"], config["pad_token_id"])
+    return build_model("demo-teacher", *ids, TINY_OVERRIDES)
+
+
+def _run(corpus, out, settings, **kw):
+    from hybridlab.training.pretrain import train_language_model
+
+    return train_language_model(corpus, out, settings, config_overrides=TINY_OVERRIDES, **kw)
+
+
+def test_a_weights_only_snapshot_resumes_the_same_step_schedule_and_batches(tiny_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from hybridlab.training.pretrain import load_snapshot_weights
+    from hybridlab.training.snapshot import export_snapshot
+
+    quiet = lambda *a: None  # noqa: E731
+    saved_at_six = {}
+
+    def keep_step_six(fraction, message, metrics):
+        if round(fraction * 12) == 6:  # checkpoint_every=3: checkpoint/ holds step 6's weights now
+            saved_at_six.update(load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors")))
+
+    _run(tiny_corpus, tmp_path / "full", _train_settings(), progress=keep_step_six)
+    uninterrupted = [r for r in _records(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "part", _train_settings(), progress=_stop_at(6))
+    state = export_snapshot(tmp_path / "part", tmp_path / "snap", dtype="float32")
+    assert (state["step"], state["tokens"]) == (6, 6 * 32)
+    snap = _tiny_model_like(tmp_path / "snap")
+    assert load_snapshot_weights(snap, tmp_path / "snap") == "float32"
+    assert set(snap.state_dict()) == set(saved_at_six)
+    for name, tensor in snap.state_dict().items():  # the weights at the resume point are the uninterrupted run's
+        assert torch.equal(tensor, saved_at_six[name]), name
+
+    _run(tiny_corpus, tmp_path / "resumed", _train_settings(), progress=quiet, resume_weights=tmp_path / "snap")
+    resumed = [r for r in _records(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in resumed] == list(range(1, 13))  # the curve carried over, no step twice
+    same = ("step", "tokens", "lr", "grad_norm", "loss")  # all but wall time
+    assert [[r[k] for k in same] for r in resumed[:6]] == [[r[k] for k in same] for r in uninterrupted[:6]]
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in uninterrupted]  # the same schedule by step
+    # Step 7's loss is computed before its update: same weights and the same batch give the same number.
+    assert resumed[6]["loss"] == uninterrupted[6]["loss"]
+    assert resumed[7]["loss"] != uninterrupted[7]["loss"]  # fresh AdamW moments from there on
+
+    record = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    first, second = record["segments"]
+    assert (first["kind"], first["start_step"], first["end_step"], first["ended"]) == ("fresh", 0, 6, "cancelled")
+    assert (second["kind"], second["start_step"], second["end_step"], second["ended"]) == ("weights", 6, 12, "finished")
+    assert second["start_tokens"] == 6 * 32 and second["end_tokens"] == 12 * 32
+    assert second["snapshot_dtype"] == "float32" and second["rewarm_steps"] == 0
+    for segment in (first, second):
+        assert segment["threads"] == 1 and segment["torch"] == torch.__version__
+        assert segment["machine"]["host"] and isinstance(segment["fast_mamba"], bool)
+        assert segment["schedule"] == {"token_budget": 384, "total_steps": 12}
+
+
+def test_bf16_snapshot_rewarms_and_full_checkpoint_resume_adds_a_segment(tiny_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from hybridlab.training.pretrain import load_snapshot_weights
+    from hybridlab.training.snapshot import export_snapshot
+    from hybridlab.training.trainer import scheduled_learning_rate
+
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "part", _train_settings(), progress=_stop_at(3))
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "part", _train_settings(), progress=_stop_at(6), resume=True)
+    export_snapshot(tmp_path / "part", tmp_path / "snap")  # bfloat16
+    ckpt = load_file(str(tmp_path / "part" / "checkpoint" / "model.safetensors"))
+    model = _tiny_model_like(tmp_path / "snap")
+    assert load_snapshot_weights(model, tmp_path / "snap") == "bfloat16"
+    for name, value in model.state_dict().items():  # fp32 master weights: the checkpoint rounded to bf16
+        assert value.dtype == torch.float32 and torch.equal(value, ckpt[name].to(torch.bfloat16).float()), name
+
+    settings = _train_settings(rewarm_steps=4)
+    _run(tiny_corpus, tmp_path / "resumed", settings, progress=lambda *a: None, resume_weights=tmp_path / "snap")
+    lrs = {r["step"]: r["lr"] for r in _records(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "train"}
+    from hybridlab.training.trainer import TrainerSettings
+
+    schedule = TrainerSettings(total_steps=12, lr=3e-3, warmup_steps=3)
+    for step in range(7, 13):  # lr logged at step s+1 is the one used for optimizer step s
+        ramp = min(1.0, (step - 1 - 6 + 1) / 4)
+        assert lrs[step] == pytest.approx(scheduled_learning_rate(step - 1, schedule) * ramp)
+    kinds = [
+        (s["kind"], s["start_step"], s.get("end_step"))
+        for s in json.loads((tmp_path / "resumed" / "run.json").read_text())["segments"]
+    ]
+    assert kinds == [("fresh", 0, 3), ("checkpoint", 3, 6), ("weights", 6, 12)]
+
+
+def test_resuming_with_other_batches_or_a_non_snapshot_is_refused_before_work(tiny_corpus, tmp_path):
+    from hybridlab.core.errors import UserError
+    from hybridlab.training.snapshot import export_snapshot
+
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "part", _train_settings(), progress=_stop_at(3))
+    export_snapshot(tmp_path / "part", tmp_path / "snap")
+    with pytest.raises(UserError, match="batch_size=2"):
+        _run(tiny_corpus, tmp_path / "other", _train_settings(batch_size=4), resume_weights=tmp_path / "snap")
+    with pytest.raises(UserError, match="not a training snapshot"):
+        _run(tiny_corpus, tmp_path / "other", _train_settings(), resume_weights=tmp_path / "part")
+    with pytest.raises(UserError, match="exclude each other"):
+        _run(tiny_corpus, tmp_path / "part", _train_settings(), resume=True, resume_weights=tmp_path / "snap")
+    with pytest.raises(UserError, match="raise --tokens"):
+        _run(tiny_corpus, tmp_path / "other", _train_settings(token_budget=3 * 32), resume_weights=tmp_path / "snap")
+    assert not (tmp_path / "other").exists()

@@ -1,4 +1,5 @@
-"""`hybridlab data build` (the demo corpus), `hybridlab data ship` (the demo assets) and `hybridlab train`."""
+"""`hybridlab data build` (the demo corpus), `hybridlab data ship` (the demo assets), `hybridlab train` and
+`hybridlab snapshot` (a committable training snapshot to resume from on another machine)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,30 @@ def register(subparsers) -> None:
     train.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, final model")
     add_options(train, TrainSettings)
     train.add_argument("--config", default=None, help="JSON file with config overrides for the preset")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest full checkpoint in --out (same machine)"
+    )
+    train.add_argument(
+        "--resume-weights",
+        default=None,
+        metavar="SNAPSHOT",
+        help="continue from a training snapshot (`hybridlab snapshot`) in a new --out: its weights, fresh AdamW "
+        "moments, the same step, schedule and batches",
+    )
+    train.add_argument(
+        "--allow-new-data",
+        action="store_true",
+        help="resume although --data's train.npy differs from the recorded run's (noted in the run record)",
+    )
     train.set_defaults(func=_train)
+
+    snapshot = subparsers.add_parser(
+        "snapshot", help="export a training run's latest checkpoint as a committable snapshot (weights + record)"
+    )
+    snapshot.add_argument("--run", required=True, help="output folder of `hybridlab train`")
+    snapshot.add_argument("--out", required=True, help="snapshot folder, replaced atomically (e.g. in the repo)")
+    snapshot.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="stored weights")
+    snapshot.set_defaults(func=_snapshot)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -81,6 +104,22 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(
             f"--config {args.config} is not a readable JSON file ({err}); give a JSON object of config values"
         ) from None
-    result = train_language_model(args.data, args.out, settings, config_overrides=overrides, resume=args.resume)
+    result = train_language_model(
+        args.data,
+        args.out,
+        settings,
+        config_overrides=overrides,
+        resume=args.resume,
+        resume_weights=args.resume_weights,
+        allow_new_data=args.allow_new_data,
+    )
     print(f"val loss {result['val_loss']:.4f}  perplexity {result['val_perplexity']:.2f}  -> {args.out}/model")
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from hybridlab.training.snapshot import export_snapshot
+
+    state = export_snapshot(args.run, args.out, dtype=args.dtype)
+    print(f"snapshot at step {state['step']:,} ({state['tokens']:,} tokens, {state['dtype']}) -> {args.out}")
     return 0

@@ -1,6 +1,7 @@
 """A generic training loop. What is trained, and on what loss, is the caller's business.
 
-    train(model, batch_at, loss_fn, settings, out_dir, eval_fn=None, progress=None, resume=False)
+    train(model, batch_at, loss_fn, settings, out_dir, eval_fn=None, progress=None, resume=False,
+          initial_state=None, on_event=None)
 
 - `batch_at(step) -> batch` must be a pure function of the step, so the data position is the step
   and a resumed run sees the same batches as an uninterrupted one.
@@ -12,6 +13,14 @@ AdamW, linear warm-up then cosine decay to `min_lr_ratio * lr`, gradient clippin
 autocast (measured fastest on CPU). Metrics go to `<out_dir>/metrics.jsonl` (one JSON object per
 line, `"kind": "train"` or `"eval"`); the latest checkpoint lives in `<out_dir>/checkpoint/`.
 If `progress` raises `Cancelled` (or Ctrl-C arrives), a checkpoint is saved and the exception re-raised.
+
+Resuming: `resume=True` restores `<out_dir>/checkpoint/` (weights, AdamW moments, RNG: bit-exact).
+`initial_state={"step", "tokens", "wall_s"}` instead continues a model whose weights the caller already
+loaded (a weights-only snapshot from another machine) at that step with fresh AdamW moments; the
+schedule stays a function of the step, and `rewarm_from`/`rewarm_steps` ramp the learning rate up
+linearly over the first steps after such a resume, while the fresh moments settle.
+`on_event(kind, state)` hears "checkpoint" after each save and "end" (with "ended": finished, cancelled,
+interrupted or crashed) once the loop stops, so the caller can keep an honest record of every segment.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ class TrainerSettings:
     eval_every: int = 250
     checkpoint_every: int = 250
     tokens_per_step: int = 0  # for logging only
+    rewarm_from: int | None = None  # the step a weights-only resume started at
+    rewarm_steps: int = 0  # steps over which the learning rate ramps back up after it
 
     def validate(self) -> None:
         if self.total_steps < 1:
@@ -57,15 +68,29 @@ class TrainerSettings:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, total_steps={self.total_steps}]")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if self.rewarm_steps < 0:
+            raise ValueError(f"rewarm_steps={self.rewarm_steps} must be >= 0")
 
 
 def learning_rate(step: int, s: TrainerSettings) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to min_lr_ratio * lr."""
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to min_lr_ratio * lr;
+    times a linear ramp over `rewarm_steps` steps from `rewarm_from` (a resume with fresh AdamW moments)."""
+    return scheduled_learning_rate(step, s) * rewarm_factor(step, s)
+
+
+def scheduled_learning_rate(step: int, s: TrainerSettings) -> float:
+    """The schedule alone: what an uninterrupted run uses at `step`."""
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     progress = (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * cosine)
+
+
+def rewarm_factor(step: int, s: TrainerSettings) -> float:
+    if s.rewarm_from is None or s.rewarm_steps == 0 or step < s.rewarm_from:
+        return 1.0
+    return min(1.0, (step - s.rewarm_from + 1) / s.rewarm_steps)
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainerSettings) -> torch.optim.AdamW:
@@ -92,6 +117,8 @@ def train(
     progress: ProgressFn | None = None,
     resume: bool = False,
     is_main: bool = True,
+    initial_state: dict | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Train until `settings.total_steps`; returns the last train and eval metrics.
 
@@ -106,8 +133,14 @@ def train(
         state = load_checkpoint(ckpt_dir, model, optimizer)
         if is_main:
             _truncate_metrics(metrics_path, state["step"])
+    elif initial_state is not None:  # weights already loaded by the caller; fresh AdamW moments
+        state = {"step": int(initial_state["step"]), "tokens": int(initial_state["tokens"])}
+        state["wall_s"] = float(initial_state.get("wall_s", 0.0))
+        if is_main:
+            _truncate_metrics(metrics_path, state["step"])  # the curve carried over from the snapshot
     elif metrics_path.exists() and is_main:
         metrics_path.unlink()  # a fresh run starts a fresh curve
+    notify = on_event if (on_event is not None and is_main) else (lambda kind, info: None)
     if is_main:
         (out_dir / "trainer_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
     log = (lambda record: _append(metrics_path, record)) if is_main else (lambda record: None)
@@ -120,6 +153,9 @@ def train(
     def checkpoint() -> None:
         state["wall_s"] = time.perf_counter() - started
         save_checkpoint(ckpt_dir, model, optimizer, state, is_main=is_main)
+        notify("checkpoint", dict(state))
+
+    ended = "crashed"
 
     try:
         while state["step"] < settings.total_steps:
@@ -164,11 +200,15 @@ def train(
             if state["step"] % settings.checkpoint_every == 0 or is_last:
                 checkpoint()
             bar.update(state["step"], {**last_train, **last_eval})
-    except (Cancelled, KeyboardInterrupt):
+        ended = "finished"
+    except (Cancelled, KeyboardInterrupt) as stop:
+        ended = "cancelled" if isinstance(stop, Cancelled) else "interrupted"
         checkpoint()
         raise
     finally:
         bar.close()
+        state["wall_s"] = time.perf_counter() - started
+        notify("end", {**state, "ended": ended})
     return {"step": state["step"], "tokens": state["tokens"], "wall_s": state["wall_s"], **last_train, **last_eval}
 
 
