@@ -80,11 +80,17 @@ def params_by_kind(params: dict) -> go.Figure:
 
 
 def unit_heatmap(
-    frame: pd.DataFrame, axis: str, title: str, group_size: int | None = None, sort: bool = False, unit: str = "unit"
+    frame: pd.DataFrame,
+    axis: str,
+    title: str,
+    group_size: int | None = None,
+    sort: bool = False,
+    unit: str = "unit",
+    score_label: str = "score",
 ) -> go.Figure:
     """Layer x unit heatmap of scores for one axis; pruned units crossed out.
     `sort`: order each layer's units by score (FFN neurons), so the plan cuts a clean tail.
-    `group_size`: draw a boundary every group_size units (Mamba groups, KV groups)."""
+    `group_size`: draw a boundary every group_size units (Mamba groups, KV groups, expert groups)."""
     rows = frame[frame["axis"] == axis]
     if rows.empty:
         return _layout(go.Figure(), f"{title}: this model has none")
@@ -107,8 +113,8 @@ def unit_heatmap(
             y=y,
             colorscale="Viridis",
             customdata=unit_ids,
-            colorbar=dict(title="score"),
-            hovertemplate="layer %{y}, " + unit + " %{customdata}<br>score %{z:.4g}<extra></extra>",
+            colorbar=dict(title=score_label),
+            hovertemplate="layer %{y}, " + unit + " %{customdata}<br>" + score_label + " %{z:.4g}<extra></extra>",
         )
     )
     pruned_r, pruned_c = np.nonzero(~kept)
@@ -129,6 +135,15 @@ def unit_heatmap(
     fig.update_yaxes(autorange="reversed", title="layer")
     fig.update_layout(showlegend=len(pruned_r) > 0, legend=dict(orientation="h", y=-0.25))
     return _layout(fig, title, height=max(220, 60 + 28 * len(layers)))
+
+
+def routing_share(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The rows of `axis` (routed experts' routing mass) with each layer's scores as shares of its total:
+    the fraction of the layer's routing each expert receives (a layer's shares sum to 1)."""
+    rows = frame[frame["axis"] == axis].copy()
+    totals = rows.groupby("layer")["score"].transform("sum")
+    rows["score"] = rows["score"] / totals.where(totals > 0)
+    return rows
 
 
 def hidden_curve(frame: pd.DataFrame) -> go.Figure:

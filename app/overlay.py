@@ -1,5 +1,7 @@
 """Which units a plan keeps, for the heatmap overlays: `hybridlab.compression.kept.kept_units`
 (the rule the pruner follows) laid over `ImportanceScores.to_frame()` as a `kept` column.
+A routed expert's rows (one axis per expert metric) read the plan's kept experts; an expert neuron's
+row (flat index expert * F + neuron) is kept when its expert and its neuron in that expert are.
 """
 
 from __future__ import annotations
@@ -8,15 +10,22 @@ from dataclasses import replace
 
 import pandas as pd
 
-from hybridlab.compression.importance import HIDDEN, ImportanceScores
+from hybridlab.compression.importance import EXPERT_METRICS, HIDDEN, MOE_EXPERT, MOE_NEURON, ImportanceScores
 from hybridlab.compression.kept import kept_units, plan_drop_layers
 from hybridlab.families import describe
 from hybridlab.model.spec import PruneSpec, resolve
 
 
-def units_frame(scores: ImportanceScores, config, spec: PruneSpec | None, layer_metric: str = "kl") -> pd.DataFrame:
+def units_frame(
+    scores: ImportanceScores,
+    config,
+    spec: PruneSpec | None,
+    layer_metric: str = "kl",
+    expert_metric: str = EXPERT_METRICS[0],
+) -> pd.DataFrame:
     """scores.to_frame() plus a boolean `kept` column (all True without a plan) and, for
     layer rows, whether the plan drops the layer. `config` may be a ModelDescription.
+    expert_metric: what ranks routed experts (kept.EXPERT_RANKINGS), as the prune job will.
     Raises ValueError for an impossible spec."""
     frame = scores.to_frame()
     frame["kept"] = True
@@ -27,11 +36,16 @@ def units_frame(scores: ImportanceScores, config, spec: PruneSpec | None, layer_
     if metric is None and spec.drop_layers is None:
         resolve(spec, description.widths)  # still reject an impossible num_layers
         spec = replace(spec, num_layers=None)  # no layer scores: overlay the widths, drop nothing
-    kept = kept_units(scores, description, spec, layer_metric=metric)
+    kept = kept_units(scores, description, spec, layer_metric=metric, expert_metric=expert_metric)
     dropped = set(kept.dropped_layers)
     chosen = {(-1, HIDDEN): _ids(kept.hidden)}
     for axis, by_layer in kept.by_layer.items():
-        chosen.update({(layer, axis): _ids(indices) for layer, indices in by_layer.items()})
+        chosen.update({(layer, axis): _ids(indices) for layer, indices in by_layer.items() if axis != MOE_NEURON})
+    for layer, neurons in kept.by_layer.get(MOE_NEURON, {}).items():  # [E', F'], row i: kept expert i's
+        experts = kept.units(MOE_EXPERT, layer)  # [E']
+        chosen[layer, MOE_NEURON] = _ids((experts[:, None] * kept.old.moe_ffn_hidden_size + neurons).flatten())
+    for layer, experts in kept.by_layer.get(MOE_EXPERT, {}).items():  # every metric's rows: the kept experts
+        chosen.update({(layer, f"{MOE_EXPERT}_{name}"): _ids(experts) for name in EXPERT_METRICS})
 
     def is_kept(row) -> bool:
         if row.axis.startswith("layer_"):

@@ -45,13 +45,22 @@ def model_jobs(model: str, settings: dict) -> list[tuple[str, dict]]:
 
 
 def prune_and_evaluate(
-    model: str, plan: dict, importance, name: str | None, settings: dict, workspace=None
+    model: str,
+    plan: dict,
+    importance,
+    name: str | None,
+    settings: dict,
+    workspace=None,
+    expert_metric: str | None = None,
 ) -> list[int]:
     """Submit a prune job, the eval (and bench) jobs of the candidate it will write, waiting
     for it, and the teacher's own unless it is measured or being measured already.
     Returns the job ids, the prune job first. A refused job (JobSpecError, a ValueError)
-    cancels those submitted before it, so no half chain is left behind."""
+    cancels those submitted before it, so no half chain is left behind.
+    expert_metric: how the prune job ranks routed experts (mixtures of experts; None: its default)."""
     spec = {"model": model, "spec": plan, "importance": importance, "name": name}
+    if expert_metric is not None:
+        spec["expert_metric"] = expert_metric
     teacher = [] if teacher_measured(model, workspace) else model_jobs(model, settings)
     return _submit_chain("prune", spec, settings, teacher, workspace)
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybridlab.families import ATTENTION, MAMBA, MLP, Widths, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, Widths, describe
 from hybridlab.model.sizes import estimate_sizes, planned_widths, sizes_of
-from hybridlab.model.spec import PruneSpec
+from hybridlab.model.spec import PruneSpec, fewest_experts
 
 PRESETS = ("width only", "depth only", "paper-like mix")
 # The paper-like mix takes about this share of the reduction from depth (Nemotron-H 8B -> 4B
 # pruned 52 -> 42 layers and narrowed hidden, FFN and Mamba heads) and keeps the head dim.
 MIX_DEPTH_SHARE = 0.4
+# Mixture-of-experts axes: typed in (any value; the library names what the router or the family refuses)
+MOE_KEYS = ("num_moe_experts", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,23 @@ def _all_axes(widths: Widths) -> list[Axis]:
             Axis("mamba_num_heads", f"Mamba heads (steps of n_groups={groups})", widths.mamba_num_heads, groups, groups)
         )
         found.append(Axis("mamba_head_dim", "Mamba head dim", widths.mamba_head_dim, 1, 1))
+    if widths.has(MOE):
+        found += _moe_axes(widths)
     found.append(Axis("num_layers", "layers", widths.num_layers, 1, 1))
+    return found
+
+
+def _moe_axes(widths: Widths) -> list[Axis]:
+    """Routed experts (in steps of the routing groups, down to the fewest the router can use), the
+    neurons of every routed expert and the shared expert's."""
+    groups = widths.moe_n_group
+    found = [
+        Axis("num_moe_experts", "routed experts", widths.num_moe_experts, fewest_experts(widths), groups),
+        Axis("moe_ffn_hidden_size", "expert width", widths.moe_ffn_hidden_size, *_step(widths.moe_ffn_hidden_size)),
+    ]
+    shared = widths.moe_shared_expert_intermediate_size
+    if shared:
+        found.append(Axis("moe_shared_expert_intermediate_size", "shared expert width", shared, *_step(shared)))
     return found
 
 
@@ -160,6 +178,10 @@ def plan_summary(
     parent = estimate_sizes(description, seq_len=seq_len)
     plan = sizes_of(planned_widths(description, spec, drop_layers=drop_layers), seq_len=seq_len)
     return {
+        "has_experts": description.widths.has(MOE),
+        "active_params": plan.active_params,  # per token (== params without a mixture of experts)
+        "active_ratio": plan.active_params / parent.active_params,
+        "parent_active_params": parent.active_params,
         "params": plan.params,
         "param_ratio": plan.params / parent.params,
         "flops_per_token": plan.flops_per_token,

@@ -11,6 +11,7 @@ from hybridlab import jobs
 from hybridlab.store import FAILED, FINISHED, parse_job_ref
 
 MODEL_KEY, SCORES_KEY, PLAN_KEY = "model_ref", "scores_dir", "plan_spec"
+EXPERT_METRIC_KEY = "expert_metric"  # which expert score ranks routed experts: the heatmap's and the prune job's
 POLL_S = 1.5
 
 
@@ -91,6 +92,13 @@ def current_scores(config):
         st.error(str(err))
         return None
     return scores
+
+
+def expert_metric() -> str:
+    """The expert score chosen on the Experts heatmap (routing mass until one is chosen)."""
+    from hybridlab.compression.importance import EXPERT_METRICS
+
+    return st.session_state.get(EXPERT_METRIC_KEY) or EXPERT_METRICS[0]
 
 
 # ---- jobs ----------------------------------------------------------------------------------

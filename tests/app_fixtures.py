@@ -44,3 +44,17 @@ def tiny_model_dir(root: Path) -> AppModel:
 
 def app_model(root: Path, prefer_demo: bool = True) -> AppModel:
     return AppModel("demo", None, None) if prefer_demo and demo_shipped() else tiny_model_dir(root)
+
+
+def tiny_moe_model_dir(root: Path, family: str = "nemotron_h_moe") -> AppModel:
+    """A tiny random mixture of experts (tests/families/tiny.py's TINY_MOE: NemotronH with moe layers, or
+    GraniteMoeHybrid with experts) saved to a folder, with calibration and validation token files."""
+    from hybridlab import save_model
+    from tests.families.tiny import tiny_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    folder = save_model(tiny_model(family), None, root / f"tiny-{family}")
+    rng = np.random.default_rng(0)
+    for name in ("calib", "val"):
+        np.save(root / f"{name}.npy", rng.integers(3, 128, 20_000).astype(np.uint16))
+    return AppModel(str(folder), str(root / "calib.npy"), str(root / "val.npy"))

@@ -187,6 +187,7 @@ def test_planner_sizes_follow_the_controls_exactly(lab):
     ref = lab["model"].ref
     at = app(lab, "planner", scores_dir=lab["scores"])
     assert metric(at, "speedup (FLOP ratio)") == "1.00x"  # no latency calibration in this workspace
+    assert not any(m.label.startswith("active") for m in at.metric)  # a dense model: one parameter count
     next(s for s in at.slider if s.label.startswith("Mamba heads")).set_value(4).run()
     next(s for s in at.slider if s.label == "FFN neurons").set_value(48).run()
     expected_spec = PruneSpec(mamba_num_heads=4, ffn_hidden_size=48)

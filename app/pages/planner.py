@@ -6,7 +6,7 @@ import streamlit as st
 from app import charts, state, views
 from app.overlay import dropped_layers
 from app.pipeline import eval_settings, latest_chain, prune_and_evaluate
-from app.planner import PRESETS, axes, is_free, offered, plan_summary, preset_spec, spec_from_values
+from app.planner import MOE_KEYS, PRESETS, axes, is_free, offered, plan_summary, preset_spec, spec_from_values
 from hybridlab.families import describe
 
 JOBS_KEY = "planner_jobs"  # what this session submitted, to show; the chain itself lives in the job engine
@@ -34,16 +34,19 @@ st.markdown("**Sizes per axis**")
 keys = {axis.key: f"axis-{ref}-{axis.key}" for axis in controls}  # per model: another model's ranges differ
 chosen = {axis.key: st.session_state.setdefault(keys[axis.key], axis.current) for axis in controls}
 values = {}
+dense_controls = [axis for axis in controls if axis.key not in MOE_KEYS]
 grid = st.columns(3)
-for i, axis in enumerate(controls):
+for i, axis in enumerate(dense_controls):
     key = keys[axis.key]
     if is_free(description, axis):  # the same widget type on every rerun: streamlit resets a key that changes type
         values[axis.key] = grid[i % 3].slider(axis.label, axis.minimum, axis.current, step=axis.step, key=key)
     else:  # only values the family can build with the other controls where they are
-        options = offered(description, axis, {k: v for k, v in chosen.items() if k != axis.key})
+        # the expert controls take any number (a bad one gets the library's message), so they stay out
+        options = offered(description, axis, {k: v for k, v in chosen.items() if k not in (axis.key, *MOE_KEYS)})
         if st.session_state[key] not in options:
             st.session_state[key] = min(options, key=lambda v: abs(v - st.session_state[key]))
         values[axis.key] = grid[i % 3].select_slider(axis.label, options, key=key)
+values |= views.expert_controls(widths, [axis for axis in controls if axis.key in MOE_KEYS], keys)
 try:
     spec = spec_from_values(values, widths)
     drop = dropped_layers(scores, config, spec)
@@ -53,10 +56,18 @@ except ValueError as err:
     st.stop()
 st.session_state[state.PLAN_KEY] = spec.to_dict()
 
-cols = st.columns(4)
+cols = st.columns(5 if summary["has_experts"] else 4)
 cols[0].metric(
     "parameters", f"{summary['params'] / 1e6:,.3f} M", f"{summary['param_ratio'] - 1:+.1%}", delta_color="off"
 )
+if summary["has_experts"]:  # a mixture of experts: what one token runs through
+    cols.pop(1).metric(
+        "active parameters / token",
+        f"{summary['active_params'] / 1e6:,.3f} M",
+        f"{summary['active_ratio'] - 1:+.1%}",
+        delta_color="off",
+        help="the router, the top-k routed experts, the shared expert and every other layer",
+    )
 cols[1].metric(
     "FLOPs / token",
     f"{summary['flops_per_token'] / 1e6:,.2f} M",
@@ -103,7 +114,12 @@ if go:
     if settings:
         submitted = state.submit_all(
             lambda: prune_and_evaluate(
-                ref, spec.to_dict(), st.session_state[state.SCORES_KEY], name.strip() or None, settings
+                ref,
+                spec.to_dict(),
+                st.session_state[state.SCORES_KEY],
+                name.strip() or None,
+                settings,
+                expert_metric=state.expert_metric() if summary["has_experts"] else None,
             )
         )
         st.session_state.setdefault(JOBS_KEY, []).extend(submitted)
