@@ -16,7 +16,7 @@ import torch
 
 from hybridlab.cli import main as cli
 from hybridlab.core.paths import demo_dir
-from hybridlab.data.tokens import unigram_entropy
+from hybridlab.data.tokens import contiguous_windows, unigram_entropy
 from hybridlab.demo.load import CARD_SEQ_LEN, CARD_SUBSET_WINDOWS, DEMO_NAME, load_demo, teacher_dir
 from hybridlab.training.pretrain import validation_loss
 from tests.test_data import tiny_debs  # noqa: F401, F811  (fixture: real .deb files built with dpkg-deb)
@@ -91,6 +91,8 @@ def test_pipeline_reproduces_a_shipped_demo_at_toy_scale(tmp_path, tiny_debs):
                 "300",
                 "--val-fraction",
                 "0.3",
+                "--sources",
+                "linux-doc-6.1,python3.11-doc",  # the packages tiny_debs fakes
             ]
         )
         == 0
@@ -137,6 +139,10 @@ def test_pipeline_reproduces_a_shipped_demo_at_toy_scale(tmp_path, tiny_debs):
     )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["tokens_seen"] == 4096 and summary["val_loss"] < math.log(300)
+    # An earlier demo's validation split already sits in dest: the ship keeps it as val_v1.npy and scores it.
+    dest.mkdir(parents=True)
+    earlier_val = np.load(corpus / "val.npy")[::-1].copy()
+    np.save(dest / "val.npy", earlier_val)
     assert (
         cli(
             [
@@ -159,5 +165,9 @@ def test_pipeline_reproduces_a_shipped_demo_at_toy_scale(tmp_path, tiny_debs):
     loss = validation_loss(shipped.model, shipped.val_windows(CARD_SEQ_LEN, CARD_SUBSET_WINDOWS))
     assert loss == pytest.approx(_card_number(card, "validation loss, test subset"), abs=1e-3)
     assert shipped.model.config.n_groups == 4 and "`M-*` (3 layers" in card and "Toy run for the test." in card
+    assert np.array_equal(np.load(dest / "val_v1.npy"), earlier_val)
+    v1 = validation_loss(shipped.model, contiguous_windows(earlier_val, CARD_SEQ_LEN))
+    assert v1 == pytest.approx(_card_number(card, "validation loss, first demo corpus"), abs=1e-4)
+    assert "1. steps 0 → 16: started from scratch; schedule 16 steps (4,096 tokens)" in card
     with pytest.raises(FileNotFoundError, match="hybridlab data build"):
         load_demo(root=tmp_path / "nothing")

@@ -19,6 +19,11 @@ def register(subparsers) -> None:
     build.add_argument("--debs", default=None, help="folder holding (or receiving) the .deb files; default: temp")
     build.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of a newly trained tokenizer")
     build.add_argument(
+        "--sources",
+        default=None,
+        help="comma-separated packages to build from, a subset of the declared sources (default: all of them)",
+    )
+    build.add_argument(
         "--tokenizer",
         default=None,
         help="reuse this tokenizer unchanged (a tokenizer.json or a folder holding one, e.g. assets/demo/teacher) "
@@ -66,6 +71,7 @@ def register(subparsers) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from hybridlab.data.build import build_corpus
+    from hybridlab.data.sources import select_sources
 
     stats = build_corpus(
         args.out,
@@ -73,6 +79,7 @@ def _build(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         val_fraction=args.val_fraction,
         tokenizer=args.tokenizer,
+        sources=select_sources(args.sources),
     )
     print(
         f"train tokens {stats['tokens']['train']:,}  val tokens {stats['tokens']['val']:,}  "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hybridlab.core.errors import UserError
 from hybridlab.data.clean import html_to_text, info_nodes, normalise_whitespace, pod_to_text
 
 
@@ -241,6 +242,20 @@ SOURCES = (
         about="the BIND 9 Administrator Reference Manual (Sphinx HTML)",
     ),
 )
+
+
+def select_sources(names: str | None) -> tuple[Source, ...]:
+    """The declared sources named in a comma-separated list (all of them for None), in declaration order."""
+    if not names:
+        return SOURCES
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in {s.package for s in SOURCES}]
+    if unknown or not wanted:
+        raise UserError(
+            f"--sources {names}: unknown package(s) {unknown}; choose from {', '.join(s.package for s in SOURCES)}"
+        )
+    return tuple(s for s in SOURCES if s.package in wanted)
+
 
 # Not English prose, or machine-generated indexes.
 _SKIP_DIRS = {"translations", "_sources", "_static", "_images", "_downloads", "devicetree"}
