@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--importance-windows", type=int, default=16)
+    parser.add_argument("--throughput-threads", default="1,2", help="thread counts for --throughput")
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="cpu: process CPU time")
     parser.add_argument(
         "--throughput",
@@ -180,7 +181,7 @@ def throughput(args) -> int:
     print(f"{what}: training step tokens/s (AdamW), seq {args.seq_len}, {args.repeats} rounds, plain vs fast")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
     model.train()
-    for threads in (1, 2):
+    for threads in [int(n) for n in args.throughput_threads.split(",")]:
         torch.set_num_threads(threads)
         for batch in (8, 16):
             ids = torch.randint(
