@@ -21,6 +21,9 @@ from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
 from hybridlab.model.sizes import PARAM_BUDGETS, planned_widths, sizes_of
 from hybridlab.model.spec import PruneSpec
 
+STRATEGIES = ("width", "depth", "mixed")  # what a candidate prunes: widths only, layers only, both
+ANY_STRATEGY = "any"
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -41,6 +44,11 @@ class SearchSpace:
         "total",
         choices=PARAM_BUDGETS,
         help="count the target in total parameters, or in active parameters per token (mixtures of experts)",
+    )
+    strategy: str = setting(
+        ANY_STRATEGY,
+        choices=(ANY_STRATEGY, *STRATEGIES),
+        help="only candidates that prune widths alone, layers alone, or both (default: any of them)",
     )
 
     def validate(self) -> None:
@@ -103,8 +111,11 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
 
     description = describe(config)
     widths = description.widths
-    shrink = lambda value, step: max(min(width_values(value, step, space.max_width_prune)), 1) if value else value
-    keep = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
+    width_prune = 0.0 if space.strategy == "depth" else space.max_width_prune
+    shrink = lambda value, step: max(min(width_values(value, step, width_prune)), 1) if value else value
+    keep = (
+        widths.num_layers if space.strategy == "width" else math.ceil(widths.num_layers * (1 - space.max_depth_prune))
+    )
     smallest = widths.with_(
         hidden_size=shrink(widths.hidden_size, space.hidden_divisor or max(1, widths.hidden_size // 16)),
         ffn_hidden_size=shrink(widths.ffn_hidden_size, space.ffn_divisor or max(1, widths.ffn_hidden_size // 32)),
@@ -119,8 +130,9 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
     if floor > target_params * (1 + tolerance):
         raise ValueError(
             f"the budget of {target_params:,} parameters is below the smallest architecture the bounds allow "
-            f"(about {floor:,}: width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}); "
-            "raise --max-width-prune / --max-depth-prune or aim for a larger target"
+            f"(about {floor:,}: width pruning <= {width_prune:.0%}, depth pruning <= "
+            f"{0.0 if space.strategy == 'width' else space.max_depth_prune:.0%}{_only(space)}); "
+            "raise --max-width-prune / --max-depth-prune, allow another --strategy or aim for a larger target"
         )
 
 
@@ -180,16 +192,21 @@ def enumerate_candidates(
                 continue
             sizes = sizes_of(new, seq_len)
             params = sizes.budget_params(space.param_budget)
-            if low <= params <= high:
-                strategy = "mixed" if width_spec and drop else ("width" if width_spec else "depth")
+            strategy = "mixed" if width_spec and drop else ("width" if width_spec else "depth")
+            if low <= params <= high and space.strategy in (ANY_STRATEGY, strategy):
                 found.append(Candidate(spec.short_name(), spec, params, sizes.flops_per_token, strategy))
     if not found:
         raise ValueError(
             f"no candidate within {tolerance:.0%} of {target_params:,} parameters fits the search bounds "
-            f"(width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}); "
-            "raise --max-width-prune / --max-depth-prune, widen --tolerance, or aim for a larger target"
+            f"(width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}"
+            f"{_only(space)}); raise --max-width-prune / --max-depth-prune, widen --tolerance, or aim for a larger "
+            "target"
         )
     return found
+
+
+def _only(space: SearchSpace) -> str:
+    return "" if space.strategy == ANY_STRATEGY else f", {space.strategy} pruning only"
 
 
 def pick_diverse(candidates: list[Candidate], limit: int, target_params: int) -> list[Candidate]:
