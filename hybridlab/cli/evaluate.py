@@ -73,7 +73,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(args.model), "tasks": report}, indent=2))
         return 0
     for task, metrics in report.items():
-        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        shown = "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in metrics.items()
+            if not isinstance(v, list)  # per-window losses: in --json and the store, not one line
+        )
         print(f"{task:<20} {shown}")
     return 0
 

@@ -91,10 +91,12 @@ def validation_loss(
     max_tokens: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict:
-    """{"loss": mean next-token cross entropy (nats), "perplexity": exp(loss), "tokens": predicted count}."""
+    """{"loss": mean next-token cross entropy (nats), "perplexity": exp(loss), "tokens": predicted count,
+    "window_losses": each window's mean loss, in window order (every window predicts seq_len tokens, so
+    their mean is the loss up to rounding; bootstrap intervals resample them)}."""
     windows = token_windows(tokens, seq_len, max_tokens)
     device = _model_device(model)
-    total, count = 0.0, 0
+    total, count, per_window = 0.0, 0, []
     with _inference(model):
         for batch in _batches(windows, batch_size, "validation loss", progress):
             batch = batch.to(device)
@@ -103,8 +105,10 @@ def validation_loss(
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
             total += float(loss.double())
             count += targets.numel()
+            by_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
+            per_window += by_token.double().mean(dim=1).tolist()  # [B]
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, "window_losses": per_window}
 
 
 def kl_to_teacher(
