@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from hybridlab.families import mixers_of
 
-KIND_COLORS = {"mamba": "#2E86AB", "mlp": "#F18F01", "attention": "#C73E1D"}
+KIND_COLORS = {"mamba": "#2E86AB", "mlp": "#F18F01", "attention": "#C73E1D", "moe": "#7B4EA3"}
 # A layer of several mixers ("mamba+mlp", "mamba|attention+mlp") takes the colour of its first mixer,
 # a lighter shade of it, so it stays apart from a one-mixer layer of that kind.
 SHADED = {"mamba": "#7FB8D4", "mlp": "#F8C580", "attention": "#E39E8E"}

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from app_fixtures import app_model
+from app_fixtures import app_model, tiny_moe_model_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,29 @@ def server(tmp_path):
         pytest.skip("chromium is not installed: run scripts/install-browser.sh (Debian's chromium)")
     model = app_model(tmp_path)
     workspace = tmp_path / "workspace"
+    with streamlit_server(tmp_path, workspace) as url:
+        yield url, model, workspace
+
+
+@pytest.fixture
+def moe_server(tmp_path, monkeypatch):
+    """A tiny NemotronH mixture of experts whose importance a real job has computed in the app's workspace."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed: run scripts/install-browser.sh (Debian's chromium)")
+    from hybridlab.jobs import run_sync
+
+    model = tiny_moe_model_dir(tmp_path / "moe")
+    workspace = tmp_path / "workspace"
+    monkeypatch.setenv("HYBRIDLAB_WORKSPACE", str(workspace))
+    spec = {"model": model.ref, "calib": model.calib, "samples": 8, "seq_len": 32}
+    run_sync("importance", spec, progress=lambda *args: None)
+    with streamlit_server(tmp_path, workspace) as url:
+        yield url, model, workspace
+
+
+@contextmanager
+def streamlit_server(tmp_path, workspace):
+    """`streamlit run app/main.py` on a free port with `workspace`; stops it and the worker it started."""
     port = free_port()
     env = {**os.environ, "HYBRIDLAB_WORKSPACE": str(workspace), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -84,7 +108,13 @@ def server(tmp_path):
                 proc.kill()
                 pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url, model, workspace
+    try:
+        yield url
+    finally:
+        stop(proc, workspace)
+
+
+def stop(proc, workspace) -> None:
     proc.terminate()
     proc.wait(timeout=20)
     from hybridlab.jobs.worker import live_workers
@@ -96,9 +126,18 @@ def server(tmp_path):
             pass
 
 
-def go_to(page, title: str) -> None:
+def open_model(page, url: str, folder: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name="Model").first.wait_for(timeout=60_000)
+    page.get_by_text("local folder").click()
+    page.get_by_label("Hugging Face model folder").fill(folder)
+    page.get_by_role("button", name="Use this folder").click()
+    page.get_by_text("Layer pattern").first.wait_for(timeout=60_000)
+
+
+def go_to(page, title: str, timeout_ms: float = 30_000) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=title).first.wait_for()
+    page.get_by_role("heading", name=title).first.wait_for(timeout=timeout_ms)
 
 
 def metric_value(page, label: str) -> str:
@@ -199,3 +238,51 @@ def wait_for_jobs(page, workspace) -> None:
             return
         page.wait_for_timeout(1000)  # the page polls meanwhile; the worker runs the chain by itself
     pytest.fail(f"jobs did not finish:\n{jobs.list_jobs(workspace)[['id', 'kind', 'status', 'message']]}")
+
+
+def test_moe_planner_sets_expert_count_and_crosses_out_experts(moe_server, tmp_path):
+    """The planner on a tiny mixture of experts: typing a routed-expert count changes both parameter counts
+    and crosses experts out on the layers x experts heatmap; a count the router cannot use is one message."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, model, workspace = moe_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        open_model(page, url, model.ref)
+
+        go_to(page, "Importance", 120_000)  # two cores shared with other tests: a page's first run can be slow
+        page.get_by_role("tab", name="Load scores").click()
+        page.get_by_role("button", name="Load run").click()
+        expect(page.get_by_text("Routed experts: routing share").first).to_be_visible(timeout=60_000)
+
+        go_to(page, "Prune planner", 120_000)
+        values = lambda label: (
+            page.get_by_test_id("stMetric")
+            .filter(has_text=label)
+            .first.get_by_test_id(  # noqa: E731
+                "stMetricValue"
+            )
+        )
+        before = {label: metric_value(page, label) for label in ("parameters", "active parameters / token")}
+        experts = page.get_by_label("routed experts")
+        experts.fill("3")  # fewer than the router's top-2 from 1 of 2 groups needs
+        experts.press("Enter")
+        expect(page.get_by_text("keeps too few experts")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stAlertContentError")).to_have_count(1)
+        experts.fill("4")
+        experts.press("Enter")
+        for label, value in before.items():
+            expect(values(label)).not_to_have_text(value, timeout=30_000)
+        expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+        heatmap = page.locator(".js-plotly-plot").filter(has_text="Routed experts").first
+        heatmap.scroll_into_view_if_needed()
+        expect(heatmap.locator(".heatmaplayer")).to_be_attached(timeout=30_000)
+        # 4 of 8 experts go in each of the 3 MoE layers
+        expect(heatmap.locator(".scatterlayer path.point")).to_have_count(12, timeout=30_000)
+        page.wait_for_timeout(800)  # let plotly finish drawing
+        heatmap.screenshot(path=str(tmp_path / "moe-experts-heatmap.png"))
+        page.screenshot(path=str(tmp_path / "moe-planner.png"), full_page=True)
+        assert (tmp_path / "moe-experts-heatmap.png").stat().st_size > 1000
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        browser.close()
