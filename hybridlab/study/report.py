@@ -63,14 +63,20 @@ def with_interval(row: dict, prefix: str) -> str:
 
 
 def speedup(row: dict, prefix: str = "speedup") -> str:
-    return f"{row[prefix]:.2f}x [{row[prefix + '_low']:.2f}, {row[prefix + '_high']:.2f}]"
+    """1.52x [1.41, 1.64]; no interval where it has none (one round, or the teacher itself)."""
+    low, high = row[prefix + "_low"], row[prefix + "_high"]
+    if low == high:
+        return f"{row[prefix]:.2f}x"
+    return f"{row[prefix]:.2f}x [{low:.2f}, {high:.2f}]"
 
 
 def _faster(pair: dict) -> str:
     """Which arm prefills faster, read from the two speedup intervals (both paired with the teacher)."""
     a = speedup({k[:-2]: v for k, v in pair.items() if k.endswith("_a")})
     b = speedup({k[:-2]: v for k, v in pair.items() if k.endswith("_b")})
-    if pair["speedup_low_a"] > pair["speedup_high_b"]:
+    if pair["speedup_low_a"] == pair["speedup_high_a"] or pair["speedup_low_b"] == pair["speedup_high_b"]:
+        verdict = "no interval (one round), so no verdict"
+    elif pair["speedup_low_a"] > pair["speedup_high_b"]:
         verdict = f"{pair['arm_a']} faster"
     elif pair["speedup_low_b"] > pair["speedup_high_a"]:
         verdict = f"{pair['arm_b']} faster"
@@ -239,14 +245,14 @@ def _outcome(expected: int, pair: dict) -> str:
 
 def _finding(comparison: str, pairs: list[dict], by: dict, summary: dict) -> str:
     title, claim, expected = PAPER[comparison]
-    lines = [f"### {title}\n", f"The paper found that {claim}."]
+    lines = [f"The paper found that {claim}."]
     if comparison == GROUP_VS_GLOBAL and summary.get("global_ranking_moved_heads") == 0:
         note = by[(comparison, pairs[0]["arm_b"])]["note"]
         lines.append(
             f"**Not testable on this teacher.** Both arms are the same model: {note}, so global ranking kept "
             "the same heads in the same groups."
         )
-        return " ".join(lines) + "\n"
+        return f"### {title}\n\n" + " ".join(lines) + "\n"
     distilled = [p for p in pairs if p["stage"] == "distilled"]
     zero_shot = {(p["arm_a"], p["arm_b"]): p for p in pairs if p["stage"] == "zero_shot"}
     for pair in distilled:
@@ -261,7 +267,7 @@ def _finding(comparison: str, pairs: list[dict], by: dict, summary: dict) -> str
         notes = [f"{r['arm']}: {r['note']}" for r in (a, b) if r["note"]]
         if notes:
             lines.append("(" + "; ".join(notes) + ".)")
-    return " ".join(line for line in lines if line) + "\n"
+    return f"### {title}\n\n" + " ".join(line for line in lines if line) + "\n"
 
 
 def _from_scratch(summary: dict, by: dict) -> str:

@@ -117,7 +117,7 @@ class StudySettings:
     )
     # the default fits 3 seeds of every comparison in <= 30 minutes on a 2-core CPU (see the report's runtime)
     tokens: int = setting(
-        64_000, parse=parse_token_count, cli_default="64k", help="distillation tokens per arm and seed, e.g. 64k"
+        48_000, parse=parse_token_count, cli_default="48k", help="distillation tokens per arm and seed, e.g. 48k"
     )
     seeds: int = setting(
         3,
@@ -190,7 +190,7 @@ class StudySettings:
         batch = self.batch_size * self.seq_len
         if self.tokens < batch:
             raise ValueError(
-                f"--tokens {self.tokens} is less than one batch ({self.batch_size} x {self.seq_len} = {batch}); raise it, e.g. --tokens 64k"
+                f"--tokens {self.tokens} is less than one batch ({self.batch_size} x {self.seq_len} = {batch}); raise it, e.g. --tokens 48k"
             )
         if self.scratch_budget and self.scratch_budget < batch:
             raise ValueError(
@@ -382,9 +382,18 @@ def run_study(
         by_spec = {}
         for key, arm in runs.items():
             by_spec.setdefault(arms_lib.spec_json(arm.spec), done[key, seeds[0]].model)
-        latency_by_spec = paired_latencies(
-            {"teacher": teacher, **by_spec}, teacher, settings.seq_len, settings.latency_repeats
-        )
+        latency_by_spec = paired_latencies(by_spec, teacher, settings.seq_len, settings.latency_repeats)
+        # the teacher's row: its median over every pair it was timed in, the reference of every speedup
+        teacher_ms = float(np.median([timed["teacher_ms"] for timed in latency_by_spec.values()]))
+        latency_by_spec["teacher"] = {
+            "latency_ms": teacher_ms,
+            "latency_ms_low": None,
+            "latency_ms_high": None,
+            "teacher_ms": teacher_ms,
+            "speedup": 1.0,
+            "speedup_low": 1.0,
+            "speedup_high": 1.0,
+        }
 
     with stage("intervals and report"):
         results, per_seed, windows = _results(
