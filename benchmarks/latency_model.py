@@ -71,7 +71,8 @@ def candidates(description) -> dict[str, PruneSpec]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=6, help="paired rounds per candidate")
+    parser.add_argument("--rounds", type=int, default=8, help="paired rounds per candidate")
+    parser.add_argument("--repeats", type=int, default=CalibrationSettings().repeats, help="calibration rounds")
     parser.add_argument("--save", action="store_true", help="keep the calibration in the workspace")
     parser.add_argument(
         "--threads",
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     description = describe(teacher)
     print(f"teacher: {what}; device {dev}, {torch.get_num_threads()} threads, seq_len {args.seq_len}")
     start = time.perf_counter()
-    latency = calibrate(teacher, CalibrationSettings(seq_lens=sorted({64, args.seq_len})))
+    latency = calibrate(teacher, CalibrationSettings(seq_lens=sorted({64, args.seq_len}), repeats=args.repeats))
     folder = None if args.save else tempfile.mkdtemp(prefix="hybridlab-latency-")
     path = save_latency_model(latency, folder)
     print(f"calibrated in {time.perf_counter() - start:.0f} s -> {path} ({latency.label})")

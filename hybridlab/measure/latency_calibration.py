@@ -73,7 +73,7 @@ class CalibrationSettings:
         cli_default="64,256",
         help="prompt lengths timed, comma-separated (cover the lengths you will predict for)",
     )
-    repeats: int = setting(5, check=step_count, help="timed forwards per shape; the median counts")
+    repeats: int = setting(7, check=step_count, help="timed rounds over every shape; the median counts")
     warmup: int = setting(1, check=step_count_or_zero, help="untimed forwards per shape first")
 
 
@@ -254,15 +254,19 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
     finally:
         for timer in timers:
             timer.close()
+    # A round that ran while the machine was busier is slower for every shape: scale each round by how
+    # its first shape (the model's own widths) compared with that shape's median, as paired timing does.
+    first = [r[1] for r in runs[0]]
+    load = [t / statistics.median(first) for t in first]  # [rounds]
     for (_, widths, seq_len), measured in zip(shapes, runs):
-        layer_s = [statistics.median(r[0][i] for r in measured) for i in range(widths.num_layers)]
-        total_s = statistics.median(r[1] for r in measured)
+        layer_s = [statistics.median(r[0][i] / f for r, f in zip(measured, load)) for i in range(widths.num_layers)]
+        # the rest round by round: a difference of medians can go negative when a layer was slow in one round
+        rest_s = max(statistics.median((r[1] - sum(r[0])) / f for r, f in zip(measured, load)), 0.0)
         for kind, seconds in zip(widths.layer_kinds, layer_s):
             feats = layer_features(kind, widths, seq_len, seq_len)
             rows.setdefault(kind, []).append((feats, seconds))
             points.append({"kind": kind, "seq_len": seq_len, "features": feats, "seconds": seconds})
         feats = rest_features(widths, 1, seq_len)
-        rest_s = max(total_s - sum(layer_s), 0.0)
         rows.setdefault(REST, []).append((feats, rest_s))
         points.append({"kind": REST, "seq_len": seq_len, "features": feats, "seconds": rest_s})
     del built, shapes, timers
