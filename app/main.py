@@ -37,6 +37,7 @@ navigation = st.navigation(
         st.Page(PAGES / "planner.py", title="Prune planner", icon=":material/content_cut:"),
         st.Page(PAGES / "distill.py", title="Distill", icon=":material/science:"),
         st.Page(PAGES / "pareto.py", title="Pareto", icon=":material/show_chart:"),
+        st.Page(PAGES / "depth_vs_width.py", title="Depth vs width", icon=":material/compare:"),
         st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/schedule:"),
     ]
 )

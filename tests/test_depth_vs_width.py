@@ -1,0 +1,286 @@
+"""The depth-versus-width page: the search restricted to one strategy, per-window validation losses,
+the job chains the page submits (real jobs in a real SQLite store on a tiny model), the three columns
+with intervals from those jobs' results, and a study folder opened in the same view (Streamlit AppTest)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import plotly.io as pio
+import pytest
+import torch
+import torch.nn.functional as F
+from app_fixtures import tiny_model_dir
+from streamlit.testing.v1 import AppTest
+
+from app import depth_width as dw
+from hybridlab import estimate_importance, jobs
+from hybridlab.jobs.worker import run_worker
+from hybridlab.measure.evaluate import token_windows, validation_loss
+from hybridlab.search.space import SearchSpace, check_reachable, enumerate_candidates, parse_target
+from hybridlab.store import SUCCEEDED, job_ref
+from hybridlab.study import stats
+
+# -- the library parts the page stands on -------------------------------------------------------------
+
+
+@pytest.fixture
+def scores(tiny_nemotron, token_batches):
+    return estimate_importance(tiny_nemotron, token_batches, layer_metric="kl")
+
+
+def test_search_space_keeps_only_the_asked_strategy(tiny_nemotron, scores):
+    total = sum(p.numel() for p in tiny_nemotron.parameters())
+    target = parse_target("70%", total)
+    base = dict(hidden_divisor=4, ffn_divisor=8, head_dim_divisor=1, max_depth_prune=0.8)
+    every = enumerate_candidates(tiny_nemotron.config, scores, target, 0.08, SearchSpace(**base))
+    assert {c.strategy for c in every} == {"width", "depth", "mixed"}
+    for strategy in ("width", "depth", "mixed"):
+        only = enumerate_candidates(tiny_nemotron.config, scores, target, 0.08, SearchSpace(**base, strategy=strategy))
+        assert sorted(c.name for c in only) == sorted(c.name for c in every if c.strategy == strategy)
+        for candidate in only:  # what each strategy means, read off the spec itself
+            spec = candidate.spec.to_dict()
+            drops = "drop_layers" in spec
+            widths = set(spec) - {"drop_layers", "num_layers"}
+            assert (drops, bool(widths)) == {"width": (False, True), "depth": (True, False), "mixed": (True, True)}[
+                strategy
+            ]
+    with pytest.raises(ValueError, match="must be one of"):
+        SearchSpace(strategy="deep").validate()
+
+
+def test_reachability_counts_only_the_asked_strategy(tiny_nemotron):
+    total = sum(p.numel() for p in tiny_nemotron.parameters())
+    target = parse_target("35%", total)
+    check_reachable(tiny_nemotron.config, target, 0.02, SearchSpace(max_depth_prune=0.9))  # depth gets there
+    with pytest.raises(ValueError, match="width pruning only"):
+        check_reachable(tiny_nemotron.config, target, 0.02, SearchSpace(max_depth_prune=0.9, strategy="width"))
+
+
+def test_validation_loss_reports_each_windows_loss(tiny_nemotron):
+    tokens = np.random.default_rng(1).integers(3, 128, size=5 * 16 + 1 + 3).astype(np.uint16)
+    result = validation_loss(tiny_nemotron, tokens, seq_len=16, batch_size=2)
+    windows = token_windows(tokens, 16)  # [5, 17]
+    with torch.no_grad():
+        logits = tiny_nemotron.eval()(input_ids=windows[:, :-1]).logits.float()  # [5, 16, V]
+        expected = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").mean(dim=1)  # [5]
+    assert result["window_losses"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert np.mean(result["window_losses"]) == pytest.approx(result["loss"], abs=1e-6)
+
+
+# -- the page, on a tiny model, with every job run for real -------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+PAGE = "pages/depth_vs_width.py"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dvw")
+    model = tiny_model_dir(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HYBRIDLAB_WORKSPACE", str(root / "workspace"))
+    mp.setattr(jobs, "ensure_worker", lambda *a, **k: None)  # the test drains the queue itself
+    yield {"model": model, "root": root}
+    mp.undo()
+
+
+def page(lab, **state):
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.session_state["model_ref"] = lab["model"].ref
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def figures(at) -> list:
+    return [pio.from_json(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def labelled(widgets, prefix: str):
+    return next(w for w in widgets if w.label.startswith(prefix))
+
+
+def drain(key: str) -> dict:
+    """Run queued jobs in this process and submit each next stage, as the page's poll does, until done."""
+    request = dw.load(key)
+    while dw.active(request):
+        run_worker(exit_when_idle=True, poll_s=0.05)
+        request = dw.advance(request)
+    return request
+
+
+@pytest.fixture(scope="module")
+def submitted(lab):
+    """The page's form submitted for the tiny model at 60% with quick budgets, then every job run."""
+    at = page(lab)
+    labelled(at.slider, "parameter budget").set_value(60)
+    labelled(at.number_input, "tolerance").set_value(10.0)
+    labelled(at.checkbox, "quick look").check()
+    model = lab["model"]
+    for prefix, path in (("calibration", model.calib), ("training", model.val), ("validation", model.val)):
+        labelled(at.text_input, prefix).input(path)
+    labelled(at.button, "Find and compare").click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    key = at.session_state["dvw_key"]
+    first = jobs.list_jobs()
+    return {"key": key, "first": first, "request": drain(key)}
+
+
+def test_submitting_scores_first_then_chains_search_prune_distill_eval_bench(lab, submitted):
+    model = lab["model"]
+    first = submitted["first"]
+    assert list(first["kind"]) == ["importance"]  # the tiny model had no scores: nothing else can start yet
+    request = submitted["request"]
+    listing = jobs.list_jobs().set_index("id")
+    assert (listing["status"] == SUCCEEDED).all(), listing[["kind", "status", "error"]]
+    searches = {s: jobs.get_job(j) for s, j in request["jobs"]["searches"].items()}
+    assert set(searches) == {"width", "depth", "mixed"}
+    for strategy, search in searches.items():
+        spec = search["spec"]
+        assert spec["strategy"] == strategy and spec["importance"] == request["scores"] and spec["top_k"] == 0
+        assert (spec["max_width_prune"] == 0) == (strategy == "depth")
+        assert (spec["max_depth_prune"] == 0) == (strategy == "width")
+        chain = {step: jobs.get_job(j) for step, j in request["jobs"]["chains"][strategy].items()}
+        best = search["result"]["best"]
+        assert best["strategy"] == strategy
+        prune = chain["prune"]
+        assert prune["spec"]["spec"] == json.loads(best["spec"]) and prune["spec"]["importance"] == request["scores"]
+        assert prune["result"]["params"] == best["params"]  # the search's pick, pruned again by the same rule
+        assert chain["zero_shot"]["parents"] == [prune["id"]] and chain["zero_shot"]["spec"]["model"] == job_ref(
+            prune["id"]
+        )
+        assert chain["distill"]["parents"] == [prune["id"]] and chain["distill"]["spec"]["student"] == job_ref(
+            prune["id"]
+        )
+        for step in ("distilled", "bench"):
+            assert chain[step]["parents"] == [chain["distill"]["id"]]
+            assert chain[step]["spec"]["model"] == job_ref(chain["distill"]["id"])
+        assert chain["bench"]["spec"]["reference"] == model.ref  # timed in pairs with the teacher
+        assert chain["bench"]["result"]["reference_model"] == model.ref
+        # every loss is on the same windows: the teacher's eval and both of the candidate's
+        windows = {len(chain[s]["result"]["tasks"]["val_loss"]["window_losses"]) for s in ("zero_shot", "distilled")}
+        assert windows == {1024 // 64}
+    # a second poll submits nothing more
+    assert dw.advance(dw.load(submitted["key"]))["jobs"] == request["jobs"]
+    assert len(jobs.list_jobs()) == 1 + 3 + 1 + 3 * 5
+
+
+def metric_values(at) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for metric in at.metric:
+        found.setdefault(metric.label, []).append(metric.value)
+    return found
+
+
+def parse_interval(text: str) -> tuple[float, float, float]:
+    estimate, low, high = (float(x) for x in re.findall(r"-?\d+\.\d+", text)[:3])
+    return estimate, low, high
+
+
+def test_finished_candidates_show_side_by_side_with_intervals(lab, submitted):
+    at = page(lab, dvw_key=submitted["key"])
+    assert not at.error, [e.value for e in at.error]
+    assert [h.value for h in at.subheader][:3] == ["width only", "depth only", "mixed"]
+    values = metric_values(at)
+    request = submitted["request"]
+    for stage, label in (("zero_shot", "zero-shot loss (95% CI)"), ("distilled", "distilled loss (95% CI)")):
+        assert len(values[label]) == 3
+        for strategy, text in zip(("width", "depth", "mixed"), values[label]):
+            job = jobs.get_job(request["jobs"]["chains"][strategy][stage])
+            expected = stats.bootstrap_mean(job["result"]["tasks"]["val_loss"]["window_losses"])
+            estimate, low, high = parse_interval(text)
+            assert (estimate, low, high) == pytest.approx((expected.estimate, expected.low, expected.high), abs=6e-4)
+            assert estimate == pytest.approx(job["result"]["val_loss"], abs=6e-4)
+            assert low < estimate < high
+    for strategy, text in zip(("width", "depth", "mixed"), values["prefill speedup vs teacher (95% CI)"]):
+        bench = jobs.get_job(request["jobs"]["chains"][strategy]["bench"])["result"]["paired"]["prefill"]
+        estimate, low, high = parse_interval(text)
+        assert (estimate, low, high) == pytest.approx(
+            (bench["speedup"], bench["speedup_low"], bench["speedup_high"]), abs=6e-3
+        )
+    titles = [fig.layout.title.text for fig in figures(at)]
+    assert titles.count("Distillation: validation loss") == 3  # the curves, from the distill jobs' metrics
+    assert "Loss with 95% bootstrap intervals" in titles
+    depth_spec = json.loads(jobs.get_job(request["jobs"]["searches"]["depth"])["result"]["best"]["spec"])
+    assert f"depth only: drops {len(depth_spec['drop_layers'])} layers" in titles
+    assert "width only: drops 0 layers" in titles
+    # the heatmaps cross out what the candidate's own spec prunes (the one kept-units rule, app.overlay)
+    crossed = [fig for fig in figures(at) if any(getattr(t, "mode", None) == "markers" for t in fig.data)]
+    assert len(crossed) >= 3
+    verdict_tables = [frame.value for frame in at.dataframe]
+    assert any("verdict" in table.columns and len(table) == 3 for table in verdict_tables)
+
+
+def test_a_candidate_goes_to_the_pareto_chart(lab, submitted):
+    at = page(lab, dvw_key=submitted["key"])
+    labelled([b for b in at.button if b.key == "dvw-pareto-depth"], "Show on the Pareto").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["pareto_focus"] == f"{submitted['key']}-depth-distilled"
+    pareto = page(lab, pareto_focus=at.session_state["pareto_focus"])
+    pareto.switch_page("pages/pareto.py").run()
+    assert not pareto.exception, pareto.exception
+    assert labelled(pareto.selectbox, "second").value == f"{submitted['key']}-depth-distilled"
+
+
+@pytest.fixture(scope="module")
+def study_folder(lab):
+    """A real study of the tiny model: width vs depth only, two seeds, tiny budgets."""
+    from transformers import AutoModelForCausalLM
+
+    from hybridlab.study.run import StudySettings, run_study
+
+    model = lab["model"]
+    teacher = AutoModelForCausalLM.from_pretrained(model.ref, dtype=torch.float32)
+    tokens = np.load(model.val)
+    settings = StudySettings(
+        compression=0.4,
+        tokens=4 * 4 * 32,
+        scratch_tokens=0,
+        seq_len=32,
+        batch_size=4,
+        eval_tokens=512,
+        teacher_top_k=16,
+        tolerance=0.1,
+        max_candidates=2,
+        curve_points=2,
+        curve_eval_tokens=256,
+        latency_repeats=1,
+        calib_samples=4,
+        layer_samples=4,
+        seeds=2,
+        comparisons=("width_vs_depth",),
+    )
+    calib = torch.from_numpy(np.load(model.calib)[: 12 * 32].astype(np.int64)).view(12, 32)
+    out = lab["root"] / "study"
+    run_study(teacher, None, tokens[:6000], tokens[6000:], calib, settings, out)
+    return out
+
+
+def test_a_study_folder_opens_in_the_same_view(lab, study_folder):
+    import pandas as pd
+
+    at = page(lab)
+    at.radio[0].set_value("a study's arms").run()
+    labelled(at.text_input, "study folder").input(str(lab["root"] / "nothing-here")).run()
+    assert any("no study results" in e.value for e in at.error)  # one line, no traceback
+    labelled(at.text_input, "study folder").input(str(study_folder)).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert [h.value for h in at.subheader][:2] == ["width only", "depth only"]
+    results = pd.read_csv(study_folder / "results.csv").set_index("arm")
+    values = metric_values(at)
+    for arm, text in zip(("width-only", "depth-only"), values["distilled loss (95% CI, 2 seeds)"]):
+        row = results.loc[arm]
+        assert parse_interval(text) == pytest.approx(
+            (row["distilled_loss"], row["distilled_loss_low"], row["distilled_loss_high"]), abs=6e-4
+        )
+    titles = [fig.layout.title.text for fig in figures(at)]
+    assert titles.count("Distillation: validation loss over 2 seeds") == 2  # the study's band over seeds
+    assert any("verdict" in frame.value.columns for frame in at.dataframe)  # paired by seed and window
