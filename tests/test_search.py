@@ -248,3 +248,91 @@ def test_cli_search_latency_budget_errors_are_one_line(tiny_nemotron, tmp_path, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list_jobs().empty and not (tmp_path / "out").exists()
+
+
+# ---- mixtures of experts -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moe_teacher():
+    from tests.families.tiny import tiny_model
+
+    model = tiny_model("nemotron_h_moe")
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randint(3, 128, (4, 24), generator=generator) for _ in range(2)]
+    return model, estimate_importance(model, batches, layer_metric="kl")
+
+
+@pytest.mark.parametrize("budget", ["total", "active"])
+def test_moe_search_space_puts_experts_expert_width_and_dense_axes_at_one_budget(moe_teacher, budget):
+    from hybridlab import estimate_sizes
+    from hybridlab.model.spec import fewest_experts
+    from hybridlab.search.space import moe_axes_of
+
+    model, scores = moe_teacher
+    sizes = estimate_sizes(model.config)
+    space = SearchSpace(hidden_divisor=8, ffn_divisor=8, head_dim_divisor=1, param_budget=budget)
+    target = parse_target("80%", sizes.budget_params(budget))
+    found = enumerate_candidates(model.config, scores, target, 0.05, space)
+    kinds = {moe_axes_of(c.spec) for c in found}
+    assert {"", "experts", "expert width"} <= kinds, kinds  # expert axes (with or without dense ones) or none
+    if budget == "total":  # experts alone reach it; in active parameters a token still runs through top-k
+        assert any(set(c.spec.to_dict()) == {"num_moe_experts"} for c in found)
+    widths = scores_widths(model)
+    assert all(c.spec.num_moe_experts is None or c.spec.num_moe_experts >= fewest_experts(widths) for c in found)
+    assert all(c.spec.num_moe_experts is None or c.spec.num_moe_experts % widths.moe_n_group == 0 for c in found)
+    picked = pick_diverse(found, 8, target)
+    assert len({moe_axes_of(c.spec) for c in picked}) == min(len(kinds), 8)  # every kind gets a turn
+    for candidate in picked:
+        assert abs(candidate.params - target) <= 0.05 * target
+        pruned = prune(model, candidate.spec, scores)
+        total = sum(p.numel() for p in pruned.parameters())
+        counted = estimate_sizes(pruned.config).budget_params(budget)
+        assert (total if budget == "total" else counted) == candidate.params, candidate.name
+        assert counted == candidate.params  # the pruned model's own config counts the same
+
+
+def scores_widths(model):
+    from hybridlab.families import describe
+
+    return describe(model.config).widths
+
+
+def test_moe_search_with_shared_expert_and_reachability(moe_teacher):
+    from hybridlab.search.space import moe_axes_of
+
+    model, scores = moe_teacher
+    total = sum(p.numel() for p in model.parameters())
+    space = SearchSpace(hidden_divisor=8, ffn_divisor=8, head_dim_divisor=1, prune_shared_expert=True)
+    found = enumerate_candidates(model.config, scores, parse_target("80%", total), 0.05, space)
+    assert any("shared expert" in moe_axes_of(c.spec) for c in found)
+    assert not any(
+        "shared expert" in moe_axes_of(c.spec)
+        for c in enumerate_candidates(
+            model.config, scores, parse_target("80%", total), 0.05, SearchSpace(hidden_divisor=8, ffn_divisor=8)
+        )
+    )
+    # the floor counts the expert axes: 45% is reachable only by cutting experts as well
+    check_reachable(model.config, parse_target("45%", total), 0.02, SearchSpace())
+    with pytest.raises(ValueError, match="below the smallest architecture"):
+        check_reachable(model.config, parse_target("10%", total), 0.02, SearchSpace())
+
+
+def test_moe_search_end_to_end_ranks_candidates_that_cut_experts(moe_teacher):
+    model, scores = moe_teacher
+    settings = SearchSettings(
+        target_params="80%",
+        tolerance=0.05,
+        max_candidates=6,
+        top_k=0,
+        distill_tokens=0,
+        seq_len=32,
+        eval_tokens=256,
+        measure_latency=False,
+        space=SearchSpace(hidden_divisor=8, ffn_divisor=8, head_dim_divisor=1),
+    )
+    frame = search(model, None, corpus(), corpus(2000, seed=1), settings, scores=scores).candidates
+    specs = [json.loads(s) for s in frame["spec"][1:]]
+    assert any("num_moe_experts" in s for s in specs) and any("moe_ffn_hidden_size" in s for s in specs)
+    assert any(not {"num_moe_experts", "moe_ffn_hidden_size"} & set(s) for s in specs)
+    assert frame["zero_shot_loss"].notna().all()

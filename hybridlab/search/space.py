@@ -4,6 +4,12 @@ Widths shrink in steps of a divisor down to `1 - max_width_prune` of the origina
 depth down to `1 - max_depth_prune` of the layers, dropping the least important ones
 by a layer metric (or the least important contiguous block). Every candidate carries
 explicit drop_layers, so its parameter count is exact.
+
+A mixture of experts adds its axes to the same space: routed experts (in whole routing groups, never
+fewer than the router's top-k needs), the width of every routed expert and, with prune_shared_expert,
+the shared expert's; so experts, expert width and the dense axes compete at one budget, in total or in
+active parameters per token (`param_budget`). `moe_axes_of` names which expert axes a candidate cuts,
+and `pick_diverse` takes turns between them as it does between width, depth and both.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import torch
 from hybridlab.compression.kept import least_important_layers
 from hybridlab.compression.layer_importance import LAYER_METRICS
 from hybridlab.core.settings import below_one, check_settings, parse_token_count, positive, setting
-from hybridlab.families import ATTENTION, MAMBA, MLP, ModelDescription, describe
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, ModelDescription, Widths, describe
 from hybridlab.model.sizes import PARAM_BUDGETS, planned_widths, sizes_of
-from hybridlab.model.spec import PruneSpec
+from hybridlab.model.spec import PruneSpec, fewest_experts
 
 STRATEGIES = ("width", "depth", "mixed")  # what a candidate prunes: widths only, layers only, both
 ANY_STRATEGY = "any"
@@ -32,7 +38,7 @@ class SearchSpace:
     # modelopt's default is 0.2; the paper dropped up to 26 of 52 layers
     max_depth_prune: float = setting(0.5, check=below_one, help="largest share of the layers removed")
     hidden_divisor: int | None = setting(None, check=positive, help="hidden size step (default hidden/16)")
-    ffn_divisor: int | None = setting(None, check=positive, help="FFN size step (default ffn/32)")
+    ffn_divisor: int | None = setting(None, check=positive, help="FFN and shared-expert size step (default size/32)")
     head_dim_divisor: int = setting(8, check=positive, help="Mamba head dimension step (modelopt's)")
     layer_divisor: int = setting(1, check=positive, help="layer count step (modelopt's is 2)")
     prune_attention: bool = setting(False, help="also search attention head counts (the paper keeps them)")
@@ -50,6 +56,14 @@ class SearchSpace:
         choices=(ANY_STRATEGY, *STRATEGIES),
         help="only candidates that prune widths alone, layers alone, or both (default: any of them)",
     )
+
+    expert_divisor: int | None = setting(
+        None, check=positive, help="routed-expert count step (default experts/8, in whole routing groups)"
+    )
+    moe_ffn_divisor: int | None = setting(
+        None, check=positive, help="routed-expert width step (default width/8, a multiple of 8 as grouped_mm needs)"
+    )
+    prune_shared_expert: bool = setting(False, help="also search the shared expert's width (mixtures of experts)")
 
     def validate(self) -> None:
         check_settings(self)
@@ -125,6 +139,7 @@ def check_reachable(config, target_params: int, tolerance: float, space: SearchS
         if space.prune_attention
         else widths.num_attention_heads,
         layer_kinds=proportional_kinds(widths.layer_kinds, keep),
+        **{key: min(values) for key, values in moe_axis_values(widths, space, width_prune).items()},
     )
     floor = sizes_of(description.derive(smallest)).budget_params(space.param_budget)  # with what the family derives
     if floor > target_params * (1 + tolerance):
@@ -165,6 +180,7 @@ def enumerate_candidates(
         "num_attention_heads": width_values(widths.num_attention_heads, widths.num_key_value_heads, w_prune)
         if space.prune_attention and widths.has(ATTENTION) and "num_attention_heads" not in widths.derived_axes
         else [None],
+        **moe_axis_values(widths, space, w_prune),
     }
     min_layers = math.ceil(widths.num_layers * (1 - space.max_depth_prune))
     depths = [
@@ -205,16 +221,51 @@ def enumerate_candidates(
     return found
 
 
+def moe_axis_values(widths: Widths, space: SearchSpace, max_prune: float) -> dict[str, list[int]]:
+    """{spec key: values, largest first} of a mixture of experts' axes ({} for a dense model). Routed
+    experts step in whole routing groups and stop at the fewest the router can use."""
+    if not widths.has(MOE):
+        return {}
+    groups, experts, width = widths.moe_n_group, widths.num_moe_experts, widths.moe_ffn_hidden_size
+    expert_step = space.expert_divisor or groups * max(1, experts // 8 // groups)
+    fewest = fewest_experts(widths)
+    values = {
+        "num_moe_experts": [n for n in width_values(experts, expert_step, max_prune) if n >= fewest] or [experts],
+        "moe_ffn_hidden_size": width_values(width, space.moe_ffn_divisor or max(8, -(-width // 8 // 8) * 8), max_prune),
+    }
+    shared = widths.moe_shared_expert_intermediate_size
+    if space.prune_shared_expert and shared:
+        values["moe_shared_expert_intermediate_size"] = width_values(
+            shared, space.ffn_divisor or max(1, shared // 32), max_prune
+        )
+    return values
+
+
+MOE_AXIS_NAMES = {
+    "num_moe_experts": "experts",
+    "moe_ffn_hidden_size": "expert width",
+    "moe_shared_expert_intermediate_size": "shared expert",
+}
+
+
+def moe_axes_of(spec: PruneSpec) -> str:
+    """Which mixture-of-experts axes a spec cuts, e.g. "experts+expert width"; "" when none."""
+    values = spec.to_dict()
+    return "+".join(name for key, name in MOE_AXIS_NAMES.items() if key in values)
+
+
 def _only(space: SearchSpace) -> str:
     return "" if space.strategy == ANY_STRATEGY else f", {space.strategy} pruning only"
 
 
 def pick_diverse(candidates: list[Candidate], limit: int, target_params: int) -> list[Candidate]:
-    """At most `limit` candidates, taken in turn from each strategy, closest to the target first."""
-    by_strategy: dict[str, list[Candidate]] = {}
+    """At most `limit` candidates, taken in turn from each strategy (and, in a mixture of experts, from
+    each combination of expert axes it cuts: none, experts, expert width, ...), closest to the target first."""
+    by_kind: dict[tuple[str, str], list[Candidate]] = {}
     for candidate in sorted(candidates, key=lambda c: (abs(c.params - target_params), c.name)):
-        by_strategy.setdefault(candidate.strategy, []).append(candidate)
-    return round_robin([by_strategy[s] for s in ("width", "mixed", "depth") if s in by_strategy], limit)
+        by_kind.setdefault((candidate.strategy, moe_axes_of(candidate.spec)), []).append(candidate)
+    order = sorted(by_kind, key=lambda kind: (("width", "mixed", "depth").index(kind[0]), kind[1]))
+    return round_robin([by_kind[kind] for kind in order], limit)
 
 
 def round_robin(queues: list[list], limit: int) -> list:
