@@ -71,7 +71,8 @@ names = list(table["name"])
 if len(names) >= 2:
     cols = st.columns(2)
     first = cols[0].selectbox("first", names, index=0)
-    second = cols[1].selectbox("second", names, index=len(names) - 1)
+    focus = st.session_state.get("pareto_focus")  # a model sent here from the Depth vs width page
+    second = cols[1].selectbox("second", names, index=names.index(focus) if focus in names else len(names) - 1)
     arch = {}
     for name in (first, second):
         model = table.set_index("name").loc[name, "model"]
