@@ -11,6 +11,8 @@ Comparisons (paper section and what it found):
 - ssm_pruned_vs_whole: a width mix that prunes Mamba heads versus one that leaves the
   SSM whole, at equal parameters (Table 1, candidates 1 and 2: equal loss);
 - importance_vs_random: one spec, importance ranking versus seeded random ranking.
+- experts_vs_expert_width (a mixture-of-experts teacher only; run with the others by default): fewer
+  routed experts versus narrower ones, at the same parameter count (Nemotron-3-Nano 30B -> 22B cut both).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import torch
 from hybridlab.compression.importance import MAMBA_HEAD
 from hybridlab.compression.kept import kept_units
 from hybridlab.compression.prune import prune
-from hybridlab.families import ATTENTION, MAMBA, MambaLayout, ModelDescription, describe
+from hybridlab.families import ATTENTION, MAMBA, MOE, MambaLayout, ModelDescription, describe
 from hybridlab.model.sizes import planned_widths, sizes_of
-from hybridlab.model.spec import PruneSpec
+from hybridlab.model.spec import PruneSpec, fewest_experts
 from hybridlab.search.space import Candidate, SearchSpace, enumerate_candidates, round_robin
 
 WIDTH_VS_DEPTH = "width_vs_depth"
@@ -44,6 +46,8 @@ COMPARISONS = (
     IMPORTANCE_VS_RANDOM,
     FROM_SCRATCH,
 )
+EXPERTS_VS_EXPERT_WIDTH = "experts_vs_expert_width"
+MOE_COMPARISONS = (EXPERTS_VS_EXPERT_WIDTH,)  # only a mixture-of-experts teacher has them
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,60 @@ def mispaired_heads(scores, config, spec: PruneSpec) -> tuple[int, int]:
     return moved, total
 
 
+# -- routed experts versus expert width (mixtures of experts) ------------------------------------------
+
+
+def experts_vs_width_specs(config, target: int) -> tuple[PruneSpec, PruneSpec]:
+    """(fewer experts, narrower experts) at one budget: the routed-expert count (that the router can use)
+    whose model is closest to `target` parameters, then the expert width whose model is closest to that."""
+    description = describe(config)
+    w = description.widths
+    if not w.has(MOE):
+        raise ValueError("the experts-versus-expert-width comparison needs a mixture-of-experts teacher")
+    fewer = _closest(description, "num_moe_experts", range(fewest_experts(w), w.num_moe_experts), target)
+    narrower = fewer and _closest(
+        description, "moe_ffn_hidden_size", range(1, w.moe_ffn_hidden_size), params_of(description, fewer)
+    )
+    if not narrower:
+        raise ValueError(
+            f"this teacher's {w.num_moe_experts} routed experts of {w.moe_ffn_hidden_size} neurons cannot lose "
+            "experts and neurons in plans it can build; leave experts_vs_expert_width out"
+        )
+    return fewer, narrower
+
+
+def _closest(description, key: str, values, goal: int) -> PruneSpec | None:
+    """The buildable PruneSpec(key=value) whose parameter count is closest to `goal`."""
+    best: tuple[int, PruneSpec] | None = None
+    for value in values:
+        spec = PruneSpec(**{key: value})
+        try:
+            gap = abs(params_of(description, spec) - goal)
+        except ValueError:  # the router or the family cannot take it (groups, top-k, grouped_mm widths)
+            continue
+        if best is None or gap < best[0]:
+            best = (gap, spec)
+    return best and best[1]
+
+
+def wanted_comparisons(comparisons, config) -> set[str]:
+    """The comparisons to plan: those asked for, plus, for a mixture-of-experts teacher asked for every
+    comparison, the ones only such a teacher has."""
+    wanted = set(comparisons)
+    if describe(config).widths.has(MOE) and set(COMPARISONS) <= wanted:
+        wanted |= set(MOE_COMPARISONS)
+    return wanted
+
+
+def expert_arms(config, target: int) -> list[Arm]:
+    fewer, narrower = experts_vs_width_specs(config, target)
+    counts = {spec: f"{params_of(config, spec):,} parameters" for spec in (fewer, narrower)}
+    return [
+        Arm(EXPERTS_VS_EXPERT_WIDTH, "fewer experts", fewer, note=counts[fewer]),
+        Arm(EXPERTS_VS_EXPERT_WIDTH, "narrower experts", narrower, note=counts[narrower]),
+    ]
+
+
 # -- the plan -----------------------------------------------------------------------------------
 
 
@@ -236,12 +294,12 @@ def plan_arms(
     facts for the report). windows_of(model) -> [W] losses; a candidate ranks by their mean.
     description: describe(teacher), when the caller already has it."""
     description = describe(teacher) if description is None else description.checked_for(teacher)
-    wanted = set(settings.comparisons)
+    wanted = wanted_comparisons(settings.comparisons, description)
     facts: dict = {}
     arms: list[Arm] = []
     ranked = pd.DataFrame(columns=["name", "spec", "params", "prunes_mamba_heads", "zero_shot_loss"])
     zero_shot: dict[str, np.ndarray] = {}
-    if wanted - {HEADS_VS_CHANNELS}:
+    if wanted - {HEADS_VS_CHANNELS, *MOE_COMPARISONS}:
         candidates = width_candidates(
             description, scores, target, settings.tolerance, settings.max_width_prune, layer_metric
         )
@@ -313,4 +371,6 @@ def plan_arms(
             ]
     if HEADS_VS_CHANNELS in wanted:
         arms += sweep_arms(description, list(settings.ssm_sweep))
+    if EXPERTS_VS_EXPERT_WIDTH in wanted:
+        arms += expert_arms(description, target)
     return arms, ranked, zero_shot, facts
