@@ -36,7 +36,7 @@ def known_model(config, **overrides) -> LatencyModel:
         dtype="float32",
         threads=1,
         layers={kind: LinearFit(coef(kind)) for kind in set(widths.layer_kinds)},
-        rest=LinearFit({"calls": 1e-4, "hidden": 1e-9, "lm_head": 1e-10}),
+        rest=LinearFit({"calls": 1e-4, "layers": 1e-5, "hidden": 1e-9, "lm_head": 1e-10}),
     )
     return LatencyModel(**{**values, **overrides})
 

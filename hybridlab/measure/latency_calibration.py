@@ -2,7 +2,7 @@
 
 Small random-weight models of the given model's family are built at a few widths (the model's own,
 all at 3/4 and 1/2, and each prunable axis alone at 1/2) with a short layer pattern (two layers of
-each kind the model has), in the model's class, dtype, device and Mamba path. Each is run as bench's
+each kind the model has), and one at the model's own widths and depth, in the model's class, dtype, device and Mamba path. Each is run as bench's
 prefill at a few sequence lengths, every shape once per round, round after round (so the machine's
 changing load falls on all shapes alike); forward hooks on every decoder layer (the family adapter's
 `Layer.block`) time the layers one by one, and what the forward spends outside them is the "rest". One linear fit
@@ -79,7 +79,8 @@ class CalibrationSettings:
 
 def width_points(description) -> list[PruneSpec]:
     """The widths timed: the model's, all axes at 3/4 and 1/2, each axis alone at 1/2 (so the fit can
-    tell the axes apart); each with two layers of every kind. Points the family refuses are left out."""
+    tell the axes apart); each with two layers of every kind; then the model's own widths and layers
+    (so the rest can tell a per-layer cost from a fixed one). Points the family refuses are left out."""
     widths = description.widths
     axes = {a: getattr(widths, a) for a in WIDTH_AXES if getattr(widths, a) and a not in widths.derived_axes}
     steps = {
@@ -99,6 +100,8 @@ def width_points(description) -> list[PruneSpec]:
                 continue
             points.append(spec)
             break
+    if drop is not None:  # and the model's own depth once: what the forward spends per layer outside them
+        points.append(PruneSpec())
     return points
 
 
@@ -255,9 +258,12 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
         for timer in timers:
             timer.close()
     # A round that ran while the machine was busier is slower for every shape: scale each round by how
-    # its first shape (the model's own widths) compared with that shape's median, as paired timing does.
-    first = [r[1] for r in runs[0]]
-    load = [t / statistics.median(first) for t in first]  # [rounds]
+    # its shapes compared with their own medians (the median of those ratios, so one spike does not count).
+    typical = [statistics.median(r[1] for r in measured) for measured in runs]  # [shapes]
+    load = [
+        statistics.median(measured[i][1] / typical[s] for s, measured in enumerate(runs))
+        for i in range(settings.repeats)
+    ]  # [rounds]
     for (_, widths, seq_len), measured in zip(shapes, runs):
         layer_s = [statistics.median(r[0][i] / f for r, f in zip(measured, load)) for i in range(widths.num_layers)]
         # the rest round by round: a difference of medians can go negative when a layer was slow in one round

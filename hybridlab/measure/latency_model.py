@@ -65,9 +65,10 @@ def layer_features(layer_kind: str, w: Widths, tokens: int, seq_len: int) -> dic
 
 
 def rest_features(w: Widths, batch_size: int, seq_len: int) -> dict[str, float]:
-    """Outside the layers: model overhead, embedding lookup and final norm, the lm head on the last position."""
+    """Outside the layers: model overhead (fixed and per layer), embedding lookup and final norm, the lm head."""
     return {
         "calls": 1.0,
+        "layers": float(w.num_layers),  # the layer loop, masks and cache entries per layer
         "hidden": float(batch_size * seq_len * w.hidden_size),
         "lm_head": float(batch_size * w.vocab_size * w.hidden_size),
     }
