@@ -196,3 +196,11 @@ def test_calibration_follows_the_models_mamba_path(tiny_nemotron):
         pytest.skip("this transformers' NemotronH mixer has no kernel functions the fast path replaces")
     built = build_like(tiny_nemotron, description, width_points(description)[1])
     assert fast_mamba_on(tiny_nemotron) and fast_mamba_on(built)
+
+
+def test_calibration_stops_adding_rounds_after_its_time_budget(tiny_nemotron):
+    from hybridlab.measure.latency_calibration import MIN_ROUNDS, CalibrationSettings, calibrate
+
+    settings = CalibrationSettings(seq_lens=[8], repeats=50, warmup=0, max_seconds=1e-6)
+    assert calibrate(tiny_nemotron, settings).rounds == MIN_ROUNDS  # the budget was spent before round 4
+    assert calibrate(tiny_nemotron, CalibrationSettings(seq_lens=[8], repeats=2, warmup=0)).rounds == 2

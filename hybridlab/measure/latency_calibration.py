@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hybridlab.core.progress import ProgressFn, track
+from hybridlab.core.progress import ProgressFn
 from hybridlab.core.settings import (
     MAX_SEQ_LEN,
     at_most,
@@ -40,6 +40,7 @@ from hybridlab.measure.latency_model import (
 from hybridlab.model.sizes import planned_widths
 from hybridlab.model.spec import PruneSpec
 
+MIN_ROUNDS = 3  # timed rounds a calibration always makes, whatever its time budget
 WIDTH_AXES = ("hidden_size", "ffn_hidden_size", "mamba_num_heads", "mamba_head_dim", "num_attention_heads")
 
 
@@ -75,6 +76,12 @@ class CalibrationSettings:
     )
     repeats: int = setting(7, check=step_count, help="timed rounds over every shape; the median counts")
     warmup: int = setting(1, check=step_count_or_zero, help="untimed forwards per shape first")
+    max_seconds: float = setting(
+        90.0,
+        check=(positive, at_most(86_400)),
+        help=f"no new timed round starts after this many seconds, once {MIN_ROUNDS} have run: "
+        "a slow dtype or a busy machine gets fewer rounds, not a longer wait",
+    )
 
 
 def width_points(description) -> list[PruneSpec]:
@@ -245,11 +252,16 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
     shapes = [(b, describe(b).widths, seq_len) for b in built for seq_len in settings.seq_lens]
     timers = [LayerTimer(b, seq_len) for b, _, seq_len in shapes]
     runs: list[list] = [[] for _ in shapes]
+    planned = settings.warmup + settings.repeats
     try:
         # Round-robin over the shapes, like paired timing: a change in the machine's load falls on
         # every shape's rounds alike instead of on whichever shape was being timed then.
-        for round_ in track(range(settings.warmup + settings.repeats), settings.warmup + settings.repeats,
-                            "latency calibration", progress):  # fmt: skip
+        for round_ in range(planned):
+            elapsed = time.perf_counter() - begin
+            if round_ >= settings.warmup + MIN_ROUNDS and elapsed > settings.max_seconds:
+                break
+            if progress is not None:
+                progress(max(round_ / planned, min(elapsed / settings.max_seconds, 0.99)), "latency calibration", None)
             for timer, kept in zip(timers, runs):
                 measured = timer.run()
                 if round_ >= settings.warmup:
@@ -261,8 +273,7 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
     # its shapes compared with their own medians (the median of those ratios, so one spike does not count).
     typical = [statistics.median(r[1] for r in measured) for measured in runs]  # [shapes]
     load = [
-        statistics.median(measured[i][1] / typical[s] for s, measured in enumerate(runs))
-        for i in range(settings.repeats)
+        statistics.median(measured[i][1] / typical[s] for s, measured in enumerate(runs)) for i in range(len(runs[0]))
     ]  # [rounds]
     for (_, widths, seq_len), measured in zip(shapes, runs):
         layer_s = [statistics.median(r[0][i] / f for r, f in zip(measured, load)) for i in range(widths.num_layers)]
@@ -276,6 +287,8 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
         rows.setdefault(REST, []).append((feats, rest_s))
         points.append({"kind": REST, "seq_len": seq_len, "features": feats, "seconds": rest_s})
     del built, shapes, timers
+    if progress is not None:
+        progress(1.0, "latency calibration", None)
     fits = {kind: fit_linear([f for f, _ in pairs], [s for _, s in pairs]) for kind, pairs in rows.items()}
     where = describe_run(model)
     forward = mamba_forward(model)
@@ -295,5 +308,6 @@ def calibrate(model, settings: CalibrationSettings | None = None, progress: Prog
         mamba_forward=forward,
         fast_mamba=fast_mamba_on(model),
         seconds=time.perf_counter() - begin,
+        rounds=len(runs[0]),
         points=points,
     )

@@ -124,6 +124,7 @@ class LatencyModel:
     fast_mamba: bool = False
     calibrated_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the calibration took
+    rounds: int = 0  # timed rounds over every shape
     points: list[dict] = field(default_factory=list)  # the timings the fit came from (kind, features, seconds)
 
     @property
