@@ -23,7 +23,7 @@ import numpy as np
 
 from hybridlab import jobs
 from hybridlab.core.atomic import write_json
-from hybridlab.core.paths import workspace_dir
+from hybridlab.core.paths import DEMO_VAL, demo_dir, workspace_dir
 from hybridlab.search.space import STRATEGIES
 from hybridlab.store import CANCELLED, FAILED, FINISHED, SUCCEEDED, job_ref
 from hybridlab.study import stats
@@ -31,6 +31,7 @@ from hybridlab.study import stats
 LABELS = {"width": "width only", "depth": "depth only", "mixed": "mixed"}
 FOLDER = "depth_vs_width"
 CHAIN = ("prune", "zero_shot", "distill", "distilled", "bench")  # a candidate's jobs, in order
+REFUSED = "refused"  # a chain's record when its submission was refused: the reason
 
 
 @dataclass
@@ -159,14 +160,19 @@ def advance(request: dict, workspace=None) -> dict:
     if "searches" not in submitted:
         submitted["searches"] = _submit_searches(request, workspace)
         submitted["teacher_eval"] = jobs.submit("eval", _eval_spec(request["model"], request), workspace)
-        changed = True
+        save(request, workspace)  # before anything else can fail: these must never be submitted twice
+        changed = False
     chains = submitted.setdefault("chains", {})
     for strategy, search_id in submitted["searches"].items():
         if strategy in chains:
             continue
         job = jobs.get_job(search_id, workspace)
         if job["status"] == SUCCEEDED:
-            chains[strategy] = _submit_chain(request, strategy, json.loads(job["result"]["best"]["spec"]), workspace)
+            spec = json.loads(job["result"]["best"]["spec"])
+            try:
+                chains[strategy] = _submit_chain(request, strategy, spec, workspace)
+            except ValueError as err:  # recorded, not retried on every poll
+                chains[strategy] = {REFUSED: f"the {LABELS[strategy]} chain was refused: {err}"}
             changed = True
     return save(request, workspace) if changed else request
 
@@ -203,23 +209,25 @@ def _submit_searches(request: dict, workspace) -> dict[str, int]:
     bounds = {  # a strategy's other axis stays whole, so its enumeration stays small
         "width": {"max_width_prune": s.max_width_prune, "max_depth_prune": 0.0},
         "depth": {"max_width_prune": 0.0, "max_depth_prune": s.max_depth_prune},
-        "mixed": {"max_width_prune": s.max_width_prune, "max_depth_prune": s.max_depth_prune},
+        # the paper's mix keeps most layers; up to half of them keeps its space (widths x depths) quick to list
+        "mixed": {"max_width_prune": s.max_width_prune, "max_depth_prune": min(s.max_depth_prune, 0.5)},
     }
     specs = {
         strategy: {**common, **bounds[strategy], "strategy": strategy, "name": f"{request['key']}-{strategy}-search"}
         for strategy in STRATEGIES
     }
-    for spec in specs.values():  # all three checked before any is submitted: a refusal leaves none queued
-        jobs.validate_spec("search", spec)
+    # Each is checked when submitted (its whole candidate space is enumerated, seconds for a mixed one):
+    # a refusal cancels those before it, so no search of a refused comparison runs.
     return _submit_all([("search", spec, None) for spec in specs.values()], workspace, list(specs))
 
 
 def _eval_spec(model: str, request: dict) -> dict:
     s = _settings(request)
+    demo = request["model"] == "demo"  # a "job:N" model made from the demo needs the demo's file named
     return {
         "model": model,
         "tasks": ["val_loss"],
-        "val_tokens": s.val_tokens,
+        "val_tokens": s.val_tokens or (str(demo_dir() / DEMO_VAL) if demo else None),
         "max_tokens": s.eval_tokens,
         "seq_len": s.seq_len,
         "dtype": s.dtype,
@@ -293,7 +301,7 @@ def job_ids(request: dict) -> list[int]:
     found = [request["jobs"][k] for k in ("importance", "teacher_eval") if k in request["jobs"]]
     found += list(request["jobs"].get("searches", {}).values())
     for chain in request["jobs"].get("chains", {}).values():
-        found += [chain[step] for step in CHAIN if step in chain]
+        found += [chain[step] for step in CHAIN if step in chain]  # none for a refused chain
     return found
 
 
@@ -302,7 +310,9 @@ def active(request: dict, workspace=None) -> bool:
     statuses = {j: jobs.get_job(j, workspace)["status"] for j in job_ids(request)}
     if any(status not in FINISHED for status in statuses.values()):
         return True
-    stuck = any(status in (FAILED, CANCELLED) for status in statuses.values())
+    stuck = any(status in (FAILED, CANCELLED) for status in statuses.values()) or any(
+        REFUSED in chain for chain in request["jobs"].get("chains", {}).values()
+    )
     searches = request["jobs"].get("searches", {})
     waiting = not searches or any(s not in request["jobs"].get("chains", {}) for s in searches)
     return waiting and not stuck
@@ -338,13 +348,20 @@ def columns(request: dict, workspace=None) -> tuple[list[Column], stats.Interval
     get = lambda job_id: jobs.get_job(job_id, workspace) if job_id is not None else None  # noqa: E731
     submitted = request["jobs"]
     teacher = _windows(get(submitted.get("teacher_eval")))
+    importance = get(submitted.get("importance"))
+    scoring_failed = importance is not None and importance["status"] in (FAILED, CANCELLED)
     out = []
     for strategy in STRATEGIES:
         column = Column(strategy, "waiting for importance scores" if request["scores"] is None else "queued")
         search = get(submitted.get("searches", {}).get(strategy))
         chain = submitted.get("chains", {}).get(strategy, {})
-        failed = [job for job in (search, *map(get, chain.values())) if job and job["status"] in (FAILED, CANCELLED)]
-        if failed:
+        steps = [get(chain.get(step)) for step in CHAIN]
+        failed = [job for job in (search, *steps) if job and job["status"] in (FAILED, CANCELLED)]
+        if REFUSED in chain:
+            column.error = chain[REFUSED]
+        elif scoring_failed and request["scores"] is None:
+            column.error = f"importance job {importance['id']} {importance['status']}: {importance['error']}"
+        elif failed:
             column.error = f"job {failed[0]['id']} ({failed[0]['kind']}) {failed[0]['status']}: {failed[0]['error']}"
         if search is not None:
             column.status = f"search: {search['status']}" + (f" · {search['message']}" if search["message"] else "")
@@ -369,7 +386,7 @@ def columns(request: dict, workspace=None) -> tuple[list[Column], stats.Interval
             if prefill:
                 column.speedup = (prefill["speedup"], prefill.get("speedup_low"), prefill.get("speedup_high"))
                 column.speedup_note = f"prefill of {bench['spec']['seq_len']} tokens, {bench['spec']['repeats']} rounds"
-        if chain:
+        if chain and REFUSED not in chain:
             column.status = _chain_status(chain, get)
         out.append(column)
     return out, _interval(teacher)
