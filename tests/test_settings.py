@@ -70,7 +70,9 @@ def test_every_setting_is_a_cli_option_and_a_job_field_with_the_same_default(cls
         if item.setting.cli and item.name not in cli_skips:
             action = actions[item.name]
             assert item.flag in action.option_strings
-            if item.types == (bool,):  # a switch: given, it flips the default
+            if item.types == (bool,) and item.default is None:  # --x / --no-x, unset decides automatically
+                assert action.default is None and f"--no-{item.flag[2:]}" in action.option_strings
+            elif item.types == (bool,):  # a switch: given, it flips the default
                 assert action.default is item.default and action.const is (not item.default)
             else:
                 assert action.required == (item.required or item.setting.cli_required)

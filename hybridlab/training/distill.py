@@ -57,8 +57,12 @@ class DistillSettings:
     lm_loss_weight: float = setting(
         0.0, check=fraction, help="w mixes (1 - w) * KD + w * next-token cross entropy; 0 = pure KD"
     )
-    bf16_autocast: bool = setting(
-        True, flag="--no-bf16", key="bf16", help="bf16 autocast; the command's --no-bf16 (a job's false) trains in fp32"
+    bf16_autocast: bool | None = setting(
+        None,
+        flag="--bf16",
+        key="bf16",
+        help="bf16 autocast (--no-bf16: fp32); by default only where bf16 is native (GPUs, CPUs with AMX or "
+        "AVX512-BF16): elsewhere it is several times slower than fp32",
     )
     log_every: int = setting(10, check=step_count, help="steps between logged training losses")
     eval_every: int = setting(50, check=step_count, help="steps between validation evaluations")
@@ -149,9 +153,14 @@ def check_resume(out_dir: str | Path, settings: DistillSettings, label=lambda na
             if who.strip("'-").replace("-", "_") != name:  # e.g. --no-bf16 for bf16_autocast
                 who = f"{who} ({name})"
             raise UserError(
-                f"{who} is {shown(value)}, but the run in {out_dir} was started with {shown(recorded[name])}; "
+                f"{who} is {_shown_setting(value)}, but the run in {out_dir} was started with "
+                f"{_shown_setting(recorded[name])}; "
                 "resume with the same setting, or start a new run in another folder"
             )
+
+
+def _shown_setting(value) -> str:
+    return "unset (decided by the device)" if value is None else shown(value)
 
 
 def _check_ids(tokens, vocab_size: int, name: str) -> None:

@@ -10,7 +10,7 @@
 - `eval_fn(model) -> metrics` runs under no_grad in eval mode every `eval_every` steps and at the end.
 
 AdamW, linear warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping, optional bf16
-autocast (measured fastest on CPU). Metrics go to `<out_dir>/metrics.jsonl` (one JSON object per
+autocast (None: where the device computes bf16 natively, see hybridlab.core.hardware). Metrics go to `<out_dir>/metrics.jsonl` (one JSON object per
 line, `"kind": "train"` or `"eval"`); the latest checkpoint lives in `<out_dir>/checkpoint/`.
 If `progress` raises `Cancelled` (or Ctrl-C arrives), a checkpoint is saved and the exception re-raised.
 
@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from hybridlab.core.atomic import write_text
+from hybridlab.core.hardware import native_bf16
 from hybridlab.core.progress import Cancelled, ProgressFn
 from hybridlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
@@ -53,7 +54,7 @@ class TrainerSettings:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    bf16_autocast: bool = True
+    bf16_autocast: bool | None = None  # None: only where bf16 is native (GPUs, AMX / AVX512-BF16 CPUs)
     log_every: int = 10
     eval_every: int = 250
     checkpoint_every: int = 250
@@ -104,7 +105,8 @@ def make_optimizer(model: torch.nn.Module, s: TrainerSettings) -> torch.optim.Ad
 
 def _autocast(s: TrainerSettings, model: torch.nn.Module):
     device_type = next(model.parameters()).device.type
-    return torch.autocast(device_type, dtype=torch.bfloat16) if s.bf16_autocast else nullcontext()
+    wanted = native_bf16(device_type) if s.bf16_autocast is None else s.bf16_autocast
+    return torch.autocast(device_type, dtype=torch.bfloat16) if wanted else nullcontext()
 
 
 def train(
