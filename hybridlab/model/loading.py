@@ -27,11 +27,16 @@ def load_model(
     dtype: torch.dtype | None = None,
     allow_pickle_weights: bool = False,
 ):
-    """(model in eval mode, tokenizer or None). Checks the config, the family and its layer types,
+    """(model in eval mode, tokenizer or None). dtype None keeps the checkpoint's own (the demo: float32).
+    Checks the config, the family and its layer types,
     and the weight files' headers (hybridlab.model.checks) before loading weights; pickle `.bin`
     weights only with `allow_pickle_weights`."""
     from transformers import AutoModelForCausalLM
 
+    if dtype is None and str(ref) == DEMO_NAME:
+        # Stored in bf16 to stay small, computed in fp32 like load_demo() and every figure in its card:
+        # bf16 arithmetic is emulated on CPUs without AMX/AVX512-BF16 and ran several times slower there.
+        dtype = torch.float32
     path = resolve_model_dir(ref)
     describe_config(read_config(path, trust_remote_code))  # an unsupported family fails here
     check_weights(path, allow_pickle_weights)  # truncated or garbage files fail here, not inside transformers

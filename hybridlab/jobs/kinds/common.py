@@ -86,7 +86,9 @@ class JobOptions:
     )
     trust_remote_code: bool = setting(False, help="allow custom modeling code from the model folder")
     dtype: str = setting(
-        "auto", choices=DTYPES, help="load models in this dtype; auto keeps each checkpoint's own (bf16 stays bf16)"
+        "auto",
+        choices=DTYPES,
+        help="load models in this dtype; auto keeps each checkpoint's own (bf16 stays bf16; the demo computes in float32)",
     )
     allow_pickle_weights: bool = setting(
         False, help="read pickle-based pytorch_model.bin weights, which can run code when read (off: safetensors only)"
