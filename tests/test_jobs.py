@@ -732,3 +732,157 @@ def test_jobs_cli_submit_list_show_cancel(ws, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["worker", "--workspace", str(ws), "--stale-after", "1"]) == 2
     assert "--stale-after must be more than twice --heartbeat" in capsys.readouterr().err
+
+
+# ---- chains through other outputs: an importance job's scores, a search job's chosen spec ---------------
+
+
+def _chain_specs(model_dir: Path, tokens: Path, tolerance: float) -> tuple[dict, dict]:
+    """(importance spec, search spec) for the tiny model: a width-only search at 70%, ranked zero-shot."""
+    importance = {"model": str(model_dir), "calib": str(tokens), "samples": 8, "seq_len": 24, "batch_size": 4}
+    search = {
+        "model": str(model_dir),
+        "train_tokens": str(tokens),
+        "val_tokens": str(tokens),
+        "target_params": "70%",
+        "tolerance": tolerance,
+        "strategy": "width",
+        "max_depth_prune": 0.0,
+        "max_candidates": 2,
+        "top_k": 0,
+        "tokens": 0,
+        "seq_len": 24,
+        "eval_tokens": 240,
+        "measure_latency": False,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+    return importance, search
+
+
+def _submit_chain(ws: Path, model_dir: Path, tokens: Path, tolerance: float) -> list[int]:
+    """importance -> search -> prune -> eval, submitted at once: each names what it needs by "job:N"."""
+    from hybridlab.jobs import job_ref, submit
+
+    importance, search = _chain_specs(model_dir, tokens, tolerance)
+    scored = submit("importance", importance, ws)
+    searched = submit("search", {**search, "importance": job_ref(scored)}, ws)
+    pruned = submit("prune", {"model": str(model_dir), "spec": job_ref(searched), "importance": job_ref(scored)}, ws)
+    evaluated = submit(
+        "eval", {"model": job_ref(pruned), "val_tokens": str(tokens), "max_tokens": 240, "seq_len": 24}, ws
+    )
+    return [scored, searched, pruned, evaluated]
+
+
+def test_importance_search_prune_eval_submitted_at_once_run_to_the_end_with_only_a_worker(
+    ws, tmp_path, start_worker, tiny_nemotron
+):
+    import numpy as np
+    import torch
+
+    from hybridlab import ImportanceScores, PruneSpec, load_model, prune
+    from hybridlab.jobs import job_ref, wait
+    from hybridlab.measure.evaluate import validation_loss
+
+    model_dir = tmp_path / "tiny"
+    tiny_nemotron.save_pretrained(model_dir)
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.random.default_rng(0).integers(3, 128, size=2048, dtype=np.uint16))
+    ids = _submit_chain(ws, model_dir, tokens, tolerance=0.1)
+    scored, searched, pruned, evaluated = ids
+    assert [(job(j, ws)["status"], job(j, ws)["parents"]) for j in ids] == [
+        ("queued", []),
+        ("waiting", [scored]),
+        ("waiting", [scored, searched]),  # both references make parents, with no after=
+        ("waiting", [pruned]),
+    ]
+
+    start_worker()  # from here on nothing but the worker and the store: no page polls, nothing submits
+    finished = [wait(j, TIMEOUT_S * 2, ws) for j in ids]
+    assert [j["status"] for j in finished] == ["succeeded"] * 4, [j["error"] for j in finished]
+    assert finished[2]["spec"]["spec"] == job_ref(searched)  # the record keeps the reference
+    assert finished[2]["spec"]["importance"] == job_ref(scored)
+    assert [j["started_at"] >= p["finished_at"] for j, p in zip(finished[1:], finished)] == [True] * 3
+
+    # The prune job pruned the search's choice with the importance job's scores: the very model a direct call makes.
+    best = finished[1]["result"]["best"]
+    chosen = json.loads(best["spec"])
+    assert finished[2]["result"]["strategy"] == "width" and finished[2]["result"]["params"] == best["params"]
+    scores = ImportanceScores.load(ws / finished[0]["result"]["artifact"])
+    model, _ = load_model(model_dir)
+    expected = prune(model, PruneSpec.from_dict(chosen), scores)
+    candidate, _ = load_model(finished[2]["result"]["model_path"])
+    assert candidate.state_dict().keys() == expected.state_dict().keys()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(candidate.state_dict()[name], tensor), name
+    loss = validation_loss(candidate, np.load(tokens), seq_len=24, max_tokens=240)["loss"]
+    assert finished[3]["result"]["val_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_search_with_no_candidate_fails_in_the_worker_and_ends_its_chain_with_the_reason(ws, tmp_path, start_worker):
+    """The expensive check (is any candidate within tolerance?) is the search's own first step in the
+    worker, not the submission's; its one line ends everything below it. A cancelled parent cancels too."""
+    import numpy as np
+
+    from hybridlab.jobs import cancel, wait
+
+    model_dir = _tiny_model_dir(tmp_path / "tiny")
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.random.default_rng(0).integers(3, 128, size=2048, dtype=np.uint16))
+    scored, searched, pruned, evaluated = _submit_chain(ws, model_dir, tokens, tolerance=0.0001)  # submits at once
+    dropped = _submit_chain(ws, model_dir, tokens, tolerance=0.1)
+    assert cancel(dropped[0], ws) == "cancelled"
+    for below in dropped[1:]:
+        ended = job(below, ws)  # decided by the store at once: no worker needed
+        assert ended["status"] == "cancelled" and "cancelled, so this job did not run" in ended["error"], ended
+
+    start_worker()
+    assert wait(scored, TIMEOUT_S, ws)["status"] == "succeeded"
+    failed = wait(searched, TIMEOUT_S, ws)
+    assert failed["status"] == "failed"
+    assert "no candidate within 0% of" in failed["error"] and "\n" not in failed["error"]
+    for below, parent in ((pruned, searched), (evaluated, pruned)):
+        ended = wait(below, TIMEOUT_S, ws)
+        assert (ended["status"], ended["attempts"]) == ("failed", 0)
+        assert ended["error"].startswith(f"parent job {parent} (")
+        assert "no candidate within 0% of" in ended["error"]  # the reason travels down the chain
+
+
+def test_references_to_the_wrong_kind_of_output_are_refused_at_submission(ws, tmp_path):
+    import numpy as np
+
+    from hybridlab.jobs import JobSpecError, job_ref, list_jobs, submit
+
+    model_dir = _tiny_model_dir(tmp_path / "tiny")
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.random.default_rng(0).integers(3, 128, size=2048, dtype=np.uint16))
+    counted = submit("count", {"steps": 1}, ws)
+    cases = [
+        (
+            "prune",
+            {"model": str(model_dir), "spec": job_ref(counted), "ranking": "random"},
+            f"'spec' refers to job {counted}, a count job, which makes no chosen spec; refer to a search job$",
+        ),
+        (
+            "search",
+            {
+                "model": str(model_dir),
+                "importance": job_ref(counted),
+                "target_params": "70%",
+                "seq_len": 24,
+                "train_tokens": str(tokens),
+                "val_tokens": str(tokens),
+            },  # fmt: skip
+            f"'importance' refers to job {counted}, a count job, which makes no importance scores; refer to an "
+            "importance job$",
+        ),
+        (
+            "prune",
+            {"model": str(model_dir), "spec": "half", "ranking": "random"},
+            "'spec': must be a dict of PruneSpec",
+        ),
+    ]
+    for kind, spec, message in cases:
+        with pytest.raises(JobSpecError, match=message):
+            submit(kind, spec, ws)
+    assert list_jobs(ws)["id"].tolist() == [counted]

@@ -14,18 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybridlab.compression.kept import EXPERT_RANKINGS
+from hybridlab.core.errors import shown
 from hybridlab.core.settings import seed_value, setting
 from hybridlab.jobs.kinds.common import (
     Calibration,
     JobOptions,
     ModelInput,
     check_calibration,
+    check_model_input,
     layer_metric_arg,
     run_id_or_folder,
     run_name,
     scores_dir,
 )
 from hybridlab.jobs.kinds.source_model import Streaming, calibration_sizes, open_source
+from hybridlab.jobs.parents import is_reference
 from hybridlab.jobs.registry import Artifact, JobKind, spec_fields
 
 ARTIFACT = Artifact(folder="candidates", prefix="candidate")  # artifacts/candidates/<name>
@@ -33,16 +36,29 @@ ARTIFACT = Artifact(folder="candidates", prefix="candidate")  # artifacts/candid
 DEPTH_KEYS = ("num_layers", "drop_layers")
 
 
+def plan_or_reference(value: dict | str) -> dict | str:
+    """A PruneSpec dict (checked against the model by the kind), or "job:N" naming a search job."""
+    if isinstance(value, str) and not is_reference(value):
+        raise ValueError(f'must be a dict of PruneSpec sizes or "job:N" naming a search job, got {shown(value)}')
+    return value
+
+
 @dataclass
 class PruneOptions:
     """How a prune job chooses the units to keep; the sizes themselves are a PruneSpec ('spec')."""
 
-    spec: dict = setting(cli=False, help="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}")
+    spec: dict | str = setting(
+        cli=False,
+        check=plan_or_reference,
+        help="PruneSpec as a dict, e.g. {'hidden_size': 48, 'mamba_num_heads': 4}, or \"job:N\": the spec search "
+        "job N chose",
+    )
     importance: int | str | None = setting(
         None,
         flag="--scores",
         parse=run_id_or_folder,
-        help="an importance run id, or a folder of saved ImportanceScores (default: score the model now)",
+        help="an importance run id, or a folder of saved ImportanceScores (default: score the model now); in a job "
+        'spec also "job:N": the scores importance job N writes',
     )
     ranking: str = setting("importance", choices=("importance", "random"))
     mamba_ranking: str = setting(
@@ -82,10 +98,15 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False, 
 def _check(spec: dict, store) -> None:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
 
-    description = check_architecture(
-        spec["model"], spec["spec"], spec["trust_remote_code"], spec["allow_pickle_weights"]
-    )
+    if is_reference(spec["spec"]):  # the search's choice: checked against the model once it is known
+        description = check_model_input(spec)
+    else:
+        description = check_architecture(
+            spec["model"], spec["spec"], spec["trust_remote_code"], spec["allow_pickle_weights"]
+        )
     importance = spec["importance"]
+    if is_reference(importance):  # scores an importance job will write: they are fitted once they exist
+        return
     if importance is None and spec["ranking"] == "importance" and spec["calib"] is None and spec["model"] != "demo":
         raise ValueError(
             "ranking by importance needs 'importance' (an importance run id or scores folder) "

@@ -29,6 +29,7 @@ from hybridlab.jobs.kinds.common import (
     run_name,
     scores_dir,
 )
+from hybridlab.jobs.parents import is_reference
 from hybridlab.jobs.registry import Artifact, JobKind, settings_from_spec, spec_fields
 from hybridlab.search.run import SearchSettings
 
@@ -43,7 +44,8 @@ class SearchInputs:
         None,
         flag="--scores",
         parse=run_id_or_folder,
-        help="an importance run id or scores folder (default: computed from the calibration data)",
+        help="an importance run id or scores folder (default: computed from the calibration data); in a job "
+        'spec also "job:N": the scores importance job N writes',
     )
     calib: str | None = setting(
         None,
@@ -90,7 +92,10 @@ def _check(spec: dict, store) -> None:
 
 
 def _scores_ref(importance, store):
-    """A scores folder made absolute; a run id checked (needs the store) and kept as the id."""
+    """A scores folder made absolute; a run id checked (needs the store) and kept as the id; "job:N"
+    kept (hybridlab.jobs.parents checks job N and resolves it to its scores folder when this job starts)."""
+    if is_reference(importance):
+        return importance
     if isinstance(importance, str):
         return str(scores_dir(importance, store))
     if store is not None:
@@ -99,10 +104,13 @@ def _scores_ref(importance, store):
 
 
 def _check_budget(spec: dict, settings, store) -> None:
-    """An unreachable budget fails from the config alone (and the scores, when given), before any weights load."""
+    """An unreachable budget fails from the config alone (and the scores, when given), before any weights load.
+    Only cheap checks: whether some candidate lands within tolerance of the budget takes listing the whole
+    candidate space (up to a minute for a mixed search of the demo), so the search itself finds that out in
+    the worker, and fails with the same one line, before any pruning."""
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.model.sizes import estimate_sizes
-    from hybridlab.search.space import check_reachable, enumerate_candidates, parse_target
+    from hybridlab.search.space import check_reachable, parse_target
 
     description = check_model_input(spec)  # config, family, layer types and weight headers
     check_seq_len(description, settings.seq_len)
@@ -119,11 +127,16 @@ def _check_budget(spec: dict, settings, store) -> None:
     if spec["importance"] is None:
         check_token_input(spec["calib"] or "demo", description, label="'calib'", min_tokens=settings.seq_len,
                           row_len=settings.seq_len)  # fmt: skip
-    if spec["importance"] is not None and (isinstance(spec["importance"], str) or store is not None):
-        folder = scores_dir(spec["importance"], store)
+    importance = spec["importance"]
+    if importance is not None and not is_reference(importance) and (isinstance(importance, str) or store is not None):
+        folder = scores_dir(importance, store)
         scores = load_scores(folder)
         check_scores_fit(scores, description, folder)
-        enumerate_candidates(description, scores, target, settings.tolerance, settings.space, settings.seq_len)
+        if settings.space.layer_metric not in scores.layers:
+            raise ValueError(
+                f"the scores in {folder} have no {settings.space.layer_metric!r} layer metric (they have "
+                f"{sorted(scores.layers)}); set 'layer_metric' to one of them"
+            )
 
 
 def _check_calibrated(description, store) -> None:
