@@ -129,7 +129,7 @@ def _header(summary: dict, s: dict, teacher: dict) -> str:
     calibration = (
         f"which {samples} of the {pool} calibration windows score the units (neurons, heads, channels) a student "
         f"keeps (drawn without replacement; the drop-one-layer KL, which only plans the depth arm, runs once, on "
-        f"the first {s['layer_samples']} windows of the first seed)"
+        f"the first {min(s['layer_samples'], samples)} windows of the first seed)"
         if pool and pool > samples
         else f"nothing in the calibration: the pool has only {pool} windows, so every seed scores all of them"
     )
