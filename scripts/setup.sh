@@ -25,3 +25,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+
+# The native CPU Mamba2 kernels (hybridlab/model/native): compiled once into .cache/hybridlab-native
+# (about a minute); without a compiler hybridlab uses its PyTorch path, so a failure only warns.
+"$VPY" -m hybridlab.model.native build || true

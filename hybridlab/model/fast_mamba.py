@@ -175,6 +175,79 @@ class _SSDScan(torch.autograd.Function):
         return dx, da, dB, dC, ds0, None
 
 
+def _native():
+    """The compiled kernels (hybridlab.model.native), or None: then the PyTorch code below runs."""
+    from hybridlab.model import native
+
+    return native.kernels()
+
+
+def _all_float32(*tensors) -> bool:
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+
+
+class _NativeScan(torch.autograd.Function):
+    """The sequential selective scan in C++ (mamba_cpu.cpp scan_forward / scan_backward):
+    x [b, L, h, p], dt [b, L, h] (after bias, softplus and limits), A [h], B, C [b, L, g, n], D [h]
+    or None, s0 [b, h, p, n] or None -> y [b, L, h, p] (with the D term), final state [b, h, p, n]."""
+
+    @staticmethod
+    def forward(ctx, kernels, x, dt, A, B, C, D, s0):
+        none = torch.empty(0)
+        y, final = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none if s0 is None else s0)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, dt, A, B, C, D, s0)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, s0 = ctx.saved_tensors
+        none = torch.empty(0)
+        dx, ddt, dA, dB, dC, dD, ds0 = ctx.kernels.scan_backward(
+            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0,
+            dy, none if dfinal is None else dfinal,
+        )  # fmt: skip
+        return (
+            None,
+            dx,
+            ddt,
+            dA.sum(0),
+            dB,
+            dC,
+            None if D is None else dD.sum(0),
+            None if s0 is None else ds0,
+        )
+
+
+class _NativeConv(torch.autograd.Function):
+    """Causal depthwise conv1d + bias + SiLU in C++ on channel-last x [b, L, ch] (last dimension
+    contiguous), weight [ch, k], bias [ch] or None -> [b, L, ch]."""
+
+    @staticmethod
+    def forward(ctx, kernels, x, weight, bias):
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, bias)
+        return kernels.conv_forward(x, weight, torch.empty(0) if bias is None else bias)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, torch.empty(0) if bias is None else bias, dout)
+        return None, dx, dweight, None if bias is None else dbias
+
+
+def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=None, **kwargs):
+    """transformers' `causal_conv1d_fn` with SiLU: hidden_states [b, ch, L] (in the mixers a
+    transposed view of channel-last memory), weight [ch, k] -> [b, ch, L], natively when it can."""
+    kernels = _native()
+    if kernels is None or activation != "silu" or not _all_float32(hidden_states, weight, bias) or weight.dim() != 2:
+        return _original(hidden_states, weight, bias, activation=activation, **kwargs)
+    channel_last = hidden_states.transpose(1, 2)  # [b, L, ch]
+    if channel_last.stride(2) != 1:
+        channel_last = channel_last.contiguous()
+    return _NativeConv.apply(kernels, channel_last, weight, bias).transpose(1, 2)
+
+
 def chunk_scan(
     hidden_states,
     dt,
@@ -193,6 +266,31 @@ def chunk_scan(
     """transformers' `mamba2_chunk_scan` (same arguments, dtypes and results), faster on the CPU.
     hidden_states [b, L, h, p], dt [b, L, h], A [h], B and C [b, L, g, n] -> y [b, L, h, p] float32
     (and the final state [b, h, p, n] with `return_final_states`)."""
+    kernels = _native()
+    if (
+        kernels is not None
+        and _all_float32(hidden_states, dt, A, B, C, D, dt_bias, initial_states)
+        and hidden_states.shape[2] % B.shape[2] == 0
+    ):
+        # the kernel reads rows [h, p] and [g, n] as contiguous blocks (masked inputs may come channel-first)
+        hidden_states, B, C = (
+            t if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] else t.contiguous() for t in (hidden_states, B, C)
+        )
+        if dt_bias is not None:
+            dt = dt + dt_bias
+        if dt_softplus:
+            dt = F.softplus(dt)
+        dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+        y, final = _NativeScan.apply(kernels, hidden_states, dt.contiguous(), A.contiguous(), B, C, D, initial_states)
+        return (y, final) if return_final_states else y
+    return _pytorch_chunk_scan(
+        hidden_states, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_softplus, dt_limit, return_final_states
+    )
+
+
+def _pytorch_chunk_scan(
+    hidden_states, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_softplus, dt_limit, return_final_states
+):
     length = hidden_states.shape[1]
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
@@ -276,7 +374,11 @@ def _applies(name: str, args, kwargs) -> bool:
     return True
 
 
-FAST_KERNELS = {"mamba2_chunk_scan": chunk_scan, "mamba2_selective_state_update": selective_state_update}
+FAST_KERNELS = {
+    "mamba2_chunk_scan": chunk_scan,
+    "mamba2_selective_state_update": selective_state_update,
+    "causal_conv1d_fn": causal_conv1d,
+}
 
 
 def _dispatching(name: str, original):
@@ -285,7 +387,7 @@ def _dispatching(name: str, original):
     @functools.wraps(original)
     def dispatch(*args, **kwargs):
         if _applies(name, args, kwargs):
-            return FAST_KERNELS[name](*args, **kwargs)
+            return FAST_KERNELS[name](*args, _original=original, **kwargs)
         return original(*args, **kwargs)
 
     dispatch.hybridlab_original = original

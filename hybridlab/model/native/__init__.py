@@ -1,0 +1,102 @@
+"""The native CPU Mamba2 kernels (mamba_cpu.cpp), compiled once with torch.utils.cpp_extension.
+
+`kernels()` returns the compiled module, or None when it cannot be had (no compiler, a failed build,
+HYBRIDLAB_NATIVE_MAMBA=0); then one warning line is logged and hybridlab.model.fast_mamba keeps its
+PyTorch path. The build goes to HYBRIDLAB_NATIVE_CACHE, by default .cache/hybridlab-native/ in the
+checkout (git-ignored; ~/.cache/hybridlab-native when the package is installed elsewhere), one folder
+per instruction-set variant: "avx2" (-mavx2 -mfma) only where this CPU reports both flags, else
+"generic" (-O3 alone, SSE2), so a cache copied to another CPU never runs instructions it lacks.
+`python -m hybridlab.model.native build` compiles it ahead of time (scripts/setup.sh does).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV_SWITCH = "HYBRIDLAB_NATIVE_MAMBA"  # "0": never build or use the native kernels
+SOURCE = Path(__file__).with_name("mamba_cpu.cpp")
+
+
+def cpu_has_avx2() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx2" in flags and "fma" in flags
+
+
+def variant() -> tuple[str, list[str]]:
+    """(name, compiler flags) for this CPU."""
+    base = ["-O3", "-fopenmp-simd", "-std=c++17"]
+    if cpu_has_avx2():
+        return "avx2", base + ["-mavx2", "-mfma"]
+    return "generic", base
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HYBRIDLAB_NATIVE_CACHE"):
+        return Path(os.environ["HYBRIDLAB_NATIVE_CACHE"])
+    root = Path(__file__).resolve().parents[3]
+    if (root / "pyproject.toml").exists() and os.access(root, os.W_OK):
+        return root / ".cache" / "hybridlab-native"
+    return Path.home() / ".cache" / "hybridlab-native"
+
+
+def switched_on() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build(verbose: bool = False):
+    """Compile (or load the cached build of) the kernels; raises when that fails."""
+    from torch.utils import cpp_extension
+
+    name, flags = variant()
+    folder = cache_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=f"hybridlab_mamba_cpu_{name}",
+        sources=[str(SOURCE)],
+        extra_cflags=flags,
+        build_directory=str(folder),
+        verbose=verbose,
+    )
+
+
+@functools.cache
+def kernels():
+    """The compiled module, or None (logged once) when it cannot be built."""
+    if not switched_on():
+        return None
+    try:
+        return build()
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("native Mamba2 kernels unavailable (%s); using the PyTorch fast path", first[:200])
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["build"]:
+        print("usage: python -m hybridlab.model.native build")
+        return 2
+    begin = time.perf_counter()
+    try:
+        build(verbose=False)
+    except Exception as error:  # noqa: BLE001
+        print(f"native Mamba2 kernels did not build ({str(error).strip()[:300]}); the PyTorch path will be used")
+        return 1
+    print(f"native Mamba2 kernels ({variant()[0]}) ready in {cache_dir()} ({time.perf_counter() - begin:.1f} s)")
+    return 0
+
+
+__all__ = ["ENV_SWITCH", "build", "cache_dir", "kernels", "main", "variant"]

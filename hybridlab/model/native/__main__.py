@@ -1,0 +1,3 @@
+from hybridlab.model.native import main
+
+raise SystemExit(main())

@@ -1,0 +1,352 @@
+// Native CPU kernels for transformers' Mamba2 mixer (hybridlab.model.native): the selective scan as a
+// sequential recurrence per (batch, head) and the causal depthwise conv1d + bias + SiLU, each with a
+// hand-written backward. float32 only; the Python side checks dtypes, devices and layouts and falls
+// back to PyTorch for anything else. Inner loops run over contiguous state / channel vectors so the
+// compiler vectorises them (`omp simd` reductions, built with -fopenmp-simd).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 32;  // backward: states recomputed per chunk of this many steps from checkpoints
+
+void check_inner(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
+  TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3), name,
+              " needs contiguous last two dimensions");
+}
+
+// y_t = h_t C_t + D x_t with h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, per (batch, head); heads
+// r*gi .. r*gi+r-1 read group gi's B and C.
+//   x [b, L, h, p], dt [b, L, h], A [h], B, C [b, L, g, n], D [h] or empty, s0 [b, h, p, n] or empty
+//   -> y [b, L, h, p], final state [b, h, p, n]
+std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                     const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                     const at::Tensor& s0) {
+  check_inner(x, "x");
+  check_inner(B, "B");
+  check_inner(C, "C");
+  TORCH_CHECK(dt.is_contiguous() && A.is_contiguous(), "dt and A must be contiguous");
+  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
+  const int64_t g = B.size(2), n = B.size(3), r = h / g;
+  auto y = at::empty({b, L, h, p}, x.options());
+  auto final_state = at::empty({b, h, p, n}, x.options());
+  const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
+  at::Tensor s0c = has_s0 ? s0.contiguous() : s0;
+  const float* xp = x.data_ptr<float>();
+  const float* dtp = dt.data_ptr<float>();
+  const float* Ap = A.data_ptr<float>();
+  const float* Bp = B.data_ptr<float>();
+  const float* Cp = C.data_ptr<float>();
+  const float* Dp = has_d ? D.data_ptr<float>() : nullptr;
+  const float* s0p = has_s0 ? s0c.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  float* fp = final_state.data_ptr<float>();
+  const int64_t sxb = x.stride(0), sxt = x.stride(1), sbb = B.stride(0), sbt = B.stride(1);
+  const int64_t scb = C.stride(0), sct = C.stride(1);
+  at::parallel_for(0, b * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / h, hi = task % h, gi = hi / r;
+      float* S = fp + task * p * n;
+      if (has_s0) {
+        std::copy(s0p + task * p * n, s0p + (task + 1) * p * n, S);
+      } else {
+        std::fill(S, S + p * n, 0.f);
+      }
+      const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
+      for (int64_t t = 0; t < L; ++t) {
+        const float d = dtp[(bi * L + t) * h + hi];
+        const float a = std::exp(d * a_log);
+        const float* xt = xp + bi * sxb + t * sxt + hi * p;
+        const float* Bt = Bp + bi * sbb + t * sbt + gi * n;
+        const float* Ct = Cp + bi * scb + t * sct + gi * n;
+        float* yt = yp + ((bi * L + t) * h + hi) * p;
+        for (int64_t i = 0; i < p; ++i) {
+          const float xi = xt[i] * d;
+          float* Si = S + i * n;
+          double acc = 0.0;  // y is a sum with cancellation that the gated norm may magnify
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < n; ++j) {
+            const float s = a * Si[j] + xi * Bt[j];
+            Si[j] = s;
+            acc += static_cast<double>(s) * Ct[j];
+          }
+          yt[i] = static_cast<float>(acc + static_cast<double>(d_skip) * xt[i]);
+        }
+      }
+    }
+  });
+  return {y, final_state};
+}
+
+// The reverse recurrence. G = dL/dh_t collects dy_t C_t^T plus exp(dt_{t+1} A) G_{t+1}; the states
+// h_{t-1}, h_t it needs are recomputed chunk by chunk from checkpoints taken in a first forward pass.
+// Tasks are (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per
+// (batch, head) and are summed by the caller.
+//   -> dx [b, L, h, p], ddt [b, L, h], dA [b, h], dB, dC [b, L, g, n], dD [b, h], ds0 [b, h, p, n]
+std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                      const at::Tensor& s0, const at::Tensor& dy_in,
+                                      const at::Tensor& dfinal_in) {
+  check_inner(x, "x");
+  check_inner(B, "B");
+  check_inner(C, "C");
+  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
+  const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
+  const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
+  const bool has_dfinal = dfinal_in.defined() && dfinal_in.numel() > 0;
+  at::Tensor dy = dy_in.contiguous(), s0c = has_s0 ? s0.contiguous() : s0;
+  at::Tensor dfinal = has_dfinal ? dfinal_in.contiguous() : dfinal_in;
+  auto opts = x.options();
+  auto dx = at::empty({b, L, h, p}, opts);
+  auto ddt = at::empty({b, L, h}, opts);
+  auto dA = at::empty({b, h}, opts);
+  auto dD = at::empty({b, h}, opts);
+  auto dB = at::zeros({b, L, g, n}, opts);
+  auto dC = at::zeros({b, L, g, n}, opts);
+  auto ds0 = at::empty({b, h, p, n}, opts);
+  const float* xp = x.data_ptr<float>();
+  const float* dtp = dt.data_ptr<float>();
+  const float* Ap = A.data_ptr<float>();
+  const float* Bp = B.data_ptr<float>();
+  const float* Cp = C.data_ptr<float>();
+  const float* Dp = has_d ? D.data_ptr<float>() : nullptr;
+  const float* s0p = has_s0 ? s0c.data_ptr<float>() : nullptr;
+  const float* dyp = dy.data_ptr<float>();
+  const float* dfp = has_dfinal ? dfinal.data_ptr<float>() : nullptr;
+  float *dxp = dx.data_ptr<float>(), *ddtp = ddt.data_ptr<float>(), *dAp = dA.data_ptr<float>();
+  float *dDp = dD.data_ptr<float>(), *dBp = dB.data_ptr<float>(), *dCp = dC.data_ptr<float>();
+  float* ds0p = ds0.data_ptr<float>();
+  const int64_t sxb = x.stride(0), sxt = x.stride(1), sbb = B.stride(0), sbt = B.stride(1);
+  const int64_t scb = C.stride(0), sct = C.stride(1);
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> checkpoints(chunks * pn), states((kChunk + 1) * pn), G(pn);
+    std::vector<float> dB_t(n), dC_t(n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / g, gi = task % g;
+      for (int64_t hi = gi * r; hi < gi * r + r; ++hi) {
+        const int64_t bh = bi * h + hi;
+        const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
+        auto step = [&](const float* prev, float* next, int64_t t) {
+          const float d = dtp[(bi * L + t) * h + hi];
+          const float a = std::exp(d * a_log);
+          const float* xt = xp + bi * sxb + t * sxt + hi * p;
+          const float* Bt = Bp + bi * sbb + t * sbt + gi * n;
+          for (int64_t i = 0; i < p; ++i) {
+            const float xi = xt[i] * d;
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) next[i * n + j] = a * prev[i * n + j] + xi * Bt[j];
+          }
+        };
+        // checkpoints: the state entering each chunk
+        float* S = states.data();
+        if (has_s0) {
+          std::copy(s0p + bh * pn, s0p + (bh + 1) * pn, S);
+        } else {
+          std::fill(S, S + pn, 0.f);
+        }
+        for (int64_t c = 0; c < chunks; ++c) {
+          std::copy(S, S + pn, checkpoints.data() + c * pn);
+          if (c + 1 == chunks) break;
+          for (int64_t t = c * kChunk; t < (c + 1) * kChunk; ++t) step(S, S, t);
+        }
+        if (has_dfinal) {
+          std::copy(dfp + bh * pn, dfp + (bh + 1) * pn, G.data());
+        } else {
+          std::fill(G.begin(), G.end(), 0.f);
+        }
+        double dA_acc = 0.0, dD_acc = 0.0;
+        for (int64_t c = chunks - 1; c >= 0; --c) {
+          const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+          std::copy(checkpoints.data() + c * pn, checkpoints.data() + (c + 1) * pn, states.data());
+          for (int64_t t = t0; t < t1; ++t) step(states.data() + (t - t0) * pn, states.data() + (t - t0 + 1) * pn, t);
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const float* prev = states.data() + (t - t0) * pn;
+            const float* cur = prev + pn;
+            const float d = dtp[(bi * L + t) * h + hi];
+            const float a = std::exp(d * a_log);
+            const float* xt = xp + bi * sxb + t * sxt + hi * p;
+            const float* Bt = Bp + bi * sbb + t * sbt + gi * n;
+            const float* Ct = Cp + bi * scb + t * sct + gi * n;
+            const float* dyt = dyp + ((bi * L + t) * h + hi) * p;
+            float* dxt = dxp + ((bi * L + t) * h + hi) * p;
+            std::fill(dB_t.begin(), dB_t.end(), 0.f);
+            std::fill(dC_t.begin(), dC_t.end(), 0.f);
+            float d_dt = 0.f, d_decay = 0.f;
+            for (int64_t i = 0; i < p; ++i) {
+              const float dyi = dyt[i], xi = xt[i], xdi = xi * d;
+              float* Gi = G.data() + i * n;
+              const float* Sc = cur + i * n;
+              const float* Sp = prev + i * n;
+              float gB = 0.f, gS = 0.f;
+#pragma omp simd reduction(+ : gB, gS)
+              for (int64_t j = 0; j < n; ++j) {
+                const float gij = Gi[j] + dyi * Ct[j];  // dL/dh_t
+                dC_t[j] += dyi * Sc[j];
+                dB_t[j] += gij * xdi;
+                gB += gij * Bt[j];
+                gS += gij * Sp[j];
+                Gi[j] = a * gij;  // on to h_{t-1}
+              }
+              dxt[i] = d * gB + d_skip * dyi;
+              d_dt += xi * gB;
+              d_decay += gS;
+              dD_acc += static_cast<double>(dyi) * xi;
+            }
+            const float d_log = d_decay * a;  // dL/d(dt * A)
+            ddtp[(bi * L + t) * h + hi] = d_dt + d_log * a_log;
+            dA_acc += static_cast<double>(d_log) * d;
+            float* dBt = dBp + ((bi * L + t) * g + gi) * n;
+            float* dCt = dCp + ((bi * L + t) * g + gi) * n;
+            for (int64_t j = 0; j < n; ++j) {
+              dBt[j] += dB_t[j];
+              dCt[j] += dC_t[j];
+            }
+          }
+        }
+        std::copy(G.begin(), G.end(), ds0p + bh * pn);
+        dAp[bh] = static_cast<float>(dA_acc);
+        dDp[bh] = static_cast<float>(dD_acc);
+      }
+    }
+  });
+  return {dx, ddt, dA, dB, dC, dD, ds0};
+}
+
+inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+
+// Causal depthwise conv1d + bias + SiLU on channel-last input: x [b, L, ch] (last dim contiguous,
+// any row stride), weight [ch, k], bias [ch] or empty -> [b, L, ch]. out[t] = silu(bias +
+// sum_j w[j] x[t - k + 1 + j]), zeros before the start.
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1, "x: float32 [b, L, ch]");
+  const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
+  at::Tensor w = weight.contiguous();
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  at::Tensor bc = has_bias ? bias.contiguous() : bias;
+  auto out = at::empty({b, L, ch}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> wt(k * ch);  // [k, ch]: contiguous over channels
+    for (int64_t c = 0; c < ch; ++c)
+      for (int64_t j = 0; j < k; ++j) wt[j * ch + c] = wp[c * k + j];
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / L, t = row % L;
+      float* o = op + row * ch;
+      for (int64_t c = 0; c < ch; ++c) o[c] = has_bias ? bp[c] : 0.f;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t s = t - k + 1 + j;
+        if (s < 0) continue;
+        const float* xs = xp + bi * sb + s * st;
+        const float* wj = wt.data() + j * ch;
+#pragma omp simd
+        for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * xs[c];
+      }
+      for (int64_t c = 0; c < ch; ++c) o[c] = silu(o[c]);
+    }
+  });
+  return out;
+}
+
+// -> dx [b, L, ch], dweight [ch, k], dbias [ch]; the pre-activation is recomputed.
+std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                      const at::Tensor& dout_in) {
+  const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
+  at::Tensor w = weight.contiguous(), dout = dout_in.contiguous();
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  at::Tensor bc = has_bias ? bias.contiguous() : bias;
+  auto dpre = at::empty({b, L, ch}, x.options());
+  auto dx = at::empty({b, L, ch}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
+  const float* gp = dout.data_ptr<float>();
+  float* dpp = dpre.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  std::vector<float> wt(k * ch);
+  for (int64_t c = 0; c < ch; ++c)
+    for (int64_t j = 0; j < k; ++j) wt[j * ch + c] = wp[c * k + j];
+  // dL/d(pre-activation)
+  at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(ch);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / L, t = row % L;
+      for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t s = t - k + 1 + j;
+        if (s < 0) continue;
+        const float* xs = xp + bi * sb + s * st;
+        const float* wj = wt.data() + j * ch;
+#pragma omp simd
+        for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+      }
+      const float* go = gp + row * ch;
+      float* dp = dpp + row * ch;
+      for (int64_t c = 0; c < ch; ++c) {
+        const float sig = 1.f / (1.f + std::exp(-pre[c]));
+        dp[c] = go[c] * sig * (1.f + pre[c] * (1.f - sig));
+      }
+    }
+  });
+  // dx[s] = sum_j w[j] dpre[s + k - 1 - j]
+  at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / L, s = row % L;
+      float* o = dxp + row * ch;
+      std::fill(o, o + ch, 0.f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t t = s + k - 1 - j;
+        if (t >= L) continue;
+        const float* dpt = dpp + (bi * L + t) * ch;
+        const float* wj = wt.data() + j * ch;
+#pragma omp simd
+        for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * dpt[c];
+      }
+    }
+  });
+  // dweight, dbias: per channel block, summed over every (batch, step)
+  auto dwt = at::zeros({k, ch}, x.options());
+  auto dbias = at::zeros({ch}, x.options());
+  float* dwp = dwt.data_ptr<float>();
+  float* dbp = dbias.data_ptr<float>();
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, (ch + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kBlock, c1 = std::min(ch, c0 + kBlock);
+      for (int64_t bi = 0; bi < b; ++bi) {
+        for (int64_t t = 0; t < L; ++t) {
+          const float* dpt = dpp + (bi * L + t) * ch;
+          for (int64_t c = c0; c < c1; ++c) dbp[c] += dpt[c];
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t s = t - k + 1 + j;
+            if (s < 0) continue;
+            const float* xs = xp + bi * sb + s * st;
+            float* dwj = dwp + j * ch;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) dwj[c] += dpt[c] * xs[c];
+          }
+        }
+      }
+    }
+  });
+  return {dx, dwt.t().contiguous(), dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("scan_forward", &scan_forward, "selective scan forward");
+  m.def("scan_backward", &scan_backward, "selective scan backward");
+  m.def("conv_forward", &conv_forward, "causal depthwise conv1d + bias + SiLU forward");
+  m.def("conv_backward", &conv_backward, "causal depthwise conv1d + bias + SiLU backward");
+}
