@@ -3,12 +3,13 @@ candidates (three `search` jobs, each restricted by SearchSpace.strategy, rankin
 for each one a chain: prune -> eval (zero-shot), distill -> eval (distilled) and bench (timed in
 pairs with the teacher). Plain functions, no Streamlit: the page and the tests call the same ones.
 
-A comparison is a request file, <workspace>/depth_vs_width/<key>.json, naming its jobs. The
-job engine runs each chain by itself once submitted; what cannot be submitted yet is what needs
-a finished job's answer: the searches need importance scores (an importance job when the model
-has none), and a candidate's prune job needs the spec its search chose. `advance` submits those
-as soon as the answer is in the store; the page calls it on every poll and on every visit, and
-job names make a second submission of the same stage fail instead of running twice.
+A comparison is a request file, <workspace>/depth_vs_width/<key>.json, naming its jobs. Every job
+is submitted at once, in one quick call: a stage that needs an earlier job's answer names it with
+"job:N" (an importance job's scores for the searches and prunes, a search's chosen spec for its
+prune, a prune or distill job's model for what follows; hybridlab.jobs.parents), and the job engine
+runs the chain by itself, with the tab closed too. Submitting checks only what is cheap (the model,
+the token files, that the budget is reachable); whether a candidate lands within tolerance of the
+budget is the search's own first step, in the worker, and its one-line reason shows in the column.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from hybridlab.study import stats
 LABELS = {"width": "width only", "depth": "depth only", "mixed": "mixed"}
 FOLDER = "depth_vs_width"
 CHAIN = ("prune", "zero_shot", "distill", "distilled", "bench")  # a candidate's jobs, in order
-REFUSED = "refused"  # a chain's record when its submission was refused: the reason
 
 
 @dataclass
@@ -119,9 +119,17 @@ def find_scores(model: str, workspace=None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class After:
+    """A spec value standing for what the job of plan step `step` makes ("job:N" once it has an id)."""
+
+    step: str
+
+
 def start(model: str, settings: CompareSettings, scores: str | None = None, workspace=None) -> dict:
-    """A new comparison: importance first when `scores` is None, then everything `advance` can submit.
-    ValueError (one line) when a job is refused: nothing of the comparison is left queued."""
+    """A new comparison, every job of it submitted in one call (importance first when `scores` is None).
+    ValueError (one line) when a job is refused: every spec is checked before any is submitted, so a
+    refusal leaves no job behind."""
     for key, value in (("calib", settings.calib), ("train_tokens", settings.train_tokens),
                        ("val_tokens", settings.val_tokens)):  # fmt: skip
         if model != "demo" and value is None and (key != "calib" or scores is None):
@@ -133,66 +141,85 @@ def start(model: str, settings: CompareSettings, scores: str | None = None, work
         "scores": scores,
         "jobs": {},
     }
-    if scores is None:
-        spec = {
-            "model": model,
-            "calib": settings.calib,
-            "samples": settings.importance_samples,
-            "seq_len": settings.seq_len,
-            "layer_metric": "kl",
-            "dtype": settings.dtype,
-        }
-        request["jobs"]["importance"] = jobs.submit("importance", spec, workspace)
-    save(request, workspace)
-    return advance(request, workspace)
+    steps = plan(request)
+    for _, kind, spec in steps:  # cheap checks only: references stand in for what the parents will make
+        jobs.validate_spec(kind, _filled(spec, lambda step: 1))
+    ids: dict[str, int] = {}
+    try:
+        for step, kind, spec in steps:
+            ids[step] = jobs.submit(kind, _filled(spec, ids.__getitem__), workspace)
+    except ValueError:
+        for job_id in ids.values():
+            jobs.cancel(job_id, workspace)  # its waiting dependents are cancelled with it
+        raise
+    request["jobs"] = _nested(ids)
+    return save(request, workspace)
 
 
-def advance(request: dict, workspace=None) -> dict:
-    """Submit every stage of `request` whose inputs are now in the store; the request, saved."""
-    submitted = request["jobs"]
-    changed = False
+def plan(request: dict) -> list[tuple[str, str, dict]]:
+    """(step, kind, spec) of every job of a comparison, parents first. Steps: "importance" (when the
+    request has no scores), "teacher_eval", "search/<strategy>", "<strategy>/<chain step>"."""
+    s = _settings(request)
+    model = request["model"]
+    steps = []
     if request["scores"] is None:
-        job = jobs.get_job(submitted["importance"], workspace)
-        if job["status"] != SUCCEEDED:
-            return request
-        request["scores"] = str(workspace_dir(workspace) / job["result"]["artifact"])
-        changed = True
-    if "searches" not in submitted:
-        submitted["searches"] = _submit_searches(request, workspace)
-        submitted["teacher_eval"] = jobs.submit("eval", _eval_spec(request["model"], request), workspace)
-        save(request, workspace)  # before anything else can fail: these must never be submitted twice
-        changed = False
-    chains = submitted.setdefault("chains", {})
-    for strategy, search_id in submitted["searches"].items():
-        if strategy in chains:
-            continue
-        job = jobs.get_job(search_id, workspace)
-        if job["status"] == SUCCEEDED:
-            spec = json.loads(job["result"]["best"]["spec"])
-            try:
-                chains[strategy] = _submit_chain(request, strategy, spec, workspace)
-            except ValueError as err:  # recorded, not retried on every poll
-                chains[strategy] = {REFUSED: f"the {LABELS[strategy]} chain was refused: {err}"}
-            changed = True
-    return save(request, workspace) if changed else request
+        importance = {"model": model, "calib": s.calib, "samples": s.importance_samples, "seq_len": s.seq_len,
+                      "layer_metric": "kl", "dtype": s.dtype}  # fmt: skip
+        steps.append(("importance", "importance", importance))
+        scores, layer_metric = After("importance"), "kl"
+    else:
+        scores, layer_metric = request["scores"], _layer_metric(request["scores"])
+    steps.append(("teacher_eval", "eval", _eval_spec(model, request)))
+    for strategy, spec in _search_specs(request, scores, layer_metric).items():
+        steps.append((f"search/{strategy}", "search", spec))
+    for strategy in STRATEGIES:
+        steps += _chain(request, strategy, scores, layer_metric)
+    return steps
+
+
+def _filled(spec: dict, job_id) -> dict:
+    """`spec` with each After replaced by "job:N", N = job_id(its step)."""
+    return {k: job_ref(job_id(v.step)) if isinstance(v, After) else v for k, v in spec.items()}
+
+
+def _nested(ids: dict[str, int]) -> dict:
+    """The request's record of its jobs: importance, teacher_eval, searches[strategy], chains[strategy][step]."""
+    nested: dict = {"searches": {}, "chains": {strategy: {} for strategy in STRATEGIES}}
+    for step, job_id in ids.items():
+        group, _, name = step.partition("/")
+        if not name:
+            nested[step] = job_id
+        elif group == "search":
+            nested["searches"][name] = job_id
+        else:
+            nested["chains"][group][name] = job_id
+    return nested
 
 
 def _settings(request: dict) -> CompareSettings:
     return CompareSettings.from_dict(request["settings"])
 
 
-def _layer_metric(request: dict) -> str:
+def _layer_metric(folder: str) -> str:
     from hybridlab.compression.scores_fit import load_scores
 
-    layers = load_scores(request["scores"]).layers
+    layers = load_scores(folder).layers
     return "kl" if "kl" in layers else next(iter(layers))
 
 
-def _submit_searches(request: dict, workspace) -> dict[str, int]:
+def scores_of(request: dict, workspace=None) -> str | None:
+    """The comparison's scores folder: the one it was given, or its importance job's once that finished."""
+    if request["scores"] is not None:
+        return request["scores"]
+    job = jobs.get_job(request["jobs"]["importance"], workspace)
+    return str(workspace_dir(workspace) / job["result"]["artifact"]) if job["status"] == SUCCEEDED else None
+
+
+def _search_specs(request: dict, scores, layer_metric: str) -> dict[str, dict]:
     s = _settings(request)
     common = {
         "model": request["model"],
-        "importance": request["scores"],
+        "importance": scores,
         "train_tokens": s.train_tokens,
         "val_tokens": s.val_tokens,
         "target_params": s.target,
@@ -203,7 +230,7 @@ def _submit_searches(request: dict, workspace) -> dict[str, int]:
         "seq_len": s.seq_len,
         "eval_tokens": s.eval_tokens,
         "measure_latency": False,  # the chain's bench times the distilled model in pairs
-        "layer_metric": _layer_metric(request),
+        "layer_metric": layer_metric,
         "dtype": s.dtype,
     }
     bounds = {  # a strategy's other axis stays whole, so its enumeration stays small
@@ -212,16 +239,13 @@ def _submit_searches(request: dict, workspace) -> dict[str, int]:
         # the paper's mix keeps most layers; up to half of them keeps its space (widths x depths) quick to list
         "mixed": {"max_width_prune": s.max_width_prune, "max_depth_prune": min(s.max_depth_prune, 0.5)},
     }
-    specs = {
+    return {
         strategy: {**common, **bounds[strategy], "strategy": strategy, "name": f"{request['key']}-{strategy}-search"}
         for strategy in STRATEGIES
     }
-    # Each is checked when submitted (its whole candidate space is enumerated, seconds for a mixed one):
-    # a refusal cancels those before it, so no search of a refused comparison runs.
-    return _submit_all([("search", spec, None) for spec in specs.values()], workspace, list(specs))
 
 
-def _eval_spec(model: str, request: dict) -> dict:
+def _eval_spec(model, request: dict) -> dict:
     s = _settings(request)
     demo = request["model"] == "demo"  # a "job:N" model made from the demo needs the demo's file named
     return {
@@ -234,66 +258,53 @@ def _eval_spec(model: str, request: dict) -> dict:
     }
 
 
-def _submit_chain(request: dict, strategy: str, spec: dict, workspace) -> dict[str, int]:
-    """prune -> eval; distill -> eval, bench (paired with the teacher), all waiting in the job engine."""
+def _chain(request: dict, strategy: str, scores, layer_metric: str) -> list[tuple[str, str, dict]]:
+    """The search's choice pruned -> eval; distill -> eval, bench (paired with the teacher)."""
     s = _settings(request)
     key, model = request["key"], request["model"]
     steps = max(1, s.distill_tokens // (s.batch_size * s.seq_len))
+    pruned, distilled = After(f"{strategy}/prune"), After(f"{strategy}/distill")
     prune = {
         "model": model,
-        "spec": spec,
-        "importance": request["scores"],
-        "layer_metric": _layer_metric(request),
+        "spec": After(f"search/{strategy}"),  # the spec that search chose
+        "importance": scores,
+        "layer_metric": layer_metric,
         "name": f"{key}-{strategy}",
         "dtype": s.dtype,
     }
-    prune_id = jobs.submit("prune", prune, workspace)
-    try:
-        distill = {
-            "student": job_ref(prune_id),
-            "teacher": model,
-            "train_tokens": s.train_tokens,
-            "val_tokens": s.val_tokens,
-            "tokens": s.distill_tokens,
-            "seq_len": s.seq_len,
-            "batch_size": s.batch_size,
-            "bf16": False,
-            "log_every": max(1, steps // 20),
-            "eval_every": max(1, steps // 5),  # about five points on the curve
-            "checkpoint_every": steps,
-            "eval_tokens": min(s.eval_tokens, 4096),
-            "name": f"{key}-{strategy}-distilled",
-            "dtype": s.dtype,
-        }
-        todo = [("eval", _eval_spec(job_ref(prune_id), request), prune_id), ("distill", distill, prune_id)]
-        ids = _submit_all(todo, workspace, ["zero_shot", "distill"])
-        bench = {
-            "model": job_ref(ids["distill"]),
-            "reference": model,
-            "seq_len": s.seq_len,
-            "new_tokens": 2,
-            "repeats": s.bench_repeats,
-            "warmup": 1,
-            "dtype": s.dtype,
-        }
-        later = [("eval", _eval_spec(job_ref(ids["distill"]), request), None), ("bench", bench, None)]
-        ids.update(_submit_all(later, workspace, ["distilled", "bench"]))
-    except ValueError:
-        jobs.cancel(prune_id, workspace)  # its waiting dependents are cancelled with it
-        raise
-    return {"prune": prune_id, **ids}
-
-
-def _submit_all(todo: list[tuple[str, dict, int | None]], workspace, names: list[str]) -> dict[str, int]:
-    submitted = {}
-    try:
-        for name, (kind, spec, after) in zip(names, todo):
-            submitted[name] = jobs.submit(kind, spec, workspace, after=after)
-    except ValueError:
-        for job_id in submitted.values():
-            jobs.cancel(job_id, workspace)
-        raise
-    return submitted
+    distill = {
+        "student": pruned,
+        "teacher": model,
+        "train_tokens": s.train_tokens,
+        "val_tokens": s.val_tokens,
+        "tokens": s.distill_tokens,
+        "seq_len": s.seq_len,
+        "batch_size": s.batch_size,
+        "bf16": False,
+        "log_every": max(1, steps // 20),
+        "eval_every": max(1, steps // 5),  # about five points on the curve
+        "checkpoint_every": steps,
+        "eval_tokens": min(s.eval_tokens, 4096),
+        "name": f"{key}-{strategy}-distilled",
+        "dtype": s.dtype,
+    }
+    bench = {
+        "model": distilled,
+        "reference": model,
+        "seq_len": s.seq_len,
+        "new_tokens": 2,
+        "repeats": s.bench_repeats,
+        "warmup": 1,
+        "dtype": s.dtype,
+    }
+    todo = {
+        "prune": ("prune", prune),
+        "zero_shot": ("eval", _eval_spec(pruned, request)),
+        "distill": ("distill", distill),
+        "distilled": ("eval", _eval_spec(distilled, request)),
+        "bench": ("bench", bench),
+    }
+    return [(f"{strategy}/{step}", *todo[step]) for step in CHAIN]
 
 
 def job_ids(request: dict) -> list[int]:
@@ -301,21 +312,13 @@ def job_ids(request: dict) -> list[int]:
     found = [request["jobs"][k] for k in ("importance", "teacher_eval") if k in request["jobs"]]
     found += list(request["jobs"].get("searches", {}).values())
     for chain in request["jobs"].get("chains", {}).values():
-        found += [chain[step] for step in CHAIN if step in chain]  # none for a refused chain
+        found += [chain[step] for step in CHAIN if step in chain]
     return found
 
 
 def active(request: dict, workspace=None) -> bool:
-    """Whether anything of the comparison may still change: a job not finished, or a stage not submitted."""
-    statuses = {j: jobs.get_job(j, workspace)["status"] for j in job_ids(request)}
-    if any(status not in FINISHED for status in statuses.values()):
-        return True
-    stuck = any(status in (FAILED, CANCELLED) for status in statuses.values()) or any(
-        REFUSED in chain for chain in request["jobs"].get("chains", {}).values()
-    )
-    searches = request["jobs"].get("searches", {})
-    waiting = not searches or any(s not in request["jobs"].get("chains", {}) for s in searches)
-    return waiting and not stuck
+    """Whether anything of the comparison may still change: a job not finished yet."""
+    return any(jobs.get_job(j, workspace)["status"] not in FINISHED for j in job_ids(request))
 
 
 # ---- reading the results ------------------------------------------------------------------------------
@@ -357,9 +360,7 @@ def columns(request: dict, workspace=None) -> tuple[list[Column], stats.Interval
         chain = submitted.get("chains", {}).get(strategy, {})
         steps = [get(chain.get(step)) for step in CHAIN]
         failed = [job for job in (search, *steps) if job and job["status"] in (FAILED, CANCELLED)]
-        if REFUSED in chain:
-            column.error = chain[REFUSED]
-        elif scoring_failed and request["scores"] is None:
+        if scoring_failed and request["scores"] is None:
             column.error = f"importance job {importance['id']} {importance['status']}: {importance['error']}"
         elif failed:
             column.error = f"job {failed[0]['id']} ({failed[0]['kind']}) {failed[0]['status']}: {failed[0]['error']}"
@@ -386,7 +387,7 @@ def columns(request: dict, workspace=None) -> tuple[list[Column], stats.Interval
             if prefill:
                 column.speedup = (prefill["speedup"], prefill.get("speedup_low"), prefill.get("speedup_high"))
                 column.speedup_note = f"prefill of {bench['spec']['seq_len']} tokens, {bench['spec']['repeats']} rounds"
-        if chain and REFUSED not in chain:
+        if search is not None and search["status"] == SUCCEEDED and chain:
             column.status = _chain_status(chain, get)
         out.append(column)
     return out, _interval(teacher)

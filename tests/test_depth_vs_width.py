@@ -109,11 +109,11 @@ def labelled(widgets, prefix: str):
 
 
 def drain(key: str) -> dict:
-    """Run queued jobs in this process and submit each next stage, as the page's poll does, until done."""
+    """Run every job of the comparison in this process, as a worker would; nothing else submits anything."""
     request = dw.load(key)
     while dw.active(request):
         run_worker(exit_when_idle=True, poll_s=0.05)
-        request = dw.advance(request)
+    assert dw.load(key) == request  # the request file is written once, when it is submitted
     return request
 
 
@@ -137,22 +137,30 @@ def submitted(lab):
 def test_submitting_scores_first_then_chains_search_prune_distill_eval_bench(lab, submitted):
     model = lab["model"]
     first = submitted["first"]
-    assert list(first["kind"]) == ["importance"]  # the tiny model had no scores: nothing else can start yet
+    # The tiny model had no scores, yet the whole comparison went in with the click: one chain per strategy.
+    chain_kinds = ["prune", "eval", "distill", "eval", "bench"]
+    assert list(first["kind"]) == ["importance", "eval", "search", "search", "search", *chain_kinds * 3]
+    assert list(first["status"]) == ["queued", "queued"] + ["waiting"] * 18
     request = submitted["request"]
+    assert request["scores"] is None
+    scores_job = request["jobs"]["importance"]
     listing = jobs.list_jobs().set_index("id")
     assert (listing["status"] == SUCCEEDED).all(), listing[["kind", "status", "error"]]
     searches = {s: jobs.get_job(j) for s, j in request["jobs"]["searches"].items()}
     assert set(searches) == {"width", "depth", "mixed"}
     for strategy, search in searches.items():
         spec = search["spec"]
-        assert spec["strategy"] == strategy and spec["importance"] == request["scores"] and spec["top_k"] == 0
+        assert spec["strategy"] == strategy and spec["importance"] == job_ref(scores_job) and spec["top_k"] == 0
+        assert search["parents"] == [scores_job]
         assert (spec["max_width_prune"] == 0) == (strategy == "depth")
         assert (spec["max_depth_prune"] == 0) == (strategy == "width")
         chain = {step: jobs.get_job(j) for step, j in request["jobs"]["chains"][strategy].items()}
         best = search["result"]["best"]
         assert best["strategy"] == strategy
         prune = chain["prune"]
-        assert prune["spec"]["spec"] == json.loads(best["spec"]) and prune["spec"]["importance"] == request["scores"]
+        assert prune["spec"]["spec"] == job_ref(search["id"]) and prune["spec"]["importance"] == job_ref(scores_job)
+        assert prune["parents"] == [scores_job, search["id"]]
+        assert prune["result"]["strategy"] == strategy
         assert prune["result"]["params"] == best["params"]  # the search's pick, pruned again by the same rule
         assert chain["zero_shot"]["parents"] == [prune["id"]] and chain["zero_shot"]["spec"]["model"] == job_ref(
             prune["id"]
@@ -168,9 +176,8 @@ def test_submitting_scores_first_then_chains_search_prune_distill_eval_bench(lab
         # every loss is on the same windows: the teacher's eval and both of the candidate's
         windows = {len(chain[s]["result"]["tasks"]["val_loss"]["window_losses"]) for s in ("zero_shot", "distilled")}
         assert windows == {1024 // 64}
-    # a second poll submits nothing more
-    assert dw.advance(dw.load(submitted["key"]))["jobs"] == request["jobs"]
     assert len(jobs.list_jobs()) == 1 + 3 + 1 + 3 * 5
+    assert dw.scores_of(request) == str(dw.workspace_dir() / jobs.get_job(scores_job)["result"]["artifact"])
 
 
 def metric_values(at) -> dict[str, list[str]]:
@@ -228,6 +235,27 @@ def test_a_candidate_goes_to_the_pareto_chart(lab, submitted):
     pareto.switch_page("pages/pareto.py").run()
     assert not pareto.exception, pareto.exception
     assert labelled(pareto.selectbox, "second").value == f"{submitted['key']}-depth-distilled"
+
+
+def test_a_search_that_finds_no_candidate_fails_in_the_worker_and_its_column_says_why(lab, submitted):
+    """Submitting checks only the cheap things (so it is quick in the page); whether any candidate lands
+    within tolerance is the search's first step, in the worker, and its one line is shown in the column."""
+    scores = dw.scores_of(submitted["request"])
+    settings = dw.CompareSettings.from_dict({**vars(dw.QUICK), "target": "60%", "tolerance": 0.0001})
+    model = lab["model"]
+    settings.calib, settings.train_tokens, settings.val_tokens = model.calib, model.val, model.val
+    request = dw.start(model.ref, settings, scores)
+    assert "importance" not in request["jobs"] and len(dw.job_ids(request)) == 1 + 3 + 3 * 5
+    drain(request["key"])
+    columns, _ = dw.columns(request)
+    search = jobs.get_job(request["jobs"]["searches"]["width"])
+    assert search["status"] == "failed" and "no candidate within 0% of" in search["error"]
+    width = columns[0]
+    assert width.error == f"job {search['id']} (search) failed: {search['error']}" and width.spec is None
+    assert all(column.error for column in columns)  # nothing below a failed search ran
+    at = page(lab, dvw_key=request["key"])
+    assert not at.exception, at.exception
+    assert any("no candidate within 0% of" in error.value for error in at.error)
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def compare_form() -> None:
         settings = replace(base, target=f"{budget}%", tolerance=float(tolerance) / 100, **files)
         try:
             request = dw.start(ref, settings, scores)
-        except ValueError as err:  # a refused job: one line, nothing left queued
+        except ValueError as err:  # a refused job: one line, no job left behind
             st.error(str(err))
             return
         st.session_state[KEY] = request["key"]
@@ -170,12 +170,7 @@ def show_request(key: str) -> None:
 
     @st.fragment(run_every=state.POLL_S if dw.active(request) else None)
     def live():
-        current = dw.load(key)
-        try:
-            current = dw.advance(current)
-        except ValueError as err:
-            st.error(f"the next jobs were refused: {err}")
-        columns, teacher = dw.columns(current)
+        columns, teacher = dw.columns(dw.load(key))  # the job engine runs the chain: this only reads it
         if _signature(columns) != outer:  # a search or a chain finished: redraw the strips, heatmaps, buttons
             st.rerun()
         if teacher is not None:
@@ -208,7 +203,7 @@ def show_request(key: str) -> None:
             ):
                 st.session_state[FOCUS_KEY] = name
                 st.switch_page("pages/pareto.py")
-    heatmaps(columns, load_scores(request["scores"]))
+    heatmaps(columns, load_scores(dw.scores_of(request)))
 
 
 def _signature(columns) -> tuple:
