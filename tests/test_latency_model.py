@@ -204,3 +204,28 @@ def test_calibration_stops_adding_rounds_after_its_time_budget(tiny_nemotron):
     settings = CalibrationSettings(seq_lens=[8], repeats=50, warmup=0, max_seconds=1e-6)
     assert calibrate(tiny_nemotron, settings).rounds == MIN_ROUNDS  # the budget was spent before round 4
     assert calibrate(tiny_nemotron, CalibrationSettings(seq_lens=[8], repeats=2, warmup=0)).rounds == 2
+
+
+def test_a_mixture_of_experts_costs_its_active_path_plus_each_routed_expert():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from families.tiny import tiny_config
+
+    from hybridlab.families import MOE
+    from hybridlab.measure.latency_calibration import width_points
+    from hybridlab.measure.latency_model import mixer_features
+    from hybridlab.model.sizes import active_moe_params
+
+    description = describe(tiny_config("nemotron_h_moe"))
+    w = description.widths
+    full = mixer_features(MOE, w, 10, 10)
+    assert full["moe.matmul"] == 10 * active_moe_params(w) and full["moe.experts"] == w.num_moe_experts
+    fewer = mixer_features(MOE, planned_widths(description, PruneSpec(num_moe_experts=4)), 10, 10)
+    assert fewer["moe.experts"] == 4 and fewer["moe.matmul"] < full["moe.matmul"]  # the router's rows
+    narrower = mixer_features(MOE, planned_widths(description, PruneSpec(moe_ffn_hidden_size=8)), 10, 10)
+    assert narrower["moe.experts"] == w.num_moe_experts and narrower["moe.matmul"] < fewer["moe.matmul"]
+    # the calibration varies the expert axes, so the fit can tell them apart
+    timed = {axis for spec in width_points(description) for axis, value in spec.to_dict().items() if value}
+    assert {"num_moe_experts", "moe_ffn_hidden_size"} <= timed

@@ -41,7 +41,16 @@ from hybridlab.model.sizes import planned_widths
 from hybridlab.model.spec import PruneSpec
 
 MIN_ROUNDS = 3  # timed rounds a calibration always makes, whatever its time budget
-WIDTH_AXES = ("hidden_size", "ffn_hidden_size", "mamba_num_heads", "mamba_head_dim", "num_attention_heads")
+WIDTH_AXES = (
+    "hidden_size",
+    "ffn_hidden_size",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "num_attention_heads",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+)
 
 
 def seq_len_list(text) -> list[int]:
@@ -93,6 +102,8 @@ def width_points(description) -> list[PruneSpec]:
     steps = {
         "mamba_num_heads": widths.mamba_n_groups,
         "num_attention_heads": max(widths.num_key_value_heads, 1),
+        "num_moe_experts": widths.moe_n_group,  # whole routing groups
+        "moe_ffn_hidden_size": 8,  # transformers' grouped_mm experts need rows of 16 bytes
     }
     scalings = [{}, {a: 0.75 for a in axes}, {a: 0.5 for a in axes}, *({a: 0.5} for a in axes)]
     drop = _short_pattern(widths.layer_kinds)

@@ -7,7 +7,8 @@ its own small linear model fitted to timings on this device (hybridlab.measure.l
     time(layer of kind k) = c_k + sum_f b_{k,f} * feature_f(widths, tokens)      (b >= 0, NNLS)
 
 with features that follow how each mixer spends its time (`mixer_features`): matmul multiply-adds
-(exact, from hybridlab.model.sizes), and for Mamba2 the scan's state work (tokens x heads x head_dim
+(exact, from hybridlab.model.sizes; a mixture of experts' on its active path, plus a cost per routed expert),
+and for Mamba2 the scan's state work (tokens x heads x head_dim
 x state) and its per-head work (tokens x heads x (head_dim + state)); for attention the score work
 over the average causal context; for an MLP its activation. What is outside the layers (embedding,
 final norm, the lm head on the last position, the model's own overhead) is one more such model
@@ -32,8 +33,8 @@ import numpy as np
 
 from hybridlab.core.atomic import write_json
 from hybridlab.core.errors import UserError
-from hybridlab.families import ATTENTION, MAMBA, MLP, MambaLayout, Widths, describe, mixers_of
-from hybridlab.model.sizes import MIXER_PARAMS, planned_widths
+from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, MambaLayout, Widths, describe, mixers_of
+from hybridlab.model.sizes import ACTIVE_MIXER_PARAMS, planned_widths
 
 REST = "rest"  # what the model spends outside its layers
 FORMAT_VERSION = 1
@@ -41,8 +42,12 @@ FORMAT_VERSION = 1
 
 def mixer_features(kind: str, w: Widths, tokens: int, seq_len: int) -> dict[str, float]:
     """The work one mixer of `kind` does on `tokens` tokens (batch x seq_len), by feature."""
-    feats = {f"{kind}.matmul": float(tokens * MIXER_PARAMS[kind](w))} if kind in MIXER_PARAMS else {}
-    if kind == MAMBA:
+    feats = {f"{kind}.matmul": float(tokens * ACTIVE_MIXER_PARAMS[kind](w))} if kind in ACTIVE_MIXER_PARAMS else {}
+    if kind == MOE:
+        # Tokens only pass through the top-k experts they are routed to, but every expert that receives
+        # tokens is one more small matmul call: the count of routed experts costs on its own.
+        feats["moe.experts"] = float(w.num_moe_experts)
+    elif kind == MAMBA:
         layout = MambaLayout.of(w)
         feats["mamba.state"] = float(tokens * layout.inner * w.mamba_state_size)
         feats["mamba.heads"] = float(tokens * w.mamba_num_heads * (w.mamba_head_dim + w.mamba_state_size))
@@ -52,7 +57,9 @@ def mixer_features(kind: str, w: Widths, tokens: int, seq_len: int) -> dict[str,
     elif kind == MLP:
         feats["mlp.activation"] = float(tokens * w.ffn_hidden_size)
     if not feats:
-        raise UserError(f"the latency model knows no {kind!r} mixer; it times {MAMBA}, {MLP} and {ATTENTION} layers")
+        raise UserError(
+            f"the latency model knows no {kind!r} mixer; it times {MAMBA}, {MLP}, {ATTENTION} and {MOE} layers"
+        )
     return feats
 
 
