@@ -216,3 +216,50 @@ def test_other_mixers_stay_untouched_on_cuda_tensors_and_outside_fast_mixers(mon
     with torch.no_grad():
         ids = torch.randint(3, 128, (1, 12))
         assert relative(plain_model(ids).logits, fast_model(ids).logits) < TOLERANCE
+
+
+def test_native_kernels_are_used_when_built():
+    from hybridlab.model import native
+
+    if native.kernels() is None:
+        pytest.skip("no C++ compiler here: the PyTorch path runs (tested below)")
+    model = tiny_model("nemotron_h")
+    use_fast_mamba(model)
+    mixer = fast_mixers(model)[0]
+    mixer.train()
+    out = mixer(torch.randn(2, 9, mixer.in_proj.in_features, requires_grad=True))
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert {"_NativeScanBackward", "_NativeConvBackward"} <= names
+
+
+@pytest.mark.parametrize("family", ["nemotron_h", "falcon_h1"])
+def test_pytorch_fast_path_without_native_kernels(family, monkeypatch):
+    # what runs where no compiler is available: the chunked PyTorch scan, transformers' convolution
+    monkeypatch.setattr(fast_mamba, "_native", lambda: None)
+    _assert_mixer_exact(tiny_model(family), lengths=(37,))
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
+    from hybridlab.model import native
+
+    def broken(verbose=False):
+        raise RuntimeError("g++: command not found")
+
+    monkeypatch.setattr(native, "build", broken)
+    native.kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=native.__name__):
+            assert native.kernels() is None
+            assert native.kernels() is None
+        assert [r.getMessage() for r in caplog.records] == [
+            "native Mamba2 kernels unavailable (g++: command not found); using the PyTorch fast path"
+        ]
+        _assert_mixer_exact(tiny_model("bamba"), lengths=(21,))
+    finally:
+        native.kernels.cache_clear()

@@ -34,7 +34,7 @@ def cpu_has_avx2() -> bool:
 
 def variant() -> tuple[str, list[str]]:
     """(name, compiler flags) for this CPU."""
-    base = ["-O3", "-fopenmp-simd", "-std=c++17"]
+    base = ["-O3", "-fopenmp-simd"]
     if cpu_has_avx2():
         return "avx2", base + ["-mavx2", "-mfma"]
     return "generic", base
