@@ -57,3 +57,18 @@ def test_plan_arms_of_the_expert_comparison_alone_prune_nothing_to_rank():
     ]
     assert ranked.empty and not zero_shot
     assert arms[0].run_key != arms[1].run_key
+
+
+def test_the_experts_comparison_on_a_dense_teacher_is_one_line_before_any_work(tmp_path):
+    import numpy as np
+    import torch
+
+    from hybridlab.core.errors import UserError
+    from hybridlab.study.run import StudySettings, run_study
+
+    settings = StudySettings(comparisons=("experts_vs_expert_width",), seq_len=16, batch_size=2)
+    tokens = np.arange(4096, dtype=np.uint16) % 100
+    calib = torch.randint(0, 100, (4, 16))
+    with pytest.raises(UserError, match="needs a mixture-of-experts teacher; this nemotron_h model"):
+        run_study(tiny_model("nemotron_h"), None, tokens, tokens, calib, settings, tmp_path / "study")
+    assert not (tmp_path / "study").exists()

@@ -22,6 +22,7 @@ import torch
 
 from hybridlab.compression.kept import least_important_layers
 from hybridlab.compression.layer_importance import LAYER_METRICS
+from hybridlab.core.errors import UserError
 from hybridlab.core.settings import below_one, check_settings, parse_token_count, positive, setting
 from hybridlab.families import ATTENTION, MAMBA, MLP, MOE, ModelDescription, Widths, describe
 from hybridlab.model.sizes import PARAM_BUDGETS, planned_widths, sizes_of
@@ -212,7 +213,7 @@ def enumerate_candidates(
             if low <= params <= high and space.strategy in (ANY_STRATEGY, strategy):
                 found.append(Candidate(spec.short_name(), spec, params, sizes.flops_per_token, strategy))
     if not found:
-        raise ValueError(
+        raise UserError(
             f"no candidate within {tolerance:.0%} of {target_params:,} parameters fits the search bounds "
             f"(width pruning <= {space.max_width_prune:.0%}, depth pruning <= {space.max_depth_prune:.0%}"
             f"{_only(space)}); raise --max-width-prune / --max-depth-prune, widen --tolerance, or aim for a larger "

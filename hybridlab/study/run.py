@@ -48,6 +48,7 @@ import hybridlab.study.arms as arms_lib
 import hybridlab.study.stats as stats
 from hybridlab.compression.importance import ImportanceScores, estimate_importance
 from hybridlab.core.atomic import atomic_file, write_json, write_text
+from hybridlab.core.errors import UserError
 from hybridlab.core.progress import ProgressFn, subrange
 from hybridlab.core.settings import (
     at_most,
@@ -59,9 +60,9 @@ from hybridlab.core.settings import (
     seed_value,
     setting,
 )
-from hybridlab.families import describe
+from hybridlab.families import MOE, describe
 from hybridlab.model.sizes import estimate_sizes
-from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, Arm
+from hybridlab.study.arms import COMPARISONS, FROM_SCRATCH, HEADS_VS_CHANNELS, MOE_COMPARISONS, Arm
 from hybridlab.study.report import render
 from hybridlab.study.runs import (
     RunResult,
@@ -197,9 +198,12 @@ class StudySettings:
             raise ValueError(
                 f"--scratch-tokens {self.scratch_budget} is less than one batch of {batch}; raise it or pass 0 to skip"
             )
-        unknown = sorted(set(self.comparisons) - set(COMPARISONS))
+        known = (*COMPARISONS, *MOE_COMPARISONS)
+        unknown = sorted(set(self.comparisons) - set(known))
         if unknown or not self.comparisons:
-            raise ValueError(f"unknown comparisons {unknown}; choose from {', '.join(COMPARISONS)}")
+            raise ValueError(
+                f"unknown comparisons {unknown}; choose from {', '.join(known)} (the last: mixture-of-experts teachers)"
+            )
         if any(not 0 < f < 1 for f in self.ssm_sweep) or (HEADS_VS_CHANNELS in self.comparisons and not self.ssm_sweep):
             raise ValueError(f"--ssm-sweep fractions must be between 0 and 1 (exclusive), got {list(self.ssm_sweep)}")
         if self.eval_tokens < self.seq_len:
@@ -280,6 +284,12 @@ def run_study(
     settings.validate()
     if calib_rows is None or len(calib_rows) == 0:
         raise ValueError("the study needs calibration windows to compute importance; pass calib_rows [N, seq_len]")
+    description = describe(teacher)  # the family and widths, resolved once for planning and sizes
+    if set(settings.comparisons) & set(MOE_COMPARISONS) and not description.widths.has(MOE):
+        raise UserError(
+            f"--comparisons {','.join(MOE_COMPARISONS)} needs a mixture-of-experts teacher; this "
+            f"{description.family.name} model has no routed experts: leave it out"
+        )
     started = time.perf_counter()
     stage = Stages()
     out = Path(out_dir)
@@ -287,7 +297,6 @@ def run_study(
     say = _reporter(progress)
     teacher.eval()
     config = teacher.config
-    description = describe(teacher)  # the family and widths, resolved once for planning and sizes
     total = sum(p.numel() for p in teacher.parameters())
     target = target_params(total, settings.compression)
     seeds = settings.seed_list
