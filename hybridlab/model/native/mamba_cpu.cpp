@@ -6,6 +6,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -24,7 +28,8 @@ void check_inner(const at::Tensor& t, const char* name) {
 // r*gi .. r*gi+r-1 read group gi's B and C.
 //   x [b, L, h, p], dt [b, L, h], A [h], B, C [b, L, g, n], D [h] or empty, s0 [b, h, p, n] or empty
 //   -> y [b, L, h, p], final state [b, h, p, n]
-std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+template <int64_t NS>  // the state size when known at compile time (0: read at run time)
+std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                      const at::Tensor& s0) {
   check_inner(x, "x");
@@ -32,7 +37,7 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
   check_inner(C, "C");
   TORCH_CHECK(dt.is_contiguous() && A.is_contiguous(), "dt and A must be contiguous");
   const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
-  const int64_t g = B.size(2), n = B.size(3), r = h / g;
+  const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g;
   auto y = at::empty({b, L, h, p}, x.options());
   auto final_state = at::empty({b, h, p, n}, x.options());
   const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
@@ -88,7 +93,8 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
 // Tasks are (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per
 // (batch, head) and are summed by the caller.
 //   -> dx [b, L, h, p], ddt [b, L, h], dA [b, h], dB, dC [b, L, g, n], dD [b, h], ds0 [b, h, p, n]
-std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+template <int64_t NS>
+std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                       const at::Tensor& s0, const at::Tensor& dy_in,
                                       const at::Tensor& dfinal_in) {
@@ -96,7 +102,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt,
   check_inner(B, "B");
   check_inner(C, "C");
   const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
-  const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
+  const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g, pn = p * n;
   const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
   const bool has_dfinal = dfinal_in.defined() && dfinal_in.numel() > 0;
   at::Tensor dy = dy_in.contiguous(), s0c = has_s0 ? s0.contiguous() : s0;
@@ -220,7 +226,87 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt,
   return {dx, ddt, dA, dB, dC, dD, ds0};
 }
 
+// Fixed state sizes let the compiler unroll the state loops into whole registers.
+std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                     const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                     const at::Tensor& s0) {
+  switch (B.size(3)) {
+    case 16: return scan_forward_impl<16>(x, dt, A, B, C, D, s0);
+    case 32: return scan_forward_impl<32>(x, dt, A, B, C, D, s0);
+    case 64: return scan_forward_impl<64>(x, dt, A, B, C, D, s0);
+    case 128: return scan_forward_impl<128>(x, dt, A, B, C, D, s0);
+    default: return scan_forward_impl<0>(x, dt, A, B, C, D, s0);
+  }
+}
+
+std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                      const at::Tensor& s0, const at::Tensor& dy, const at::Tensor& dfinal) {
+  switch (B.size(3)) {
+    case 16: return scan_backward_impl<16>(x, dt, A, B, C, D, s0, dy, dfinal);
+    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, s0, dy, dfinal);
+    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, s0, dy, dfinal);
+    case 128: return scan_backward_impl<128>(x, dt, A, B, C, D, s0, dy, dfinal);
+    default: return scan_backward_impl<0>(x, dt, A, B, C, D, s0, dy, dfinal);
+  }
+}
+
 inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
+
+#ifdef __AVX2__
+// exp after Cephes' expf (about 1 ulp) on 8 lanes: std::exp is a scalar library call, which made the
+// SiLU cost more than the convolution itself.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+  const __m256 fk = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i k = _mm256_cvtps_epi32(fk);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23)));
+}
+
+inline __m256 sigmoid8(__m256 v) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+}
+#endif
+
+// o = o * sigmoid(o)
+inline void silu_row(float* o, int64_t ch) {
+  int64_t c = 0;
+#ifdef __AVX2__
+  for (; c + 8 <= ch; c += 8) {
+    const __m256 v = _mm256_loadu_ps(o + c);
+    _mm256_storeu_ps(o + c, _mm256_mul_ps(v, sigmoid8(v)));
+  }
+#endif
+  for (; c < ch; ++c) o[c] = o[c] * sigmoid(o[c]);
+}
+
+// dp = go * silu'(pre)
+inline void silu_grad_row(const float* pre, const float* go, float* dp, int64_t ch) {
+  int64_t c = 0;
+#ifdef __AVX2__
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (; c + 8 <= ch; c += 8) {
+    const __m256 v = _mm256_loadu_ps(pre + c);
+    const __m256 sig = sigmoid8(v);
+    const __m256 slope = _mm256_mul_ps(sig, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sig), one));
+    _mm256_storeu_ps(dp + c, _mm256_mul_ps(_mm256_loadu_ps(go + c), slope));
+  }
+#endif
+  for (; c < ch; ++c) {
+    const float sig = sigmoid(pre[c]);
+    dp[c] = go[c] * sig * (1.f + pre[c] * (1.f - sig));
+  }
+}
 
 // Causal depthwise conv1d + bias + SiLU on channel-last input: x [b, L, ch] (last dim contiguous,
 // any row stride), weight [ch, k], bias [ch] or empty -> [b, L, ch]. out[t] = silu(bias +
@@ -253,7 +339,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
 #pragma omp simd
         for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * xs[c];
       }
-      for (int64_t c = 0; c < ch; ++c) o[c] = o[c] * sigmoid(o[c]);
+      silu_row(o, ch);
     }
   });
   return out;
@@ -294,10 +380,7 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
       }
       const float* go = gp + row * ch;
       float* dp = dpp + row * ch;
-      for (int64_t c = 0; c < ch; ++c) {
-        const float sig = sigmoid(pre[c]);
-        dp[c] = go[c] * sig * (1.f + pre[c] * (1.f - sig));
-      }
+      silu_grad_row(pre.data(), go, dp, ch);
     }
   });
   // dx[s] = sum_j w[j] dpre[s + k - 1 - j]
