@@ -194,19 +194,21 @@ class _NativeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, x, dt, A, B, C, D, s0):
         none = torch.empty(0)
-        y, final = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none if s0 is None else s0)
+        y, final, checkpoints = kernels.scan_forward(
+            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
+        )  # checkpoints [b, h, L / 32, p, n]: the states the backward restarts from
         ctx.kernels = kernels
-        ctx.save_for_backward(x, dt, A, B, C, D, s0)
+        ctx.has_s0 = s0 is not None
+        ctx.save_for_backward(x, dt, A, B, C, D, checkpoints)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, s0 = ctx.saved_tensors
+        x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
         none = torch.empty(0)
         dx, ddt, dA, dB, dC, dD, ds0 = ctx.kernels.scan_backward(
-            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0,
-            dy, none if dfinal is None else dfinal,
-        )  # fmt: skip
+            x, dt, A, B, C, none if D is None else D, checkpoints, dy, none if dfinal is None else dfinal
+        )
         return (
             None,
             dx,
@@ -215,7 +217,7 @@ class _NativeScan(torch.autograd.Function):
             dB,
             dC,
             None if D is None else dD.sum(0),
-            None if s0 is None else ds0,
+            ds0 if ctx.has_s0 else None,
         )
 
 

@@ -40,6 +40,9 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
   const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g;
   auto y = at::empty({b, L, h, p}, x.options());
   auto final_state = at::empty({b, h, p, n}, x.options());
+  const int64_t chunks = (L + kChunk - 1) / kChunk;
+  auto checkpoints = at::empty({b, h, chunks, p, n}, x.options());  // the state entering each chunk
+  float* ckp = checkpoints.data_ptr<float>();
   const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
   at::Tensor s0c = has_s0 ? s0.contiguous() : s0;
   const float* xp = x.data_ptr<float>();
@@ -64,6 +67,7 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
       }
       const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
       for (int64_t t = 0; t < L; ++t) {
+        if (t % kChunk == 0) std::copy(S, S + p * n, ckp + (task * chunks + t / kChunk) * p * n);
         const float d = dtp[(bi * L + t) * h + hi];
         const float a = std::exp(d * a_log);
         const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
@@ -85,27 +89,27 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
       }
     }
   });
-  return {y, final_state};
+  return {y, final_state, checkpoints};
 }
 
 // The reverse recurrence. G = dL/dh_t collects dy_t C_t^T plus exp(dt_{t+1} A) G_{t+1}; the states
-// h_{t-1}, h_t it needs are recomputed chunk by chunk from checkpoints taken in a first forward pass.
+// h_{t-1}, h_t it needs are recomputed chunk by chunk from the forward's checkpoints [b, h, chunks, p, n].
 // Tasks are (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per
 // (batch, head) and are summed by the caller.
 //   -> dx [b, L, h, p], ddt [b, L, h], dA [b, h], dB, dC [b, L, g, n], dD [b, h], ds0 [b, h, p, n]
 template <int64_t NS>
 std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                      const at::Tensor& s0, const at::Tensor& dy_in,
+                                      const at::Tensor& checkpoints_in, const at::Tensor& dy_in,
                                       const at::Tensor& dfinal_in) {
   check_inner(x, "x");
   check_inner(B, "B");
   check_inner(C, "C");
   const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
   const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g, pn = p * n;
-  const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
+  const bool has_d = D.defined() && D.numel() > 0;
   const bool has_dfinal = dfinal_in.defined() && dfinal_in.numel() > 0;
-  at::Tensor dy = dy_in.contiguous(), s0c = has_s0 ? s0.contiguous() : s0;
+  at::Tensor dy = dy_in.contiguous(), checkpoints_t = checkpoints_in.contiguous();
   at::Tensor dfinal = has_dfinal ? dfinal_in.contiguous() : dfinal_in;
   auto opts = x.options();
   auto dx = at::empty({b, L, h, p}, opts);
@@ -121,7 +125,7 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   const float* Bp = B.data_ptr<float>();
   const float* Cp = C.data_ptr<float>();
   const float* Dp = has_d ? D.data_ptr<float>() : nullptr;
-  const float* s0p = has_s0 ? s0c.data_ptr<float>() : nullptr;
+  const float* ckp = checkpoints_t.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
   const float* dfp = has_dfinal ? dfinal.data_ptr<float>() : nullptr;
   float *dxp = dx.data_ptr<float>(), *ddtp = ddt.data_ptr<float>(), *dAp = dA.data_ptr<float>();
@@ -131,7 +135,7 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   const int64_t scb = C.stride(0), sct = C.stride(1);
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> checkpoints(chunks * pn), states((kChunk + 1) * pn), G(pn);
+    std::vector<float> states((kChunk + 1) * pn), G(pn);
     std::vector<float> dB_t(n), dC_t(n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g, gi = task % g;
@@ -149,18 +153,6 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             for (int64_t j = 0; j < n; ++j) next[i * n + j] = a * prev[i * n + j] + xi * Bt[j];
           }
         };
-        // checkpoints: the state entering each chunk
-        float* S = states.data();
-        if (has_s0) {
-          std::copy(s0p + bh * pn, s0p + (bh + 1) * pn, S);
-        } else {
-          std::fill(S, S + pn, 0.f);
-        }
-        for (int64_t c = 0; c < chunks; ++c) {
-          std::copy(S, S + pn, checkpoints.data() + c * pn);
-          if (c + 1 == chunks) break;
-          for (int64_t t = c * kChunk; t < (c + 1) * kChunk; ++t) step(S, S, t);
-        }
         if (has_dfinal) {
           std::copy(dfp + bh * pn, dfp + (bh + 1) * pn, G.data());
         } else {
@@ -169,7 +161,8 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
         double dA_acc = 0.0, dD_acc = 0.0;
         for (int64_t c = chunks - 1; c >= 0; --c) {
           const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-          std::copy(checkpoints.data() + c * pn, checkpoints.data() + (c + 1) * pn, states.data());
+          const float* entering = ckp + (bh * chunks + c) * pn;
+          std::copy(entering, entering + pn, states.data());
           for (int64_t t = t0; t < t1; ++t) step(states.data() + (t - t0) * pn, states.data() + (t - t0 + 1) * pn, t);
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const float* prev = states.data() + (t - t0) * pn;
@@ -241,13 +234,13 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
 
 std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                      const at::Tensor& s0, const at::Tensor& dy, const at::Tensor& dfinal) {
+                                      const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& dfinal) {
   switch (B.size(3)) {
-    case 16: return scan_backward_impl<16>(x, dt, A, B, C, D, s0, dy, dfinal);
-    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, s0, dy, dfinal);
-    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, s0, dy, dfinal);
-    case 128: return scan_backward_impl<128>(x, dt, A, B, C, D, s0, dy, dfinal);
-    default: return scan_backward_impl<0>(x, dt, A, B, C, D, s0, dy, dfinal);
+    case 16: return scan_backward_impl<16>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+    case 128: return scan_backward_impl<128>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+    default: return scan_backward_impl<0>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
   }
 }
 
