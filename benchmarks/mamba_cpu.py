@@ -18,7 +18,10 @@ import torch
 
 from benchmarks._common import interleaved_medians, teacher_model
 from hybridlab import estimate_importance, use_fast_mamba
+from hybridlab.model import fast_mamba, native
 from hybridlab.model.fast_mamba import fast_mixers
+
+_native_kernels = fast_mamba._native
 
 CLOCK = {"wall": None, "cpu": time.process_time}
 _clock = None  # set by main: None = wall clock through _common.interleaved_medians
@@ -40,17 +43,26 @@ def _medians(fns, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _both(model, fn):
-    """{"plain": ..., "fast": ...} callables that switch the model's path, then run fn."""
+def _both(model, fn, pytorch_fast: bool = False):
+    """{"plain": ..., "fast": ...} callables that switch the model's path, then run fn; with
+    pytorch_fast also "pytorch": the fast path without the native kernels (what runs where no
+    compiler is available)."""
 
-    def run(fast):
+    def run(fast, native=True):
         def call():
             use_fast_mamba(model, fast)
-            return fn()
+            fast_mamba._native = _native_kernels if native else (lambda: None)
+            try:
+                return fn()
+            finally:
+                fast_mamba._native = _native_kernels
 
         return call
 
-    return {"plain": run(False), "fast": run(True)}
+    arms = {"plain": run(False), "fast": run(True)}
+    if pytorch_fast:
+        arms["pytorch"] = run(True, native=False)
+    return arms
 
 
 def _report(name: str, medians: dict[str, float], unit_count: float | None = None, unit: str = "") -> float:
@@ -75,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--importance-windows", type=int, default=16)
     parser.add_argument("--throughput-threads", default="1,2", help="thread counts for --throughput")
+    parser.add_argument("--throughput-batches", default="8,16", help="batch sizes for --throughput")
+    parser.add_argument("--throughput-precisions", default="float32,bf16", help="float32 and/or bf16 (autocast)")
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="cpu: process CPU time")
     parser.add_argument(
         "--throughput",
         action="store_true",
-        help="instead: training tokens/s at batch 8 and 16, 1 and 2 threads, float32 and bf16 autocast, fast and plain",
+        help="instead: training tokens/s per thread count, batch and precision: plain, fast, fast without native kernels",
     )
     args = parser.parse_args(argv)
     global _clock
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     b, t = args.batch_size, args.seq_len
     print(
         f"{what}, {len(mixers)} Mamba mixers, batch {b} x {t}, {args.threads} threads, {args.repeats} rounds, "
-        f"{args.clock} clock"
+        f"{args.clock} clock, fast path: {_kernels_in_use()}"
     )
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (b, t), generator=torch.Generator().manual_seed(0))
@@ -175,32 +189,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _kernels_in_use() -> str:
+    if native.kernels() is None:
+        return "PyTorch (native kernels unavailable)"
+    return f"native kernels ({native.variant()[0]})"
+
+
 def throughput(args) -> int:
     """Training-step tokens/s of the demo teacher for choosing a training run's settings."""
     model, what = teacher_model()
-    print(f"{what}: training step tokens/s (AdamW), seq {args.seq_len}, {args.repeats} rounds, plain vs fast")
+    print(
+        f"{what}: training step tokens/s (AdamW), seq {args.seq_len}, {args.repeats} rounds, plain vs fast "
+        f"({_kernels_in_use()}) vs the fast path's PyTorch kernels"
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
     model.train()
     for threads in [int(n) for n in args.throughput_threads.split(",")]:
         torch.set_num_threads(threads)
-        for batch in (8, 16):
+        for batch in [int(n) for n in args.throughput_batches.split(",")]:
             ids = torch.randint(
                 3, model.config.vocab_size, (batch, args.seq_len), generator=torch.Generator().manual_seed(0)
             )
-            for precision in ("float32", "bf16 autocast"):
+            for precision in args.throughput_precisions.split(","):
 
                 def step(ids=ids, precision=precision):
                     optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):  # "bf16"
                         loss = model(ids, labels=ids).loss
                     loss.backward()
                     optimizer.step()
 
-                medians = _medians(_both(model, step), args.repeats)
+                medians = _medians(_both(model, step, pytorch_fast=True), args.repeats)
                 tokens = batch * args.seq_len
                 print(
-                    f"threads {threads}  batch {batch:2d} x {args.seq_len}  {precision:<13}  "
+                    f"threads {threads}  batch {batch:2d} x {args.seq_len}  {precision:<8}  "
                     f"plain {tokens / medians['plain']:6.0f} tok/s   fast {tokens / medians['fast']:6.0f} tok/s   "
+                    f"(PyTorch kernels {tokens / medians['pytorch']:6.0f} tok/s)   "
                     f"ratio {medians['plain'] / medians['fast']:.2f}x",
                     flush=True,
                 )

@@ -235,7 +235,7 @@ def test_native_kernels_are_used_when_built():
             seen.add(node)
             stack.extend(next_fn for next_fn, _ in node.next_functions)
     names = {type(node).__name__ for node in seen}
-    assert {"_NativeScanBackward", "_NativeConvBackward"} <= names
+    assert {"_NativeScanBackward", "_NativeConvBackward", "_NativeGatedNormBackward"} <= names
 
 
 @pytest.mark.parametrize("family", ["nemotron_h", "falcon_h1"])

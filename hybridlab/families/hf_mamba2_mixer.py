@@ -20,6 +20,18 @@ MIXER_CLASS_NAMES = frozenset(
     }
 )
 
+# transformers' gated norms of those mixers that compute weight * rmsnorm(y * silu(gate)) over groups of
+# `group_size` channels, eps `variance_epsilon` (Falcon-H1's differs: n_groups, optional norm-before-gate)
+GATED_NORM_CLASS_NAMES = frozenset(
+    {
+        "NemotronHRMSNormGated",
+        "MambaRMSNormGated",
+        "BambaRMSNormGated",
+        "GraniteMoeHybridRMSNormGated",
+        "Zamba2RMSNormGated",
+    }
+)
+
 
 def mamba_parts(mixer: nn.Module) -> MambaParts:
     return MambaParts(

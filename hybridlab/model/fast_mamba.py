@@ -5,7 +5,7 @@ forward, which calls module-level kernel functions: `mamba2_chunk_scan` (trainin
 `mamba2_selective_state_update` (one cached decoding step). transformers itself swaps those for the
 `mamba_ssm` CUDA kernels when they are installed; on the CPU they are a pure-PyTorch reference whose
 chunked scan materialises [b, c, l, l, h] tensors, repeats B and C over the heads of a group and lets
-autograd differentiate its einsums. This module replaces just those two functions, so everything
+autograd differentiate its einsums. This module replaces just those functions (and the convolution, below), so everything
 family-specific around them (Falcon-H1's multipliers, gated-norm variants, masks, the caches) stays
 transformers' own code:
 
@@ -15,6 +15,12 @@ transformers' own code:
   does, so outputs and gradients agree with the reference to float32 rounding (tests/test_fast_mamba.py).
 - `selective_state_update`: one decoding step on the head values of the expanded dt/A/D views
   and per-group B and C.
+
+Where hybridlab.model.native compiles (a C++ extension built by scripts/setup.sh or on first use),
+three kernels run natively instead, each an autograd Function with a hand-written backward:
+`chunk_scan` becomes a sequential recurrence per (batch, head) (`_NativeScan`; dt's bias, softplus
+and limits stay in PyTorch), and transformers' `causal_conv1d_fn` (conv + bias + SiLU) is replaced
+by a fused channel-last kernel (`_NativeConv`). Without a compiler the PyTorch code here runs.
 
 `use_fast_mamba(model)` switches a model's mixers over (a forward pre-hook and an always-called
 forward hook mark "inside a fast mixer" for the dispatching kernel functions); the kernels apply only
@@ -34,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridlab.families.hf_mamba2_mixer import MIXER_CLASS_NAMES
+from hybridlab.families.hf_mamba2_mixer import GATED_NORM_CLASS_NAMES, MIXER_CLASS_NAMES
 
 ENV_SWITCH = "HYBRIDLAB_FAST_MAMBA"  # "0" keeps transformers' implementation for models hybridlab loads
 
@@ -236,6 +242,55 @@ class _NativeConv(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, torch.empty(0) if bias is None else bias, dout)
         return None, dx, dweight, None if bias is None else dbias
+
+
+class _NativeGatedNorm(torch.autograd.Function):
+    """weight * rmsnorm(y * silu(z)) over groups of group_size channels in C++: y [rows, d]
+    contiguous, z [rows, d] (last dimension contiguous) -> [rows, d]."""
+
+    @staticmethod
+    def forward(ctx, kernels, y, z, weight, group_size, eps):
+        out, rstd = kernels.gated_norm_forward(y, z, weight, group_size, eps)
+        ctx.kernels, ctx.group_size = kernels, group_size
+        ctx.save_for_backward(y, z, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, z, weight, rstd = ctx.saved_tensors
+        dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size)
+        return None, dy, dz, dweight, None, None
+
+
+def _gated_norm_forward(original):
+    """The norm class's forward, natively inside a switched-on mixer (float32 CPU, with a gate)."""
+
+    @functools.wraps(original)
+    def forward(self, hidden_states, gate=None):
+        kernels = _native() if _inside_fast_mixer.get() and gate is not None else None
+        if (
+            kernels is not None
+            and _all_float32(hidden_states, gate, self.weight)
+            and hidden_states.shape == gate.shape
+            and hidden_states.shape[-1] % self.group_size == 0
+        ):
+            d = hidden_states.shape[-1]
+            y = hidden_states.reshape(-1, d).contiguous()  # [rows, d]
+            z = gate.reshape(-1, d)  # a slice of the projection: rows strided, channels contiguous
+            if z.stride(-1) != 1:
+                z = z.contiguous()
+            out = _NativeGatedNorm.apply(kernels, y, z, self.weight, self.group_size, self.variance_epsilon)
+            return out.view(hidden_states.shape)
+        return original(self, hidden_states, gate)
+
+    forward.hybridlab_original = original
+    return forward
+
+
+def _install_norm_dispatch(norm: nn.Module) -> None:
+    cls = type(norm)
+    if cls.__name__ in GATED_NORM_CLASS_NAMES and not hasattr(cls.forward, "hybridlab_original"):
+        cls.forward = _gated_norm_forward(cls.forward)
 
 
 def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=None, **kwargs):
@@ -448,6 +503,7 @@ def use_fast_mamba(model: nn.Module, enabled: bool = True) -> int:
                 del hooks[key]
         if enabled:
             _install_dispatch(type(mixer).__module__)
+            _install_norm_dispatch(mixer.norm)
             mixer.register_forward_pre_hook(_enter)
             mixer.register_forward_hook(_leave, always_call=True)
     return len(mixers)

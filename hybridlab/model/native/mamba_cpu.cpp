@@ -420,6 +420,109 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
   return {dx, dwt.t().contiguous(), dbias};
 }
 
+// silu(z) and its slope on a row (AVX2 where built with it)
+inline void silu_and_slope_row(const float* z, float* act, float* slope, int64_t d) {
+  int64_t c = 0;
+#ifdef __AVX2__
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (; c + 8 <= d; c += 8) {
+    const __m256 v = _mm256_loadu_ps(z + c);
+    const __m256 sig = sigmoid8(v);
+    _mm256_storeu_ps(act + c, _mm256_mul_ps(v, sig));
+    if (slope) _mm256_storeu_ps(slope + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sig), one)));
+  }
+#endif
+  for (; c < d; ++c) {
+    const float sig = sigmoid(z[c]);
+    act[c] = z[c] * sig;
+    if (slope) slope[c] = sig * (1.f + z[c] * (1.f - sig));
+  }
+}
+
+// Gated RMSNorm of transformers' Mamba2 mixers: v = y * silu(z); out = weight * v / sqrt(mean over each
+// group of group_size channels of v^2 + eps). y [rows, d] contiguous, z [rows, d] (last dim contiguous,
+// any row stride), weight [d] -> out [rows, d], rstd [rows, d / group_size]
+std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
+                                           int64_t group_size, double eps) {
+  TORCH_CHECK(y.is_contiguous() && z.stride(1) == 1 && weight.is_contiguous(), "gated norm layout");
+  const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
+  auto out = at::empty({rows, d}, y.options());
+  auto rstd = at::empty({rows, groups}, y.options());
+  const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  float *op = out.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  const int64_t sz = z.stride(0);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(d);
+    for (int64_t row = begin; row < end; ++row) {
+      silu_and_slope_row(zp + row * sz, v.data(), nullptr, d);
+      const float* yr = yp + row * d;
+      for (int64_t c = 0; c < d; ++c) v[c] *= yr[c];
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const float* vg = v.data() + gi * group_size;
+        float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t c = 0; c < group_size; ++c) sq += vg[c] * vg[c];
+        const float r = 1.f / std::sqrt(sq / static_cast<float>(group_size) + static_cast<float>(eps));
+        rp[row * groups + gi] = r;
+        float* o = op + row * d + gi * group_size;
+        const float* wg = wp + gi * group_size;
+        for (int64_t c = 0; c < group_size; ++c) o[c] = wg[c] * (vg[c] * r);
+      }
+    }
+  });
+  return {out, rstd};
+}
+
+// -> dy [rows, d], dz [rows, d], dweight [d]
+std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
+                                            const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size) {
+  const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
+  at::Tensor dout = dout_in.contiguous();
+  auto dy = at::empty({rows, d}, y.options());
+  auto dz = at::empty({rows, d}, y.options());
+  constexpr int64_t kBlocks = 16;
+  auto dw_parts = at::zeros({kBlocks, d}, y.options());
+  const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float *rp = rstd.data_ptr<float>(), *gp = dout.data_ptr<float>();
+  float *dyp = dy.data_ptr<float>(), *dzp = dz.data_ptr<float>(), *dwp = dw_parts.data_ptr<float>();
+  const int64_t sz = z.stride(0);
+  const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
+  at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> act(d), slope(d), v(d), dn(d);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* dw = dwp + blk * d;
+      for (int64_t row = blk * per_block; row < std::min(rows, (blk + 1) * per_block); ++row) {
+        silu_and_slope_row(zp + row * sz, act.data(), slope.data(), d);
+        const float* yr = yp + row * d;
+        const float* gr = gp + row * d;
+        for (int64_t c = 0; c < d; ++c) v[c] = yr[c] * act[c];
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const float r = rp[row * groups + gi];
+          const int64_t c0 = gi * group_size, c1 = c0 + group_size;
+          float dot = 0.f;  // sum of dn * n over the group
+#pragma omp simd reduction(+ : dot)
+          for (int64_t c = c0; c < c1; ++c) {
+            const float n = v[c] * r;
+            dw[c] += gr[c] * n;
+            dn[c] = gr[c] * wp[c];
+            dot += dn[c] * n;
+          }
+          const float mean_dot = dot / static_cast<float>(group_size);
+          float* dyr = dyp + row * d;
+          float* dzr = dzp + row * d;
+#pragma omp simd
+          for (int64_t c = c0; c < c1; ++c) {
+            const float dv = r * (dn[c] - v[c] * r * mean_dot);
+            dyr[c] = dv * act[c];
+            dzr[c] = dv * yr[c] * slope[c];
+          }
+        }
+      }
+    }
+  });
+  return {dy, dz, dw_parts.sum(0)};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -427,4 +530,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_backward", &scan_backward, "selective scan backward");
   m.def("conv_forward", &conv_forward, "causal depthwise conv1d + bias + SiLU forward");
   m.def("conv_backward", &conv_backward, "causal depthwise conv1d + bias + SiLU backward");
+  m.def("gated_norm_forward", &gated_norm_forward, "gated grouped RMSNorm forward");
+  m.def("gated_norm_backward", &gated_norm_backward, "gated grouped RMSNorm backward");
 }
