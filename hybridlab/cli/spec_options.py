@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hybridlab.model.spec import PruneSpec
+from hybridlab.model.spec import WIDTH_KEYS, PruneSpec
 
-SIZE_OPTIONS = (
-    "hidden_size",
-    "ffn_hidden_size",
-    "num_attention_heads",
-    "mamba_num_heads",
-    "mamba_head_dim",
-    "num_moe_experts",
-    "moe_ffn_hidden_size",
-    "moe_shared_expert_intermediate_size",
-    "num_layers",
-)
+SIZE_OPTIONS = (*WIDTH_KEYS, "num_layers")  # one flag per PruneSpec size key
 
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
