@@ -7,7 +7,7 @@ from hybridlab.training import trainer
 
 
 def _flags(monkeypatch, flags):
-    monkeypatch.setattr(hardware, "_cpu_flags", lambda: tuple(flags))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: tuple(flags))
 
 
 def test_cpu_bf16_is_native_only_with_its_flags(monkeypatch):

@@ -17,12 +17,13 @@ def native_bf16(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        return bool(set(_cpu_flags()) & set(_NATIVE_BF16_CPU_FLAGS))
+        return bool(set(cpu_flags()) & set(_NATIVE_BF16_CPU_FLAGS))
     return False
 
 
 @lru_cache(maxsize=1)
-def _cpu_flags() -> tuple[str, ...]:
+def cpu_flags() -> tuple[str, ...]:
+    """This CPU's feature flags as Linux reports them (empty elsewhere)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -4,7 +4,7 @@
 HYBRIDLAB_NATIVE_MAMBA=0); then one warning line is logged and hybridlab.model.fast_mamba keeps its
 PyTorch path. The build goes to HYBRIDLAB_NATIVE_CACHE, by default .cache/hybridlab-native/ in the
 checkout (git-ignored; ~/.cache/hybridlab-native when the package is installed elsewhere), one folder
-per instruction-set variant: "avx2" (-mavx2 -mfma) only where this CPU reports both flags, else
+per instruction-set variant and source hash: "avx2" (-mavx2 -mfma) only where this CPU reports both flags, else
 "generic" (-O3 alone, SSE2), so a cache copied to another CPU never runs instructions it lacks.
 `python -m hybridlab.model.native build` compiles it ahead of time (scripts/setup.sh does).
 """
@@ -12,10 +12,13 @@ per instruction-set variant: "avx2" (-mavx2 -mfma) only where this CPU reports b
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
 from pathlib import Path
+
+from hybridlab.core.hardware import cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +27,7 @@ SOURCE = Path(__file__).with_name("mamba_cpu.cpp")
 
 
 def cpu_has_avx2() -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx2" in flags and "fma" in flags
+    return {"avx2", "fma"} <= set(cpu_flags())
 
 
 def variant() -> tuple[str, list[str]]:
@@ -58,10 +56,12 @@ def build(verbose: bool = False):
     from torch.utils import cpp_extension
 
     name, flags = variant()
-    folder = cache_dir() / name
+    # The source's hash names the build: a changed source never loads an older, still-cached build.
+    tag = f"{name}_{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}"
+    folder = cache_dir() / tag
     folder.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
-        name=f"hybridlab_mamba_cpu_{name}",
+        name=f"hybridlab_mamba_cpu_{tag}",
         sources=[str(SOURCE)],
         extra_cflags=flags,
         build_directory=str(folder),
