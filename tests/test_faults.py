@@ -349,6 +349,23 @@ def test_sigkilled_prune_command_is_failed_without_any_worker_and_its_leftovers_
     assert hidden(ws / "artifacts" / "candidates") == [] and not out.exists()
 
 
+def test_sigterm_stops_a_command_like_ctrl_c_leaving_nothing_half_written(ws, tmp_path, spawn):
+    """Started in the background by a script, a command ignores Ctrl-C; SIGTERM must still stop it cleanly."""
+    from hybridlab.jobs import list_jobs
+
+    model = tiny_model(tmp_path / "model")
+    out = tmp_path / "pruned"
+    args = ["-m", "hybridlab", "prune", "--model", str(model), "--mamba-num-heads", "4", "--ranking", "random",
+            "--device", "cpu", "--out", str(out), "--workspace", str(ws)]  # fmt: skip
+    proc, marker = spawn(args, pause_at="atomic.before-rename")
+    wait_until(marker.exists, "the prune to reach its rename")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "hybridlab prune: cancelled" in (tmp_path / "proc-0.log").read_text()
+    assert not out.exists() and hidden(tmp_path) == [] and hidden(ws / "artifacts" / "candidates") == []
+    assert list_jobs(ws)["status"].tolist() == ["cancelled"]
+
+
 # ---- a checkpoint save killed between its two renames ---------------------------------------------------
 
 TRAIN_SCRIPT = """

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import traceback
 
 from hybridlab.core.errors import UserError, debug_enabled, is_user_error, one_line
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     bugs and propagate with their traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _stop_on_sigterm()
     try:
         result = args.func(args)
     except KeyboardInterrupt:
@@ -71,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybridlab {args.command}: error: {one_line(err) or type(err).__name__}", file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's timeout) stops a command as Ctrl-C does: training saves its checkpoint and
+    atomic writes leave nothing half-written. Ctrl-C cannot do it for a command started in the background
+    by a script, which inherits an ignored SIGINT. The worker installs its own handler over this one."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":
