@@ -102,11 +102,10 @@ def validation_loss(
             batch = batch.to(device)
             logits = _logits(model, batch[:, :-1])  # [B, T, V]
             targets = batch[:, 1:]  # [B, T]
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-            total += float(loss.double())
+            by_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double()  # [B, T]
+            total += float(by_token.sum())
             count += targets.numel()
-            by_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
-            per_window += by_token.double().mean(dim=1).tolist()  # [B]
+            per_window += by_token.mean(dim=1).tolist()  # [B]
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, "window_losses": per_window}
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from hybridlab.compression.prune import prune
 from hybridlab.core.atomic import write_json
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.bench import measure_paired
-from hybridlab.measure.evaluate import token_windows
+from hybridlab.measure.evaluate import validation_loss
 from hybridlab.training.distill import DistillSettings, distill
 from hybridlab.training.pretrain import lm_loss
 from hybridlab.training.trainer import TrainerSettings, train
@@ -47,21 +46,9 @@ class RunResult:
 
 @torch.inference_mode()
 def window_losses(model, tokens, seq_len: int, max_tokens: int, batch_size: int = 8) -> np.ndarray:
-    """Mean next-token cross entropy (nats, fp32) of each validation window: [W]. The windows are
-    measure.evaluate's (every window predicts seq_len tokens), so the mean over windows equals
-    validation_loss over the same max_tokens."""
-    windows = token_windows(tokens, seq_len, max_tokens)  # [W, seq_len + 1]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size].to(device)
-        logits = model(input_ids=batch[:, :-1], use_cache=False).logits.float()  # [B, T, V]
-        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [B, T]
-        out.append(loss.double().mean(dim=1).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out)
+    """Mean next-token cross entropy (nats, fp32) of each validation window: [W], validation_loss's."""
+    result = validation_loss(model, tokens, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    return np.asarray(result["window_losses"])
 
 
 def distil_arm(
