@@ -202,7 +202,7 @@ class _NativeScan(torch.autograd.Function):
         none = torch.empty(0)
         y, final, checkpoints = kernels.scan_forward(
             x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
-        )  # checkpoints [b, h, L / 32, p, n]: the states the backward restarts from
+        )  # checkpoints [b, h, L / 32, n, p]: the states the backward restarts from
         ctx.kernels = kernels
         ctx.has_s0 = s0 is not None
         ctx.save_for_backward(x, dt, A, B, C, D, checkpoints)

@@ -24,24 +24,35 @@ void check_inner(const at::Tensor& t, const char* name) {
               " needs contiguous last two dimensions");
 }
 
+// The state of one (batch, head) is held transposed, as [n, p]: the loops then run over a head's p
+// channels, contiguous vectors in every operand, so the output y_t = h_t C_t needs no horizontal sum
+// per channel (with [p, n] each of the p outputs ended in one). s0, the final state and dL/ds0 keep
+// transformers' [p, n]; the checkpoints are internal and stay [n, p].
+
+// [p, n] <-> [n, p]
+inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
 // y_t = h_t C_t + D x_t with h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, per (batch, head); heads
 // r*gi .. r*gi+r-1 read group gi's B and C.
 //   x [b, L, h, p], dt [b, L, h], A [h], B, C [b, L, g, n], D [h] or empty, s0 [b, h, p, n] or empty
-//   -> y [b, L, h, p], final state [b, h, p, n]
-template <int64_t NS>  // the state size when known at compile time (0: read at run time)
+//   -> y [b, L, h, p], final state [b, h, p, n], checkpoints [b, h, L / kChunk, n, p]
+template <int64_t P>
 std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
-                                     const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                     const at::Tensor& s0) {
+                                          const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                          const at::Tensor& s0) {
   check_inner(x, "x");
   check_inner(B, "B");
   check_inner(C, "C");
   TORCH_CHECK(dt.is_contiguous() && A.is_contiguous(), "dt and A must be contiguous");
-  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
-  const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g;
+  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = P ? P : x.size(3);
+  const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
   auto y = at::empty({b, L, h, p}, x.options());
   auto final_state = at::empty({b, h, p, n}, x.options());
   const int64_t chunks = (L + kChunk - 1) / kChunk;
-  auto checkpoints = at::empty({b, h, chunks, p, n}, x.options());  // the state entering each chunk
+  auto checkpoints = at::empty({b, h, chunks, n, p}, x.options());  // the state entering each chunk
   float* ckp = checkpoints.data_ptr<float>();
   const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
   at::Tensor s0c = has_s0 ? s0.contiguous() : s0;
@@ -57,56 +68,67 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
   const int64_t sxb = x.stride(0), sxt = x.stride(1), sbb = B.stride(0), sbt = B.stride(1);
   const int64_t scb = C.stride(0), sct = C.stride(1);
   at::parallel_for(0, b * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> state(pn), xdt_buf(p);
+    std::vector<double> acc_buf(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / h, hi = task % h, gi = hi / r;
-      float* S = fp + task * p * n;
+      float* __restrict S = state.data();  // [n, p]
+      float* __restrict xdt = xdt_buf.data();
+      double* __restrict acc = acc_buf.data();
       if (has_s0) {
-        std::copy(s0p + task * p * n, s0p + (task + 1) * p * n, S);
+        transpose_into(s0p + task * pn, S, p, n);
       } else {
-        std::fill(S, S + p * n, 0.f);
+        std::fill(S, S + pn, 0.f);
       }
       const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
       for (int64_t t = 0; t < L; ++t) {
-        if (t % kChunk == 0) std::copy(S, S + p * n, ckp + (task * chunks + t / kChunk) * p * n);
+        if (t % kChunk == 0) std::copy(S, S + pn, ckp + (task * chunks + t / kChunk) * pn);
         const float d = dtp[(bi * L + t) * h + hi];
         const float a = std::exp(d * a_log);
         const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
         const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
         const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
         float* __restrict yt = yp + ((bi * L + t) * h + hi) * p;
+#pragma omp simd
         for (int64_t i = 0; i < p; ++i) {
-          const float xi = xt[i] * d;
-          float* __restrict Si = S + i * n;
-          double acc = 0.0;  // y is a sum with cancellation that the gated norm may magnify
-#pragma omp simd reduction(+ : acc)
-          for (int64_t j = 0; j < n; ++j) {
-            const float s = a * Si[j] + xi * Bt[j];
-            Si[j] = s;
-            acc += static_cast<double>(s) * Ct[j];
-          }
-          yt[i] = static_cast<float>(acc + static_cast<double>(d_skip) * xt[i]);
+          xdt[i] = xt[i] * d;
+          acc[i] = 0.0;  // y is a sum with cancellation that the gated norm may magnify: float64
         }
+        for (int64_t j = 0; j < n; ++j) {
+          const float bj = Bt[j];
+          const double cj = Ct[j];
+          float* __restrict Sj = S + j * p;
+#pragma omp simd
+          for (int64_t i = 0; i < p; ++i) {
+            const float s = a * Sj[i] + bj * xdt[i];
+            Sj[i] = s;
+            acc[i] += static_cast<double>(s) * cj;
+          }
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < p; ++i) yt[i] = static_cast<float>(acc[i] + static_cast<double>(d_skip) * xt[i]);
       }
+      transpose_into(S, fp + task * pn, n, p);
     }
   });
   return {y, final_state, checkpoints};
 }
 
 // The reverse recurrence. G = dL/dh_t collects dy_t C_t^T plus exp(dt_{t+1} A) G_{t+1}; the states
-// h_{t-1}, h_t it needs are recomputed chunk by chunk from the forward's checkpoints [b, h, chunks, p, n].
+// h_{t-1}, h_t it needs are recomputed chunk by chunk from the forward's checkpoints [b, h, chunks, n, p].
 // Tasks are (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per
-// (batch, head) and are summed by the caller.
+// (batch, head) and are summed by the caller. G and the states are [n, p] as in the forward.
 //   -> dx [b, L, h, p], ddt [b, L, h], dA [b, h], dB, dC [b, L, g, n], dD [b, h], ds0 [b, h, p, n]
-template <int64_t NS>
+template <int64_t P>
 std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
-                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                      const at::Tensor& checkpoints_in, const at::Tensor& dy_in,
-                                      const at::Tensor& dfinal_in) {
+                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                           const at::Tensor& checkpoints_in, const at::Tensor& dy_in,
+                                           const at::Tensor& dfinal_in) {
   check_inner(x, "x");
   check_inner(B, "B");
   check_inner(C, "C");
-  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = x.size(3);
-  const int64_t g = B.size(2), n = NS ? NS : B.size(3), r = h / g, pn = p * n;
+  const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = P ? P : x.size(3);
+  const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
   const bool has_d = D.defined() && D.numel() > 0;
   const bool has_dfinal = dfinal_in.defined() && dfinal_in.numel() > 0;
   at::Tensor dy = dy_in.contiguous(), checkpoints_t = checkpoints_in.contiguous();
@@ -135,38 +157,44 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   const int64_t scb = C.stride(0), sct = C.stride(1);
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> states((kChunk + 1) * pn), G(pn);
-    std::vector<float> dB_t(n), dC_t(n);
+    std::vector<float> states((kChunk + 1) * pn), G_buf(pn), xdt_buf(p), gB_buf(p), gS_buf(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g, gi = task % g;
       for (int64_t hi = gi * r; hi < gi * r + r; ++hi) {
         const int64_t bh = bi * h + hi;
         const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
-        auto step = [&](const float* prev, float* next, int64_t t) {
-          const float d = dtp[(bi * L + t) * h + hi];
-          const float a = std::exp(d * a_log);
-          const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
-          const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
-          for (int64_t i = 0; i < p; ++i) {
-            const float xi = xt[i] * d;
-#pragma omp simd
-            for (int64_t j = 0; j < n; ++j) next[i * n + j] = a * prev[i * n + j] + xi * Bt[j];
-          }
-        };
+        float* __restrict G = G_buf.data();  // [n, p]
+        float* __restrict xdt = xdt_buf.data();
+        float* __restrict gB = gB_buf.data();  // dL/d(x_t dt_t), per channel
+        float* __restrict gS = gS_buf.data();  // per channel: the sum over the state of dL/dh_t * h_{t-1}
         if (has_dfinal) {
-          std::copy(dfp + bh * pn, dfp + (bh + 1) * pn, G.data());
+          transpose_into(dfp + bh * pn, G, p, n);
         } else {
-          std::fill(G.begin(), G.end(), 0.f);
+          std::fill(G, G + pn, 0.f);
         }
         double dA_acc = 0.0, dD_acc = 0.0;
         for (int64_t c = chunks - 1; c >= 0; --c) {
           const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
           const float* entering = ckp + (bh * chunks + c) * pn;
           std::copy(entering, entering + pn, states.data());
-          for (int64_t t = t0; t < t1; ++t) step(states.data() + (t - t0) * pn, states.data() + (t - t0 + 1) * pn, t);
+          for (int64_t t = t0; t < t1; ++t) {
+            const float d = dtp[(bi * L + t) * h + hi];
+            const float a = std::exp(d * a_log);
+            const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
+            const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
+            const float* __restrict prev = states.data() + (t - t0) * pn;
+            float* __restrict next = states.data() + (t - t0 + 1) * pn;
+#pragma omp simd
+            for (int64_t i = 0; i < p; ++i) xdt[i] = xt[i] * d;
+            for (int64_t j = 0; j < n; ++j) {
+              const float bj = Bt[j];
+#pragma omp simd
+              for (int64_t i = 0; i < p; ++i) next[j * p + i] = a * prev[j * p + i] + bj * xdt[i];
+            }
+          }
           for (int64_t t = t1 - 1; t >= t0; --t) {
-            const float* prev = states.data() + (t - t0) * pn;
-            const float* cur = prev + pn;
+            const float* __restrict prev = states.data() + (t - t0) * pn;
+            const float* __restrict cur = prev + pn;
             const float d = dtp[(bi * L + t) * h + hi];
             const float a = std::exp(d * a_log);
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
@@ -174,43 +202,48 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
             const float* __restrict dyt = dyp + ((bi * L + t) * h + hi) * p;
             float* __restrict dxt = dxp + ((bi * L + t) * h + hi) * p;
-            float* __restrict dBs = dB_t.data();
-            float* __restrict dCs = dC_t.data();
-            std::fill(dBs, dBs + n, 0.f);
-            std::fill(dCs, dCs + n, 0.f);
-            float d_dt = 0.f, d_decay = 0.f;
+            float* __restrict dBt = dBp + ((bi * L + t) * g + gi) * n;
+            float* __restrict dCt = dCp + ((bi * L + t) * g + gi) * n;
+#pragma omp simd
             for (int64_t i = 0; i < p; ++i) {
-              const float dyi = dyt[i], xi = xt[i], xdi = xi * d;
-              float* __restrict Gi = G.data() + i * n;
-              const float* __restrict Sc = cur + i * n;
-              const float* __restrict Sp = prev + i * n;
-              float gB = 0.f, gS = 0.f;
-#pragma omp simd reduction(+ : gB, gS)
-              for (int64_t j = 0; j < n; ++j) {
-                const float gij = Gi[j] + dyi * Ct[j];  // dL/dh_t
-                dCs[j] += dyi * Sc[j];
-                dBs[j] += gij * xdi;
-                gB += gij * Bt[j];
-                gS += gij * Sp[j];
-                Gi[j] = a * gij;  // on to h_{t-1}
-              }
-              dxt[i] = d * gB + d_skip * dyi;
-              d_dt += xi * gB;
-              d_decay += gS;
-              dD_acc += static_cast<double>(dyi) * xi;
+              xdt[i] = xt[i] * d;
+              gB[i] = 0.f;
+              gS[i] = 0.f;
             }
+            for (int64_t j = 0; j < n; ++j) {
+              const float bj = Bt[j], cj = Ct[j];
+              float* __restrict Gj = G + j * p;
+              const float* __restrict Sc = cur + j * p;
+              const float* __restrict Sp = prev + j * p;
+              float dc = 0.f, db = 0.f;
+#pragma omp simd reduction(+ : dc, db)
+              for (int64_t i = 0; i < p; ++i) {
+                const float gij = Gj[i] + dyt[i] * cj;  // dL/dh_t
+                dc += dyt[i] * Sc[i];
+                db += gij * xdt[i];
+                gB[i] += gij * bj;
+                gS[i] += gij * Sp[i];
+                Gj[i] = a * gij;  // on to h_{t-1}
+              }
+              dCt[j] += dc;
+              dBt[j] += db;
+            }
+            float d_dt = 0.f, d_decay = 0.f;
+            double dD_t = 0.0;
+#pragma omp simd reduction(+ : d_dt, d_decay, dD_t)
+            for (int64_t i = 0; i < p; ++i) {
+              d_decay += gS[i];
+              dxt[i] = d * gB[i] + d_skip * dyt[i];
+              d_dt += xt[i] * gB[i];
+              dD_t += static_cast<double>(dyt[i]) * xt[i];
+            }
+            dD_acc += dD_t;
             const float d_log = d_decay * a;  // dL/d(dt * A)
             ddtp[(bi * L + t) * h + hi] = d_dt + d_log * a_log;
             dA_acc += static_cast<double>(d_log) * d;
-            float* dBt = dBp + ((bi * L + t) * g + gi) * n;
-            float* dCt = dCp + ((bi * L + t) * g + gi) * n;
-            for (int64_t j = 0; j < n; ++j) {
-              dBt[j] += dBs[j];
-              dCt[j] += dCs[j];
-            }
           }
         }
-        std::copy(G.begin(), G.end(), ds0p + bh * pn);
+        transpose_into(G, ds0p + bh * pn, n, p);
         dAp[bh] = static_cast<float>(dA_acc);
         dDp[bh] = static_cast<float>(dD_acc);
       }
@@ -219,15 +252,13 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   return {dx, ddt, dA, dB, dC, dD, ds0};
 }
 
-// Fixed state sizes let the compiler unroll the state loops into whole registers.
+// Fixed head sizes let the compiler unroll the channel loops into whole registers.
 std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                      const at::Tensor& s0) {
-  switch (B.size(3)) {
-    case 16: return scan_forward_impl<16>(x, dt, A, B, C, D, s0);
+  switch (x.size(3)) {
     case 32: return scan_forward_impl<32>(x, dt, A, B, C, D, s0);
     case 64: return scan_forward_impl<64>(x, dt, A, B, C, D, s0);
-    case 128: return scan_forward_impl<128>(x, dt, A, B, C, D, s0);
     default: return scan_forward_impl<0>(x, dt, A, B, C, D, s0);
   }
 }
@@ -235,11 +266,9 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
 std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                       const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& dfinal) {
-  switch (B.size(3)) {
-    case 16: return scan_backward_impl<16>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+  switch (x.size(3)) {
     case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
     case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
-    case 128: return scan_backward_impl<128>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
     default: return scan_backward_impl<0>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
   }
 }
