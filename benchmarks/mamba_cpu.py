@@ -6,6 +6,10 @@ for: one Mamba mixer forward + backward (batch x seq tokens, training mode), a w
 (forward, backward, AdamW step), a no-grad prefill, cached decoding (tokens/s, one token at a time
 after a prompt) and importance estimation on calibration windows. Issue 14's goals, on the 2-core CPU
 with 2 threads at batch 8 x 256: training step >= 1.6x, mixer >= 2.5x.
+
+For the mixer and the training step it also times a third arm whose scan, convolution and gated-norm
+kernels return zeros at once: plain / free is the most that any kernel for those parts could give, since
+the projections, MLPs, attention, loss and optimizer are the same work in both paths.
 """
 
 from __future__ import annotations
@@ -43,15 +47,50 @@ def _medians(fns, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _both(model, fn, pytorch_fast: bool = False):
+class _FreeKernels:
+    """Stand-ins for the native kernels that return zeros of the right shapes at once. A step through
+    them bounds what any scan, convolution and gated-norm kernel could reach: the rest of the step
+    (the projections, MLPs, attention, loss and optimizer) is the same work in every path."""
+
+    def scan_forward(self, x, dt, A, B, C, D, s0):
+        b, _, h, p = x.shape
+        return torch.zeros_like(x), x.new_zeros(b, h, p, B.shape[3]), x.new_empty(0)
+
+    def scan_backward(self, x, dt, A, B, C, D, checkpoints, dy, dfinal):
+        b, _, h, p = x.shape
+        zeros = x.new_zeros(b, h)
+        return (
+            torch.zeros_like(x),
+            torch.zeros_like(dt),
+            zeros,
+            torch.zeros_like(B),
+            torch.zeros_like(C),
+            zeros,
+            x.new_zeros(b, h, p, B.shape[3]),
+        )
+
+    def conv_forward(self, x, weight, bias):
+        return torch.zeros_like(x)
+
+    def conv_backward(self, x, weight, bias, dout):
+        return torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+
+    def gated_norm_forward(self, y, z, weight, group_size, eps):
+        return torch.zeros_like(y), y.new_zeros(y.shape[0], y.shape[1] // group_size)
+
+    def gated_norm_backward(self, y, z, weight, rstd, dout, group_size):
+        return torch.zeros_like(y), torch.zeros_like(y), torch.zeros_like(weight)
+
+
+def _both(model, fn, pytorch_fast: bool = False, free: bool = False):
     """{"plain": ..., "fast": ...} callables that switch the model's path, then run fn; with
     pytorch_fast also "pytorch": the fast path without the native kernels (what runs where no
-    compiler is available)."""
+    compiler is available); with free also "free": the fast path with _FreeKernels (the bound)."""
 
-    def run(fast, native=True):
+    def run(fast, kernels=_native_kernels):
         def call():
             use_fast_mamba(model, fast)
-            fast_mamba._native = _native_kernels if native else (lambda: None)
+            fast_mamba._native = kernels
             try:
                 return fn()
             finally:
@@ -61,7 +100,10 @@ def _both(model, fn, pytorch_fast: bool = False):
 
     arms = {"plain": run(False), "fast": run(True)}
     if pytorch_fast:
-        arms["pytorch"] = run(True, native=False)
+        arms["pytorch"] = run(True, lambda: None)
+    if free and _native_kernels() is not None:
+        free_kernels = _FreeKernels()
+        arms["free"] = run(True, lambda: free_kernels)
     return arms
 
 
@@ -75,6 +117,12 @@ def _report(name: str, medians: dict[str, float], unit_count: float | None = Non
         f"ratio {ratio:5.2f}x{rates}",
         flush=True,
     )
+    if "free" in medians:
+        print(
+            f"{'':<28} free kernels {medians['free'] * 1000:9.1f} ms: no scan, convolution or gated-norm kernel "
+            f"can beat {medians['plain'] / medians['free']:.2f}x here",
+            flush=True,
+        )
     return ratio
 
 
@@ -123,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         mixer.train()
         mixer(hidden).sum().backward()
 
-    ratios["mixer"] = _report("mixer fwd+bwd", _medians(_both(model, mixer_step), args.repeats * 2))
+    ratios["mixer"] = _report("mixer fwd+bwd", _medians(_both(model, mixer_step, free=True), args.repeats * 2))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
@@ -135,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios["train"] = _report(
         "training step",
-        _medians(_both(model, train_step), args.repeats),
+        _medians(_both(model, train_step, free=True), args.repeats),
         b * t,
         "tok/s",
     )
