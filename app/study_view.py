@@ -65,9 +65,7 @@ def open_study(folder: str | Path) -> StudyView:
             distilled_windows=_table(windows, row["run"], "distilled"),
             seeds=int(row.get("seeds", 1) or 1),
         )
-        if not math.isnan(teacher_ms) and row.get("latency_ms", math.nan) == row.get("latency_ms", math.nan):
-            column.speedup = (teacher_ms / float(row["latency_ms"]), None, None)
-            column.speedup_note = "prefill timed once per architecture by the study (not paired: no interval)"
+        column.speedup, column.speedup_note = _speedup(row, teacher_ms, summary.get("settings", {}))
         columns.append(column)
         curves[strategy] = _band(all_curves, row["run"])
     seeds = sorted((out / "importance").glob("seed-*")) if (out / "importance").is_dir() else []
@@ -77,6 +75,29 @@ def open_study(folder: str | Path) -> StudyView:
 
 def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _speedup(row, teacher_ms: float, settings: dict) -> tuple[tuple | None, str]:
+    """(estimate, low, high) of the arm's prefill speedup over the teacher and its note, as the live
+    path reads a paired bench: the study times each architecture interleaved with the teacher and
+    records speedup, speedup_low, speedup_high (hybridlab.measure.paired). Older studies recorded
+    only the latencies: their ratio, without an interval."""
+    paired = _number(row.get("speedup"))
+    if paired is not None:
+        note = "prefill timed in pairs with the teacher by the study"
+        if "seq_len" in settings and "latency_repeats" in settings:
+            note = f"prefill of {settings['seq_len']} tokens, {settings['latency_repeats']} rounds, paired by the study"
+        return (paired, _number(row.get("speedup_low")), _number(row.get("speedup_high"))), note
+    latency = _number(row.get("latency_ms"))
+    if math.isnan(teacher_ms) or latency is None:
+        return None, ""
+    note = "prefill timed once per architecture by the study (not paired: no interval)"
+    return (teacher_ms / latency, None, None), note
+
+
+def _number(value) -> float | None:
+    """A results.csv cell as a float; None for an empty cell or a column the study's version lacks."""
+    return None if value is None or value != value else float(value)
 
 
 def _interval(row, prefix: str) -> stats.Interval | None:

@@ -309,6 +309,63 @@ def test_a_study_folder_opens_in_the_same_view(lab, study_folder):
         assert parse_interval(text) == pytest.approx(
             (row["distilled_loss"], row["distilled_loss_low"], row["distilled_loss_high"]), abs=6e-4
         )
+    for arm, text in zip(("width-only", "depth-only"), values["prefill speedup vs teacher (95% CI)"]):
+        row = results.loc[arm]  # the study's paired speedup and its interval, as a bench job's
+        assert parse_interval(text) == pytest.approx(
+            (row["speedup"], row["speedup_low"], row["speedup_high"]), abs=6e-3
+        )
     titles = [fig.layout.title.text for fig in figures(at)]
     assert titles.count("Distillation: validation loss over 2 seeds") == 2  # the study's band over seeds
     assert any("verdict" in frame.value.columns for frame in at.dataframe)  # paired by seed and window
+
+
+# -- a study folder's paired speedups (results.csv written by hand: what each study version records) ----
+
+STUDY_COLUMNS = "comparison,arm,run,spec,params,zero_shot_loss,distilled_loss,seeds,latency_ms"
+
+
+def write_results(folder: Path, header: str, rows: list[str], settings: dict | None = None) -> Path:
+    folder.mkdir()
+    (folder / "results.csv").write_text("\n".join([header, *rows]) + "\n")
+    if settings is not None:
+        (folder / "study.json").write_text(json.dumps({"settings": settings, "status": "done"}))
+    return folder
+
+
+def test_a_study_arm_carries_its_paired_speedup_interval(tmp_path):
+    from app.study_view import open_study
+
+    folder = write_results(
+        tmp_path / "study",
+        STUDY_COLUMNS + ",speedup,speedup_low,speedup_high",
+        [
+            "reference,teacher,teacher,{},1000,5.1,,1,40.0,1.0,1.0,1.0",
+            'width_vs_depth,width-only,w,"{""hidden_size"": 48}",500,5.6,5.3,2,26.0,1.52,1.41,1.64',
+            'width_vs_depth,depth-only,d,"{""num_layers"": 3}",510,6.2,5.5,2,21.0,1.93,1.87,1.99',
+        ],
+        settings={"seq_len": 32, "latency_repeats": 5},
+    )
+    view = open_study(folder)
+    assert [c.strategy for c in view.columns] == ["width", "depth"]
+    width, depth = view.columns
+    # the study's paired interval, not the ratio of the two medians (40 / 26 = 1.538...)
+    assert width.speedup == (1.52, 1.41, 1.64) and depth.speedup == (1.93, 1.87, 1.99)
+    assert width.speedup_note == "prefill of 32 tokens, 5 rounds, paired by the study"
+
+
+def test_a_study_without_speedup_columns_still_opens_with_the_latency_ratio(tmp_path):
+    from app.study_view import open_study
+
+    folder = write_results(
+        tmp_path / "older",
+        STUDY_COLUMNS,
+        [
+            "reference,teacher,teacher,{},1000,5.1,,1,40.0",
+            'width_vs_depth,width-only,w,"{""hidden_size"": 48}",500,5.6,5.3,2,25.0',
+            'width_vs_depth,depth-only,d,"{""num_layers"": 3}",510,6.2,5.5,2,',
+        ],
+    )
+    width, depth = open_study(folder).columns
+    assert width.speedup == (1.6, None, None) and "no interval" in width.speedup_note
+    assert depth.speedup is None  # an arm that was never timed
+    assert width.distilled.estimate == 5.3 and np.isnan(width.distilled.low)  # no loss intervals then either
