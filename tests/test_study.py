@@ -191,6 +191,107 @@ def test_verdict_text_follows_the_interval():
     assert "better" not in text
 
 
+def experts_report(distilled: stats.Interval) -> str:
+    """docs/results.md of a synthetic study of a mixture-of-experts teacher with only the experts comparison:
+    the two arms' rows and their paired rows written as run_study writes them."""
+    from dataclasses import asdict
+
+    from hybridlab.study.report import render
+
+    def arm(name, spec, loss, latency, speedup):
+        return {
+            "comparison": "experts_vs_expert_width",
+            "arm": name,
+            "run": name,
+            "spec": spec,
+            "params": 600_000,
+            "flops_per_token": 1.2e6,
+            "zero_shot_loss": loss + 1,
+            "zero_shot_loss_low": loss + 0.9,
+            "zero_shot_loss_high": loss + 1.1,
+            "distilled_loss": loss,
+            "distilled_loss_low": loss - 0.05,
+            "distilled_loss_high": loss + 0.05,
+            "scratch_loss": None,
+            "seeds": 3,
+            "latency_ms": latency,
+            "speedup": speedup,
+            "speedup_low": speedup - 0.1,
+            "speedup_high": speedup + 0.1,
+            "tokens": 512,
+            "note": "600,000 parameters",
+        }
+
+    teacher = arm("teacher", "{}", 4.0, 40.0, 1.0) | {
+        "comparison": "reference",
+        "speedup_low": 1.0,
+        "speedup_high": 1.0,
+    }
+    fewer = arm("fewer experts", '{"num_moe_experts": 6}', 4.5, 30.0, 1.33)
+    narrower = arm("narrower experts", '{"moe_ffn_hidden_size": 24}', 4.55, 25.0, 1.6)
+    zero_shot = stats.Interval(0.3, 0.2, 0.4)
+    timed = ("latency_ms", "speedup", "speedup_low", "speedup_high")
+    pairs = [
+        {
+            "comparison": "experts_vs_expert_width",
+            "arm_a": "fewer experts",
+            "arm_b": "narrower experts",
+            "stage": stage,
+            "difference": d.estimate,
+            "low": d.low,
+            "high": d.high,
+            "direction": stats.direction(d),
+            "verdict": stats.verdict("fewer experts", "narrower experts", d),
+            **{f"{k}_{side}": row[k] for side, row in (("a", fewer), ("b", narrower)) for k in timed},
+            "seeds": 3,
+            "windows": 16,
+        }
+        for stage, d in (("zero_shot", zero_shot), ("distilled", distilled))
+    ]
+    summary = {
+        "command": "hybridlab study",
+        "teacher_params": 1_000_000,
+        "teacher_loss": 4.0,
+        "target_params": 600_000,
+        "train_tokens_available": 6000,
+        "validation_windows": 16,
+        "calibration_pool": 12,
+        "torch_threads": 1,
+        "wall_s": 60.0,
+        "distinct_students": 2,
+        "distinct_architectures": 2,
+    }
+    settings = asdict(tiny_settings(comparisons=("experts_vs_expert_width",)))
+    return render(pd.DataFrame([teacher, fewer, narrower]), pd.DataFrame(pairs), summary, settings)
+
+
+@pytest.mark.parametrize(
+    "distilled, outcome",
+    [
+        (
+            stats.Interval(-0.05, -0.08, -0.02),
+            "**Measured (no paper claim to test):** fewer experts better than narrower experts by 0.050 nats "
+            "[0.020, 0.080].",
+        ),
+        (
+            stats.Interval(0.01, -0.02, 0.04),
+            "**Measured (no paper claim to test):** no difference detected at this budget: fewer experts - "
+            "narrower experts = +0.010 [-0.020, +0.040] nats.",
+        ),
+    ],
+)
+def test_the_experts_finding_reads_its_verdict_from_the_interval(distilled, outcome):
+    text = experts_report(distilled)
+    finding = text.split("### Fewer routed experts versus narrower experts\n\n")[1].split("\n## ")[0]
+    assert finding.startswith("The paper has no mixture-of-experts finding:")  # nothing to reproduce
+    assert outcome in finding
+    assert ("better than" in finding.split("Zero-shot:")[0]) == distilled.excludes_zero()
+    assert "fewer experts reached 4.500 [4.450, 4.550] and narrower experts 4.550 [4.500, 4.600]" in finding
+    assert "Zero-shot: narrower experts better than fewer experts by 0.300 nats [0.200, 0.400]." in finding
+    assert "fewer experts 1.33x [1.23, 1.43] (30.0 ms), narrower experts 1.60x [1.50, 1.70] (25.0 ms)" in finding
+    assert "narrower experts faster" in finding
+
+
 # -- what a seed changes -----------------------------------------------------------------------
 
 
