@@ -147,7 +147,7 @@ def test_cached_prefill_and_decoding_equal_transformers(family, overrides, monke
                 token = step.logits[:, -1].argmax(-1, keepdim=True)
                 tokens.append(token)
         runs.append((torch.stack(logits, 1), torch.cat(tokens, 1)))
-    assert set(calls) == set(fast_mamba.FAST_KERNELS), "the fast run did not use both fast kernels"
+    assert set(calls) == set(fast_mamba.FAST_KERNELS), "the fast run did not use every fast kernel"
     assert torch.equal(runs[1][1], runs[0][1])
     # Zamba2's random shared blocks amplify any float32 rounding difference layer by layer (its mixers
     # alone agree to 1e-7, see above; transformers' own float32 logits differ from its float64 ones by
