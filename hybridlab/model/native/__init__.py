@@ -31,8 +31,10 @@ def cpu_has_avx2() -> bool:
 
 
 def variant() -> tuple[str, list[str]]:
-    """(name, compiler flags) for this CPU."""
-    base = ["-O3", "-fopenmp-simd"]
+    """(name, compiler flags) for this CPU. -fopenmp: without it ATen's parallel_for, an inline
+    template, compiles to a serial loop (the kernels then ignored torch's thread count); the build
+    links the libgomp that torch has already loaded, so both share one thread pool."""
+    base = ["-O3", "-fopenmp"]
     if cpu_has_avx2():
         return "avx2", base + ["-mavx2", "-mfma"]
     return "generic", base
@@ -56,14 +58,16 @@ def build(verbose: bool = False):
     from torch.utils import cpp_extension
 
     name, flags = variant()
-    # The source's hash names the build: a changed source never loads an older, still-cached build.
-    tag = f"{name}_{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}"
+    # The source's and the flags' hash names the build: a change never loads an older, still-cached build.
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    tag = f"{name}_{digest}"
     folder = cache_dir() / tag
     folder.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"hybridlab_mamba_cpu_{tag}",
         sources=[str(SOURCE)],
         extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
         build_directory=str(folder),
         verbose=verbose,
     )

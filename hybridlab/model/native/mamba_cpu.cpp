@@ -2,7 +2,7 @@
 // sequential recurrence per (batch, head) and the causal depthwise conv1d + bias + SiLU, each with a
 // hand-written backward. float32 only; the Python side checks dtypes, devices and layouts and falls
 // back to PyTorch for anything else. Inner loops run over contiguous state / channel vectors so the
-// compiler vectorises them (`omp simd` reductions, built with -fopenmp-simd).
+// compiler vectorises them (`omp simd` reductions, built with -fopenmp, which also makes at::parallel_for parallel).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
