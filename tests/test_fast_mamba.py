@@ -88,9 +88,13 @@ def _reference_scan():
     return getattr(fn, "hybridlab_original", fn)
 
 
-def test_scan_with_initial_state_and_final_state():
+@pytest.mark.parametrize(
+    "p, n",
+    [(4, 5), (32, 16), (64, 32), (32, 12)],  # the native kernels' vector code: head sizes 32 and 64, states of 8k
+)
+def test_scan_with_initial_state_and_final_state(p, n):
     generator = torch.Generator().manual_seed(1)
-    b, length, h, p, g, n = 2, 45, 6, 4, 3, 5
+    b, length, h, g = 2, 45, 6, 3
 
     def inputs():
         return [

@@ -35,6 +35,81 @@ inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t c
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
+#ifdef __AVX2__
+// Lane k of the result: the sum of v[k]'s eight lanes (eight horizontal sums for the price of ~one).
+inline __m256 sum_lanes8(const __m256* v) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// One forward step for channels [c0, c0 + 32) of a head: S [n, P] updated in place, out[0..32) = the
+// float64 sums over the state of S * C for those channels.
+template <int64_t P>
+inline void forward_step_avx2(float* __restrict S, int64_t n, int64_t c0, const float* __restrict xdt,
+                              const float* __restrict Bt, const float* __restrict Ct, float a,
+                              double* __restrict out) {
+  const __m256 av = _mm256_set1_ps(a);
+  __m256 x[4];
+  __m256d y[8];
+  for (int v = 0; v < 4; ++v) x[v] = _mm256_loadu_ps(xdt + c0 + 8 * v);
+  for (int v = 0; v < 8; ++v) y[v] = _mm256_setzero_pd();
+  for (int64_t j = 0; j < n; ++j) {
+    float* __restrict Sj = S + j * P + c0;
+    const __m256 bj = _mm256_set1_ps(Bt[j]);
+    const __m256d cj = _mm256_set1_pd(Ct[j]);
+    for (int v = 0; v < 4; ++v) {
+      const __m256 s = _mm256_fmadd_ps(av, _mm256_loadu_ps(Sj + 8 * v), _mm256_mul_ps(bj, x[v]));
+      _mm256_storeu_ps(Sj + 8 * v, s);
+      y[2 * v] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), cj, y[2 * v]);
+      y[2 * v + 1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), cj, y[2 * v + 1]);
+    }
+  }
+  for (int v = 0; v < 8; ++v) _mm256_storeu_pd(out + c0 + 4 * v, y[v]);
+}
+
+// One backward step of a head (n a multiple of 8): G [n, P] = dL/dh_t on entry, exp(dt A) dL/dh_t on
+// exit; adds sum_i dy_i h_t[j, i] to dC[j] and sum_i dL/dh_t[j, i] xdt_i to dB[j]; gB[i] = sum_j
+// dL/dh_t[j, i] B_j and gS[i] = sum_j dL/dh_t[j, i] h_{t-1}[j, i].
+template <int64_t P>
+inline void backward_step_avx2(float* __restrict G, const float* __restrict prev, const float* __restrict cur,
+                               int64_t n, const float* __restrict xdt, const float* __restrict dyt,
+                               const float* __restrict Bt, const float* __restrict Ct, float a,
+                               float* __restrict dBt, float* __restrict dCt, float* __restrict gB,
+                               float* __restrict gS) {
+  constexpr int V = P / 8;
+  const __m256 av = _mm256_set1_ps(a);
+  __m256 gBv[V], gSv[V];
+  for (int v = 0; v < V; ++v) gBv[v] = gSv[v] = _mm256_setzero_ps();
+  __m256 dcv[8], dbv[8];
+  for (int64_t jb = 0; jb < n; jb += 8) {
+    for (int jj = 0; jj < 8; ++jj) {
+      const int64_t j = jb + jj;
+      const __m256 cj = _mm256_set1_ps(Ct[j]), bj = _mm256_set1_ps(Bt[j]);
+      float* __restrict Gj = G + j * P;
+      __m256 dc = _mm256_setzero_ps(), db = _mm256_setzero_ps();
+      for (int v = 0; v < V; ++v) {
+        const __m256 dy = _mm256_loadu_ps(dyt + 8 * v);
+        const __m256 gij = _mm256_fmadd_ps(dy, cj, _mm256_loadu_ps(Gj + 8 * v));
+        dc = _mm256_fmadd_ps(dy, _mm256_loadu_ps(cur + j * P + 8 * v), dc);
+        db = _mm256_fmadd_ps(gij, _mm256_loadu_ps(xdt + 8 * v), db);
+        gBv[v] = _mm256_fmadd_ps(gij, bj, gBv[v]);
+        gSv[v] = _mm256_fmadd_ps(gij, _mm256_loadu_ps(prev + j * P + 8 * v), gSv[v]);
+        _mm256_storeu_ps(Gj + 8 * v, _mm256_mul_ps(av, gij));
+      }
+      dcv[jj] = dc;
+      dbv[jj] = db;
+    }
+    _mm256_storeu_ps(dCt + jb, _mm256_add_ps(_mm256_loadu_ps(dCt + jb), sum_lanes8(dcv)));
+    _mm256_storeu_ps(dBt + jb, _mm256_add_ps(_mm256_loadu_ps(dBt + jb), sum_lanes8(dbv)));
+  }
+  for (int v = 0; v < V; ++v) {
+    _mm256_storeu_ps(gB + 8 * v, gBv[v]);
+    _mm256_storeu_ps(gS + 8 * v, gSv[v]);
+  }
+}
+#endif
+
 // y_t = h_t C_t + D x_t with h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, per (batch, head); heads
 // r*gi .. r*gi+r-1 read group gi's B and C.
 //   x [b, L, h, p], dt [b, L, h], A [h], B, C [b, L, g, n], D [h] or empty, s0 [b, h, p, n] or empty
@@ -94,15 +169,22 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
           xdt[i] = xt[i] * d;
           acc[i] = 0.0;  // y is a sum with cancellation that the gated norm may magnify: float64
         }
-        for (int64_t j = 0; j < n; ++j) {
-          const float bj = Bt[j];
-          const double cj = Ct[j];
-          float* __restrict Sj = S + j * p;
+#ifdef __AVX2__
+        if constexpr (P > 0 && P % 32 == 0) {
+          for (int64_t c0 = 0; c0 < P; c0 += 32) forward_step_avx2<P>(S, n, c0, xdt, Bt, Ct, a, acc);
+        } else
+#endif
+        {
+          for (int64_t j = 0; j < n; ++j) {
+            const float bj = Bt[j];
+            const double cj = Ct[j];
+            float* __restrict Sj = S + j * p;
 #pragma omp simd
-          for (int64_t i = 0; i < p; ++i) {
-            const float s = a * Sj[i] + bj * xdt[i];
-            Sj[i] = s;
-            acc[i] += static_cast<double>(s) * cj;
+            for (int64_t i = 0; i < p; ++i) {
+              const float s = a * Sj[i] + bj * xdt[i];
+              Sj[i] = s;
+              acc[i] += static_cast<double>(s) * cj;
+            }
           }
         }
 #pragma omp simd
@@ -112,6 +194,33 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
     }
   });
   return {y, final_state, checkpoints};
+}
+
+// backward_step_avx2's work in plain loops (any head size, any state size)
+inline void backward_step_generic(float* __restrict G, const float* __restrict prev, const float* __restrict cur,
+                                  int64_t p, int64_t n, const float* __restrict xdt, const float* __restrict dyt,
+                                  const float* __restrict Bt, const float* __restrict Ct, float a,
+                                  float* __restrict dBt, float* __restrict dCt, float* __restrict gB,
+                                  float* __restrict gS) {
+  for (int64_t i = 0; i < p; ++i) gB[i] = gS[i] = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float bj = Bt[j], cj = Ct[j];
+    float* __restrict Gj = G + j * p;
+    const float* __restrict Sc = cur + j * p;
+    const float* __restrict Sp = prev + j * p;
+    float dc = 0.f, db = 0.f;
+#pragma omp simd reduction(+ : dc, db)
+    for (int64_t i = 0; i < p; ++i) {
+      const float gij = Gj[i] + dyt[i] * cj;  // dL/dh_t
+      dc += dyt[i] * Sc[i];
+      db += gij * xdt[i];
+      gB[i] += gij * bj;
+      gS[i] += gij * Sp[i];
+      Gj[i] = a * gij;  // on to h_{t-1}
+    }
+    dCt[j] += dc;
+    dBt[j] += db;
+  }
 }
 
 // The reverse recurrence. G = dL/dh_t collects dy_t C_t^T plus exp(dt_{t+1} A) G_{t+1}; the states
@@ -205,28 +314,18 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             float* __restrict dBt = dBp + ((bi * L + t) * g + gi) * n;
             float* __restrict dCt = dCp + ((bi * L + t) * g + gi) * n;
 #pragma omp simd
-            for (int64_t i = 0; i < p; ++i) {
-              xdt[i] = xt[i] * d;
-              gB[i] = 0.f;
-              gS[i] = 0.f;
-            }
-            for (int64_t j = 0; j < n; ++j) {
-              const float bj = Bt[j], cj = Ct[j];
-              float* __restrict Gj = G + j * p;
-              const float* __restrict Sc = cur + j * p;
-              const float* __restrict Sp = prev + j * p;
-              float dc = 0.f, db = 0.f;
-#pragma omp simd reduction(+ : dc, db)
-              for (int64_t i = 0; i < p; ++i) {
-                const float gij = Gj[i] + dyt[i] * cj;  // dL/dh_t
-                dc += dyt[i] * Sc[i];
-                db += gij * xdt[i];
-                gB[i] += gij * bj;
-                gS[i] += gij * Sp[i];
-                Gj[i] = a * gij;  // on to h_{t-1}
+            for (int64_t i = 0; i < p; ++i) xdt[i] = xt[i] * d;
+#ifdef __AVX2__
+            if constexpr (P > 0 && P % 8 == 0) {
+              if (n % 8 == 0) {
+                backward_step_avx2<P>(G, prev, cur, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
+              } else {
+                backward_step_generic(G, prev, cur, p, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
               }
-              dCt[j] += dc;
-              dBt[j] += db;
+            } else
+#endif
+            {
+              backward_step_generic(G, prev, cur, p, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
             }
             float d_dt = 0.f, d_decay = 0.f;
             double dD_t = 0.0;
