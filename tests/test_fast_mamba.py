@@ -267,3 +267,19 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
         _assert_mixer_exact(tiny_model("bamba"), lengths=(21,))
     finally:
         native.kernels.cache_clear()
+
+
+def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch):
+    from hybridlab.model import native
+
+    tried = []
+
+    def fake_build(threaded, verbose):
+        tried.append(native.variant(threaded)[1])
+        if threaded:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return "serial kernels"
+
+    monkeypatch.setattr(native, "_build", fake_build)
+    assert native.build() == "serial kernels"
+    assert "-fopenmp" in tried[0] and "-fopenmp" not in tried[1] and "-fopenmp-simd" in tried[1]

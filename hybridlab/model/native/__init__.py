@@ -30,11 +30,12 @@ def cpu_has_avx2() -> bool:
     return {"avx2", "fma"} <= set(cpu_flags())
 
 
-def variant() -> tuple[str, list[str]]:
+def variant(threaded: bool = True) -> tuple[str, list[str]]:
     """(name, compiler flags) for this CPU. -fopenmp: without it ATen's parallel_for, an inline
-    template, compiles to a serial loop (the kernels then ignored torch's thread count); the build
-    links the libgomp that torch has already loaded, so both share one thread pool."""
-    base = ["-O3", "-fopenmp"]
+    template, compiles to a serial loop (the kernels then ignore torch's thread count); the build
+    links the libgomp that torch has already loaded, so both share one thread pool. A compiler
+    without OpenMP (Apple's clang) gets the serial build (threaded=False)."""
+    base = ["-O3", "-fopenmp" if threaded else "-fopenmp-simd"]
     if cpu_has_avx2():
         return "avx2", base + ["-mavx2", "-mfma"]
     return "generic", base
@@ -54,10 +55,19 @@ def switched_on() -> bool:
 
 
 def build(verbose: bool = False):
-    """Compile (or load the cached build of) the kernels; raises when that fails."""
+    """Compile (or load the cached build of) the kernels, threaded when the compiler has OpenMP;
+    raises when neither build works."""
+    try:
+        return _build(threaded=True, verbose=verbose)
+    except Exception as error:  # noqa: BLE001 - e.g. no OpenMP: the serial build may still work
+        log.info("threaded native build failed (%s); trying a serial one", str(error).strip()[:200])
+        return _build(threaded=False, verbose=verbose)
+
+
+def _build(threaded: bool, verbose: bool):
     from torch.utils import cpp_extension
 
-    name, flags = variant()
+    name, flags = variant(threaded)
     # The source's and the flags' hash names the build: a change never loads an older, still-cached build.
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
     tag = f"{name}_{digest}"
@@ -67,7 +77,7 @@ def build(verbose: bool = False):
         name=f"hybridlab_mamba_cpu_{tag}",
         sources=[str(SOURCE)],
         extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=["-fopenmp"] if threaded else [],
         build_directory=str(folder),
         verbose=verbose,
     )
