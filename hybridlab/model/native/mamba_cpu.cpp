@@ -466,7 +466,9 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   return out;
 }
 
-// -> dx [b, L, ch], dweight [ch, k], dbias [ch]; the pre-activation is recomputed.
+// -> dx [b, L, ch], dweight [ch, k], dbias [ch]; the pre-activation is recomputed. One pass over row
+// blocks finds dL/d(pre-activation) and adds each block's share of dweight and dbias (summed at the end),
+// a second finds dx, which needs the next k - 1 rows' dL/d(pre-activation).
 std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                       const at::Tensor& dout_in) {
   const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
@@ -475,77 +477,69 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
   at::Tensor bc = has_bias ? bias.contiguous() : bias;
   auto dpre = at::empty({b, L, ch}, x.options());
   auto dx = at::empty({b, L, ch}, x.options());
+  constexpr int64_t kBlocks = 16;
+  auto parts = at::zeros({kBlocks, k + 1, ch}, x.options());  // per row block: dweight [k, ch], dbias [ch]
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
   const float* gp = dout.data_ptr<float>();
   float* dpp = dpre.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  const int64_t sb = x.stride(0), st = x.stride(1);
+  float* partp = parts.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1), rows = b * L;
   std::vector<float> wt(k * ch);
   for (int64_t c = 0; c < ch; ++c)
     for (int64_t j = 0; j < k; ++j) wt[j * ch + c] = wp[c * k + j];
-  // dL/d(pre-activation)
-  at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
+  const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
+  at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pre(ch);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / L, t = row % L;
-      for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t s = t - k + 1 + j;
-        if (s < 0) continue;
-        const float* xs = xp + bi * sb + s * st;
-        const float* wj = wt.data() + j * ch;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* __restrict dw = partp + blk * (k + 1) * ch;
+      float* __restrict db = dw + k * ch;
+      for (int64_t row = blk * per_block; row < std::min(rows, (blk + 1) * per_block); ++row) {
+        const int64_t bi = row / L, t = row % L;
+        for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t s = t - k + 1 + j;
+          if (s < 0) continue;
+          const float* __restrict xs = xp + bi * sb + s * st;
+          const float* __restrict wj = wt.data() + j * ch;
 #pragma omp simd
-        for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+          for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+        }
+        float* __restrict dp = dpp + row * ch;
+        silu_grad_row(pre.data(), gp + row * ch, dp, ch);
+#pragma omp simd
+        for (int64_t c = 0; c < ch; ++c) db[c] += dp[c];
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t s = t - k + 1 + j;
+          if (s < 0) continue;
+          const float* __restrict xs = xp + bi * sb + s * st;
+          float* __restrict dwj = dw + j * ch;
+#pragma omp simd
+          for (int64_t c = 0; c < ch; ++c) dwj[c] += dp[c] * xs[c];
+        }
       }
-      const float* go = gp + row * ch;
-      float* dp = dpp + row * ch;
-      silu_grad_row(pre.data(), go, dp, ch);
     }
   });
   // dx[s] = sum_j w[j] dpre[s + k - 1 - j]
-  at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bi = row / L, s = row % L;
-      float* o = dxp + row * ch;
+      float* __restrict o = dxp + row * ch;
       std::fill(o, o + ch, 0.f);
       for (int64_t j = 0; j < k; ++j) {
         const int64_t t = s + k - 1 - j;
         if (t >= L) continue;
-        const float* dpt = dpp + (bi * L + t) * ch;
-        const float* wj = wt.data() + j * ch;
+        const float* __restrict dpt = dpp + (bi * L + t) * ch;
+        const float* __restrict wj = wt.data() + j * ch;
 #pragma omp simd
         for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * dpt[c];
       }
     }
   });
-  // dweight, dbias: per channel block, summed over every (batch, step)
-  auto dwt = at::zeros({k, ch}, x.options());
-  auto dbias = at::zeros({ch}, x.options());
-  float* dwp = dwt.data_ptr<float>();
-  float* dbp = dbias.data_ptr<float>();
-  constexpr int64_t kBlock = 64;
-  at::parallel_for(0, (ch + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t c0 = blk * kBlock, c1 = std::min(ch, c0 + kBlock);
-      for (int64_t bi = 0; bi < b; ++bi) {
-        for (int64_t t = 0; t < L; ++t) {
-          const float* dpt = dpp + (bi * L + t) * ch;
-          for (int64_t c = c0; c < c1; ++c) dbp[c] += dpt[c];
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t s = t - k + 1 + j;
-            if (s < 0) continue;
-            const float* xs = xp + bi * sb + s * st;
-            float* dwj = dwp + j * ch;
-#pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) dwj[c] += dpt[c] * xs[c];
-          }
-        }
-      }
-    }
-  });
-  return {dx, dwt.t().contiguous(), dbias};
+  auto summed = parts.sum(0);  // [k + 1, ch]
+  return {dx, summed.narrow(0, 0, k).t().contiguous(), summed[k].contiguous()};
 }
 
 // silu(z) and its slope on a row (AVX2 where built with it)
