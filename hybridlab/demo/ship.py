@@ -148,6 +148,7 @@ def write_model_card(dest: Path, facts: dict) -> None:
     )
     evals = [json.loads(line) for line in (dest / "train_metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     curve = " → ".join(f"{e['val_loss']:.2f}" for e in evals[:: max(1, len(evals) // 8)])
+    precision = "bf16 autocast" if st.get("bf16_autocast", True) else "float32"  # runs before the setting: bf16
     pattern = facts["layer_pattern"]
     sample_text = "\n\n".join(
         f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```" for s in facts["samples"]
@@ -184,7 +185,8 @@ Load it with `hybridlab.load_demo()`, `--model demo`, or
 
 `tests/test_demo.py` recomputes the subset loss from the shipped files and checks it against this card (tolerance 1e-3).
 
-Validation loss during training (in-training evaluation on the first {st["eval_windows"]} windows, bf16 autocast):
+Validation loss during training, a quick check on the split's first {st["eval_windows"]} windows (its first documents,
+not a sample of it; the whole-split loss above is the measure), {precision}:
 {curve}
 
 ## Training
@@ -194,7 +196,7 @@ Validation loss during training (in-training evaluation on the first {st["eval_w
 | data | demo corpus, train split ({corpus["tokens"]["train"]:,} tokens from {len(sources)} Debian documentation packages, see DATA_CARD.md): {data_line} |
 | tokens seen | {summary["tokens_seen"]:,} ({summary["steps"]:,} steps × batch {st["batch_size"]} × {st["seq_len"]} tokens) |
 | optimiser | AdamW (β = 0.9, 0.95), lr {st["lr"]}, weight decay {st["weight_decay"]}, {st["warmup_steps"]} warm-up steps, cosine to {st["min_lr_ratio"]} × lr, grad clip {st["grad_clip"]} |
-| precision | bf16 autocast on CPU, fp32 master weights |
+| precision | {precision}, fp32 master weights |
 | seed | {st["seed"]} |
 | wall time | {summary["wall_s"] / 60:.1f} min in {max(1, len(segments))} segment(s) on {", ".join(machines)} ({"/".join(threads)} torch thread(s)), torch {", ".join(torches)}, fast Mamba path {"/".join(fast)} |
 | data hashes (sha256) | train.npy `{run["data"]["train.npy"][:16]}…`, val.npy `{run["data"]["val.npy"][:16]}…`, tokenizer `{run["data"]["tokenizer/tokenizer.json"][:16]}…` |
