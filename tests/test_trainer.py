@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hybridlab.core.progress import Cancelled
 from hybridlab.data.tokens import TokenBatches
 from hybridlab.training.checkpoint import load_checkpoint
 from hybridlab.training.pretrain import lm_loss, validation_loss
-from hybridlab.training.trainer import TrainerSettings, learning_rate, make_optimizer, train
+from hybridlab.training.trainer import TrainerSettings, learning_rate, make_optimizer, next_token_loss, train
 from tests.conftest import tiny_nemotron_config
 
 
@@ -317,3 +318,16 @@ def test_resuming_with_other_batches_or_a_non_snapshot_is_refused_before_work(ti
     with pytest.raises(UserError, match="raise --tokens"):
         _run(tiny_corpus, tmp_path / "other", _train_settings(token_budget=3 * 32), resume_weights=tmp_path / "snap")
     assert not (tmp_path / "other").exists()
+
+
+def test_next_token_loss_equals_the_sliced_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 11, 17, generator=generator, requires_grad=True)
+    ids = torch.randint(0, 17, (3, 11), generator=generator)
+    for reduction in ("mean", "sum"):
+        want = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction=reduction)
+        got = next_token_loss(logits, ids, reduction=reduction)
+        assert torch.allclose(got, want, rtol=1e-6)
+        (want_grad,) = torch.autograd.grad(want, logits)
+        (got_grad,) = torch.autograd.grad(got, logits)
+        assert torch.allclose(got_grad, want_grad, atol=1e-7) and got_grad[:, -1].abs().max() == 0

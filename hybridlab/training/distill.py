@@ -37,7 +37,7 @@ from hybridlab.data.tokens import TokenBatches
 from hybridlab.measure.evaluate import validation_loss
 from hybridlab.training import distributed
 from hybridlab.training.checkpoint import restore_checkpoint
-from hybridlab.training.trainer import TrainerSettings, train
+from hybridlab.training.trainer import TrainerSettings, next_token_loss, train
 
 
 @dataclass
@@ -248,7 +248,7 @@ def distill(
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=input_ids).logits
             kd = kd_loss(logits, teacher_logits, settings.temperature, settings.top_k)
-        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
+        ce = next_token_loss(logits, input_ids)
         w = settings.lm_loss_weight
         loss = kd if w == 0 else (1 - w) * kd + w * ce
         logged = {"loss": float(loss.detach()), "kd_loss": float(kd.detach()), "lm_loss": float(ce.detach())}

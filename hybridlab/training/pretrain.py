@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hybridlab.core.errors import UserError
 from hybridlab.core.progress import ProgressFn
@@ -54,7 +53,7 @@ from hybridlab.training.run_record import (
     start_segment,
     update_segment,
 )
-from hybridlab.training.trainer import TrainerSettings, train
+from hybridlab.training.trainer import TrainerSettings, next_token_loss, train
 
 # A mini Nemotron-H in the 8B's style: Mamba2 (M), ReLU² MLP (-), one GQA attention layer (*).
 PRESETS: dict[str, dict] = {
@@ -158,9 +157,7 @@ def build_model(preset: str, vocab_size: int, bos: int, eos: int, pad: int, over
 
 def lm_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Mean next-token cross-entropy over a [B, T] batch (fp32 softmax)."""
-    logits = model(input_ids=input_ids).logits  # [B, T, V]
-    loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
-    return loss, {}
+    return next_token_loss(model(input_ids=input_ids).logits, input_ids), {}
 
 
 @torch.no_grad()
@@ -169,9 +166,7 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size]  # [b, T]
-        logits = model(input_ids=batch).logits.float()  # [b, T, V]
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-        total += float(nll)
+        total += float(next_token_loss(model(input_ids=batch).logits, batch, reduction="sum"))
         count += batch[:, 1:].numel()
     return total / count
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from hybridlab.core.atomic import write_text
 from hybridlab.core.hardware import native_bf16
@@ -100,7 +101,17 @@ def make_optimizer(model: torch.nn.Module, s: TrainerSettings) -> torch.optim.Ad
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
+    # the fused kernel updates every tensor in one pass (~4% of a demo-teacher step on the CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=fused)
+
+
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (fp32 softmax) of logits [B, T, V] at position t against input_ids [B, T] at t + 1.
+    The targets are shifted and the last position ignored instead of the logits sliced: a [B, T - 1, V]
+    slice copies the logits forward and back, ~12% of a demo-teacher training step on the CPU."""
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)  # [B, T]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
 
 
 def _autocast(s: TrainerSettings, model: torch.nn.Module):
