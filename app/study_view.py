@@ -87,7 +87,10 @@ def _speedup(row, teacher_ms: float, settings: dict) -> tuple[tuple | None, str]
         note = "prefill timed in pairs with the teacher by the study"
         if "seq_len" in settings and "latency_repeats" in settings:
             note = f"prefill of {settings['seq_len']} tokens, {settings['latency_repeats']} rounds, paired by the study"
-        return (paired, _number(row.get("speedup_low")), _number(row.get("speedup_high"))), note
+        low, high = _number(row.get("speedup_low")), _number(row.get("speedup_high"))
+        if low == high:  # one round: no interval (the report prints none either)
+            low = high = None
+        return (paired, low, high), note
     latency = _number(row.get("latency_ms"))
     if math.isnan(teacher_ms) or latency is None:
         return None, ""

@@ -280,7 +280,7 @@ def study_folder(lab):
         max_candidates=2,
         curve_points=2,
         curve_eval_tokens=256,
-        latency_repeats=1,
+        latency_repeats=2,  # one round would give no interval to show
         calib_samples=4,
         layer_samples=4,
         seeds=2,
@@ -342,14 +342,16 @@ def test_a_study_arm_carries_its_paired_speedup_interval(tmp_path):
             "reference,teacher,teacher,{},1000,5.1,,1,40.0,1.0,1.0,1.0",
             'width_vs_depth,width-only,w,"{""hidden_size"": 48}",500,5.6,5.3,2,26.0,1.52,1.41,1.64',
             'width_vs_depth,depth-only,d,"{""num_layers"": 3}",510,6.2,5.5,2,21.0,1.93,1.87,1.99',
+            'width_vs_depth,mixed,m,"{""num_layers"": 4}",505,6.0,5.4,2,23.0,1.74,1.74,1.74',
         ],
         settings={"seq_len": 32, "latency_repeats": 5},
     )
     view = open_study(folder)
-    assert [c.strategy for c in view.columns] == ["width", "depth"]
-    width, depth = view.columns
+    assert [c.strategy for c in view.columns] == ["width", "depth", "mixed"]
+    width, depth, mixed = view.columns
     # the study's paired interval, not the ratio of the two medians (40 / 26 = 1.538...)
     assert width.speedup == (1.52, 1.41, 1.64) and depth.speedup == (1.93, 1.87, 1.99)
+    assert mixed.speedup == (1.74, None, None)  # one round: an interval of zero width is none
     assert width.speedup_note == "prefill of 32 tokens, 5 rounds, paired by the study"
 
 

@@ -269,17 +269,20 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
         native.kernels.cache_clear()
 
 
-def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch):
+def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch, tmp_path, caplog):
     from hybridlab.model import native
 
-    tried = []
-
-    def fake_build(threaded, verbose):
-        tried.append(native.variant(threaded)[1])
-        if threaded:
-            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
-        return "serial kernels"
-
-    monkeypatch.setattr(native, "_build", fake_build)
-    assert native.build() == "serial kernels"
-    assert "-fopenmp" in tried[0] and "-fopenmp" not in tried[1] and "-fopenmp-simd" in tried[1]
+    probe = native._compiler_has_openmp
+    monkeypatch.setenv("HYBRIDLAB_NATIVE_CACHE", str(tmp_path))  # nothing built yet
+    builds = []
+    monkeypatch.setattr(native, "_build", lambda threaded, verbose: builds.append(threaded) or "kernels")
+    for has_openmp in (True, False):
+        monkeypatch.setattr(native, "_compiler_has_openmp", lambda has_openmp=has_openmp: has_openmp)
+        with caplog.at_level("WARNING", logger=native.__name__):
+            assert native.build() == "kernels"
+    assert builds == [True, False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the C++ compiler has no OpenMP: the native Mamba2 kernels will run on one thread"
+    ]
+    assert "-fopenmp" in native.variant(True)[1] and "-fopenmp-simd" in native.variant(False)[1]
+    assert probe.__wrapped__() is True  # this machine's g++ has it

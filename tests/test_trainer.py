@@ -331,3 +331,20 @@ def test_next_token_loss_equals_the_sliced_cross_entropy():
         (want_grad,) = torch.autograd.grad(want, logits)
         (got_grad,) = torch.autograd.grad(got, logits)
         assert torch.allclose(got_grad, want_grad, atol=1e-7) and got_grad[:, -1].abs().max() == 0
+
+
+def test_a_checkpoint_from_a_non_fused_adamw_resumes_fused(tmp_path):
+    from hybridlab.training.checkpoint import save_checkpoint
+
+    model = _model()
+    settings = _settings()
+    old = make_optimizer(model, settings)
+    for group in old.param_groups:  # as saved before make_optimizer chose the fused kernel
+        group["fused"] = None
+    model(torch.randint(3, 100, (2, 8))).logits.sum().backward()
+    old.step()
+    save_checkpoint(tmp_path / "checkpoint", model, old, {"step": 1, "tokens": 16, "wall_s": 0.0})
+    optimizer = make_optimizer(model, settings)
+    load_checkpoint(tmp_path / "checkpoint", model, optimizer)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    optimizer.step()  # the fused kernel accepts the restored state

@@ -148,7 +148,8 @@ def write_model_card(dest: Path, facts: dict) -> None:
     )
     evals = [json.loads(line) for line in (dest / "train_metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     curve = " → ".join(f"{e['val_loss']:.2f}" for e in evals[:: max(1, len(evals) // 8)])
-    precision = "bf16 autocast" if st.get("bf16_autocast", True) else "float32"  # runs before the setting: bf16
+    bf16 = st.get("bf16_autocast", True)  # runs before the setting trained under bf16 autocast
+    precision = "bf16 autocast" if bf16 else "float32"
     pattern = facts["layer_pattern"]
     sample_text = "\n\n".join(
         f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```" for s in facts["samples"]
@@ -196,7 +197,7 @@ not a sample of it; the whole-split loss above is the measure), {precision}:
 | data | demo corpus, train split ({corpus["tokens"]["train"]:,} tokens from {len(sources)} Debian documentation packages, see DATA_CARD.md): {data_line} |
 | tokens seen | {summary["tokens_seen"]:,} ({summary["steps"]:,} steps × batch {st["batch_size"]} × {st["seq_len"]} tokens) |
 | optimiser | AdamW (β = 0.9, 0.95), lr {st["lr"]}, weight decay {st["weight_decay"]}, {st["warmup_steps"]} warm-up steps, cosine to {st["min_lr_ratio"]} × lr, grad clip {st["grad_clip"]} |
-| precision | {precision}, fp32 master weights |
+| precision | {"bf16 autocast, fp32 master weights" if bf16 else "float32"} |
 | seed | {st["seed"]} |
 | wall time | {summary["wall_s"] / 60:.1f} min in {max(1, len(segments))} segment(s) on {", ".join(machines)} ({"/".join(threads)} torch thread(s)), torch {", ".join(torches)}, fast Mamba path {"/".join(fast)} |
 | data hashes (sha256) | train.npy `{run["data"]["train.npy"][:16]}…`, val.npy `{run["data"]["val.npy"][:16]}…`, tokenizer `{run["data"]["tokenizer/tokenizer.json"][:16]}…` |

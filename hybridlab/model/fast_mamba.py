@@ -419,9 +419,10 @@ def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activatio
         or activation not in (None, "silu")
     ):
         return _original(hidden_states, conv_state, weight, bias, activation=activation, **kwargs)
-    window = torch.cat([conv_state[..., 1:], hidden_states.to(conv_state.dtype)], dim=-1)  # [b, ch, k]
+    # in the weights' dtype, as the original: the state stores a rounded copy, the output uses the token as is
+    window = torch.cat([conv_state[..., 1:].to(weight.dtype), hidden_states.to(weight.dtype)], dim=-1)  # [b, ch, k]
     conv_state.copy_(window)
-    out = (window.to(weight.dtype) * weight).sum(-1, keepdim=True)  # [b, ch, 1]
+    out = (window * weight).sum(-1, keepdim=True)  # [b, ch, 1]
     if bias is not None:
         out = out + bias[:, None]
     if activation == "silu":

@@ -111,6 +111,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         load_model(model, str(path / "model.safetensors"))
         if optimizer is not None:
             optimizer.load_state_dict(state.pop("optimizer"))
+            _keep_implementation(optimizer)
     _set_rng_state(state.pop("rng"))
     return state
 
@@ -131,3 +132,19 @@ def _set_rng_state(rng: dict) -> None:
     pos, has_gauss, cached = rng["numpy_rest"]
     np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate((3, tuple(int(x) for x in rng["python"].tolist()), None))
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict takes each group's flags from the file, so a checkpoint saved by a non-fused
+    AdamW would turn the fused one built for this run back into the per-tensor loop: keep this
+    run's choice (and the step counters where a fused kernel wants them, float32 on the device)."""
+    fused = optimizer.defaults.get("fused")
+    for group in optimizer.param_groups:
+        for flag in ("fused", "foreach"):
+            if flag in optimizer.defaults:
+                group[flag] = optimizer.defaults[flag]
+        if fused:
+            for param in group["params"]:
+                step = optimizer.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    optimizer.state[param]["step"] = step.to(dtype=torch.float32, device=param.device)

@@ -248,8 +248,9 @@ def distill(
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=input_ids).logits
             kd = kd_loss(logits, teacher_logits, settings.temperature, settings.top_k)
-        ce = next_token_loss(logits, input_ids)
         w = settings.lm_loss_weight
+        with torch.set_grad_enabled(w != 0):  # logged either way; differentiated only when it counts
+            ce = next_token_loss(logits, input_ids)
         loss = kd if w == 0 else (1 - w) * kd + w * ce
         logged = {"loss": float(loss.detach()), "kd_loss": float(kd.detach()), "lm_loss": float(ce.detach())}
         return loss, distributed.mean_across_ranks(logged, dist)

@@ -5,7 +5,7 @@ HYBRIDLAB_NATIVE_MAMBA=0); then one warning line is logged and hybridlab.model.f
 PyTorch path. The build goes to HYBRIDLAB_NATIVE_CACHE, by default .cache/hybridlab-native/ in the
 checkout (git-ignored; ~/.cache/hybridlab-native when the package is installed elsewhere), one folder
 per instruction-set variant and source hash: "avx2" (-mavx2 -mfma) only where this CPU reports both flags, else
-"generic" (-O3 alone, SSE2), so a cache copied to another CPU never runs instructions it lacks.
+"generic" (SSE2), so a cache copied to another CPU never runs instructions it lacks.
 `python -m hybridlab.model.native build` compiles it ahead of time (scripts/setup.sh does).
 """
 
@@ -15,6 +15,8 @@ import functools
 import hashlib
 import logging
 import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,28 +57,51 @@ def switched_on() -> bool:
 
 
 def build(verbose: bool = False):
-    """Compile (or load the cached build of) the kernels, threaded when the compiler has OpenMP;
-    raises when neither build works."""
-    try:
-        return _build(threaded=True, verbose=verbose)
-    except Exception as error:  # noqa: BLE001 - e.g. no OpenMP: the serial build may still work
-        log.info("threaded native build failed (%s); trying a serial one", str(error).strip()[:200])
-        return _build(threaded=False, verbose=verbose)
+    """Compile (or load the cached build of) the kernels: threaded, or serial where the compiler has
+    no OpenMP (Apple's clang). Raises when the build fails."""
+    threaded = _built(threaded=True) or _compiler_has_openmp()
+    if not threaded:
+        log.warning("the C++ compiler has no OpenMP: the native Mamba2 kernels will run on one thread")
+    return _build(threaded, verbose)
+
+
+def _tag(threaded: bool) -> str:
+    import torch
+
+    name, flags = variant(threaded)
+    # source, flags and torch name the build: a change never loads an older, still-cached build
+    stamp = " ".join([*flags, torch.__version__]).encode()
+    return f"{name}_{hashlib.sha256(SOURCE.read_bytes() + stamp).hexdigest()[:12]}"
+
+
+def _built(threaded: bool) -> bool:
+    tag = _tag(threaded)
+    return any((cache_dir() / tag).glob(f"hybridlab_mamba_cpu_{tag}*.so"))
+
+
+@functools.cache
+def _compiler_has_openmp() -> bool:
+    """Whether the compiler cpp_extension uses ($CXX, else c++) builds an OpenMP program."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "probe.cpp"
+        source.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        command = [os.environ.get("CXX", "c++"), "-fopenmp", str(source), "-o", str(Path(folder) / "probe")]
+        try:
+            return subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False  # no compiler at all: the build below says so
 
 
 def _build(threaded: bool, verbose: bool):
     from torch.utils import cpp_extension
 
-    name, flags = variant(threaded)
-    # The source's and the flags' hash names the build: a change never loads an older, still-cached build.
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
-    tag = f"{name}_{digest}"
+    tag = _tag(threaded)
     folder = cache_dir() / tag
     folder.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"hybridlab_mamba_cpu_{tag}",
         sources=[str(SOURCE)],
-        extra_cflags=flags,
+        extra_cflags=variant(threaded)[1],
         extra_ldflags=["-fopenmp"] if threaded else [],
         build_directory=str(folder),
         verbose=verbose,
