@@ -136,8 +136,21 @@ def open_model(page, url: str, folder: str) -> None:
 
 
 def go_to(page, title: str, timeout_ms: float = 30_000) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=title).first.wait_for(timeout=timeout_ms)
+    """Click the sidebar link until the page's heading shows: on a loaded machine a click can land while
+    the previous script run is still redrawing the sidebar, and is lost (a fresh-clone CI run waited
+    120 s for a heading that one more click brings in seconds)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    heading = page.get_by_role("heading", name=title).first
+    while True:
+        page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+        try:
+            heading.wait_for(timeout=max(1_000, min(20_000, (deadline - time.monotonic()) * 1000)))
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def metric_value(page, label: str) -> str:
