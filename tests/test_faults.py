@@ -331,14 +331,21 @@ def test_sigkilled_worker_writing_a_pruned_model_leaves_nothing_that_looks_compl
     assert code == 0, out
 
 
-def test_sigkilled_prune_command_is_failed_without_any_worker_and_its_leftovers_cleared(ws, tmp_path, spawn):
-    from hybridlab.jobs import list_candidates, list_jobs
-
+def _prune_paused_before_rename(ws, tmp_path, spawn):
+    """A `hybridlab prune` command started as a process that pauses just before its output's rename:
+    (process, marker file that appears at the pause, output folder)."""
     model = tiny_model(tmp_path / "model")
     out = tmp_path / "pruned"
     args = ["-m", "hybridlab", "prune", "--model", str(model), "--mamba-num-heads", "4", "--ranking", "random",
             "--device", "cpu", "--out", str(out), "--workspace", str(ws)]  # fmt: skip
     proc, marker = spawn(args, pause_at="atomic.before-rename")
+    return proc, marker, out
+
+
+def test_sigkilled_prune_command_is_failed_without_any_worker_and_its_leftovers_cleared(ws, tmp_path, spawn):
+    from hybridlab.jobs import list_candidates, list_jobs
+
+    proc, marker, out = _prune_paused_before_rename(ws, tmp_path, spawn)
     kill_when_paused(proc, marker, tmp_path / "proc-0.log")
     assert hidden(ws / "artifacts" / "candidates") != []
 
@@ -353,11 +360,7 @@ def test_sigterm_stops_a_command_like_ctrl_c_leaving_nothing_half_written(ws, tm
     """Started in the background by a script, a command ignores Ctrl-C; SIGTERM must still stop it cleanly."""
     from hybridlab.jobs import list_jobs
 
-    model = tiny_model(tmp_path / "model")
-    out = tmp_path / "pruned"
-    args = ["-m", "hybridlab", "prune", "--model", str(model), "--mamba-num-heads", "4", "--ranking", "random",
-            "--device", "cpu", "--out", str(out), "--workspace", str(ws)]  # fmt: skip
-    proc, marker = spawn(args, pause_at="atomic.before-rename")
+    proc, marker, out = _prune_paused_before_rename(ws, tmp_path, spawn)
     wait_until(marker.exists, "the prune to reach its rename")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
