@@ -7,6 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, Mamba2Config, NemotronHConfig
 
 from benchmarks.random_checkpoint import write_random_checkpoint
+from hybridlab.jobs.kinds.prune import pruned_bytes
+from hybridlab.model.checks import check_model
 from hybridlab.model.streamed import StreamedModel
 from tests.test_weight_files import TINY
 
@@ -182,6 +184,10 @@ def test_prune_keeps_the_checkpoint_dtype_unless_told(cli_inputs, tmp_path, stre
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / folder)
         assert {p.dtype for p in reloaded.parameters()} == {dtype}
         assert reloaded.config.dtype == dtype
+        # the free-space check before pruning expects about what was written
+        spec = {"model": str(model), "spec": {"hidden_size": 24}, "dtype": "auto" if folder == "kept" else "float32"}
+        written = sum(f.stat().st_size for f in (tmp_path / folder).glob("*.safetensors"))
+        assert 0.9 <= pruned_bytes(spec, check_model(model)) / written <= 1.1
 
 
 def test_streaming_is_chosen_when_memory_is_short_and_refused_when_even_that_cannot_fit(
@@ -200,3 +206,23 @@ def test_streaming_is_chosen_when_memory_is_short_and_refused_when_even_that_can
     err = capsys.readouterr().err
     assert "is more than the" in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_prune_is_refused_before_any_work_when_the_disk_has_no_room(cli_inputs, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    model, calib = cli_inputs
+    need = pruned_bytes({"model": str(model), "spec": {"hidden_size": 24}}, check_model(model))
+    real_disk_usage = shutil.disk_usage
+    free = {"bytes": need + need // 2}  # room for the checkpoint, not for it and its copy in the workspace
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_disk_usage(path)._replace(free=free["bytes"]))
+    args = ["prune", "--model", str(model), "--calib", str(calib), "--samples", "8", "--seq-len", "32"]
+    assert _cli([*args, "--hidden-size", "24", "--out", str(tmp_path / "out")], tmp_path / "ws") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the pruned checkpoint and its copy in the workspace needs about" in line and "free some space" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ws" / "artifacts").exists()
+    free["bytes"] = need // 2  # a job submitted to the workspace (the dashboard's way) is refused too
+    from hybridlab.jobs import submit
+
+    with pytest.raises(ValueError, match="workspace .*the pruned checkpoint needs about"):
+        submit("prune", {"model": str(model), "spec": {"hidden_size": 24}, "ranking": "random"}, tmp_path / "ws")

@@ -16,7 +16,7 @@ from hybridlab.cli.recorded import add_workspace_option, artifact_dir, copy_out,
 from hybridlab.cli.spec_options import add_spec_options, spec_from_args
 from hybridlab.core.atomic import atomic_file
 from hybridlab.core.errors import UserError
-from hybridlab.core.outputs import check_new_file
+from hybridlab.core.outputs import check_free_space, check_new_file, same_disk
 from hybridlab.jobs.kinds.common import Calibration, JobOptions, ModelInput
 from hybridlab.jobs.kinds.prune import PruneOptions
 from hybridlab.jobs.kinds.source_model import Streaming
@@ -92,18 +92,25 @@ def run_importance(args) -> int:
 
 
 def run_prune(args) -> int:
-    from hybridlab.jobs.kinds.prune import check_architecture
+    from hybridlab.core.paths import workspace_dir
+    from hybridlab.jobs.kinds.prune import check_architecture, pruned_bytes
 
     spec = spec_from_args(args)
     if spec.is_empty():
         raise ValueError("give at least one target size, e.g. --mamba-num-heads 96 or --num-layers 40")
     refuse_existing(args.out)
-    check_architecture(args.model, spec.to_dict(), args.trust_remote_code, args.allow_pickle_weights)  # headers only
+    description = check_architecture(args.model, spec.to_dict(), args.trust_remote_code, args.allow_pickle_weights)
     _check_model_and_calib(args, needs_calib=args.importance is None and args.ranking == "importance")
     job_spec = {
         **job_spec_from_args(args, ModelInput, PruneOptions, Calibration, Streaming, JobOptions),
         "spec": spec.to_dict(),
     }
+    # the job writes its artifact in the workspace (checked by the job), then it is copied to --out
+    need = pruned_bytes(job_spec, description)
+    if same_disk(args.out, workspace_dir(args.workspace)):
+        check_free_space(args.out, 2 * need, what="the pruned checkpoint and its copy in the workspace")
+    else:
+        check_free_space(args.out, need, what="the pruned checkpoint")
     result = run_recorded("prune", job_spec, args)  # an impossible spec is refused before any model is loaded
     out = copy_out(artifact_dir(result, args), args.out)
     before, after = result["parent_params"], result["params"]
@@ -191,8 +198,9 @@ def run_plan(args) -> int:
 
 def _print_memory(config, spec, args) -> None:
     """What each command needs for this model (bf16 weights, the defaults' calibration and batch sizes)."""
+    from hybridlab.core.outputs import gib
     from hybridlab.families import describe
-    from hybridlab.model.memory import available_bytes, gib, memory_need
+    from hybridlab.model.memory import available_bytes, memory_need
     from hybridlab.model.sizes import planned_widths
 
     description = describe(config)

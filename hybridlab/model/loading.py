@@ -21,6 +21,15 @@ def torch_dtype(name: str) -> torch.dtype | None:
     return None if name == "auto" else getattr(torch, name)
 
 
+def loaded_dtype(ref: str | os.PathLike, dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype load_model gives `ref` for a dtype option; None keeps the checkpoint's own."""
+    if dtype is None and str(ref) == DEMO_NAME:
+        # Stored in bf16 to stay small, computed in fp32 like load_demo() and every figure in its card:
+        # bf16 arithmetic is emulated on CPUs without AMX/AVX512-BF16 and ran several times slower there.
+        return torch.float32
+    return dtype
+
+
 def load_model(
     ref: str | os.PathLike,
     trust_remote_code: bool = False,
@@ -33,10 +42,7 @@ def load_model(
     weights only with `allow_pickle_weights`."""
     from transformers import AutoModelForCausalLM
 
-    if dtype is None and str(ref) == DEMO_NAME:
-        # Stored in bf16 to stay small, computed in fp32 like load_demo() and every figure in its card:
-        # bf16 arithmetic is emulated on CPUs without AMX/AVX512-BF16 and ran several times slower there.
-        dtype = torch.float32
+    dtype = loaded_dtype(ref, dtype)
     path = resolve_model_dir(ref)
     describe_config(read_config(path, trust_remote_code))  # an unsupported family fails here
     check_weights(path, allow_pickle_weights)  # truncated or garbage files fail here, not inside transformers

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hybridlab.core.errors import UserError
+from hybridlab.core.outputs import gib
 from hybridlab.families import ModelDescription, Widths
 from hybridlab.model.sizes import count_params, layer_params
 
@@ -39,14 +40,6 @@ class MemoryNeed:
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib(size)}" for name, size in self.parts.items() if size)
         return f"{self.command} ({'streamed' if self.streamed else 'in memory'}): {gib(self.total)} ({parts})"
-
-
-def gib(size: int) -> str:
-    """A byte count for people: 1.50 GiB, 300.0 MiB, 12.0 KiB."""
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}" if unit == "GiB" else f"{size / scale:.1f} {unit}"
-    return f"{size / 1024:.1f} KiB"
 
 
 def memory_need(

@@ -95,8 +95,26 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False, 
     return description
 
 
+def pruned_bytes(spec: dict, description) -> int:
+    """About how many bytes the pruned checkpoint of job spec `spec` takes on disk: the model's weight
+    bytes scaled by the share of parameters the PruneSpec keeps (and by the job's dtype, if it sets one)."""
+    from hybridlab.model.checks import resolve_model_dir
+    from hybridlab.model.loading import loaded_dtype, torch_dtype
+    from hybridlab.model.sizes import count_params, planned_widths
+    from hybridlab.model.spec import PruneSpec
+    from hybridlab.model.weight_files import read_weight_files
+
+    files = read_weight_files(resolve_model_dir(spec["model"]))
+    kept = sum(count_params(planned_widths(description, PruneSpec.from_dict(spec["spec"]))).values())
+    whole = sum(count_params(description.widths).values())
+    dtype = loaded_dtype(spec["model"], torch_dtype(spec.get("dtype", "auto")))
+    scale = 1.0 if dtype is None else dtype.itemsize / files.dtype.itemsize
+    return int(files.nbytes * kept / whole * scale)
+
+
 def _check(spec: dict, store) -> None:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
+    from hybridlab.core.outputs import check_free_space
 
     if is_reference(spec["spec"]):  # the search's choice: checked against the model once it is known
         description = check_model_input(spec)
@@ -104,6 +122,9 @@ def _check(spec: dict, store) -> None:
         description = check_architecture(
             spec["model"], spec["spec"], spec["trust_remote_code"], spec["allow_pickle_weights"]
         )
+        if store is not None:
+            need = pruned_bytes(spec, description)
+            check_free_space(store.workspace, need, "workspace", "the pruned checkpoint")
     importance = spec["importance"]
     if is_reference(importance):  # scores an importance job will write: they are fitted once they exist
         return
