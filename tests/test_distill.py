@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -242,7 +243,7 @@ def test_two_cpu_ranks_match_one_process(pair, tmp_path):
     assert single.keys() == gathered.keys() and all(torch.allclose(single[k], gathered[k], atol=1e-5) for k in single)
 
 
-def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys):
+def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys, monkeypatch):
     """A single-process `hybridlab distill` runs as a distill job: listed with its numbers, its model kept
     both in --out (with metrics and checkpoints, as before) and as the store's artifact."""
     from safetensors.torch import load_file
@@ -299,3 +300,21 @@ def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys):
     assert main(argv) == 2  # the same --out again, without --resume: refused, nothing recorded
     assert "already holds a run" in capsys.readouterr().err
     assert len(list_jobs(tmp_path / "ws")) == 1
+
+    # the disk check's estimate: above what the run folder holds after the run, not far above it
+    from hybridlab.families import describe
+    from hybridlab.model.sizes import count_params
+
+    params = sum(count_params(describe(student.config).widths).values())
+    held = sum(
+        f.stat().st_size for f in (tmp_path / "run").rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pt")
+    )
+    assert 0.5 <= held / (28 * params) <= 1.0
+    # a disk without room for the run is refused before anything is recorded or written
+    real_disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_disk_usage(path)._replace(free=28 * params))
+    argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the run's checkpoints and its two model copies needs about" in line and "free some space" in line
+    assert len(list_jobs(tmp_path / "ws")) == 1 and not (tmp_path / "run2").exists()

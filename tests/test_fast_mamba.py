@@ -286,3 +286,24 @@ def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch, tmp_path, 
     ]
     assert "-fopenmp" in native.variant(True)[1] and "-fopenmp-simd" in native.variant(False)[1]
     assert probe.__wrapped__() is True  # this machine's g++ has it
+
+
+def test_a_build_killed_midway_does_not_block_the_next_one(tmp_path):
+    """cpp_extension marks a build in progress with a lock file, which a killed build (Ctrl-C, a
+    cancelled job) leaves behind: the next process must build or load, not wait for it forever."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from hybridlab.model import native
+
+    if native.kernels() is None:
+        pytest.skip("the native kernels do not build here")
+    built = native.cache_dir() / native._tag(True)
+    shutil.copytree(built, tmp_path / built.name)
+    (tmp_path / built.name / "lock").touch()  # what the killed build left
+    code = "from hybridlab.model import native; print(native._build(True, False).__name__)"
+    env = {**os.environ, "HYBRIDLAB_NATIVE_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.stdout.strip() == f"hybridlab_mamba_cpu_{built.name}", run.stderr[-2000:]

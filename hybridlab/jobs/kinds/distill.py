@@ -112,6 +112,31 @@ def _check(spec: dict, store) -> None:
         source = spec[key] or ("demo" if uses_demo else None)
         check_token_input(source, student, demo_file=demo_file, label=repr(key), min_tokens=settings.seq_len + 1)
     _check_run_dir(spec)
+    if student is not None:
+        _check_disk(spec, student, store)
+
+
+def _check_disk(spec: dict, student, store) -> None:
+    """Room for the run: its checkpoint (fp32 weights and AdamW's two moments, 12 bytes a parameter)
+    twice while a new one replaces the last, and the distilled model (at most 4 bytes a parameter)
+    in the run folder and in the workspace."""
+    from hybridlab.core.outputs import check_free_space, same_disk
+    from hybridlab.model.sizes import count_params
+
+    params = sum(count_params(student.widths).values())
+    run_need, model = 2 * 12 * params + 4 * params, 4 * params
+    run_dir = spec["run_dir"]
+    if store is None:
+        if run_dir is not None:
+            check_free_space(run_dir, run_need, "'run_dir'", "the run's checkpoints and distilled model")
+        return
+    if run_dir is None:  # the job checkpoints into its own folder in the workspace
+        check_free_space(store.workspace, run_need + model, "workspace", "the run's checkpoints and distilled model")
+    elif same_disk(run_dir, store.workspace):
+        check_free_space(run_dir, run_need + model, "'run_dir'", "the run's checkpoints and its two model copies")
+    else:
+        check_free_space(run_dir, run_need, "'run_dir'", "the run's checkpoints and distilled model")
+        check_free_space(store.workspace, model, "workspace", "the distilled model")
 
 
 def _check_run_dir(spec: dict) -> None:

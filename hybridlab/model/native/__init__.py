@@ -11,6 +11,7 @@ per instruction-set variant and source hash: "avx2" (-mavx2 -mfma) only where th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -98,14 +99,31 @@ def _build(threaded: bool, verbose: bool):
     tag = _tag(threaded)
     folder = cache_dir() / tag
     folder.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=f"hybridlab_mamba_cpu_{tag}",
-        sources=[str(SOURCE)],
-        extra_cflags=variant(threaded)[1],
-        extra_ldflags=["-fopenmp"] if threaded else [],
-        build_directory=str(folder),
-        verbose=verbose,
-    )
+    with _only_builder(folder):
+        return cpp_extension.load(
+            name=f"hybridlab_mamba_cpu_{tag}",
+            sources=[str(SOURCE)],
+            extra_cflags=variant(threaded)[1],
+            extra_ldflags=["-fopenmp"] if threaded else [],
+            build_directory=str(folder),
+            verbose=verbose,
+        )
+
+
+@contextlib.contextmanager
+def _only_builder(folder: Path):
+    """Hold an OS lock on the build folder while building. cpp_extension's own lock is a file that
+    a build killed midway (Ctrl-C, a cancelled job) leaves behind, and every later process then waits
+    for it forever; the OS lock dies with its process, so holding it means that file is stale."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: cpp_extension's lock alone
+        yield
+        return
+    with open(folder / "hybridlab.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another process building waits here, and is then loaded
+        (folder / "lock").unlink(missing_ok=True)
+        yield
 
 
 @functools.cache
