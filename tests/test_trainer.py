@@ -348,3 +348,43 @@ def test_a_checkpoint_from_a_non_fused_adamw_resumes_fused(tmp_path):
     load_checkpoint(tmp_path / "checkpoint", model, optimizer)
     assert all(group["fused"] for group in optimizer.param_groups)
     optimizer.step()  # the fused kernel accepts the restored state
+
+
+def test_in_training_validation_reads_windows_spread_over_the_split_and_older_runs_keep_their_first_windows(
+    tiny_corpus, tmp_path
+):
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from hybridlab.data.tokens import contiguous_windows, load_tokens, spread_windows
+    from hybridlab.training.pretrain import validation_loss
+
+    def quiet(fraction, message, metrics):
+        pass
+
+    def last_eval(out):
+        return [r for r in _records(out / "metrics.jsonl") if r["kind"] == "eval"][-1]["val_loss"]
+
+    def final_model(out):
+        return AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+
+    val = load_tokens(tiny_corpus / "val.npy")
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "old", _train_settings(), progress=_stop_at(6))
+    record = json.loads((tmp_path / "old" / "run.json").read_text())
+    assert record["settings"]["eval_spread"] is True  # a new run spreads its windows
+    del record["settings"]["eval_spread"]  # as a run recorded before the setting existed
+    (tmp_path / "old" / "run.json").write_text(json.dumps(record))
+    _run(tiny_corpus, tmp_path / "old", _train_settings(), progress=quiet, resume=True)
+    _run(tiny_corpus, tmp_path / "new", _train_settings(), progress=quiet)
+    assert json.loads((tmp_path / "old" / "run.json").read_text())["settings"]["eval_spread"] is False
+    with torch.no_grad():
+        for run, windows in (("old", contiguous_windows(val, 16, 4)), ("new", spread_windows(val, 16, 4))):
+            assert last_eval(tmp_path / run) == pytest.approx(
+                validation_loss(final_model(tmp_path / run), windows), rel=1e-5
+            )
+    spread = spread_windows(np.arange(1000, dtype=np.uint16), 16, 4)  # 62 windows fit; 4 taken, first to last
+    assert spread[:, 0].tolist() == [0, 320, 656, 976] and spread.shape == (4, 16)
+    assert torch.equal(
+        spread_windows(np.arange(40, dtype=np.uint16), 16, 4), contiguous_windows(np.arange(40, dtype=np.uint16), 16)
+    )

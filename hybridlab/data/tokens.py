@@ -69,6 +69,16 @@ def contiguous_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None
     return torch.from_numpy(tokens[: count * seq_len].astype(np.int64).reshape(count, seq_len))
 
 
+def spread_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
+    """`count` non-overlapping windows spread evenly over `tokens` (all of them when fewer fit): a
+    validation sample that sees the whole split, not only its first documents. [N, T] int64."""
+    fits = len(tokens) // seq_len
+    if fits <= count:
+        return contiguous_windows(tokens, seq_len)
+    starts = np.linspace(0, fits - 1, count).round().astype(np.int64) * seq_len
+    return torch.from_numpy(np.stack([tokens[s : s + seq_len] for s in starts]).astype(np.int64))
+
+
 def unigram_entropy(tokens: np.ndarray, vocab_size: int | None = None) -> float:
     """Entropy (nats/token) of the empirical token distribution: the loss of the best context-free model."""
     counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size or 0).astype(np.float64)

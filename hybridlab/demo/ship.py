@@ -150,6 +150,11 @@ def write_model_card(dest: Path, facts: dict) -> None:
     curve = " → ".join(f"{e['val_loss']:.2f}" for e in evals[:: max(1, len(evals) // 8)])
     bf16 = st.get("bf16_autocast", True)  # runs before the setting trained under bf16 autocast
     precision = "bf16 autocast" if bf16 else "float32"
+    checked = (
+        f"{st['eval_windows']} windows spread over the split"
+        if st.get("eval_spread")
+        else f"the split's first {st['eval_windows']} windows (its first documents, not a sample of it)"
+    )
     pattern = facts["layer_pattern"]
     sample_text = "\n\n".join(
         f"**Prompt** `{s['prompt']}` (seed {s['seed']}):\n\n```text\n{s['text']}\n```" for s in facts["samples"]
@@ -186,8 +191,7 @@ Load it with `hybridlab.load_demo()`, `--model demo`, or
 
 `tests/test_demo.py` recomputes the subset loss from the shipped files and checks it against this card (tolerance 1e-3).
 
-Validation loss during training, a quick check on the split's first {st["eval_windows"]} windows (its first documents,
-not a sample of it; the whole-split loss above is the measure), {precision}:
+Validation loss during training, a quick check on {checked} (the whole-split loss above is the measure), {precision}:
 {curve}
 
 ## Training
