@@ -316,5 +316,6 @@ def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys, monkeypatc
     argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
     assert main(argv) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "the run's checkpoints and its two model copies needs about" in line and "free some space" in line
+    assert "not enough disk space for the run's checkpoints and its two model copies" in line
+    assert "free some space" in line
     assert len(list_jobs(tmp_path / "ws")) == 1 and not (tmp_path / "run2").exists()

@@ -92,7 +92,7 @@ def run_importance(args) -> int:
 
 
 def run_prune(args) -> int:
-    from hybridlab.core.paths import workspace_dir
+    from hybridlab.core.paths import workspace_path
     from hybridlab.jobs.kinds.prune import check_architecture, pruned_bytes
 
     spec = spec_from_args(args)
@@ -107,7 +107,7 @@ def run_prune(args) -> int:
     }
     # the job writes its artifact in the workspace (checked by the job), then it is copied to --out
     need = pruned_bytes(job_spec, description)
-    if same_disk(args.out, workspace_dir(args.workspace)):
+    if same_disk(args.out, workspace_path(args.workspace)):
         check_free_space(args.out, 2 * need, what="the pruned checkpoint and its copy in the workspace")
     else:
         check_free_space(args.out, need, what="the pruned checkpoint")

@@ -28,7 +28,7 @@ def check_free_space(path: str | os.PathLike, need: int, label: str = "--out", w
     free = shutil.disk_usage(_nearest_existing(Path(path).expanduser().absolute())).free
     if need > free:
         raise UserError(
-            f"{label} {path}: {what} needs about {gib(need)} but its disk has {gib(free)} free; "
+            f"{label} {path}: not enough disk space for {what} (about {gib(need)} needed, {gib(free)} free); "
             f"free some space or choose a {label} on another disk"
         )
 

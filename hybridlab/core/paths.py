@@ -30,10 +30,15 @@ def demo_teacher_dir(root: Path | None = None) -> Path:
     return (root or demo_dir()) / DEMO_TEACHER
 
 
-def workspace_dir(override: str | os.PathLike | None = None) -> Path:
-    """Experiment store and artifacts: --workspace, else $HYBRIDLAB_WORKSPACE, else ~/.hybridlab."""
+def workspace_path(override: str | os.PathLike | None = None) -> Path:
+    """Where the workspace is (made or not): --workspace, else $HYBRIDLAB_WORKSPACE, else ~/.hybridlab."""
     chosen = override or os.environ.get("HYBRIDLAB_WORKSPACE") or Path.home() / ".hybridlab"
-    path = Path(chosen).expanduser().resolve()
+    return Path(chosen).expanduser().resolve()
+
+
+def workspace_dir(override: str | os.PathLike | None = None) -> Path:
+    """Experiment store and artifacts (workspace_path), made if missing."""
+    path = workspace_path(override)
     if path.exists() and not path.is_dir():
         raise UserError(f"workspace {path} is a file, not a folder; pass --workspace DIR (or set HYBRIDLAB_WORKSPACE)")
     try:

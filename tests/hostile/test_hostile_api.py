@@ -151,3 +151,12 @@ def test_pickle_weights_load_when_allowed(lab):  # noqa: F811
     """--allow-pickle-weights (allow_pickle_weights=True) is the way through for trusted .bin files."""
     model, _ = load_model(lab / "pickled", allow_pickle_weights=True)
     assert model.config.vocab_size == 128
+
+
+def test_pickle_weights_prune_when_allowed(lab, tmp_path):  # noqa: F811
+    """The disk check before a prune sizes pickle-only weights from their .bin files, not refusing them."""
+    from hybridlab.cli import main
+
+    line = f"prune --model {lab.root}/pickled --ranking random --hidden-size 16 --allow-pickle-weights"
+    assert main([*line.split(), "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws")]) == 0
+    assert (tmp_path / "out" / "config.json").exists()

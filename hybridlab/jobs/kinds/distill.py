@@ -118,20 +118,21 @@ def _check(spec: dict, store) -> None:
 
 def _check_disk(spec: dict, student, store) -> None:
     """Room for the run: its checkpoint (fp32 weights and AdamW's two moments, 12 bytes a parameter)
-    twice while a new one replaces the last, and the distilled model (at most 4 bytes a parameter)
-    in the run folder and in the workspace."""
+    twice while a new one replaces the last (once more when resuming: the last is already there), and
+    the distilled model (at most 4 bytes a parameter) in the run folder and in the workspace."""
     from hybridlab.core.outputs import check_free_space, same_disk
     from hybridlab.model.sizes import count_params
 
     params = sum(count_params(student.widths).values())
-    run_need, model = 2 * 12 * params + 4 * params, 4 * params
+    model = 4 * params
+    run_need = (1 if spec["resume"] else 2) * 12 * params + model
     run_dir = spec["run_dir"]
     if store is None:
         if run_dir is not None:
             check_free_space(run_dir, run_need, "'run_dir'", "the run's checkpoints and distilled model")
         return
-    if run_dir is None:  # the job checkpoints into its own folder in the workspace
-        check_free_space(store.workspace, run_need + model, "workspace", "the run's checkpoints and distilled model")
+    if run_dir is None:  # the job's own folder in the workspace; its model is moved, not copied, into place
+        check_free_space(store.workspace, run_need, "workspace", "the run's checkpoints and distilled model")
     elif same_disk(run_dir, store.workspace):
         check_free_space(run_dir, run_need + model, "'run_dir'", "the run's checkpoints and its two model copies")
     else:

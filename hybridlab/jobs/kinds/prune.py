@@ -96,20 +96,25 @@ def check_architecture(model: str, spec: dict, trust_remote_code: bool = False, 
 
 
 def pruned_bytes(spec: dict, description) -> int:
-    """About how many bytes the pruned checkpoint of job spec `spec` takes on disk: the model's weight
-    bytes scaled by the share of parameters the PruneSpec keeps (and by the job's dtype, if it sets one)."""
+    """About how many bytes the pruned checkpoint of job spec `spec` takes on disk: its kept parameters
+    in the job's dtype, or, keeping the checkpoint's own, the weight files' bytes scaled by the share of
+    parameters kept (pickle weights, allowed with allow_pickle_weights: the .bin files' sizes)."""
     from hybridlab.model.checks import resolve_model_dir
     from hybridlab.model.loading import loaded_dtype, torch_dtype
     from hybridlab.model.sizes import count_params, planned_widths
     from hybridlab.model.spec import PruneSpec
     from hybridlab.model.weight_files import read_weight_files
 
-    files = read_weight_files(resolve_model_dir(spec["model"]))
     kept = sum(count_params(planned_widths(description, PruneSpec.from_dict(spec["spec"]))).values())
-    whole = sum(count_params(description.widths).values())
     dtype = loaded_dtype(spec["model"], torch_dtype(spec.get("dtype", "auto")))
-    scale = 1.0 if dtype is None else dtype.itemsize / files.dtype.itemsize
-    return int(files.nbytes * kept / whole * scale)
+    if dtype is not None:
+        return kept * dtype.itemsize
+    folder = resolve_model_dir(spec["model"])
+    try:
+        stored = read_weight_files(folder).nbytes
+    except ValueError:  # only pickle weights
+        stored = sum(f.stat().st_size for f in folder.glob("pytorch_model*.bin"))
+    return int(stored * kept / sum(count_params(description.widths).values()))
 
 
 def _check(spec: dict, store) -> None:
