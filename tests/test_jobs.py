@@ -886,3 +886,20 @@ def test_references_to_the_wrong_kind_of_output_are_refused_at_submission(ws, tm
         with pytest.raises(JobSpecError, match=message):
             submit(kind, spec, ws)
     assert list_jobs(ws)["id"].tolist() == [counted]
+
+
+def test_a_prune_of_a_model_a_parent_job_writes_is_checked_once_that_model_exists(ws, tmp_path, tiny_nemotron):
+    """A prune whose model is "job:N" (a candidate pruned again) is not refused at submission for a
+    folder named "job:N": it runs on the model job N wrote."""
+    from hybridlab.jobs import job_ref, run_sync, submit
+
+    model_dir = tmp_path / "tiny"
+    tiny_nemotron.save_pretrained(model_dir)
+    width = tiny_nemotron.config.hidden_size
+    first = run_sync("prune", {"model": str(model_dir), "spec": {"hidden_size": width - 8}, "ranking": "random"}, ws)
+    again = {"model": job_ref(first["id"]), "spec": {"hidden_size": width - 16}, "ranking": "random"}
+    second = run_sync("prune", again, ws)
+    assert second["status"] == "succeeded"
+    assert second["result"]["parent_params"] == first["result"]["params"] > second["result"]["params"]
+    with pytest.raises(ValueError, match="refers to job 99, which does not exist"):
+        submit("prune", {**again, "model": job_ref(99)}, ws)

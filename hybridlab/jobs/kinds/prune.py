@@ -121,6 +121,8 @@ def _check(spec: dict, store) -> None:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.core.outputs import check_free_space
 
+    if is_reference(spec["model"]):  # a model a parent job writes: pruned (and checked) once it exists
+        return
     if is_reference(spec["spec"]):  # the search's choice: checked against the model once it is known
         description = check_model_input(spec)
     else:
