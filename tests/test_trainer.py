@@ -320,17 +320,26 @@ def test_resuming_with_other_batches_or_a_non_snapshot_is_refused_before_work(ti
     assert not (tmp_path / "other").exists()
 
 
-def test_next_token_loss_equals_the_sliced_cross_entropy():
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "pytorch"])
+@pytest.mark.parametrize("vocab", [17, 8192])  # a row shorter than one vector; the demo's vocabulary
+def test_next_token_loss_equals_the_sliced_cross_entropy(native, vocab, monkeypatch):
+    from hybridlab.model import native as native_kernels
+
+    if native and native_kernels.kernels() is None:
+        pytest.skip("the native kernels do not build here")
+    if not native:
+        monkeypatch.setattr(native_kernels, "kernels", lambda: None)
     generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 11, 17, generator=generator, requires_grad=True)
-    ids = torch.randint(0, 17, (3, 11), generator=generator)
+    logits = (torch.randn(3, 11, vocab, generator=generator) * 8).requires_grad_()  # peaked rows, as trained
+    ids = torch.randint(0, vocab, (3, 11), generator=generator)
     for reduction in ("mean", "sum"):
         want = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction=reduction)
         got = next_token_loss(logits, ids, reduction=reduction)
         assert torch.allclose(got, want, rtol=1e-6)
         (want_grad,) = torch.autograd.grad(want, logits)
         (got_grad,) = torch.autograd.grad(got, logits)
-        assert torch.allclose(got_grad, want_grad, atol=1e-7) and got_grad[:, -1].abs().max() == 0
+        assert (got_grad - want_grad).abs().max() <= 1e-5 * want_grad.abs().max()
+        assert got_grad[:, -1].abs().max() == 0
 
 
 def test_a_checkpoint_from_a_non_fused_adamw_resumes_fused(tmp_path):

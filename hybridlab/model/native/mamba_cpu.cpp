@@ -654,9 +654,88 @@ std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tenso
   return {dy, dz, dw_parts.sum(0)};
 }
 
+// Next-token cross-entropy, row by row, without the [N, V] log-probabilities F.cross_entropy writes
+// and the zero-filled gradient its NLL backward scatters into (each a fresh 64 MB block for a demo
+// batch, whose pages fault in again on every step).
+//   logits [N, V] float32 (rows contiguous), targets [N] int64 (ignore_index rows: loss 0, gradient 0)
+//   -> losses [N] (lse - logit of the target), lse [N]
+std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index) {
+  TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.dim() == 2 && logits.stride(1) == 1, "logits: float32 [N, V]");
+  at::Tensor t = targets.contiguous();
+  const int64_t rows = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  auto losses = at::empty({rows}, logits.options());
+  auto lse = at::empty({rows}, logits.options());
+  const float* lp = logits.data_ptr<float>();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  float *loss_p = losses.data_ptr<float>(), *lse_p = lse.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* x = lp + row * stride;
+      float top = -INFINITY;
+      int64_t v = 0;
+#ifdef __AVX2__
+      __m256 topv8 = _mm256_set1_ps(-INFINITY);
+      for (; v + 8 <= V; v += 8) topv8 = _mm256_max_ps(topv8, _mm256_loadu_ps(x + v));
+      alignas(32) float tops[8];
+      _mm256_store_ps(tops, topv8);
+      for (float lane : tops) top = std::max(top, lane);
+#endif
+      for (; v < V; ++v) top = std::max(top, x[v]);
+      double total = 0.0;
+      v = 0;
+#ifdef __AVX2__
+      const __m256 topv = _mm256_set1_ps(top);
+      __m256 acc = _mm256_setzero_ps();
+      for (; v + 8 <= V; v += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + v), topv)));
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc);
+      for (float lane : lanes) total += lane;
+#endif
+      for (; v < V; ++v) total += std::exp(x[v] - top);
+      const float row_lse = top + static_cast<float>(std::log(total));
+      lse_p[row] = row_lse;
+      const int64_t target = tp[row];
+      TORCH_CHECK(target == ignore_index || (target >= 0 && target < V), "target ", target, " out of range");
+      loss_p[row] = target == ignore_index ? 0.f : row_lse - x[target];
+    }
+  });
+  return {losses, lse};
+}
+
+// -> dlogits [N, V] = (softmax - onehot(target)) * dloss[row]
+at::Tensor cross_entropy_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse,
+                                  const at::Tensor& dloss_in, int64_t ignore_index) {
+  at::Tensor t = targets.contiguous(), dloss = dloss_in.contiguous();
+  const int64_t rows = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  auto grad = at::empty({rows, V}, logits.options());
+  const float* lp = logits.data_ptr<float>();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  const float *lse_p = lse.data_ptr<float>(), *dp = dloss.data_ptr<float>();
+  float* gp = grad.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* x = lp + row * stride;
+      float* g = gp + row * V;
+      const int64_t target = tp[row];
+      const float scale = target == ignore_index ? 0.f : dp[row], shift = lse_p[row];
+      int64_t v = 0;
+#ifdef __AVX2__
+      const __m256 shiftv = _mm256_set1_ps(shift), scalev = _mm256_set1_ps(scale);
+      for (; v + 8 <= V; v += 8)
+        _mm256_storeu_ps(g + v, _mm256_mul_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(x + v), shiftv)), scalev));
+#endif
+      for (; v < V; ++v) g[v] = std::exp(x[v] - shift) * scale;
+      if (target != ignore_index) g[target] -= scale;
+    }
+  });
+  return grad;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cross_entropy_forward", &cross_entropy_forward, "next-token cross-entropy forward");
+  m.def("cross_entropy_backward", &cross_entropy_backward, "next-token cross-entropy backward");
   m.def("scan_forward", &scan_forward, "selective scan forward");
   m.def("scan_backward", &scan_backward, "selective scan backward");
   m.def("conv_forward", &conv_forward, "causal depthwise conv1d + bias + SiLU forward");
