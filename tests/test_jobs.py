@@ -903,3 +903,8 @@ def test_a_prune_of_a_model_a_parent_job_writes_is_checked_once_that_model_exist
     assert second["result"]["parent_params"] == first["result"]["params"] > second["result"]["params"]
     with pytest.raises(ValueError, match="refers to job 99, which does not exist"):
         submit("prune", {**again, "model": job_ref(99)}, ws)
+    for bad, problem in (({"hiden_size": 8}, "hiden_size"), ({}, "keeps every size")):  # no model needed to see these
+        with pytest.raises(ValueError, match=problem):
+            submit("prune", {**again, "spec": bad}, ws)
+    with pytest.raises(ValueError, match="larger than the model's"):  # fitted to the model when the job starts
+        run_sync("prune", {**again, "spec": {"hidden_size": 4 * width}}, ws)

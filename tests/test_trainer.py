@@ -340,6 +340,13 @@ def test_next_token_loss_equals_the_sliced_cross_entropy(native, vocab, monkeypa
         (got_grad,) = torch.autograd.grad(got, logits)
         assert (got_grad - want_grad).abs().max() <= 1e-5 * want_grad.abs().max()
         assert got_grad[:, -1].abs().max() == 0
+    with torch.no_grad():
+        logits[1, 4, vocab // 2] = float("nan")  # a NaN logit gives a NaN loss, as F.cross_entropy does
+    assert next_token_loss(logits, ids).isnan() and F.cross_entropy(logits.flatten(0, 1), ids.flatten()).isnan()
+    (grad,) = torch.autograd.grad(next_token_loss(logits, ids, reduction="sum"), logits)
+    assert grad[1, 4].isnan().all() and not grad[0].isnan().any()
+    with pytest.raises(ValueError, match="reduction"):
+        next_token_loss(logits, ids, reduction="average")
 
 
 def test_a_checkpoint_from_a_non_fused_adamw_resumes_fused(tmp_path):

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from hybridlab.core.atomic import write_text
 from hybridlab.core.hardware import native_bf16
@@ -111,6 +112,8 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: st
     The targets are shifted and the last position ignored instead of the logits sliced: a [B, T - 1, V]
     slice copies the logits forward and back, ~12% of a demo-teacher training step on the CPU. On the
     CPU the native kernel (_NativeCrossEntropy) computes it, where it is built."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = F.pad(input_ids[:, 1:], (0, 1), value=IGNORED).flatten()  # [B*T]
     flat = logits.float().flatten(0, 1)  # [B*T, V]
     kernels = _cross_entropy_kernels(flat)
@@ -128,12 +131,13 @@ IGNORED = -100  # F.cross_entropy's ignore_index
 
 
 def _cross_entropy_kernels(flat: torch.Tensor):
-    """The native kernels for float32 CPU logits with contiguous rows, else None (F.cross_entropy runs)."""
+    """The native kernels for float32 CPU logits with contiguous rows on an AVX2 build (the generic build's
+    scalar exp is not faster than PyTorch's), else None: F.cross_entropy runs."""
     if flat.device.type != "cpu" or flat.dtype != torch.float32 or flat.stride(-1) != 1:
         return None
     from hybridlab.model import native
 
-    return native.kernels()
+    return native.kernels() if native.variant()[0] == "avx2" else None
 
 
 class _NativeCrossEntropy(torch.autograd.Function):
@@ -150,6 +154,7 @@ class _NativeCrossEntropy(torch.autograd.Function):
         return losses
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of coming out wrong
     def backward(ctx, dlosses):
         logits, targets, lse = ctx.saved_tensors
         return None, ctx.kernels.cross_entropy_backward(logits, targets, lse, dlosses.float(), IGNORED), None

@@ -120,10 +120,13 @@ def pruned_bytes(spec: dict, description) -> int:
 def _check(spec: dict, store) -> None:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.core.outputs import check_free_space
+    from hybridlab.model.spec import PruneSpec
 
-    if is_reference(spec["model"]):  # a model a parent job writes: pruned (and checked) once it exists
-        return
-    if is_reference(spec["spec"]):  # the search's choice: checked against the model once it is known
+    if is_reference(spec["model"]):  # a model a parent job writes: fitted to it when the job starts (run)
+        description = None
+        if not is_reference(spec["spec"]) and PruneSpec.from_dict(spec["spec"]).is_empty():
+            raise ValueError("'spec' keeps every size; give at least one target, e.g. {'mamba_num_heads': 4}")
+    elif is_reference(spec["spec"]):  # the search's choice: checked against the model once it is known
         description = check_model_input(spec)
     else:
         description = check_architecture(
@@ -146,9 +149,9 @@ def _check(spec: dict, store) -> None:
         spec["importance"] = str(folder)  # checked and made absolute
     elif importance is not None and store is not None:
         folder = scores_dir(importance, store)
-    if folder is not None:  # scores of a model with other widths would fail mid-prune
+    if folder is not None and description is not None:  # scores of a model with other widths would fail mid-prune
         check_scores_fit(load_scores(folder), description, folder)
-    elif spec["ranking"] == "importance":
+    elif folder is None and spec["ranking"] == "importance":
         check_calibration(spec, description)
 
 
@@ -160,6 +163,8 @@ def run(spec: dict, ctx) -> dict:
     from hybridlab.compression.scores_fit import check_scores_fit, load_scores
     from hybridlab.model.sizes import estimate_sizes
 
+    if not is_reference(spec["spec"]):  # a model a parent job wrote exists only now: the spec must fit it
+        check_architecture(spec["model"], spec["spec"], spec["trust_remote_code"], spec["allow_pickle_weights"])
     name = run_name(spec, ctx, ARTIFACT.prefix)
     # A candidate's spec is its architecture (PruneSpec keys); how it was made goes in its result.
     run_id = ctx.start_run("candidates", name, spec["model"], spec["spec"])

@@ -672,15 +672,31 @@ std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at
     for (int64_t row = begin; row < end; ++row) {
       const float* x = lp + row * stride;
       float top = -INFINITY;
+      bool has_nan = false;  // max and the exp's clamp would drop a NaN; F.cross_entropy returns NaN
       int64_t v = 0;
 #ifdef __AVX2__
-      __m256 topv8 = _mm256_set1_ps(-INFINITY);
-      for (; v + 8 <= V; v += 8) topv8 = _mm256_max_ps(topv8, _mm256_loadu_ps(x + v));
+      __m256 topv8 = _mm256_set1_ps(-INFINITY), nan8 = _mm256_setzero_ps();
+      for (; v + 8 <= V; v += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + v);
+        topv8 = _mm256_max_ps(topv8, xv);
+        nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(xv, xv, _CMP_UNORD_Q));
+      }
       alignas(32) float tops[8];
       _mm256_store_ps(tops, topv8);
       for (float lane : tops) top = std::max(top, lane);
+      has_nan = _mm256_movemask_ps(nan8) != 0;
 #endif
-      for (; v < V; ++v) top = std::max(top, x[v]);
+      for (; v < V; ++v) {
+        top = std::max(top, x[v]);
+        has_nan = has_nan || std::isnan(x[v]);
+      }
+      const int64_t target = tp[row];
+      TORCH_CHECK(target == ignore_index || (target >= 0 && target < V), "target ", target, " is outside the ", V,
+                  "-token vocabulary");
+      if (has_nan) {
+        lse_p[row] = loss_p[row] = NAN;
+        continue;
+      }
       double total = 0.0;
       v = 0;
 #ifdef __AVX2__
@@ -692,11 +708,10 @@ std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at
       for (float lane : lanes) total += lane;
 #endif
       for (; v < V; ++v) total += std::exp(x[v] - top);
-      const float row_lse = top + static_cast<float>(std::log(total));
-      lse_p[row] = row_lse;
-      const int64_t target = tp[row];
-      TORCH_CHECK(target == ignore_index || (target >= 0 && target < V), "target ", target, " out of range");
-      loss_p[row] = target == ignore_index ? 0.f : row_lse - x[target];
+      const float log_total = static_cast<float>(std::log(total));
+      lse_p[row] = top + log_total;
+      // (top - x[target]) first: both large and close on a confident row, their difference is exact
+      loss_p[row] = target == ignore_index ? 0.f : (top - x[target]) + log_total;
     }
   });
   return {losses, lse};
@@ -718,6 +733,10 @@ at::Tensor cross_entropy_backward(const at::Tensor& logits, const at::Tensor& ta
       float* g = gp + row * V;
       const int64_t target = tp[row];
       const float scale = target == ignore_index ? 0.f : dp[row], shift = lse_p[row];
+      if (std::isnan(shift)) {  // a NaN logit: a NaN row, as F.cross_entropy gives
+        std::fill(g, g + V, target == ignore_index ? 0.f : NAN);
+        continue;
+      }
       int64_t v = 0;
 #ifdef __AVX2__
       const __m256 shiftv = _mm256_set1_ps(shift), scalev = _mm256_set1_ps(scale);
