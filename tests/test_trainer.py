@@ -391,7 +391,9 @@ def test_in_training_validation_reads_windows_spread_over_the_split_and_older_ru
     assert record["settings"]["eval_spread"] is True  # a new run spreads its windows
     del record["settings"]["eval_spread"]  # as a run recorded before the setting existed
     (tmp_path / "old" / "run.json").write_text(json.dumps(record))
-    _run(tiny_corpus, tmp_path / "old", _train_settings(), progress=quiet, resume=True)
+    with pytest.raises(Cancelled):
+        _run(tiny_corpus, tmp_path / "old", _train_settings(), progress=_stop_at(9), resume=True)
+    _run(tiny_corpus, tmp_path / "old", _train_settings(), progress=quiet, resume=True)  # resumed twice
     _run(tiny_corpus, tmp_path / "new", _train_settings(), progress=quiet)
     assert json.loads((tmp_path / "old" / "run.json").read_text())["settings"]["eval_spread"] is False
     with torch.no_grad():

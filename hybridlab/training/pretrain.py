@@ -207,8 +207,8 @@ def train_language_model(
     data_hashes = {name: sha256_file(data_dir / name) for name in ("train.npy", "val.npy", "tokenizer/tokenizer.json")}
     previous, snapshot = _previous_record(out_dir, resume, resume_weights)
     if previous is not None:
-        if "eval_spread" not in previous["settings"]:  # recorded before the setting: its curve used the first windows
-            settings = replace(settings, eval_spread=False)
+        # not an option, so a resumed run keeps the recorded windows; recorded before the setting: the first ones
+        settings = replace(settings, eval_spread=previous["settings"].get("eval_spread", False))
         _check_resumable(previous, settings, config_overrides, data_hashes, allow_new_data)
         if snapshot is not None and snapshot["step"] >= settings.total_steps:
             raise UserError(
