@@ -4,7 +4,7 @@ One model is switched between the two paths, each measurement alternating fast a
 (medians, so drift in the shared machine's load affects both alike). Prints the ratio plain / fast
 for: one Mamba mixer forward + backward (batch x seq tokens, training mode), a whole training step
 (forward, backward, AdamW step; once with only the Mamba path switched, once as a plain transformers
-loop against hybridlab's trainer, which also shifts the targets instead of slicing the logits and
+loop against hybridlab's trainer, which also computes the loss with its native cross-entropy and
 uses the fused AdamW), a no-grad prefill, cached decoding (tokens/s, one token at a time
 after a prompt) and importance estimation on calibration windows. Issue 14's goals, on the 2-core CPU
 with 2 threads at batch 8 x 256: training step >= 1.6x, mixer >= 2.5x.
@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _trainer_steps(model, ids) -> dict:
     """A training step the way a plain transformers loop takes it (transformers' mixer, the loss from
-    `labels=`, which slices the logits to [B, T - 1, V], PyTorch's default AdamW) against the step
-    hybridlab's trainer takes (the fast path, next_token_loss on shifted targets, fused AdamW). Both clip
+    `labels=`, PyTorch's default AdamW) against the step hybridlab's trainer takes (the fast path,
+    next_token_loss, fused AdamW). Both clip
     the gradient norm to 1, as both trainers do by default, and update the same model at lr 1e-7."""
     from hybridlab.training.trainer import TrainerSettings, make_optimizer, next_token_loss
 
