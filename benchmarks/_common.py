@@ -28,16 +28,21 @@ def teacher_model(dtype: torch.dtype = torch.float32):
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1
+    fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1, settle: int = 0
 ) -> dict[str, float]:
     """Median seconds of each fn, timed in alternation (a, b, a, b, ...) so that drift in the
-    machine's load affects every contender alike."""
+    machine's load affects every contender alike. With `settle`, each turn first makes that many
+    untimed calls, so a contender is timed in its own steady state, as a loop repeating it runs,
+    and not straight after another one freed and touched different memory (on the CPU the first
+    touch of freshly allocated pages costs as much as some kernels)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             times[name].append(time_call(fn, device))
     return {name: statistics.median(values) for name, values in times.items()}
 

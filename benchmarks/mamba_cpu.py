@@ -3,7 +3,8 @@
 One model is switched between the two paths, each measurement alternating fast and plain rounds
 (medians, so drift in the shared machine's load affects both alike). Prints the ratio plain / fast
 for: one Mamba mixer forward + backward (batch x seq tokens, training mode), a whole training step
-(forward, backward, AdamW step; once with only the Mamba path switched, once as a plain transformers
+(forward, backward, AdamW step, without a cache as training loops ask; once with only the Mamba path
+switched, once as a plain transformers
 loop against hybridlab's trainer, which also computes the loss with its native cross-entropy and
 uses the fused AdamW), a no-grad prefill, cached decoding (tokens/s, one token at a time
 after a prompt) and importance estimation on calibration windows. Issue 14's goals, on the 2-core CPU
@@ -33,16 +34,19 @@ CLOCK = {"wall": None, "cpu": time.process_time}
 _clock = None  # set by main: None = wall clock through _common.interleaved_medians
 
 
-def _medians(fns, repeats: int) -> dict[str, float]:
-    """Interleaved medians; with --clock cpu in this process's CPU seconds, which other processes
-    on a shared machine disturb far less than wall time (meaningful with --threads 1)."""
+def _medians(fns, repeats: int, settle: int = 0) -> dict[str, float]:
+    """Interleaved medians, each timed call after `settle` untimed ones of the same arm; with --clock
+    cpu in this process's CPU seconds, which other processes on a shared machine disturb far less
+    than wall time (meaningful with --threads 1)."""
     if _clock is None:
-        return interleaved_medians(fns, torch.device("cpu"), repeats)
+        return interleaved_medians(fns, torch.device("cpu"), repeats, settle=settle)
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             begin = _clock()
             fn()
             times[name].append(_clock() - begin)
@@ -58,15 +62,16 @@ class _FreeKernels:
         b, _, h, p = x.shape
         return torch.zeros_like(x), x.new_zeros(b, h, p, B.shape[3]), x.new_empty(0)
 
-    def scan_backward(self, x, dt, A, B, C, D, checkpoints, dy, dfinal):
+    def scan_backward(self, x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out):
         b, _, h, p = x.shape
         zeros = x.new_zeros(b, h)
+        given = dx_out.numel() > 0
         return (
-            torch.zeros_like(x),
+            dx_out.zero_() if given else torch.zeros_like(x),
             torch.zeros_like(dt),
             zeros,
-            torch.zeros_like(B),
-            torch.zeros_like(C),
+            dB_out.zero_() if given else torch.zeros_like(B),
+            dC_out.zero_() if given else torch.zeros_like(C),
             zeros,
             x.new_zeros(b, h, p, B.shape[3]),
         )
@@ -74,14 +79,16 @@ class _FreeKernels:
     def conv_forward(self, x, weight, bias):
         return torch.zeros_like(x)
 
-    def conv_backward(self, x, weight, bias, dout):
-        return torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+    def conv_backward(self, x, weight, bias, dout, dx_out):
+        dx = dx_out.zero_() if dx_out.numel() > 0 else torch.zeros_like(x)
+        return dx, torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
 
     def gated_norm_forward(self, y, z, weight, group_size, eps):
         return torch.zeros_like(y), y.new_zeros(y.shape[0], y.shape[1] // group_size)
 
-    def gated_norm_backward(self, y, z, weight, rstd, dout, group_size):
-        return torch.zeros_like(y), torch.zeros_like(y), torch.zeros_like(weight)
+    def gated_norm_backward(self, y, z, weight, rstd, dout, group_size, dz_out):
+        dz = dz_out.zero_() if dz_out.numel() > 0 else torch.zeros_like(y)
+        return torch.zeros_like(y), dz, torch.zeros_like(weight)
 
 
 def _both(model, fn, pytorch_fast: bool = False, free: bool = False):
@@ -134,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed calls before each timed one of the mixer, step and prefill arms (each timed warm, as a loop runs it)",
+    )
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--importance-windows", type=int, default=16)
     parser.add_argument("--throughput-threads", default="1,2", help="thread counts for --throughput")
@@ -159,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     b, t = args.batch_size, args.seq_len
     print(
-        f"{what}, {len(mixers)} Mamba mixers, batch {b} x {t}, {args.threads} threads, {args.repeats} rounds, "
+        f"{what}, {len(mixers)} Mamba mixers, batch {b} x {t}, {args.threads} threads, {args.repeats} rounds "
+        f"(each after {args.settle} untimed), "
         f"{args.clock} clock, fast path: {_kernels_in_use()}"
     )
     vocab = model.config.vocab_size
@@ -173,25 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         mixer.train()
         mixer(hidden).sum().backward()
 
-    ratios["mixer"] = _report("mixer fwd+bwd", _medians(_both(model, mixer_step, free=True), args.repeats * 2))
+    ratios["mixer"] = _report(
+        "mixer fwd+bwd", _medians(_both(model, mixer_step, free=True), args.repeats * 2, args.settle)
+    )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
     def train_step():
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
+        model(ids, labels=ids, use_cache=False).loss.backward()
         optimizer.step()
 
     ratios["train"] = _report(
         "training step",
-        _medians(_both(model, train_step, free=True), args.repeats),
+        _medians(_both(model, train_step, free=True), args.repeats, args.settle),
         b * t,
         "tok/s",
     )
     ratios["trainer"] = _report(
         "step as hybridlab trains",
-        _medians(_trainer_steps(model, ids), args.repeats),
+        _medians(_trainer_steps(model, ids), args.repeats, args.settle),
         b * t,
         "tok/s",
     )
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios["prefill"] = _report(
         "prefill (no grad)",
-        _medians(_both(model, prefill), args.repeats),
+        _medians(_both(model, prefill), args.repeats, args.settle),
         b * t,
         "tok/s",
     )
@@ -260,7 +276,7 @@ def _trainer_steps(model, ids) -> dict:
         use_fast_mamba(model, False)
         model.train()
         plain_optimizer.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
+        model(ids, labels=ids, use_cache=False).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         plain_optimizer.step()
 
@@ -268,7 +284,7 @@ def _trainer_steps(model, ids) -> dict:
         use_fast_mamba(model, True)
         model.train()
         hybridlab_optimizer.zero_grad(set_to_none=True)
-        next_token_loss(model(ids).logits, ids).backward()
+        next_token_loss(model(ids, use_cache=False).logits, ids).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         hybridlab_optimizer.step()
 
@@ -301,7 +317,7 @@ def throughput(args) -> int:
                 def step(ids=ids, precision=precision):
                     optimizer.zero_grad(set_to_none=True)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):  # "bf16"
-                        loss = model(ids, labels=ids).loss
+                        loss = model(ids, labels=ids, use_cache=False).loss
                     loss.backward()
                     optimizer.step()
 

@@ -345,6 +345,13 @@ def test_next_token_loss_equals_the_sliced_cross_entropy(native, vocab, monkeypa
     assert next_token_loss(logits, ids).isnan() and F.cross_entropy(logits.flatten(0, 1), ids.flatten()).isnan()
     (grad,) = torch.autograd.grad(next_token_loss(logits, ids, reduction="sum"), logits)
     assert grad[1, 4].isnan().all() and not grad[0].isnan().any()
+    with torch.no_grad():  # in a row whose target is ignored (the last position) it counts for nothing
+        logits[1, 4, vocab // 2] = 0.0
+        logits[2, -1, vocab // 3] = float("nan")
+    want = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert not want.isnan() and torch.allclose(next_token_loss(logits, ids), want, rtol=1e-6)
+    (grad,) = torch.autograd.grad(next_token_loss(logits, ids), logits)
+    assert not grad[:, :-1].isnan().any()  # (PyTorch's log-softmax backward leaves that row's NaN in it)
     with pytest.raises(ValueError, match="reduction"):
         next_token_loss(logits, ids, reduction="average")
 

@@ -1,29 +1,26 @@
 """A fast CPU path for transformers' Mamba2 mixer, exact to its PyTorch implementation.
 
 transformers' mixers (NemotronH, Mamba2, Bamba, GraniteMoeHybrid, Falcon-H1, Zamba2) all run the same
-forward, which calls module-level kernel functions: `mamba2_chunk_scan` (training and prefill) and
-`mamba2_selective_state_update` (one cached decoding step). transformers itself swaps those for the
-`mamba_ssm` CUDA kernels when they are installed; on the CPU they are a pure-PyTorch reference whose
-chunked scan materialises [b, c, l, l, h] tensors, repeats B and C over the heads of a group and lets
-autograd differentiate its einsums. This module replaces just those functions (and the convolution, below), so everything
-family-specific around them (Falcon-H1's multipliers, gated-norm variants, masks, the caches) stays
-transformers' own code:
+forward, which calls module-level kernel functions: `mamba2_split_conv1d_scan_combined` (training
+without a cache: everything after in_proj; its PyTorch stand-in returns None and the mixer goes on step
+by step), `causal_conv1d_fn` and `mamba2_chunk_scan` (training with a cache, prefill) and
+`mamba2_selective_state_update` / `causal_conv1d_update` (one cached decoding step). transformers swaps
+those for the `mamba_ssm` CUDA kernels when they are installed; on the CPU they are a pure-PyTorch
+reference whose chunked scan materialises [b, c, l, l, h] tensors, repeats B and C over the heads of a
+group and lets autograd differentiate its einsums. This module replaces just those functions, so
+everything family-specific around them (Falcon-H1's multipliers, gated-norm variants, masks, the caches)
+stays transformers' own code.
 
-- `chunk_scan`: the same chunked SSD algorithm, reordered into batched matmuls on per-group
-  (un-repeated) B and C with a hand-written backward (`_SSDScan`). Within-chunk decays come from
-  float64 cumulative sums, and the gradient of the decays is summed as transformers' segment sum
-  does, so outputs and gradients agree with the reference to float32 rounding (tests/test_fast_mamba.py).
-- `selective_state_update`: one decoding step on the head values of the expanded dt/A/D views
-  and per-group B and C; `causal_conv1d_update`: the step's convolution as a sum over the window.
-
-Where hybridlab.model.native compiles (a C++ extension built by scripts/setup.sh or on first use),
-three kernels run natively instead, each an autograd Function with a hand-written backward:
-`chunk_scan` becomes a sequential recurrence per (batch, head) (`_NativeScan`; dt's bias, softplus
-and limits stay in PyTorch), and transformers' `causal_conv1d_fn` (conv + bias + SiLU) is replaced
-by a fused channel-last kernel (`_NativeConv`). Without a compiler the PyTorch code here runs.
+Where hybridlab.model.native compiles (a C++ extension built by scripts/setup.sh or on first use), its
+kernels run as autograd Functions (native/functions.py): the whole training step after in_proj as one
+(`split_conv1d_scan_combined`, where the mixer's steps are the plain ones), else the scan as a
+sequential recurrence per (batch, head), the convolution + SiLU channel-last, and the gated norm.
+Without a compiler `chunk_scan` runs the chunked algorithm reordered into batched matmuls
+(ssd_scan.py) and the rest stays transformers'. Decoding steps run the small PyTorch functions here.
+Outputs and gradients agree with transformers to float32 rounding (tests/test_fast_mamba.py).
 
 `use_fast_mamba(model)` switches a model's mixers over (a forward pre-hook and an always-called
-forward hook mark "inside a fast mixer" for the dispatching kernel functions); the kernels apply only
+forward hook mark "inside this fast mixer" for the dispatching kernel functions); the kernels apply only
 to CPU tensors, so a model moved to CUDA runs transformers' (or mamba_ssm's) code unchanged.
 `hybridlab.model.loading.load_model` and the demo loader call `enable_if_suitable`, which
 HYBRIDLAB_FAST_MAMBA=0 turns off.
@@ -35,150 +32,29 @@ import contextvars
 import functools
 import os
 import sys
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hybridlab.families.hf_mamba2_mixer import GATED_NORM_CLASS_NAMES, MIXER_CLASS_NAMES
+from hybridlab.model.native.functions import NativeConv, NativeGatedNorm, NativeMixerTail, NativeScan
+from hybridlab.model.ssd_scan import SSDScan
 
 ENV_SWITCH = "HYBRIDLAB_FAST_MAMBA"  # "0" keeps transformers' implementation for models hybridlab loads
 
-_inside_fast_mixer = contextvars.ContextVar("hybridlab_fast_mamba", default=False)
+# the switched-on mixer whose forward is running (None outside one), and whether its attention mask pads
+_inside_fast_mixer = contextvars.ContextVar("hybridlab_fast_mamba", default=None)
+
+
+class _FastCall(NamedTuple):
+    mixer: nn.Module
+    padded: bool
 
 
 # ---------------------------------------------------------------------------------------------
-# The chunked scan
-
-
-def _decay_matrix(wide: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """exp(acs[l] - acs[s]) for s <= l, else 0: [..., Q] -> [..., Q, Q]. `wide` holds float64
-    cumulative sums, so a large sum does not cost the small differences their digits."""
-    q = wide.size(-1)
-    seg = (wide[..., :, None] - wide[..., None, :]).to(dtype)
-    causal = torch.ones(q, q, dtype=torch.bool, device=wide.device).tril()
-    return torch.exp(seg.masked_fill_(~causal, -torch.inf))
-
-
-class _SSDScan(torch.autograd.Function):
-    """The chunked SSD scan on chunk-padded inputs (b batch, c chunks of Q, h heads of p, g groups,
-    r = h / g heads per group, n state):
-
-        x  [b, c*Q, h, p]  x * dt        a  [b, c*Q, h]  A * dt        B, C  [b, c*Q, g, n]
-        s0 [b, h, p, n] or None (the state before the first token)
-        -> y [b, c*Q, h, p] (without the D term), final state [b, h, p, n]
-
-    Within a chunk y[l] = sum_{s<=l} (C_l . B_s) exp(acs_l - acs_s) x_s (acs: cumulative a); across
-    chunks the state entering chunk i+1 is exp(a summed over chunk i) * entering[i] + chunk i's own
-    end state, and y[l] += exp(acs_l) C_l . entering. Per-group matmuls use r*p rows at once."""
-
-    @staticmethod
-    def forward(ctx, x, a, B, C, s0, chunk):
-        b, length, h, p = x.shape
-        g, n = B.shape[2], B.shape[3]
-        r, q = h // g, chunk
-        c = length // q
-        N = b * c
-        xn = x.view(N, q, h, p)
-        wide = a.view(N, q, h).transpose(1, 2).double().cumsum(-1)  # [N, h, Q]
-        acs = wide.to(x.dtype)
-        Bg = B.view(N, q, g, n).transpose(1, 2).contiguous()  # [N, g, Q, n]
-        Cg = C.view(N, q, g, n).transpose(1, 2).contiguous()
-        decay = _decay_matrix(wide, x.dtype)  # [N, h, Q, Q]
-        G = torch.matmul(Cg, Bg.transpose(-1, -2))  # [N, g, Q, Q]
-        M = (G.view(N, g, 1, q, q) * decay.view(N, g, r, q, q)).view(N, h, q, q)
-        xh = xn.transpose(1, 2).contiguous()  # [N, h, Q, p]
-        y_diag = torch.matmul(M, xh)  # [N, h, Q, p]
-        to_end = torch.exp(acs[..., -1:] - acs)  # [N, h, Q]
-        xd = torch.empty(N, g, q, r * p, dtype=x.dtype, device=x.device)  # x decayed to its chunk's end
-        torch.mul(
-            xn.view(N, q, g, r, p).transpose(1, 2),
-            to_end.view(N, g, r, q).transpose(2, 3)[..., None],
-            out=xd.view(N, g, q, r, p),
-        )
-        own = torch.matmul(xd.transpose(-1, -2), Bg).view(b, c, h, p * n)  # each chunk's own end state
-        through = torch.exp(acs[..., -1]).view(b, c, h, 1)  # decay over a whole chunk
-        entering = torch.empty(b, c + 1, h, p * n, dtype=x.dtype, device=x.device)
-        if s0 is None:
-            entering[:, 0].zero_()
-        else:
-            entering[:, 0].copy_(s0.reshape(b, h, p * n))
-        for i in range(c):
-            torch.addcmul(own[:, i], entering[:, i], through[:, i], out=entering[:, i + 1])
-        state_in = entering[:, :c].reshape(N, g, r * p, n)
-        z = torch.matmul(Cg, state_in.transpose(-1, -2))  # [N, g, Q, r*p]
-        from_start = torch.exp(acs)  # [N, h, Q]
-        y = torch.empty(b, length, h, p, dtype=x.dtype, device=x.device)
-        torch.mul(
-            z.view(N, g, q, r, p).transpose(1, 2),
-            from_start.view(N, g, r, q).permute(0, 3, 1, 2)[..., None],
-            out=y.view(N, q, g, r, p),
-        )
-        y.view(N, q, h, p).add_(y_diag.transpose(1, 2))
-        final = entering[:, c].reshape(b, h, p, n).clone()
-        ctx.save_for_backward(xh, xd, Bg, Cg, decay, M, acs, entering, z, to_end, from_start)
-        ctx.dims = (b, c, q, h, g, r, p, n)
-        ctx.has_s0 = s0 is not None
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        xh, xd, Bg, Cg, decay, M, acs, entering, z, to_end, from_start = ctx.saved_tensors
-        b, c, q, h, g, r, p, n = ctx.dims
-        N = b * c
-        dyn = dy.contiguous().view(N, q, h, p)
-        # within chunks
-        dyh = dyn.transpose(1, 2).contiguous()  # [N, h, Q, p]
-        dM = torch.matmul(dyh, xh.transpose(-1, -2))  # [N, h, Q, Q]
-        dxh = torch.matmul(M.transpose(-1, -2), dyh)  # [N, h, Q, p]
-        # d/da[k] of exp(sum_{s<k'<=l} a[k']) collects the entries with s < k <= l, summed in the
-        # order of transformers' segment sum (a difference of two sums would cancel digits away)
-        below = torch.ones(q, q, dtype=torch.bool, device=dy.device).tril(-1)
-        da = (dM * M).flip(-2).cumsum(-2).flip(-2).masked_fill_(~below, 0).sum(-1)  # [N, h, Q]
-        dG = dM.mul_(decay).view(N, g, r, q, q).sum(2)  # [N, g, Q, Q]
-        dC = torch.matmul(dG, Bg)
-        dB = torch.matmul(dG.transpose(-1, -2), Cg)
-        # from the entering state
-        dz = torch.empty(N, g, q, r * p, dtype=dy.dtype, device=dy.device)
-        torch.mul(
-            dyn.view(N, q, g, r, p).transpose(1, 2),
-            from_start.view(N, g, r, q).transpose(2, 3)[..., None],
-            out=dz.view(N, g, q, r, p),
-        )
-        dlog_from_start = (dz * z).view(N, g, q, r, p).sum(-1).transpose(2, 3).reshape(N, h, q)
-        da += dlog_from_start.flip(-1).cumsum(-1).flip(-1)  # exp(acs_l): every k <= l
-        state_in = entering[:, :c].reshape(N, g, r * p, n)
-        dC += torch.matmul(dz, state_in)
-        d_state_in = torch.matmul(dz.transpose(-1, -2), Cg).view(b, c, h, p * n)
-        # across chunks, backwards
-        through = torch.exp(acs[..., -1]).view(b, c, h, 1)
-        d_entering = torch.empty(b, c + 1, h, p * n, dtype=dy.dtype, device=dy.device)
-        if dfinal is None:
-            d_entering[:, c].zero_()
-        else:
-            d_entering[:, c].copy_(dfinal.reshape(b, h, p * n))
-        for i in range(c - 1, -1, -1):
-            torch.addcmul(d_state_in[:, i], d_entering[:, i + 1], through[:, i], out=d_entering[:, i])
-        d_through = (d_entering[:, 1:] * entering[:, :c]).sum(-1) * through[..., 0]  # [b, c, h]
-        da += d_through.view(N, h, 1)  # a whole chunk's decay: every k
-        # each chunk's own end state
-        d_own = d_entering[:, 1:].reshape(N, g, r * p, n)
-        dxd = torch.matmul(Bg, d_own.transpose(-1, -2))  # [N, g, Q, r*p]
-        dB += torch.matmul(xd, d_own)
-        dlog_to_end = (dxd * xd).view(N, g, q, r, p).sum(-1).transpose(2, 3).reshape(N, h, q)
-        da[..., 1:] += dlog_to_end[..., :-1].cumsum(-1)  # exp(acs_last - acs_l): every k > l
-        dx = torch.empty(b, c * q, h, p, dtype=dy.dtype, device=dy.device)
-        torch.mul(
-            dxd.view(N, g, q, r, p).transpose(1, 2),
-            to_end.view(N, g, r, q).permute(0, 3, 1, 2)[..., None],
-            out=dx.view(N, q, g, r, p),
-        )
-        dx.view(N, q, h, p).add_(dxh.transpose(1, 2))
-        da = da.transpose(1, 2).reshape(b, c * q, h)
-        dB = dB.transpose(1, 2).reshape(b, c * q, g, n)
-        dC = dC.transpose(1, 2).reshape(b, c * q, g, n)
-        ds0 = d_entering[:, 0].reshape(b, h, p, n) if ctx.has_s0 else None
-        return dx, da, dB, dC, ds0, None
+# Training and prefill
 
 
 def _native():
@@ -192,82 +68,12 @@ def _all_float32(*tensors) -> bool:
     return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
 
 
-class _NativeScan(torch.autograd.Function):
-    """The sequential selective scan in C++ (mamba_cpu.cpp scan_forward / scan_backward):
-    x [b, L, h, p], dt [b, L, h] (after bias, softplus and limits), A [h], B, C [b, L, g, n], D [h]
-    or None, s0 [b, h, p, n] or None -> y [b, L, h, p] (with the D term), final state [b, h, p, n]."""
-
-    @staticmethod
-    def forward(ctx, kernels, x, dt, A, B, C, D, s0):
-        none = torch.empty(0)
-        y, final, checkpoints = kernels.scan_forward(
-            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
-        )  # checkpoints [b, h, L / 32, n, p]: the states the backward restarts from
-        ctx.kernels = kernels
-        ctx.has_s0 = s0 is not None
-        ctx.save_for_backward(x, dt, A, B, C, D, checkpoints)
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
-        none = torch.empty(0)
-        dx, ddt, dA, dB, dC, dD, ds0 = ctx.kernels.scan_backward(
-            x, dt, A, B, C, none if D is None else D, checkpoints, dy, none if dfinal is None else dfinal
-        )
-        return (
-            None,
-            dx,
-            ddt,
-            dA.sum(0),
-            dB,
-            dC,
-            None if D is None else dD.sum(0),
-            ds0 if ctx.has_s0 else None,
-        )
-
-
-class _NativeConv(torch.autograd.Function):
-    """Causal depthwise conv1d + bias + SiLU in C++ on channel-last x [b, L, ch] (last dimension
-    contiguous), weight [ch, k], bias [ch] or None -> [b, L, ch]."""
-
-    @staticmethod
-    def forward(ctx, kernels, x, weight, bias):
-        ctx.kernels = kernels
-        ctx.save_for_backward(x, weight, bias)
-        return kernels.conv_forward(x, weight, torch.empty(0) if bias is None else bias)
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, torch.empty(0) if bias is None else bias, dout)
-        return None, dx, dweight, None if bias is None else dbias
-
-
-class _NativeGatedNorm(torch.autograd.Function):
-    """weight * rmsnorm(y * silu(z)) over groups of group_size channels in C++: y [rows, d]
-    contiguous, z [rows, d] (last dimension contiguous) -> [rows, d]."""
-
-    @staticmethod
-    def forward(ctx, kernels, y, z, weight, group_size, eps):
-        out, rstd = kernels.gated_norm_forward(y, z, weight, group_size, eps)
-        ctx.kernels, ctx.group_size = kernels, group_size
-        ctx.save_for_backward(y, z, weight, rstd)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        y, z, weight, rstd = ctx.saved_tensors
-        dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size)
-        return None, dy, dz, dweight, None, None
-
-
 def _gated_norm_forward(original):
     """The norm class's forward, natively inside a switched-on mixer (float32 CPU, with a gate)."""
 
     @functools.wraps(original)
     def forward(self, hidden_states, gate=None):
-        kernels = _native() if _inside_fast_mixer.get() and gate is not None else None
+        kernels = _native() if _inside_fast_mixer.get() is not None and gate is not None else None
         if (
             kernels is not None
             and _all_float32(hidden_states, gate, self.weight)
@@ -279,7 +85,7 @@ def _gated_norm_forward(original):
             z = gate.reshape(-1, d)  # a slice of the projection: rows strided, channels contiguous
             if z.stride(-1) != 1:
                 z = z.contiguous()
-            out = _NativeGatedNorm.apply(kernels, y, z, self.weight, self.group_size, self.variance_epsilon)
+            out = NativeGatedNorm.apply(kernels, y, z, self.weight, self.group_size, self.variance_epsilon)
             return out.view(hidden_states.shape)
         return original(self, hidden_states, gate)
 
@@ -293,6 +99,90 @@ def _install_norm_dispatch(norm: nn.Module) -> None:
         cls.forward = _gated_norm_forward(cls.forward)
 
 
+def split_conv1d_scan_combined(
+    zxbcdt,
+    conv1d_weight,
+    conv1d_bias,
+    dt_bias,
+    A,
+    D,
+    chunk_size,
+    initial_states=None,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+    activation="silu",
+    rmsnorm_weight=None,
+    rmsnorm_eps=1e-6,
+    outproj_weight=None,
+    outproj_bias=None,
+    headdim=None,
+    ngroups=1,
+    norm_before_gate=True,
+    _original=None,
+    **kwargs,
+):
+    """transformers' `mamba2_split_conv1d_scan_combined`, which a training mixer tries first and
+    whose PyTorch stand-in returns None (then the mixer runs step by step). Natively it returns the
+    mixer's output, equal to that step-by-step PyTorch path, wherever the mixer's steps are the ones
+    NativeMixerTail takes: a plain gated norm after the scan (not Falcon-H1's), no padding mask
+    (the step-by-step path zeroes padded positions after the convolution), no hooks on the norm or
+    out_proj (which this path does not call), float32."""
+    call = _inside_fast_mixer.get()
+    kernels = _native()
+    mixer = call.mixer
+    norm, out_proj = getattr(mixer, "norm", None), getattr(mixer, "out_proj", None)
+    if (
+        kernels is None
+        or call.padded
+        or type(norm).__name__ not in GATED_NORM_CLASS_NAMES
+        or not isinstance(out_proj, nn.Linear)
+        or any(m._forward_hooks or m._forward_pre_hooks for m in (norm, out_proj))
+        or norm.weight is not rmsnorm_weight
+        or out_proj.weight is not outproj_weight
+        or activation != "silu"
+        or norm_before_gate
+        or initial_states is not None
+        or return_final_states
+        or headdim is None
+        or conv1d_weight.dim() != 2
+        or not _all_float32(
+            zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, rmsnorm_weight, outproj_weight, outproj_bias
+        )
+        or zxbcdt.dim() != 3
+        or zxbcdt.stride(-1) != 1
+    ):
+        return _original(
+            zxbcdt,
+            conv1d_weight,
+            conv1d_bias,
+            dt_bias,
+            A,
+            D,
+            chunk_size,
+            initial_states=initial_states,
+            dt_limit=dt_limit,
+            return_final_states=return_final_states,
+            activation=activation,
+            rmsnorm_weight=rmsnorm_weight,
+            rmsnorm_eps=rmsnorm_eps,
+            outproj_weight=outproj_weight,
+            outproj_bias=outproj_bias,
+            headdim=headdim,
+            ngroups=ngroups,
+            norm_before_gate=norm_before_gate,
+            **kwargs,
+        )
+    h = A.shape[0]
+    d = h * headdim
+    n = (zxbcdt.shape[-1] - 2 * d - h) // (2 * ngroups)
+    if zxbcdt.shape[-1] != 2 * d + 2 * ngroups * n + h or h % ngroups or d % norm.group_size:
+        return _original(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, **kwargs)
+    shape = (h, headdim, ngroups, n, norm.group_size, float(rmsnorm_eps), tuple(dt_limit))
+    return NativeMixerTail.apply(
+        kernels, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, rmsnorm_weight, outproj_weight, outproj_bias, shape
+    )
+
+
 def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=None, **kwargs):
     """transformers' `causal_conv1d_fn` with SiLU: hidden_states [b, ch, L] (in the mixers a
     transposed view of channel-last memory), weight [ch, k] -> [b, ch, L], natively when it can."""
@@ -302,7 +192,7 @@ def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=N
     channel_last = hidden_states.transpose(1, 2)  # [b, L, ch]
     if channel_last.stride(2) != 1:
         channel_last = channel_last.contiguous()
-    return _NativeConv.apply(kernels, channel_last, weight, bias).transpose(1, 2)
+    return NativeConv.apply(kernels, channel_last, weight, bias).transpose(1, 2)
 
 
 def chunk_scan(
@@ -338,7 +228,7 @@ def chunk_scan(
         if dt_softplus:
             dt = F.softplus(dt)
         dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
-        y, final = _NativeScan.apply(kernels, hidden_states, dt.contiguous(), A.contiguous(), B, C, D, initial_states)
+        y, final = NativeScan.apply(kernels, hidden_states, dt.contiguous(), A.contiguous(), B, C, D, initial_states)
         return (y, final) if return_final_states else y
     return _pytorch_chunk_scan(
         hidden_states, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_softplus, dt_limit, return_final_states
@@ -365,7 +255,7 @@ def _pytorch_chunk_scan(
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     s0 = None if initial_states is None else initial_states.float()
-    y, final = _SSDScan.apply(xdt.contiguous(), a.contiguous(), B.contiguous(), C.contiguous(), s0, chunk_size)
+    y, final = SSDScan.apply(xdt.contiguous(), a.contiguous(), B.contiguous(), C.contiguous(), s0, chunk_size)
     if pad:
         y = y[:, :length]
     if D is not None:
@@ -436,7 +326,7 @@ def _expanded_per_head(tensor, dims: int) -> bool:
 
 
 def _applies(name: str, args, kwargs) -> bool:
-    if not _inside_fast_mixer.get():
+    if _inside_fast_mixer.get() is None:
         return False
     if kwargs.get("cu_seqlens") is not None or kwargs.get("seq_idx") is not None:
         return False  # packed sequences: the original says what to install
@@ -458,6 +348,7 @@ FAST_KERNELS = {
     "mamba2_selective_state_update": selective_state_update,
     "causal_conv1d_fn": causal_conv1d,
     "causal_conv1d_update": causal_conv1d_update,
+    "mamba2_split_conv1d_scan_combined": split_conv1d_scan_combined,
 }
 
 
@@ -488,8 +379,10 @@ def _install_dispatch(module_name: str) -> None:
             setattr(modeling, name, _dispatching(name, current))
 
 
-def _enter(module, args):
-    module._hybridlab_fast_mamba_token = _inside_fast_mixer.set(True)
+def _enter(module, args, kwargs):
+    mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+    padded = isinstance(mask, torch.Tensor) and bool((mask == 0).any())
+    module._hybridlab_fast_mamba_token = _inside_fast_mixer.set(_FastCall(module, padded))
 
 
 def _leave(module, args, output):
@@ -524,10 +417,11 @@ def use_fast_mamba(model: nn.Module, enabled: bool = True) -> int:
         for hooks in (mixer._forward_pre_hooks, mixer._forward_hooks):
             for key in [k for k, hook in hooks.items() if hook in (_enter, _leave)]:
                 del hooks[key]
+                mixer._forward_pre_hooks_with_kwargs.pop(key, None)
         if enabled:
             _install_dispatch(type(mixer).__module__)
             _install_norm_dispatch(mixer.norm)
-            mixer.register_forward_pre_hook(_enter)
+            mixer.register_forward_pre_hook(_enter, with_kwargs=True)
             mixer.register_forward_hook(_leave, always_call=True)
     return len(mixers)
 

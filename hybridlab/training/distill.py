@@ -239,14 +239,15 @@ def distill(
 
     def loss_fn(model, batch) -> tuple[torch.Tensor, dict]:
         step, input_ids = batch  # [b, T]
-        logits = model(input_ids=input_ids).logits  # [b, T, V]
+        # no cache: a training mixer then runs as one fused step (hybridlab.model.fast_mamba)
+        logits = model(input_ids=input_ids, use_cache=False).logits  # [b, T, V]
         if logits_cache is not None:
             values, indices = logits_cache.targets(step)
             top = (dist.shard(values).to(dist.device), dist.shard(indices).to(dist.device))
             kd = kd_loss(logits, temperature=settings.temperature, teacher_top=top)
         else:
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=input_ids).logits
+                teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits
             kd = kd_loss(logits, teacher_logits, settings.temperature, settings.top_k)
         w = settings.lm_loss_weight
         with torch.set_grad_enabled(w != 0):  # logged either way; differentiated only when it counts

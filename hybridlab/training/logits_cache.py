@@ -45,7 +45,7 @@ def build_logits_cache(
         values, indices = [], []
         for step in track(range(steps), steps, "teacher logits", progress):
             with torch.no_grad():
-                logits = teacher(input_ids=batches.batch(step).to(device)).logits.float()  # [B, T, V]
+                logits = teacher(input_ids=batches.batch(step).to(device), use_cache=False).logits.float()  # [B, T, V]
             # log-probs over the whole vocabulary, so the student's KD loss knows the tail's mass
             top = torch.topk(torch.log_softmax(logits / settings.temperature, dim=-1), top_k, dim=-1)
             values.append(top.values.to(torch.bfloat16).cpu())

@@ -167,8 +167,9 @@ def build_model(preset: str, vocab_size: int, bos: int, eos: int, pad: int, over
 
 
 def lm_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean next-token cross-entropy over a [B, T] batch (fp32 softmax)."""
-    return next_token_loss(model(input_ids=input_ids).logits, input_ids), {}
+    """Mean next-token cross-entropy over a [B, T] batch (fp32 softmax). Without a cache, which
+    training never reads, transformers hands a mixer's whole step to the fused kernel."""
+    return next_token_loss(model(input_ids=input_ids, use_cache=False).logits, input_ids), {}
 
 
 @torch.no_grad()
@@ -177,7 +178,7 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size]  # [b, T]
-        total += float(next_token_loss(model(input_ids=batch).logits, batch, reduction="sum"))
+        total += float(next_token_loss(model(input_ids=batch, use_cache=False).logits, batch, reduction="sum"))
         count += batch[:, 1:].numel()
     return total / count
 

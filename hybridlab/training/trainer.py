@@ -111,7 +111,7 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: st
     """Cross-entropy (fp32 softmax) of logits [B, T, V] at position t against input_ids [B, T] at t + 1.
     The targets are shifted and the last position ignored instead of the logits sliced: a [B, T - 1, V]
     slice copies the logits forward and back, ~12% of a demo-teacher training step on the CPU. On the
-    CPU the native kernel (_NativeCrossEntropy) computes it, where it is built."""
+    CPU the native kernel (_NativeCrossEntropy below) computes it, where it is built."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = F.pad(input_ids[:, 1:], (0, 1), value=IGNORED).flatten()  # [B*T]

@@ -241,7 +241,8 @@ template <int64_t P>
 std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                            const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                            const at::Tensor& checkpoints_in, const at::Tensor& dy_in,
-                                           const at::Tensor& dfinal_in) {
+                                           const at::Tensor& dfinal_in, const at::Tensor& dx_out,
+                                           const at::Tensor& dB_out, const at::Tensor& dC_out) {
   check_inner(x, "x");
   check_inner(B, "B");
   check_inner(C, "C");
@@ -252,12 +253,18 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   at::Tensor dy = dy_in.contiguous(), checkpoints_t = checkpoints_in.contiguous();
   at::Tensor dfinal = has_dfinal ? dfinal_in.contiguous() : dfinal_in;
   auto opts = x.options();
-  auto dx = at::empty({b, L, h, p}, opts);
+  // dx, dB, dC go into the given views when there are any (the mixer's fused path hands slices of one
+  // buffer, so no cat joins them afterwards); a task zeroes its own group's dB, dC rows first
+  const bool given = dx_out.numel() > 0;
+  auto dx = given ? dx_out : at::empty({b, L, h, p}, opts);
+  auto dB = given ? dB_out : at::empty({b, L, g, n}, opts);
+  auto dC = given ? dC_out : at::empty({b, L, g, n}, opts);
+  check_inner(dx, "dx");
+  check_inner(dB, "dB");
+  check_inner(dC, "dC");
   auto ddt = at::empty({b, L, h}, opts);
   auto dA = at::empty({b, h}, opts);
   auto dD = at::empty({b, h}, opts);
-  auto dB = at::zeros({b, L, g, n}, opts);
-  auto dC = at::zeros({b, L, g, n}, opts);
   auto ds0 = at::empty({b, h, p, n}, opts);
   const float* xp = x.data_ptr<float>();
   const float* dtp = dt.data_ptr<float>();
@@ -273,11 +280,17 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   float* ds0p = ds0.data_ptr<float>();
   const int64_t sxb = x.stride(0), sxt = x.stride(1), sbb = B.stride(0), sbt = B.stride(1);
   const int64_t scb = C.stride(0), sct = C.stride(1);
+  const int64_t sdxb = dx.stride(0), sdxt = dx.stride(1), sdbb = dB.stride(0), sdbt = dB.stride(1);
+  const int64_t sdcb = dC.stride(0), sdct = dC.stride(1);
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> states((kChunk + 1) * pn), G_buf(pn), xdt_buf(p), gB_buf(p), gS_buf(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g, gi = task % g;
+      for (int64_t t = 0; t < L; ++t) {
+        std::fill_n(dBp + bi * sdbb + t * sdbt + gi * n, n, 0.f);
+        std::fill_n(dCp + bi * sdcb + t * sdct + gi * n, n, 0.f);
+      }
       for (int64_t hi = gi * r; hi < gi * r + r; ++hi) {
         const int64_t bh = bi * h + hi;
         const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
@@ -319,9 +332,9 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
             const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
             const float* __restrict dyt = dyp + ((bi * L + t) * h + hi) * p;
-            float* __restrict dxt = dxp + ((bi * L + t) * h + hi) * p;
-            float* __restrict dBt = dBp + ((bi * L + t) * g + gi) * n;
-            float* __restrict dCt = dCp + ((bi * L + t) * g + gi) * n;
+            float* __restrict dxt = dxp + bi * sdxb + t * sdxt + hi * p;
+            float* __restrict dBt = dBp + bi * sdbb + t * sdbt + gi * n;
+            float* __restrict dCt = dCp + bi * sdcb + t * sdct + gi * n;
 #pragma omp simd
             for (int64_t i = 0; i < p; ++i) xdt[i] = xt[i] * d;
 #ifdef __AVX2__
@@ -373,11 +386,12 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
 
 std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                      const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& dfinal) {
+                                      const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& dfinal,
+                                      const at::Tensor& dx_out, const at::Tensor& dB_out, const at::Tensor& dC_out) {
   switch (x.size(3)) {
-    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
-    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
-    default: return scan_backward_impl<0>(x, dt, A, B, C, D, checkpoints, dy, dfinal);
+    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
+    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
+    default: return scan_backward_impl<0>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
   }
 }
 
@@ -475,75 +489,79 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   return out;
 }
 
-// -> dx [b, L, ch], dweight [ch, k], dbias [ch]; the pre-activation is recomputed. One pass over row
-// blocks finds dL/d(pre-activation) and adds each block's share of dweight and dbias (summed at the end),
-// a second finds dx, which needs the next k - 1 rows' dL/d(pre-activation).
+// dout [b, L, ch] (last dim contiguous) -> dx [b, L, ch] (into dx_out when given: a view with the
+// last dim contiguous), dweight [ch, k], dbias [ch]; the pre-activation is recomputed. Tasks are runs of
+// kRows rows of one sequence: a task finds dL/d(pre-activation) for its rows and the k - 1 after them
+// (dx needs those) in a buffer of its own, so no [b, L, ch] temporary is written and read back; its
+// rows add their share of dweight and dbias to their block's partial sums (added up at the end).
 std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                      const at::Tensor& dout_in) {
+                                      const at::Tensor& dout_in, const at::Tensor& dx_out) {
   const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
-  at::Tensor w = weight.contiguous(), dout = dout_in.contiguous();
+  at::Tensor w = weight.contiguous(), dout = dout_in.stride(2) == 1 ? dout_in : dout_in.contiguous();
   const bool has_bias = bias.defined() && bias.numel() > 0;
   at::Tensor bc = has_bias ? bias.contiguous() : bias;
-  auto dpre = at::empty({b, L, ch}, x.options());
-  auto dx = at::empty({b, L, ch}, x.options());
-  constexpr int64_t kBlocks = 16;
-  auto parts = at::zeros({kBlocks, k + 1, ch}, x.options());  // per row block: dweight [k, ch], dbias [ch]
+  auto dx = dx_out.numel() > 0 ? dx_out : at::empty({b, L, ch}, x.options());
+  TORCH_CHECK(dx.stride(2) == 1, "dx: last dim contiguous");
+  constexpr int64_t kRows = 64, kBlocks = 16;
+  const int64_t runs = (L + kRows - 1) / kRows, tasks = b * runs;
+  const int64_t blocks = std::min(kBlocks, tasks), per_block = (tasks + blocks - 1) / blocks;
+  auto parts = at::zeros({blocks, k + 1, ch}, x.options());  // per block of tasks: dweight [k, ch], dbias [ch]
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
   const float* gp = dout.data_ptr<float>();
-  float* dpp = dpre.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   float* partp = parts.data_ptr<float>();
-  const int64_t sb = x.stride(0), st = x.stride(1), rows = b * L;
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  const int64_t sgb = dout.stride(0), sgt = dout.stride(1), sdb = dx.stride(0), sdt = dx.stride(1);
   std::vector<float> wt(k * ch);
   for (int64_t c = 0; c < ch; ++c)
     for (int64_t j = 0; j < k; ++j) wt[j * ch + c] = wp[c * k + j];
-  const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
-  at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pre(ch);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(ch), dpre_buf((kRows + k - 1) * ch);
     for (int64_t blk = begin; blk < end; ++blk) {
       float* __restrict dw = partp + blk * (k + 1) * ch;
       float* __restrict db = dw + k * ch;
-      for (int64_t row = blk * per_block; row < std::min(rows, (blk + 1) * per_block); ++row) {
-        const int64_t bi = row / L, t = row % L;
-        for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t s = t - k + 1 + j;
-          if (s < 0) continue;
-          const float* __restrict xs = xp + bi * sb + s * st;
-          const float* __restrict wj = wt.data() + j * ch;
+      for (int64_t task = blk * per_block; task < std::min(tasks, (blk + 1) * per_block); ++task) {
+        const int64_t bi = task / runs, t0 = (task % runs) * kRows, t1 = std::min(L, t0 + kRows);
+        const int64_t t_end = std::min(L, t1 + k - 1);
+        for (int64_t t = t0; t < t_end; ++t) {
+          for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t s = t - k + 1 + j;
+            if (s < 0) continue;
+            const float* __restrict xs = xp + bi * sb + s * st;
+            const float* __restrict wj = wt.data() + j * ch;
 #pragma omp simd
-          for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+            for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+          }
+          float* __restrict dp = dpre_buf.data() + (t - t0) * ch;
+          silu_grad_row(pre.data(), gp + bi * sgb + t * sgt, dp, ch);
+          if (t >= t1) continue;  // a later task's row: needed here for dx only
+#pragma omp simd
+          for (int64_t c = 0; c < ch; ++c) db[c] += dp[c];
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t s = t - k + 1 + j;
+            if (s < 0) continue;
+            const float* __restrict xs = xp + bi * sb + s * st;
+            float* __restrict dwj = dw + j * ch;
+#pragma omp simd
+            for (int64_t c = 0; c < ch; ++c) dwj[c] += dp[c] * xs[c];
+          }
         }
-        float* __restrict dp = dpp + row * ch;
-        silu_grad_row(pre.data(), gp + row * ch, dp, ch);
+        // dx[s] = sum_j w[j] dpre[s + k - 1 - j]
+        for (int64_t s = t0; s < t1; ++s) {
+          float* __restrict o = dxp + bi * sdb + s * sdt;
+          std::fill(o, o + ch, 0.f);
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t t = s + k - 1 - j;
+            if (t >= L) continue;
+            const float* __restrict dpt = dpre_buf.data() + (t - t0) * ch;
+            const float* __restrict wj = wt.data() + j * ch;
 #pragma omp simd
-        for (int64_t c = 0; c < ch; ++c) db[c] += dp[c];
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t s = t - k + 1 + j;
-          if (s < 0) continue;
-          const float* __restrict xs = xp + bi * sb + s * st;
-          float* __restrict dwj = dw + j * ch;
-#pragma omp simd
-          for (int64_t c = 0; c < ch; ++c) dwj[c] += dp[c] * xs[c];
+            for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * dpt[c];
+          }
         }
-      }
-    }
-  });
-  // dx[s] = sum_j w[j] dpre[s + k - 1 - j]
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / L, s = row % L;
-      float* __restrict o = dxp + row * ch;
-      std::fill(o, o + ch, 0.f);
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t t = s + k - 1 - j;
-        if (t >= L) continue;
-        const float* __restrict dpt = dpp + (bi * L + t) * ch;
-        const float* __restrict wj = wt.data() + j * ch;
-#pragma omp simd
-        for (int64_t c = 0; c < ch; ++c) o[c] += wj[c] * dpt[c];
       }
     }
   });
@@ -604,19 +622,21 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
   return {out, rstd};
 }
 
-// -> dy [rows, d], dz [rows, d], dweight [d]
+// -> dy [rows, d], dz [rows, d] (into dz_out when given: a view with the last dim contiguous), dweight [d]
 std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
-                                            const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size) {
+                                            const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size,
+                                            const at::Tensor& dz_out) {
   const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
   at::Tensor dout = dout_in.contiguous();
   auto dy = at::empty({rows, d}, y.options());
-  auto dz = at::empty({rows, d}, y.options());
+  auto dz = dz_out.numel() > 0 ? dz_out : at::empty({rows, d}, y.options());
+  TORCH_CHECK(dz.stride(1) == 1, "dz: last dim contiguous");
   constexpr int64_t kBlocks = 16;
   auto dw_parts = at::zeros({kBlocks, d}, y.options());
   const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
   const float *rp = rstd.data_ptr<float>(), *gp = dout.data_ptr<float>();
   float *dyp = dy.data_ptr<float>(), *dzp = dz.data_ptr<float>(), *dwp = dw_parts.data_ptr<float>();
-  const int64_t sz = z.stride(0);
+  const int64_t sz = z.stride(0), sdz = dz.stride(0);
   const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
   at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> act(d), slope(d), v(d), dn(d);
@@ -640,7 +660,7 @@ std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tenso
           }
           const float mean_dot = dot / static_cast<float>(group_size);
           float* dyr = dyp + row * d;
-          float* dzr = dzp + row * d;
+          float* dzr = dzp + row * sdz;
 #pragma omp simd
           for (int64_t c = c0; c < c1; ++c) {
             const float dv = r * (dn[c] - v[c] * r * mean_dot);
@@ -693,8 +713,9 @@ std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at
       const int64_t target = tp[row];
       TORCH_CHECK(target == ignore_index || (target >= 0 && target < V), "target ", target, " is outside the ", V,
                   "-token vocabulary");
-      if (has_nan) {
-        lse_p[row] = loss_p[row] = NAN;
+      if (has_nan) {  // an ignored row's NaN is dropped, as F.cross_entropy drops the row
+        lse_p[row] = NAN;
+        loss_p[row] = target == ignore_index ? 0.f : NAN;
         continue;
       }
       double total = 0.0;

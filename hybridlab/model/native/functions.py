@@ -1,0 +1,207 @@
+"""The native kernels (mamba_cpu.cpp) as autograd Functions, each with its hand-written backward.
+hybridlab.model.fast_mamba decides when they apply (float32 CPU tensors inside a switched-on mixer)
+and falls back to PyTorch otherwise; these classes only call the kernels. Shapes: b batch, L tokens,
+h heads of p channels, g groups of B/C with n states each, d = h p."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+import torch.nn.functional as F
+
+
+class NativeScan(torch.autograd.Function):
+    """The sequential selective scan in C++ (mamba_cpu.cpp scan_forward / scan_backward):
+    x [b, L, h, p], dt [b, L, h] (after bias, softplus and limits), A [h], B, C [b, L, g, n], D [h]
+    or None, s0 [b, h, p, n] or None -> y [b, L, h, p] (with the D term), final state [b, h, p, n]."""
+
+    @staticmethod
+    def forward(ctx, kernels, x, dt, A, B, C, D, s0):
+        none = torch.empty(0)
+        y, final, checkpoints = kernels.scan_forward(
+            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
+        )  # checkpoints [b, h, L / 32, n, p]: the states the backward restarts from
+        ctx.kernels = kernels
+        ctx.has_s0 = s0 is not None
+        ctx.save_for_backward(x, dt, A, B, C, D, checkpoints)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
+        none = torch.empty(0)
+        dx, ddt, dA, dB, dC, dD, ds0 = ctx.kernels.scan_backward(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            none if D is None else D,
+            checkpoints,
+            dy,
+            none if dfinal is None else dfinal,
+            none,
+            none,
+            none,
+        )
+        return (
+            None,
+            dx,
+            ddt,
+            dA.sum(0),
+            dB,
+            dC,
+            None if D is None else dD.sum(0),
+            ds0 if ctx.has_s0 else None,
+        )
+
+
+class NativeConv(torch.autograd.Function):
+    """Causal depthwise conv1d + bias + SiLU in C++ on channel-last x [b, L, ch] (last dimension
+    contiguous), weight [ch, k], bias [ch] or None -> [b, L, ch]."""
+
+    @staticmethod
+    def forward(ctx, kernels, x, weight, bias):
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, bias)
+        return kernels.conv_forward(x, weight, torch.empty(0) if bias is None else bias)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        none = torch.empty(0)
+        dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, none if bias is None else bias, dout, none)
+        return None, dx, dweight, None if bias is None else dbias
+
+
+class NativeGatedNorm(torch.autograd.Function):
+    """weight * rmsnorm(y * silu(z)) over groups of group_size channels in C++: y [rows, d]
+    contiguous, z [rows, d] (last dimension contiguous) -> [rows, d]."""
+
+    @staticmethod
+    def forward(ctx, kernels, y, z, weight, group_size, eps):
+        out, rstd = kernels.gated_norm_forward(y, z, weight, group_size, eps)
+        ctx.kernels, ctx.group_size = kernels, group_size
+        ctx.save_for_backward(y, z, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, z, weight, rstd = ctx.saved_tensors
+        dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size, torch.empty(0))
+        return None, dy, dz, dweight, None, None
+
+
+SCRATCH_LIMIT = 64 << 20  # bytes: larger temporaries are allocated each time
+_scratch_buffers = threading.local()
+
+
+def _scratch(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A temporary that never leaves the backward, kept between calls: a fresh tensor's pages fault
+    in again on every call, which costs about as much as the kernel that fills it on this size."""
+    numel = math.prod(shape)
+    if numel * dtype.itemsize > SCRATCH_LIMIT:
+        return torch.empty(shape, dtype=dtype)
+    buffers = _scratch_buffers.__dict__
+    buffer = buffers.get(name)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+        buffer = buffers[name] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(shape)
+
+
+class NativeMixerTail(torch.autograd.Function):
+    """All a training mixer does after in_proj, as one Function: split, conv + SiLU, dt's bias,
+    softplus and limits, the scan, the gated norm and out_proj (transformers'
+    `mamba2_split_conv1d_scan_combined`). Its gain over the kernels one by one is the backward:
+    d(zxbcdt) is written part by part into one buffer, and the scan writes d(x, B, C) into the
+    convolution's dout, where autograd would join each split's gradients with a cat.
+
+        zxbcdt [b, L, d + ch + h] (gate z | x B C, ch = d + 2 g n | dt), d = h p
+        -> out_proj(norm(scan(conv(xBC), dt), z)) [b, L, hidden]"""
+
+    @staticmethod
+    def forward(ctx, kernels, zxbcdt, conv_w, conv_b, dt_bias, A, D, norm_w, out_w, out_b, shape):
+        h, p, g, n, group_size, eps, dt_limit = shape
+        b, L, _ = zxbcdt.shape
+        d, gn = h * p, g * n
+        ch = d + 2 * gn
+        none = torch.empty(0)
+        gate, xbc, dt_in = zxbcdt.split([d, ch, h], dim=-1)
+        conv_out = kernels.conv_forward(xbc, conv_w, none if conv_b is None else conv_b)  # [b, L, ch]
+        x, B, C = _split_xbc(conv_out, h, p, g, n)
+        dt_pre = dt_in + dt_bias  # [b, L, h]
+        dt = torch.clamp(F.softplus(dt_pre), min=dt_limit[0], max=dt_limit[1])
+        y, _, checkpoints = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none)
+        normed, rstd = kernels.gated_norm_forward(y.view(b * L, d), gate.reshape(b * L, d), norm_w, group_size, eps)
+        out = F.linear(normed, out_w, out_b)
+        ctx.kernels, ctx.shape = kernels, shape
+        ctx.save_for_backward(
+            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b
+        )
+        return out.view(b, L, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b = (
+            ctx.saved_tensors
+        )
+        h, p, g, n, group_size, eps, dt_limit = ctx.shape
+        kernels = ctx.kernels
+        b, L, width = zxbcdt.shape
+        d, gn = h * p, g * n
+        ch = d + 2 * gn
+        none = torch.empty(0)
+        dout = dout.reshape(b * L, -1)
+        d_normed = dout @ out_w  # [b L, d]
+        d_out_w = dout.t() @ normed
+        d_out_b = None if out_b is None else dout.sum(0)
+        d_zxbcdt = torch.empty(b, L, width, dtype=zxbcdt.dtype)
+        d_gate, d_xbc, d_dt_in = d_zxbcdt.split([d, ch, h], dim=-1)
+        gate, xbc, _ = zxbcdt.split([d, ch, h], dim=-1)
+        dy, _, d_norm_w = kernels.gated_norm_backward(
+            y.view(b * L, d), gate.reshape(b * L, d), norm_w, rstd, d_normed, group_size, d_gate.reshape(b * L, d)
+        )
+        d_conv_out = _scratch("d_conv_out", (b, L, ch), zxbcdt.dtype)
+        x, B, C = _split_xbc(conv_out, h, p, g, n)
+        _, ddt, dA, _, _, dD, _ = kernels.scan_backward(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            none if D is None else D,
+            checkpoints,
+            dy.view(b, L, h, p),
+            none,
+            *_split_xbc(d_conv_out, h, p, g, n),
+        )
+        _, d_conv_w, d_conv_b = kernels.conv_backward(
+            xbc, conv_w, none if conv_b is None else conv_b, d_conv_out, d_xbc
+        )
+        unclipped = F.softplus(dt_pre)
+        ddt = ddt.masked_fill_((unclipped < dt_limit[0]) | (unclipped > dt_limit[1]), 0)  # as clamp's backward
+        d_dt_pre = torch.ops.aten.softplus_backward(ddt, dt_pre, 1.0, 20.0)
+        d_dt_in.copy_(d_dt_pre)
+        return (
+            None,
+            d_zxbcdt,
+            d_conv_w,
+            None if conv_b is None else d_conv_b,
+            d_dt_pre.sum((0, 1)),
+            dA.sum(0),
+            None if D is None else dD.sum(0),
+            d_norm_w,
+            d_out_w,
+            d_out_b,
+            None,
+        )
+
+
+def _split_xbc(xbc: torch.Tensor, h: int, p: int, g: int, n: int):
+    """[b, L, h p + 2 g n] -> views x [b, L, h, p], B, C [b, L, g, n]."""
+    b, L, _ = xbc.shape
+    x, B, C = xbc.split([h * p, g * n, g * n], dim=-1)
+    return x.view(b, L, h, p), B.view(b, L, g, n), C.view(b, L, g, n)
