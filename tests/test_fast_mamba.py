@@ -225,8 +225,9 @@ def test_other_mixers_stay_untouched_on_cuda_tensors_and_outside_fast_mixers(mon
         assert relative(plain_model(ids).logits, fast_model(ids).logits) < TOLERANCE
 
 
-def _training_graph_nodes(prepare=lambda mixer: None, mask=None) -> set[str]:
-    """The autograd node names of one training-mode mixer forward on the tiny NemotronH."""
+def _training_graph_nodes(prepare=lambda mixer: None, mask=None, backward: bool = False) -> set[str]:
+    """The autograd node names of one training-mode mixer forward on the tiny NemotronH (after a
+    backward through it with `backward`)."""
     from hybridlab.model import native
 
     if native.kernels() is None:
@@ -237,6 +238,8 @@ def _training_graph_nodes(prepare=lambda mixer: None, mask=None) -> set[str]:
     prepare(mixer)
     mixer.train()
     out = mixer(torch.randn(2, 9, mixer.in_proj.in_features, requires_grad=True), attention_mask=mask)
+    if backward:
+        out.sum().backward(retain_graph=True)
     seen, stack = set(), [out.grad_fn]
     while stack:
         node = stack.pop()
@@ -251,18 +254,85 @@ def test_native_kernels_are_used_when_built():
     assert "NativeMixerTailBackward" in _training_graph_nodes()
 
 
-@pytest.mark.parametrize("hooked", ["norm", "out_proj"])
-def test_a_hook_on_the_norm_or_out_proj_keeps_the_step_by_step_kernels(hooked):
+class _DoubledLinear(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def _doubled_out_proj(mixer):
+    doubled = _DoubledLinear(
+        mixer.out_proj.in_features, mixer.out_proj.out_features, bias=mixer.out_proj.bias is not None
+    )
+    doubled.load_state_dict(mixer.out_proj.state_dict())
+    mixer.out_proj = doubled
+
+
+@pytest.mark.parametrize(
+    "customise",
+    [
+        lambda mixer, seen: mixer.norm.register_forward_hook(lambda *a: seen.append("norm forward hook")),
+        lambda mixer, seen: mixer.out_proj.register_forward_pre_hook(lambda *a: seen.append("out_proj pre-hook")),
+        lambda mixer, seen: mixer.out_proj.register_full_backward_hook(
+            lambda *a: seen.append("out_proj backward hook")
+        ),
+        lambda mixer, seen: setattr(
+            mixer.norm, "forward", lambda *a, _f=mixer.norm.forward: seen.append("instance forward") or _f(*a)
+        ),
+        lambda mixer, seen: _doubled_out_proj(mixer) or seen.append("subclass"),
+    ],
+    ids=["norm-hook", "out_proj-pre-hook", "backward-hook", "instance-forward", "linear-subclass"],
+)
+def test_a_customised_norm_or_out_proj_keeps_the_step_by_step_kernels(customise):
+    # the fused path computes both without calling them, so anything that changes what calling them does
+    # sends the mixer step by step, where it runs (and equals transformers, see the families above)
     seen = []
-    names = _training_graph_nodes(lambda mixer: getattr(mixer, hooked).register_forward_hook(lambda *a: seen.append(1)))
-    assert seen, "the hook did not run"
+    names = _training_graph_nodes(lambda mixer: customise(mixer, seen), backward=True)
+    assert seen, "the customisation did not run"
     assert "NativeMixerTailBackward" not in names
     assert {"NativeScanBackward", "NativeConvBackward", "NativeGatedNormBackward"} <= names
 
 
-def test_a_padding_mask_keeps_the_step_by_step_kernels():
+def test_a_global_module_hook_keeps_the_step_by_step_kernels():
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: seen.append(1))
+    try:
+        names = _training_graph_nodes()
+    finally:
+        handle.remove()
+    assert seen and "NativeMixerTailBackward" not in names
+
+
+def test_threads_sharing_a_model_keep_their_own_mixer_context():
+    import threading
+
+    model = tiny_model("nemotron_h")
+    use_fast_mamba(model)
+    model.eval()
+    ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+    errors, outputs = [], []
+
+    def work():
+        try:
+            with torch.no_grad():
+                outputs.extend(model(ids, use_cache=False).logits for _ in range(8))
+        except Exception as error:  # noqa: BLE001 - the test reports whatever a thread hit
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(outputs) == 24 and all(torch.equal(out, want) for out in outputs)
+
+
+@pytest.mark.parametrize("masked_value", [0, 2])  # padding; any value the step-by-step path would multiply by
+def test_a_mask_that_changes_anything_keeps_the_step_by_step_kernels(masked_value):
     mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, :3] = 0
+    mask[1, :3] = masked_value
     names = _training_graph_nodes(mask=mask)
     assert "NativeMixerTailBackward" not in names and "NativeScanBackward" in names
     assert "NativeMixerTailBackward" in _training_graph_nodes(mask=torch.ones(2, 9, dtype=torch.long))
@@ -333,3 +403,14 @@ def test_a_build_killed_midway_does_not_block_the_next_one(tmp_path):
     env = {**os.environ, "HYBRIDLAB_NATIVE_CACHE": str(tmp_path)}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
     assert run.stdout.strip() == f"hybridlab_mamba_cpu_{built.name}", run.stderr[-2000:]
+
+
+def test_native_conv_backward_of_no_rows():
+    from hybridlab.model import native
+
+    kernels = native.kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler here")
+    x, weight, bias = torch.randn(0, 5, 16), torch.randn(16, 4), torch.randn(16)
+    dx, dweight, dbias = kernels.conv_backward(x, weight, bias, torch.randn(0, 5, 16), torch.empty(0))
+    assert dx.shape == (0, 5, 16) and not dweight.any() and not dbias.any()

@@ -32,6 +32,7 @@ import contextvars
 import functools
 import os
 import sys
+import threading
 from typing import NamedTuple
 
 import torch
@@ -51,7 +52,7 @@ _inside_fast_mixer = contextvars.ContextVar("hybridlab_fast_mamba", default=None
 
 class _FastCall(NamedTuple):
     mixer: nn.Module
-    padded: bool
+    attention_mask: torch.Tensor | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,18 +127,17 @@ def split_conv1d_scan_combined(
     whose PyTorch stand-in returns None (then the mixer runs step by step). Natively it returns the
     mixer's output, equal to that step-by-step PyTorch path, wherever the mixer's steps are the ones
     NativeMixerTail takes: a plain gated norm after the scan (not Falcon-H1's), no padding mask
-    (the step-by-step path zeroes padded positions after the convolution), no hooks on the norm or
-    out_proj (which this path does not call), float32."""
+    (the step-by-step path multiplies by the mask after the convolution), the norm and out_proj as
+    transformers made them (this path does not call them), float32."""
     call = _inside_fast_mixer.get()
     kernels = _native()
-    mixer = call.mixer
-    norm, out_proj = getattr(mixer, "norm", None), getattr(mixer, "out_proj", None)
+    norm, out_proj = getattr(call.mixer, "norm", None), getattr(call.mixer, "out_proj", None)
     if (
         kernels is None
-        or call.padded
+        or _masks_anything(call.attention_mask)
         or type(norm).__name__ not in GATED_NORM_CLASS_NAMES
-        or not isinstance(out_proj, nn.Linear)
-        or any(m._forward_hooks or m._forward_pre_hooks for m in (norm, out_proj))
+        or type(out_proj) is not nn.Linear
+        or not all(_runs_as_defined(m) for m in (norm, out_proj))
         or norm.weight is not rmsnorm_weight
         or out_proj.weight is not outproj_weight
         or activation != "silu"
@@ -182,6 +182,25 @@ def split_conv1d_scan_combined(
     return NativeMixerTail.apply(
         kernels, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, rmsnorm_weight, outproj_weight, outproj_bias, shape
     )
+
+
+def _masks_anything(mask) -> bool:
+    """Whether the mixer's step-by-step path would change anything multiplying by this mask (all ones
+    leaves every value as it is; transformers' own test in create_recurrent_attention_mask)."""
+    return isinstance(mask, torch.Tensor) and not bool((mask == 1).all())
+
+
+def _runs_as_defined(module: nn.Module) -> bool:
+    """No hook of any kind and no forward replaced on the instance (accelerate's hooks do that): the
+    module would compute exactly its class's forward, which the fused path computes without calling it."""
+    global_hooks = (
+        torch.nn.modules.module._global_forward_hooks,
+        torch.nn.modules.module._global_forward_pre_hooks,
+        torch.nn.modules.module._global_backward_hooks,
+        torch.nn.modules.module._global_backward_pre_hooks,
+    )
+    own_hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return "forward" not in vars(module) and not any(own_hooks) and not any(global_hooks)
 
 
 def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=None, **kwargs):
@@ -380,16 +399,18 @@ def _install_dispatch(module_name: str) -> None:
             setattr(modeling, name, _dispatching(name, current))
 
 
+_entered = threading.local()  # per thread, a stack of tokens: two threads may run one model at once
+
+
 def _enter(module, args, kwargs):
     mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
-    padded = isinstance(mask, torch.Tensor) and bool((mask == 0).any())
-    module._hybridlab_fast_mamba_token = _inside_fast_mixer.set(_FastCall(module, padded))
+    _entered.__dict__.setdefault("tokens", []).append((module, _inside_fast_mixer.set(_FastCall(module, mask))))
 
 
 def _leave(module, args, output):
-    token = module.__dict__.pop("_hybridlab_fast_mamba_token", None)
-    if token is not None:
-        _inside_fast_mixer.reset(token)
+    tokens = _entered.__dict__.get("tokens")
+    if tokens and tokens[-1][0] is module:  # (not when a pre-hook before ours failed: nothing entered)
+        _inside_fast_mixer.reset(tokens.pop()[1])
 
 
 def fast_mixers(model: nn.Module) -> list[nn.Module]:

@@ -29,6 +29,7 @@ class NativeScan(torch.autograd.Function):
         return y, final
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
         none = torch.empty(0)
@@ -69,6 +70,7 @@ class NativeConv(torch.autograd.Function):
         return kernels.conv_forward(x, weight, torch.empty(0) if bias is None else bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
         x, weight, bias = ctx.saved_tensors
         none = torch.empty(0)
@@ -88,6 +90,7 @@ class NativeGatedNorm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
         y, z, weight, rstd = ctx.saved_tensors
         dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size, torch.empty(0))
@@ -140,10 +143,10 @@ class NativeMixerTail(torch.autograd.Function):
         ctx.save_for_backward(
             zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b
         )
-        return out.view(b, L, -1)
+        return out.view(b, L, out_w.shape[0])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
         zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b = (
             ctx.saved_tensors

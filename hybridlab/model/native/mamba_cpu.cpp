@@ -504,7 +504,7 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
   TORCH_CHECK(dx.stride(2) == 1, "dx: last dim contiguous");
   constexpr int64_t kRows = 64, kBlocks = 16;
   const int64_t runs = (L + kRows - 1) / kRows, tasks = b * runs;
-  const int64_t blocks = std::min(kBlocks, tasks), per_block = (tasks + blocks - 1) / blocks;
+  const int64_t blocks = std::max<int64_t>(1, std::min(kBlocks, tasks)), per_block = (tasks + blocks - 1) / blocks;
   auto parts = at::zeros({blocks, k + 1, ch}, x.options());  // per block of tasks: dweight [k, ch], dbias [ch]
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
