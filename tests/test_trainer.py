@@ -413,3 +413,17 @@ def test_in_training_validation_reads_windows_spread_over_the_split_and_older_ru
     assert torch.equal(
         spread_windows(np.arange(40, dtype=np.uint16), 16, 4), contiguous_windows(np.arange(40, dtype=np.uint16), 16)
     )
+
+
+def test_the_schedule_names_a_segment_killed_before_its_first_checkpoint():
+    from hybridlab.training.run_record import schedule_summary
+
+    machine = {"cpu": "test CPU", "host": "h"}
+    common = {"kind": "checkpoint", "schedule": {"total_steps": 100, "token_budget": 1000}, "machine": machine}
+    common |= {"threads": 2, "torch": "2.13", "fast_mamba": True}
+    killed = {**common, "index": 0, "start_step": 40}  # no end, nothing saved
+    finished = {**common, "index": 1, "start_step": 40, "end_step": 100, "ended": "finished", "wall_s": 60.0}
+    lines = schedule_summary([killed, finished])
+    assert lines[0].startswith("1. steps 40 → 40: ") and "killed before its first checkpoint" in lines[0]
+    assert "None" not in lines[0]
+    assert lines[1].startswith("2. steps 40 → 100: ") and lines[1].endswith("finished")

@@ -97,8 +97,10 @@ def schedule_summary(segments: list[dict]) -> list[str]:
         }[s["kind"]]
         sched = s["schedule"]
         stopped = s.get("ended", "killed (no end recorded; last checkpoint shown)")
+        if end is None:  # killed before it saved anything: the next segment starts where this one did
+            end, stopped = s["start_step"], "killed before its first checkpoint, so none of its steps were kept"
         lines.append(
-            f"{s['index'] + 1}. steps {s['start_step']:,} → {end if end is None else f'{end:,}'}: {how}; "
+            f"{s['index'] + 1}. steps {s['start_step']:,} → {end:,}: {how}; "
             f"schedule {sched['total_steps']:,} steps ({sched['token_budget']:,} tokens); "
             f"{s.get('wall_s', 0) / 60:.1f} min on {s['machine']['cpu'] or s['machine']['host']} "
             f"({s['threads']} threads, torch {s['torch']}, fast Mamba path {'on' if s['fast_mamba'] else 'off'}); "
