@@ -319,3 +319,14 @@ def test_cli_distill_is_recorded_in_the_store(pair, tmp_path, capsys, monkeypatc
     assert "not enough disk space for the run's checkpoints and its two model copies" in line
     assert "free some space" in line
     assert len(list_jobs(tmp_path / "ws")) == 1 and not (tmp_path / "run2").exists()
+
+
+def test_token_ids_are_checked_as_arrays_and_as_tensors():
+    # the API takes tokens as numpy arrays (the CLI's .npy files) or torch tensors (load_demo's val)
+    from hybridlab.core.errors import UserError
+    from hybridlab.training.distill import _check_ids
+
+    for make in (np.asarray, torch.as_tensor):
+        _check_ids(make(np.array([0, 5, 99], dtype=np.int64)), 100, "validation")
+        with pytest.raises(UserError, match="validation tokens hold id 100, outside"):
+            _check_ids(make(np.array([0, 100], dtype=np.int64)), 100, "validation")

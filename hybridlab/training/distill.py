@@ -167,7 +167,8 @@ def _check_ids(tokens, vocab_size: int, name: str) -> None:
     """Token ids the student has embeddings for (else an IndexError deep inside a forward)."""
     if tokens is None or len(tokens) == 0:
         return
-    low, high = int(np.min(tokens)), int(np.max(tokens))
+    values = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
         raise UserError(
