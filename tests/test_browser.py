@@ -266,7 +266,7 @@ def test_moe_planner_sets_expert_count_and_crosses_out_experts(moe_server, tmp_p
 
         go_to(page, "Importance", 120_000)  # two cores shared with other tests: a page's first run can be slow
         page.get_by_role("tab", name="Load scores").click()
-        page.get_by_role("button", name="Load run").click()
+        page.get_by_role("button", name="Load run").click(timeout=90_000)  # the tab's first run, on a loaded machine
         expect(page.get_by_text("Routed experts: routing share").first).to_be_visible(timeout=60_000)
 
         go_to(page, "Prune planner", 120_000)
