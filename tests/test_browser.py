@@ -139,14 +139,21 @@ def go_to(page, title: str, timeout_ms: float = 30_000) -> None:
     """Click the sidebar link until the page's heading shows: on a loaded machine a click can land while
     the previous script run is still redrawing the sidebar, and is lost (a fresh-clone CI run waited
     120 s for a heading that one more click brings in seconds)."""
+    link = page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True)
+    click_until(link, page.get_by_role("heading", name=title).first, timeout_ms)
+
+
+def click_until(target, shown, timeout_ms: float) -> None:
+    """Click `target` until `shown` is visible. A fresh-clone CI run clicked the Importance page's
+    "Load scores" tab while the page's first script run was still drawing it; the tab came back
+    unselected and the test waited 90 s for a button that was never going to show."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     deadline = time.monotonic() + timeout_ms / 1000
-    heading = page.get_by_role("heading", name=title).first
     while True:
-        page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+        target.click(timeout=max(1_000, (deadline - time.monotonic()) * 1000))
         try:
-            heading.wait_for(timeout=max(1_000, min(20_000, (deadline - time.monotonic()) * 1000)))
+            shown.wait_for(timeout=max(1_000, min(15_000, (deadline - time.monotonic()) * 1000)))
             return
         except PlaywrightTimeout:
             if time.monotonic() >= deadline:
@@ -265,8 +272,8 @@ def test_moe_planner_sets_expert_count_and_crosses_out_experts(moe_server, tmp_p
         open_model(page, url, model.ref)
 
         go_to(page, "Importance", 120_000)  # two cores shared with other tests: a page's first run can be slow
-        page.get_by_role("tab", name="Load scores").click()
-        page.get_by_role("button", name="Load run").click(timeout=90_000)  # the tab's first run, on a loaded machine
+        click_until(page.get_by_role("tab", name="Load scores"), page.get_by_role("button", name="Load run"), 120_000)
+        page.get_by_role("button", name="Load run").click()
         expect(page.get_by_text("Routed experts: routing share").first).to_be_visible(timeout=60_000)
 
         go_to(page, "Prune planner", 120_000)
