@@ -20,18 +20,18 @@ class NativeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, x, dt, A, B, C, D, s0):
         none = torch.empty(0)
-        y, final, checkpoints = kernels.scan_forward(
+        y, final, entering = kernels.scan_forward(
             x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
-        )  # checkpoints [b, h, L / 32, n, p]: the states the backward restarts from
+        )  # entering [b, h, L / 256, n, p]: the states the backward replays each segment of 256 tokens from
         ctx.kernels = kernels
         ctx.has_s0 = s0 is not None
-        ctx.save_for_backward(x, dt, A, B, C, D, checkpoints)
+        ctx.save_for_backward(x, dt, A, B, C, D, entering)
         return y, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
+        x, dt, A, B, C, D, entering = ctx.saved_tensors
         none = torch.empty(0)
         dx, ddt, dA, dB, dC, dD, ds0 = ctx.kernels.scan_backward(
             x,
@@ -40,7 +40,7 @@ class NativeScan(torch.autograd.Function):
             B,
             C,
             none if D is None else D,
-            checkpoints,
+            entering,
             dy,
             none if dfinal is None else dfinal,
             none,
@@ -136,19 +136,19 @@ class NativeMixerTail(torch.autograd.Function):
         x, B, C = _split_xbc(conv_out, h, p, g, n)
         dt_pre = dt_in + dt_bias  # [b, L, h]
         dt = torch.clamp(F.softplus(dt_pre), min=dt_limit[0], max=dt_limit[1])
-        y, _, checkpoints = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none)
+        y, _, entering = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none)
         normed, rstd = kernels.gated_norm_forward(y.view(b * L, d), gate.reshape(b * L, d), norm_w, group_size, eps)
         out = F.linear(normed, out_w, out_b)
         ctx.kernels, ctx.shape = kernels, shape
         ctx.save_for_backward(
-            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b
+            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, entering, y, rstd, normed, norm_w, out_w, out_b
         )
         return out.view(b, L, out_w.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
-        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, checkpoints, y, rstd, normed, norm_w, out_w, out_b = (
+        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, entering, y, rstd, normed, norm_w, out_w, out_b = (
             ctx.saved_tensors
         )
         h, p, g, n, group_size, eps, dt_limit = ctx.shape
@@ -176,7 +176,7 @@ class NativeMixerTail(torch.autograd.Function):
             B,
             C,
             none if D is None else D,
-            checkpoints,
+            entering,
             dy.view(b, L, h, p),
             none,
             *_split_xbc(d_conv_out, h, p, g, n),

@@ -16,8 +16,6 @@
 
 namespace {
 
-constexpr int64_t kChunk = 32;  // backward: states recomputed per chunk of this many steps from checkpoints
-
 void check_inner(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
   TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3), name,
@@ -27,7 +25,7 @@ void check_inner(const at::Tensor& t, const char* name) {
 // The state of one (batch, head) is held transposed, as [n, p]: the loops then run over a head's p
 // channels, contiguous vectors in every operand, so the output y_t = h_t C_t needs no horizontal sum
 // per channel (with [p, n] each of the p outputs ended in one). s0, the final state and dL/ds0 keep
-// transformers' [p, n]; the checkpoints are internal and stay [n, p].
+// transformers' [p, n].
 
 // [p, n] <-> [n, p]
 inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t cols) {
@@ -41,6 +39,12 @@ inline __m256 sum_lanes8(const __m256* v) {
   const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
   const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+inline float sum8(__m256 v) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
 
 // One forward step for channels [c0, c0 + 32) of a head (n even): S [n, P] updated in place, out[0..32) =
@@ -77,52 +81,96 @@ inline void forward_step_avx2(float* __restrict S, int64_t n, int64_t c0, const 
   }
 }
 
-// One backward step of a head (n a multiple of 8): G [n, P] = dL/dh_t on entry, exp(dt A) dL/dh_t on
-// exit; adds sum_i dy_i h_t[j, i] to dC[j] and sum_i dL/dh_t[j, i] xdt_i to dB[j]; gB[i] = sum_j
-// dL/dh_t[j, i] B_j and gS[i] = sum_j dL/dh_t[j, i] h_{t-1}[j, i].
+// The backward replays the recurrence forward, then runs the reverse one, a segment of kSegment steps
+// at a time from the state the forward kept at the segment's start. The forward pass reads h_t while
+// it makes it (dC_t = h_t^T dy_t); the reverse pass needs only G = dL/dh_t. So neither reads stored
+// states back, and each keeps one [n, P] state in L1; the earlier backward (recomputed chunks of 33
+// states, read back in reverse from L2) took 1.5x as long.
+// dL/d(dt_t A) = <G_t, exp(dt_t A) h_{t-1}> comes as a reverse sum: it equals <G_t, h_t> - <G_t, xdt_t
+// B_t^T> = <C_t, dc_t> + dL/d(dt_{t+1} A) - <B_t, db_t>, with dc_t, db_t the step's own terms of dC_t,
+// dB_t. That difference loses what the float h_t cannot hold: where a step keeps little of its state
+// (exp(dt A) < kExactBelow) a h_{t-1} drowns in h_t's rounding. There, and every kAnchor steps, the
+// replay keeps h_{t-1} and the sum restarts from the exact product; its rounding then gathers over a
+// few steps of well-kept state only (float64 sums alone left dA 1.7e-4 off at dt ~ 1.3, A ~ -16).
+constexpr int64_t kSegment = 256;
+constexpr int64_t kAnchor = 32;
+constexpr float kExactBelow = 0.5f;
+
+// One replay step of a head (n a multiple of 8): S [n, P] <- a S + B_t xdt^T; adds dc_j = sum_i
+// dy_i S[j, i] to dC[j]; returns <C_t, dc>.
 template <int64_t P>
-inline void backward_step_avx2(float* __restrict G, const float* __restrict prev, const float* __restrict cur,
-                               int64_t n, const float* __restrict xdt, const float* __restrict dyt,
-                               const float* __restrict Bt, const float* __restrict Ct, float a,
-                               float* __restrict dBt, float* __restrict dCt, float* __restrict gB,
-                               float* __restrict gS) {
+inline float replay_step_avx2(float* __restrict S, int64_t n, const float* __restrict xdt,
+                              const float* __restrict dyt, const float* __restrict Bt, const float* __restrict Ct,
+                              float a, float* __restrict dCt) {
   constexpr int V = P / 8;
   const __m256 av = _mm256_set1_ps(a);
-  __m256 gBv[V], gSv[V];
-  for (int v = 0; v < V; ++v) gBv[v] = gSv[v] = _mm256_setzero_ps();
-  __m256 dcv[8], dbv[8];
+  __m256 x[V], dy[V];
+  for (int v = 0; v < V; ++v) {
+    x[v] = _mm256_loadu_ps(xdt + 8 * v);
+    dy[v] = _mm256_loadu_ps(dyt + 8 * v);
+  }
+  __m256 cdc = _mm256_setzero_ps(), dcv[8];
   for (int64_t jb = 0; jb < n; jb += 8) {
     for (int jj = 0; jj < 8; ++jj) {
-      const int64_t j = jb + jj;
-      const __m256 cj = _mm256_set1_ps(Ct[j]), bj = _mm256_set1_ps(Bt[j]);
-      float* __restrict Gj = G + j * P;
-      __m256 dc = _mm256_setzero_ps(), db = _mm256_setzero_ps();
+      float* __restrict Sj = S + (jb + jj) * P;
+      const __m256 bj = _mm256_set1_ps(Bt[jb + jj]);
+      __m256 dc = _mm256_setzero_ps();
       for (int v = 0; v < V; ++v) {
-        const __m256 dy = _mm256_loadu_ps(dyt + 8 * v);
-        const __m256 gij = _mm256_fmadd_ps(dy, cj, _mm256_loadu_ps(Gj + 8 * v));
-        dc = _mm256_fmadd_ps(dy, _mm256_loadu_ps(cur + j * P + 8 * v), dc);
-        db = _mm256_fmadd_ps(gij, _mm256_loadu_ps(xdt + 8 * v), db);
-        gBv[v] = _mm256_fmadd_ps(gij, bj, gBv[v]);
-        gSv[v] = _mm256_fmadd_ps(gij, _mm256_loadu_ps(prev + j * P + 8 * v), gSv[v]);
-        _mm256_storeu_ps(Gj + 8 * v, _mm256_mul_ps(av, gij));
+        const __m256 s = _mm256_fmadd_ps(av, _mm256_loadu_ps(Sj + 8 * v), _mm256_mul_ps(bj, x[v]));
+        _mm256_storeu_ps(Sj + 8 * v, s);
+        dc = _mm256_fmadd_ps(dy[v], s, dc);
       }
       dcv[jj] = dc;
+    }
+    const __m256 dcs = sum_lanes8(dcv);
+    cdc = _mm256_fmadd_ps(_mm256_loadu_ps(Ct + jb), dcs, cdc);
+    _mm256_storeu_ps(dCt + jb, _mm256_add_ps(_mm256_loadu_ps(dCt + jb), dcs));
+  }
+  return sum8(cdc);
+}
+
+// One reverse step of a head (n a multiple of 8): G [n, P] = the part of dL/dh_t from later steps on
+// entry, a (G + C_t dy^T) on exit; adds db_j = sum_i dL/dh_t[j, i] xdt_i to dB[j]; gB[i] = sum_j
+// dL/dh_t[j, i] B_j; returns <B_t, db>.
+template <int64_t P>
+inline float reverse_step_avx2(float* __restrict G, int64_t n, const float* __restrict xdt,
+                               const float* __restrict dyt, const float* __restrict Bt, const float* __restrict Ct,
+                               float a, float* __restrict dBt, float* __restrict gB) {
+  constexpr int V = P / 8;
+  const __m256 av = _mm256_set1_ps(a);
+  __m256 x[V], dy[V], gBv[V];
+  for (int v = 0; v < V; ++v) {
+    x[v] = _mm256_loadu_ps(xdt + 8 * v);
+    dy[v] = _mm256_loadu_ps(dyt + 8 * v);
+    gBv[v] = _mm256_setzero_ps();
+  }
+  __m256 bdb = _mm256_setzero_ps(), dbv[8];
+  for (int64_t jb = 0; jb < n; jb += 8) {
+    for (int jj = 0; jj < 8; ++jj) {
+      float* __restrict Gj = G + (jb + jj) * P;
+      const __m256 cj = _mm256_set1_ps(Ct[jb + jj]), bj = _mm256_set1_ps(Bt[jb + jj]);
+      __m256 db = _mm256_setzero_ps();
+      for (int v = 0; v < V; ++v) {
+        const __m256 gij = _mm256_fmadd_ps(dy[v], cj, _mm256_loadu_ps(Gj + 8 * v));
+        db = _mm256_fmadd_ps(gij, x[v], db);
+        gBv[v] = _mm256_fmadd_ps(gij, bj, gBv[v]);
+        _mm256_storeu_ps(Gj + 8 * v, _mm256_mul_ps(av, gij));
+      }
       dbv[jj] = db;
     }
-    _mm256_storeu_ps(dCt + jb, _mm256_add_ps(_mm256_loadu_ps(dCt + jb), sum_lanes8(dcv)));
-    _mm256_storeu_ps(dBt + jb, _mm256_add_ps(_mm256_loadu_ps(dBt + jb), sum_lanes8(dbv)));
+    const __m256 dbs = sum_lanes8(dbv);
+    bdb = _mm256_fmadd_ps(_mm256_loadu_ps(Bt + jb), dbs, bdb);
+    _mm256_storeu_ps(dBt + jb, _mm256_add_ps(_mm256_loadu_ps(dBt + jb), dbs));
   }
-  for (int v = 0; v < V; ++v) {
-    _mm256_storeu_ps(gB + 8 * v, gBv[v]);
-    _mm256_storeu_ps(gS + 8 * v, gSv[v]);
-  }
+  for (int v = 0; v < V; ++v) _mm256_storeu_ps(gB + 8 * v, gBv[v]);
+  return sum8(bdb);
 }
 #endif
 
 // y_t = h_t C_t + D x_t with h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, per (batch, head); heads
 // r*gi .. r*gi+r-1 read group gi's B and C.
 //   x [b, L, h, p], dt [b, L, h], A [h], B, C [b, L, g, n], D [h] or empty, s0 [b, h, p, n] or empty
-//   -> y [b, L, h, p], final state [b, h, p, n], checkpoints [b, h, L / kChunk, n, p]
+//   -> y [b, L, h, p], final state [b, h, p, n], the state entering each segment [b, h, L / kSegment, n, p]
 template <int64_t P>
 std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
@@ -135,9 +183,9 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
   const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
   auto y = at::empty({b, L, h, p}, x.options());
   auto final_state = at::empty({b, h, p, n}, x.options());
-  const int64_t chunks = (L + kChunk - 1) / kChunk;
-  auto checkpoints = at::empty({b, h, chunks, n, p}, x.options());  // the state entering each chunk
-  float* ckp = checkpoints.data_ptr<float>();
+  const int64_t segments = (L + kSegment - 1) / kSegment;
+  auto entering = at::empty({b, h, segments, n, p}, x.options());
+  float* ep = entering.data_ptr<float>();
   const bool has_d = D.defined() && D.numel() > 0, has_s0 = s0.defined() && s0.numel() > 0;
   at::Tensor s0c = has_s0 ? s0.contiguous() : s0;
   const float* xp = x.data_ptr<float>();
@@ -166,7 +214,7 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
       }
       const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
       for (int64_t t = 0; t < L; ++t) {
-        if (t % kChunk == 0) std::copy(S, S + pn, ckp + (task * chunks + t / kChunk) * pn);
+        if (t % kSegment == 0) std::copy(S, S + pn, ep + (task * segments + t / kSegment) * pn);
         const float d = dtp[(bi * L + t) * h + hi];
         const float a = std::exp(d * a_log);
         const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
@@ -202,45 +250,62 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
       transpose_into(S, fp + task * pn, n, p);
     }
   });
-  return {y, final_state, checkpoints};
+  return {y, final_state, entering};
 }
 
-// backward_step_avx2's work in plain loops (any head size, any state size)
-inline void backward_step_generic(float* __restrict G, const float* __restrict prev, const float* __restrict cur,
-                                  int64_t p, int64_t n, const float* __restrict xdt, const float* __restrict dyt,
-                                  const float* __restrict Bt, const float* __restrict Ct, float a,
-                                  float* __restrict dBt, float* __restrict dCt, float* __restrict gB,
-                                  float* __restrict gS) {
-  for (int64_t i = 0; i < p; ++i) gB[i] = gS[i] = 0.f;
+// replay_step_avx2's and reverse_step_avx2's work in plain loops (any head size, any state size)
+inline double replay_step_generic(float* __restrict S, int64_t p, int64_t n, const float* __restrict xdt,
+                                 const float* __restrict dyt, const float* __restrict Bt,
+                                 const float* __restrict Ct, float a, float* __restrict dCt) {
+  double cdc = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float bj = Bt[j];
+    float* __restrict Sj = S + j * p;
+    double dc = 0.0;
+#pragma omp simd reduction(+ : dc)
+    for (int64_t i = 0; i < p; ++i) {
+      const float s = a * Sj[i] + bj * xdt[i];
+      Sj[i] = s;
+      dc += static_cast<double>(dyt[i]) * s;
+    }
+    dCt[j] += static_cast<float>(dc);
+    cdc += Ct[j] * dc;
+  }
+  return cdc;
+}
+
+inline double reverse_step_generic(float* __restrict G, int64_t p, int64_t n, const float* __restrict xdt,
+                                  const float* __restrict dyt, const float* __restrict Bt,
+                                  const float* __restrict Ct, float a, float* __restrict dBt,
+                                  float* __restrict gB) {
+  double bdb = 0.0;
+  for (int64_t i = 0; i < p; ++i) gB[i] = 0.f;
   for (int64_t j = 0; j < n; ++j) {
     const float bj = Bt[j], cj = Ct[j];
     float* __restrict Gj = G + j * p;
-    const float* __restrict Sc = cur + j * p;
-    const float* __restrict Sp = prev + j * p;
-    float dc = 0.f, db = 0.f;
-#pragma omp simd reduction(+ : dc, db)
+    double db = 0.0;
+#pragma omp simd reduction(+ : db)
     for (int64_t i = 0; i < p; ++i) {
       const float gij = Gj[i] + dyt[i] * cj;  // dL/dh_t
-      dc += dyt[i] * Sc[i];
-      db += gij * xdt[i];
+      db += static_cast<double>(gij) * xdt[i];
       gB[i] += gij * bj;
-      gS[i] += gij * Sp[i];
       Gj[i] = a * gij;  // on to h_{t-1}
     }
-    dCt[j] += dc;
-    dBt[j] += db;
+    dBt[j] += static_cast<float>(db);
+    bdb += bj * db;
   }
+  return bdb;
 }
 
-// The reverse recurrence. G = dL/dh_t collects dy_t C_t^T plus exp(dt_{t+1} A) G_{t+1}; the states
-// h_{t-1}, h_t it needs are recomputed chunk by chunk from the forward's checkpoints [b, h, chunks, n, p].
-// Tasks are (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per
-// (batch, head) and are summed by the caller. G and the states are [n, p] as in the forward.
+// The reverse recurrence, as planned above kSegment. Tasks are
+// (batch, group) so that a group's dB, dC are written by one thread; dA, dD come per (batch, head) and
+// are summed by the caller. G and the state are [n, p] as in the forward.
+//   entering [b, h, L / kSegment, n, p] from scan_forward, dfinal [b, h, p, n] or empty
 //   -> dx [b, L, h, p], ddt [b, L, h], dA [b, h], dB, dC [b, L, g, n], dD [b, h], ds0 [b, h, p, n]
 template <int64_t P>
 std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                            const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                           const at::Tensor& checkpoints_in, const at::Tensor& dy_in,
+                                           const at::Tensor& entering_in, const at::Tensor& dy_in,
                                            const at::Tensor& dfinal_in, const at::Tensor& dx_out,
                                            const at::Tensor& dB_out, const at::Tensor& dC_out) {
   check_inner(x, "x");
@@ -248,9 +313,11 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   check_inner(C, "C");
   const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = P ? P : x.size(3);
   const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
+  const int64_t segments = (L + kSegment - 1) / kSegment;
+  TORCH_CHECK(entering_in.numel() == b * h * segments * pn, "entering states: one per segment of ", kSegment);
   const bool has_d = D.defined() && D.numel() > 0;
   const bool has_dfinal = dfinal_in.defined() && dfinal_in.numel() > 0;
-  at::Tensor dy = dy_in.contiguous(), checkpoints_t = checkpoints_in.contiguous();
+  at::Tensor dy = dy_in.contiguous(), entering = entering_in.contiguous();
   at::Tensor dfinal = has_dfinal ? dfinal_in.contiguous() : dfinal_in;
   auto opts = x.options();
   // dx, dB, dC go into the given views when there are any (the mixer's fused path hands slices of one
@@ -272,7 +339,7 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   const float* Bp = B.data_ptr<float>();
   const float* Cp = C.data_ptr<float>();
   const float* Dp = has_d ? D.data_ptr<float>() : nullptr;
-  const float* ckp = checkpoints_t.data_ptr<float>();
+  const float* ep = entering.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
   const float* dfp = has_dfinal ? dfinal.data_ptr<float>() : nullptr;
   float *dxp = dx.data_ptr<float>(), *ddtp = ddt.data_ptr<float>(), *dAp = dA.data_ptr<float>();
@@ -282,9 +349,17 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
   const int64_t scb = C.stride(0), sct = C.stride(1);
   const int64_t sdxb = dx.stride(0), sdxt = dx.stride(1), sdbb = dB.stride(0), sdbt = dB.stride(1);
   const int64_t sdcb = dC.stride(0), sdct = dC.stride(1);
-  const int64_t chunks = (L + kChunk - 1) / kChunk;
+#ifdef __AVX2__
+  const bool avx2 = P > 0 && P % 8 == 0 && n % 8 == 0;
+#endif
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> states((kChunk + 1) * pn), G_buf(pn), xdt_buf(p), gB_buf(p), gS_buf(p);
+    // per thread and kept between calls: fresh pages would fault in on every call
+    thread_local std::vector<float> anchors;  // h_{t-1} of a segment's anchor steps
+    if (anchors.size() < static_cast<size_t>(kSegment * pn)) anchors.resize(kSegment * pn);
+    float* anchors_at = anchors.data();
+    std::vector<float> S_buf(pn), G_buf(pn), xdt_buf(p), gB_buf(p), decay_buf(kSegment);
+    std::vector<double> cdc_buf(kSegment);
+    std::vector<int64_t> anchor_buf(kSegment);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g, gi = task % g;
       for (int64_t t = 0; t < L; ++t) {
@@ -294,72 +369,95 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
       for (int64_t hi = gi * r; hi < gi * r + r; ++hi) {
         const int64_t bh = bi * h + hi;
         const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
+        float* __restrict S = S_buf.data();  // [n, p]
         float* __restrict G = G_buf.data();  // [n, p]
         float* __restrict xdt = xdt_buf.data();
         float* __restrict gB = gB_buf.data();  // dL/d(x_t dt_t), per channel
-        float* __restrict gS = gS_buf.data();  // per channel: the sum over the state of dL/dh_t * h_{t-1}
-        if (has_dfinal) {
-          transpose_into(dfp + bh * pn, G, p, n);
-        } else {
-          std::fill(G, G + pn, 0.f);
-        }
-        double dA_acc = 0.0, dD_acc = 0.0;
-        for (int64_t c = chunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-          const float* entering = ckp + (bh * chunks + c) * pn;
-          std::copy(entering, entering + pn, states.data());
+        float* __restrict decay = decay_buf.data();  // exp(dt_t A), by step in the segment
+        double* __restrict cdc = cdc_buf.data();  // <C_t, dc_t>
+        int64_t* __restrict anchor_of = anchor_buf.data();  // the step's kept h_{t-1}, or -1
+        double dD_acc = 0.0, dA_acc = 0.0;
+        double d_log_next = 0.0;  // dL/d(dt_{t+1} A)
+        for (int64_t seg = segments - 1; seg >= 0; --seg) {
+          const int64_t t0 = seg * kSegment, t1 = std::min(L, t0 + kSegment);
+          const float* seg_start = ep + (bh * segments + seg) * pn;
+          std::copy(seg_start, seg_start + pn, S);
+          int64_t kept = 0;
           for (int64_t t = t0; t < t1; ++t) {
             const float d = dtp[(bi * L + t) * h + hi];
-            const float a = std::exp(d * a_log);
+            const float a = decay[t - t0] = std::exp(d * a_log);
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
             const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
-            const float* __restrict prev = states.data() + (t - t0) * pn;
-            float* __restrict next = states.data() + (t - t0 + 1) * pn;
-#pragma omp simd
-            for (int64_t i = 0; i < p; ++i) xdt[i] = xt[i] * d;
-            for (int64_t j = 0; j < n; ++j) {
-              const float bj = Bt[j];
-#pragma omp simd
-              for (int64_t i = 0; i < p; ++i) next[j * p + i] = a * prev[j * p + i] + bj * xdt[i];
+            const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
+            const float* __restrict dyt = dyp + ((bi * L + t) * h + hi) * p;
+            float* __restrict dCt = dCp + bi * sdcb + t * sdct + gi * n;
+            anchor_of[t - t0] = -1;
+            if (a < kExactBelow || (t - t0) % kAnchor == 0) {
+              std::copy(S, S + pn, anchors_at + kept * pn);
+              anchor_of[t - t0] = kept++;
+            }
+            double dD_t = 0.0;
+#pragma omp simd reduction(+ : dD_t)
+            for (int64_t i = 0; i < p; ++i) {
+              xdt[i] = xt[i] * d;
+              dD_t += static_cast<double>(dyt[i]) * xt[i];
+            }
+            dD_acc += dD_t;
+#ifdef __AVX2__
+            if constexpr (P > 0 && P % 8 == 0) {
+              if (avx2) {
+                cdc[t - t0] = replay_step_avx2<P>(S, n, xdt, dyt, Bt, Ct, a, dCt);
+                continue;
+              }
+            }
+#endif
+            cdc[t - t0] = replay_step_generic(S, p, n, xdt, dyt, Bt, Ct, a, dCt);
+          }
+          if (seg == segments - 1) {  // S is the final state now
+            if (has_dfinal) {
+              transpose_into(dfp + bh * pn, G, p, n);
+              for (int64_t k = 0; k < pn; ++k) d_log_next += static_cast<double>(G[k]) * S[k];
+            } else {
+              std::fill(G, G + pn, 0.f);
             }
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
-            const float* __restrict prev = states.data() + (t - t0) * pn;
-            const float* __restrict cur = prev + pn;
             const float d = dtp[(bi * L + t) * h + hi];
-            const float a = std::exp(d * a_log);
+            const float a = decay[t - t0];
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
             const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
             const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
             const float* __restrict dyt = dyp + ((bi * L + t) * h + hi) * p;
             float* __restrict dxt = dxp + bi * sdxb + t * sdxt + hi * p;
             float* __restrict dBt = dBp + bi * sdbb + t * sdbt + gi * n;
-            float* __restrict dCt = dCp + bi * sdcb + t * sdct + gi * n;
 #pragma omp simd
             for (int64_t i = 0; i < p; ++i) xdt[i] = xt[i] * d;
+            double bdb;
 #ifdef __AVX2__
             if constexpr (P > 0 && P % 8 == 0) {
-              if (n % 8 == 0) {
-                backward_step_avx2<P>(G, prev, cur, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
-              } else {
-                backward_step_generic(G, prev, cur, p, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
-              }
+              bdb = avx2 ? reverse_step_avx2<P>(G, n, xdt, dyt, Bt, Ct, a, dBt, gB)
+                         : reverse_step_generic(G, p, n, xdt, dyt, Bt, Ct, a, dBt, gB);
             } else
 #endif
             {
-              backward_step_generic(G, prev, cur, p, n, xdt, dyt, Bt, Ct, a, dBt, dCt, gB, gS);
+              bdb = reverse_step_generic(G, p, n, xdt, dyt, Bt, Ct, a, dBt, gB);
             }
-            float d_dt = 0.f, d_decay = 0.f;
-            double dD_t = 0.0;
-#pragma omp simd reduction(+ : d_dt, d_decay, dD_t)
+            float d_dt = 0.f;
+#pragma omp simd reduction(+ : d_dt)
             for (int64_t i = 0; i < p; ++i) {
-              d_decay += gS[i];
               dxt[i] = d * gB[i] + d_skip * dyt[i];
               d_dt += xt[i] * gB[i];
-              dD_t += static_cast<double>(dyt[i]) * xt[i];
             }
-            dD_acc += dD_t;
-            const float d_log = d_decay * a;  // dL/d(dt * A)
+            double d_log_acc = cdc[t - t0] + d_log_next - bdb;  // dL/d(dt_t A)
+            if (anchor_of[t - t0] >= 0) {  // exact: G is a_t dL/dh_t now
+              const float* __restrict prev = anchors_at + anchor_of[t - t0] * pn;
+              float exact = 0.f;
+#pragma omp simd reduction(+ : exact)
+              for (int64_t k = 0; k < pn; ++k) exact += G[k] * prev[k];
+              d_log_acc = exact;
+            }
+            d_log_next = d_log_acc;
+            const float d_log = static_cast<float>(d_log_acc);
             ddtp[(bi * L + t) * h + hi] = d_dt + d_log * a_log;
             dA_acc += static_cast<double>(d_log) * d;
           }
@@ -386,12 +484,12 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, 
 
 std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                      const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& dfinal,
+                                      const at::Tensor& entering, const at::Tensor& dy, const at::Tensor& dfinal,
                                       const at::Tensor& dx_out, const at::Tensor& dB_out, const at::Tensor& dC_out) {
   switch (x.size(3)) {
-    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
-    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
-    default: return scan_backward_impl<0>(x, dt, A, B, C, D, checkpoints, dy, dfinal, dx_out, dB_out, dC_out);
+    case 32: return scan_backward_impl<32>(x, dt, A, B, C, D, entering, dy, dfinal, dx_out, dB_out, dC_out);
+    case 64: return scan_backward_impl<64>(x, dt, A, B, C, D, entering, dy, dfinal, dx_out, dB_out, dC_out);
+    default: return scan_backward_impl<0>(x, dt, A, B, C, D, entering, dy, dfinal, dx_out, dB_out, dC_out);
   }
 }
 
