@@ -60,7 +60,11 @@ class _FreeKernels:
 
     def scan_forward(self, x, dt, A, B, C, D, s0):
         b, _, h, p = x.shape
-        return torch.zeros_like(x), x.new_zeros(b, h, p, B.shape[3]), x.new_empty(b, h, -(-x.shape[1] // 256), B.shape[3], p)
+        return (
+            torch.zeros_like(x),
+            x.new_zeros(b, h, p, B.shape[3]),
+            x.new_empty(b, h, -(-x.shape[1] // 256), B.shape[3], p),
+        )
 
     def scan_backward(self, x, dt, A, B, C, D, entering, dy, dfinal, dx_out, dB_out, dC_out):
         b, _, h, p = x.shape
