@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlab.families.hf_mamba2_mixer import GATED_NORM_CLASS_NAMES, MIXER_CLASS_NAMES
+from hybridlab.model.fast_loss import use_fast_loss
 from hybridlab.model.fast_relu2 import use_fused_relu2
 from hybridlab.model.native.functions import NativeConv, NativeGatedNorm, NativeMixerTail, NativeScan
 from hybridlab.model.ssd_scan import SSDScan
@@ -433,9 +434,11 @@ def is_fast(mixer: nn.Module) -> bool:
 def use_fast_mamba(model: nn.Module, enabled: bool = True) -> int:
     """Switch the fast CPU Mamba2 path on (or off) for a model loaded anywhere; returns how many
     mixers it covers. Outputs and gradients equal transformers' to float32 rounding; on CUDA
-    tensors the original (or mamba_ssm) kernels still run. The MLPs' ReLU² activations switch with
-    it (fast_relu2.py: the same bits, fused)."""
+    tensors the original (or mamba_ssm) kernels still run. The MLPs' ReLU² activations (fast_relu2.py:
+    the same bits, fused) and the model's own loss, what `model(ids, labels=ids)` computes
+    (fast_loss.py: the native cross-entropy), switch with it."""
     use_fused_relu2(model, enabled)
+    use_fast_loss(model, enabled)
     mixers = fast_mixers(model)
     for mixer in mixers:
         for hooks in (mixer._forward_pre_hooks, mixer._forward_hooks):

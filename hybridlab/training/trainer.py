@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from hybridlab.core.atomic import write_text
 from hybridlab.core.hardware import native_bf16
 from hybridlab.core.progress import Cancelled, ProgressFn
+from hybridlab.model.fast_loss import IGNORED, token_losses
 from hybridlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict]"]
@@ -111,53 +111,19 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: st
     """Cross-entropy (fp32 softmax) of logits [B, T, V] at position t against input_ids [B, T] at t + 1.
     The targets are shifted and the last position ignored instead of the logits sliced: a [B, T - 1, V]
     slice copies the logits forward and back, ~12% of a demo-teacher training step on the CPU. On the
-    CPU the native kernel (_NativeCrossEntropy below) computes it, where it is built."""
+    CPU the native kernel computes it where it is built (hybridlab.model.fast_loss)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = F.pad(input_ids[:, 1:], (0, 1), value=IGNORED).flatten()  # [B*T]
     flat = logits.float().flatten(0, 1)  # [B*T, V]
-    kernels = _cross_entropy_kernels(flat)
-    if kernels is None:
+    losses = token_losses(flat, targets)  # [B*T], 0 where ignored
+    if losses is None:
         return F.cross_entropy(flat, targets, ignore_index=IGNORED, reduction=reduction)
-    losses = _NativeCrossEntropy.apply(kernels, flat, targets)  # [B*T], 0 where ignored
     if reduction == "sum":
         return losses.sum()
     if reduction == "none":
         return losses
     return losses.sum() / (targets != IGNORED).sum()
-
-
-IGNORED = -100  # F.cross_entropy's ignore_index
-
-
-def _cross_entropy_kernels(flat: torch.Tensor):
-    """The native kernels for float32 CPU logits with contiguous rows on an AVX2 build (the generic build's
-    scalar exp is not faster than PyTorch's), else None: F.cross_entropy runs."""
-    if flat.device.type != "cpu" or flat.dtype != torch.float32 or flat.stride(-1) != 1:
-        return None
-    from hybridlab.model import native
-
-    return native.kernels() if native.variant()[0] == "avx2" else None
-
-
-class _NativeCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy in C++ (mamba_cpu.cpp cross_entropy_*): it keeps only each row's log-sum-exp
-    and writes the gradient (softmax - one-hot) in one pass. F.cross_entropy writes the [N, V]
-    log-probabilities and zero-fills an [N, V] gradient for its NLL backward: with a demo batch's logits
-    (64 MB) its forward and backward took ~100 ms of a ~1.4 s training step on the 2-core CPU."""
-
-    @staticmethod
-    def forward(ctx, kernels, logits, targets):
-        losses, lse = kernels.cross_entropy_forward(logits, targets, IGNORED)
-        ctx.kernels = kernels
-        ctx.save_for_backward(logits, targets, lse)
-        return losses
-
-    @staticmethod
-    @once_differentiable  # a second derivative through it raises instead of coming out wrong
-    def backward(ctx, dlosses):
-        logits, targets, lse = ctx.saved_tensors
-        return None, ctx.kernels.cross_entropy_backward(logits, targets, lse, dlosses.float(), IGNORED), None
 
 
 def _autocast(s: TrainerSettings, model: torch.nn.Module):

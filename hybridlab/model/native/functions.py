@@ -97,6 +97,26 @@ class NativeGatedNorm(torch.autograd.Function):
         return None, dy, dz, dweight, None, None
 
 
+class NativeCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy in C++ (mamba_cpu.cpp cross_entropy_*): logits [N, V] float32 with
+    contiguous rows, targets [N] int64 -> losses [N], 0 where the target is ignore_index. It keeps only
+    each row's log-sum-exp and writes the gradient (softmax - one-hot) x dloss in one pass."""
+
+    @staticmethod
+    def forward(ctx, kernels, logits, targets, ignore_index):
+        losses, lse = kernels.cross_entropy_forward(logits, targets, ignore_index)
+        ctx.kernels, ctx.ignore_index = kernels, ignore_index
+        ctx.save_for_backward(logits, targets, lse)
+        return losses
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
+    def backward(ctx, dlosses):
+        logits, targets, lse = ctx.saved_tensors
+        dlogits = ctx.kernels.cross_entropy_backward(logits, targets, lse, dlosses.float(), ctx.ignore_index)
+        return None, dlogits, None, None
+
+
 SCRATCH_LIMIT = 64 << 20  # bytes: larger temporaries are allocated each time
 _scratch_buffers = threading.local()
 
