@@ -133,6 +133,9 @@ def split_conv1d_scan_combined(
     call = _inside_fast_mixer.get()
     kernels = _native()
     norm, out_proj = getattr(call.mixer, "norm", None), getattr(call.mixer, "out_proj", None)
+    h = A.shape[0]
+    d = h * (headdim or 0)
+    n = (zxbcdt.shape[-1] - 2 * d - h) // (2 * ngroups)
     if (
         kernels is None
         or _masks_anything(call.attention_mask)
@@ -152,6 +155,9 @@ def split_conv1d_scan_combined(
         )
         or zxbcdt.dim() != 3
         or zxbcdt.stride(-1) != 1
+        or zxbcdt.shape[-1] != 2 * d + 2 * ngroups * n + h
+        or h % ngroups
+        or d % norm.group_size
     ):
         return _original(
             zxbcdt,
@@ -174,11 +180,6 @@ def split_conv1d_scan_combined(
             norm_before_gate=norm_before_gate,
             **kwargs,
         )
-    h = A.shape[0]
-    d = h * headdim
-    n = (zxbcdt.shape[-1] - 2 * d - h) // (2 * ngroups)
-    if zxbcdt.shape[-1] != 2 * d + 2 * ngroups * n + h or h % ngroups or d % norm.group_size:
-        return _original(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, **kwargs)
     shape = (h, headdim, ngroups, n, norm.group_size, float(rmsnorm_eps), tuple(dt_limit))
     return NativeMixerTail.apply(
         kernels, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, rmsnorm_weight, outproj_weight, outproj_bias, shape
