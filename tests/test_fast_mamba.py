@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hybridlab.model import fast_mamba
 from hybridlab.model.fast_mamba import chunk_scan, fast_mixers, is_fast, use_fast_mamba
@@ -414,3 +415,37 @@ def test_native_conv_backward_of_no_rows():
     x, weight, bias = torch.randn(0, 5, 16), torch.randn(16, 4), torch.randn(16)
     dx, dweight, dbias = kernels.conv_backward(x, weight, bias, torch.randn(0, 5, 16), torch.empty(0))
     assert dx.shape == (0, 5, 16) and not dweight.any() and not dbias.any()
+
+
+@pytest.mark.parametrize(
+    "length, channels, taps, bias",
+    # vector channels and a scalar tail; a sequence shorter than the taps; runs of 64 rows and a partial
+    # one; 2 and 4 taps; no bias
+    [(37, 64, 4, True), (3, 13, 4, True), (130, 21, 2, False), (64, 8, 4, False)],
+)
+def test_native_conv_equals_pytorch(length, channels, taps, bias):
+    from hybridlab.model import native
+
+    kernels = native.kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler here")
+    generator = torch.Generator().manual_seed(3)
+    wide = torch.randn(2, length, channels + 5, generator=generator)
+    weight = torch.randn(channels, taps, generator=generator)
+    b = torch.randn(channels, generator=generator) if bias else None
+    upstream = torch.randn(2, length, channels, generator=generator)
+
+    x = wide[..., 2 : 2 + channels].clone().requires_grad_()  # the kernels read a strided view of it
+    w, bb = weight.clone().requires_grad_(), None if b is None else b.clone().requires_grad_()
+    want = F.silu(F.conv1d(x.transpose(1, 2), w.unsqueeze(1), bb, padding=taps - 1, groups=channels)[..., :length])
+    (want.transpose(1, 2) * upstream).sum().backward()
+
+    view = wide[..., 2 : 2 + channels]
+    none = torch.empty(0)
+    got = kernels.conv_forward(view, weight, none if b is None else b)
+    assert relative(got, want.transpose(1, 2)) < TOLERANCE
+    dx, dweight, dbias = kernels.conv_backward(view, weight, none if b is None else b, upstream, none)
+    assert relative(dx, x.grad) < TOLERANCE
+    assert relative(dweight, w.grad) < TOLERANCE
+    if bias:
+        assert relative(dbias, bb.grad) < TOLERANCE
