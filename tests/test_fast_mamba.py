@@ -449,3 +449,35 @@ def test_native_conv_equals_pytorch(length, channels, taps, bias):
     assert relative(dweight, w.grad) < TOLERANCE
     if bias:
         assert relative(dbias, bb.grad) < TOLERANCE
+
+
+def test_a_mixer_gradient_someone_keeps_is_never_overwritten():
+    """The fused backward reuses the buffer of the gradient it returned last time only when nothing
+    holds it: a gradient a hook kept stays as it was through later backwards."""
+    model = tiny_model("nemotron_h")
+    use_fast_mamba(model, True)
+    mixer = fast_mixers(model)[0].train()
+    kept = []
+    handle = mixer.in_proj.register_full_backward_hook(lambda module, grad_in, grad_out: kept.append(grad_out[0]))
+    generator = torch.Generator().manual_seed(0)
+    snapshots = []
+    for _ in range(3):
+        x = torch.randn(2, 11, mixer.in_proj.in_features, generator=generator, requires_grad=True)
+        mixer(x).pow(2).sum().backward()
+        snapshots.append(kept[-1].clone())
+    handle.remove()
+    assert len(kept) == 3 and len({t.data_ptr() for t in kept}) == 3
+    for got, want in zip(kept, snapshots):
+        assert torch.equal(got, want)
+    addresses = []  # without a keeper the buffer comes back
+    handle = mixer.in_proj.register_full_backward_hook(
+        lambda module, grad_in, grad_out: addresses.append(grad_out[0].data_ptr())
+    )
+    for _ in range(3):
+        x = torch.randn(2, 11, mixer.in_proj.in_features, generator=generator, requires_grad=True)
+        mixer(x).pow(2).sum().backward()
+    handle.remove()
+    from hybridlab.model.native import functions
+
+    cached = functions._recycled_buffers.__dict__["d_zxbcdt"]
+    assert addresses[1:] == [cached.data_ptr()] * 2  # (a fresh block could land at the same address)
