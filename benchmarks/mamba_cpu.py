@@ -58,10 +58,10 @@ class _FreeKernels:
     them bounds what any scan, convolution and gated-norm kernel could reach: the rest of the step
     (the projections, MLPs, attention, loss and optimizer) is the same work in every path."""
 
-    def scan_forward(self, x, dt, A, B, C, D, s0):
+    def scan_forward(self, x, dt, A, B, C, D, s0, y_out):
         b, _, h, p = x.shape
         return (
-            torch.zeros_like(x),
+            y_out.zero_() if y_out.numel() > 0 else torch.zeros_like(x),
             x.new_zeros(b, h, p, B.shape[3]),
             x.new_empty(b, h, -(-x.shape[1] // 256), B.shape[3], p),
         )
@@ -80,15 +80,16 @@ class _FreeKernels:
             x.new_zeros(b, h, p, B.shape[3]),
         )
 
-    def conv_forward(self, x, weight, bias):
-        return torch.zeros_like(x)
+    def conv_forward(self, x, weight, bias, out):
+        return out.zero_() if out.numel() > 0 else torch.zeros_like(x)
 
     def conv_backward(self, x, weight, bias, dout, dx_out):
         dx = dx_out.zero_() if dx_out.numel() > 0 else torch.zeros_like(x)
         return dx, torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
 
-    def gated_norm_forward(self, y, z, weight, group_size, eps):
-        return torch.zeros_like(y), y.new_zeros(y.shape[0], y.shape[1] // group_size)
+    def gated_norm_forward(self, y, z, weight, group_size, eps, out):
+        normed = out.zero_() if out.numel() > 0 else torch.zeros_like(y)
+        return normed, y.new_zeros(y.shape[0], y.shape[1] // group_size)
 
     def gated_norm_backward(self, y, z, weight, rstd, dout, group_size, dz_out):
         dz = dz_out.zero_() if dz_out.numel() > 0 else torch.zeros_like(y)

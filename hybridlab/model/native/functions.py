@@ -21,7 +21,7 @@ class NativeScan(torch.autograd.Function):
     def forward(ctx, kernels, x, dt, A, B, C, D, s0):
         none = torch.empty(0)
         y, final, entering = kernels.scan_forward(
-            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0
+            x, dt, A, B, C, none if D is None else D, none if s0 is None else s0, none
         )  # entering [b, h, L / 256, n, p]: the states the backward replays each segment of 256 tokens from
         ctx.kernels = kernels
         ctx.has_s0 = s0 is not None
@@ -67,7 +67,8 @@ class NativeConv(torch.autograd.Function):
     def forward(ctx, kernels, x, weight, bias):
         ctx.kernels = kernels
         ctx.save_for_backward(x, weight, bias)
-        return kernels.conv_forward(x, weight, torch.empty(0) if bias is None else bias)
+        none = torch.empty(0)
+        return kernels.conv_forward(x, weight, none if bias is None else bias, none)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
@@ -84,7 +85,7 @@ class NativeGatedNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernels, y, z, weight, group_size, eps):
-        out, rstd = kernels.gated_norm_forward(y, z, weight, group_size, eps)
+        out, rstd = kernels.gated_norm_forward(y, z, weight, group_size, eps, torch.empty(0))
         ctx.kernels, ctx.group_size = kernels, group_size
         ctx.save_for_backward(y, z, weight, rstd)
         return out
@@ -135,28 +136,29 @@ def _scratch(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _recycled(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    """A buffer for a tensor that leaves the backward (a gradient it returns): the one the last call
-    returned if nothing holds it any more (this cache is its storage's only owner: autograd has used
-    and dropped it), else a fresh one. Its pages then need not fault in again: for the demo's mixer
-    gradient, 10.6 MB, that cost ~2 ms of every backward on this VM."""
+    """A buffer for a tensor that outlives the call (a gradient the backward returns, an activation the
+    forward saves): one an earlier call handed out if nothing holds it any more (this cache is its
+    storage's only owner: autograd has used and dropped it), else a fresh one, kept for later calls
+    while the cache holds under RECYCLE_LIMIT bytes. Fresh blocks of this size fault their pages in
+    again on every call: for a demo mixer's gradient (10.6 MB) that was ~2 ms of each backward."""
     numel = math.prod(shape)
-    buffers = _recycled_buffers.__dict__
-    buffer = buffers.get(name)
-    if (
-        buffer is not None
-        and buffer.dtype == dtype
-        and buffer.numel() == numel
-        and torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) == _SOLE_OWNER  # nobody else holds it
-    ):
-        return buffer.view(shape)
+    pool = _recycled_buffers.__dict__.setdefault(name, [])
+    for buffer in pool:
+        if buffer.dtype == dtype and buffer.numel() == numel and _unowned(buffer):
+            return buffer.view(shape)
     buffer = torch.empty(shape, dtype=dtype)
-    if numel * dtype.itemsize <= SCRATCH_LIMIT and hasattr(torch._C, "_storage_Use_Count"):
-        buffers[name] = buffer
+    held = sum(t.numel() * t.dtype.itemsize for ts in _recycled_buffers.__dict__.values() for t in ts)
+    if hasattr(torch._C, "_storage_Use_Count") and held + numel * dtype.itemsize <= RECYCLE_LIMIT:
+        pool.append(buffer)
     return buffer.view(shape)  # a tensor of its own: whoever keeps it counts as an owner of the storage
 
 
+def _unowned(buffer: torch.Tensor) -> bool:
+    return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) == 2  # the cache, and this question
+
+
+RECYCLE_LIMIT = 256 << 20  # bytes per thread: the demo teacher's 8 mixers need ~130 MB
 _recycled_buffers = threading.local()
-_SOLE_OWNER = 2  # the cached tensor, and the storage object asking
 
 
 class NativeMixerTail(torch.autograd.Function):
@@ -177,12 +179,19 @@ class NativeMixerTail(torch.autograd.Function):
         ch = d + 2 * gn
         none = torch.empty(0)
         gate, xbc, dt_in = zxbcdt.split([d, ch, h], dim=-1)
-        conv_out = kernels.conv_forward(xbc, conv_w, none if conv_b is None else conv_b)  # [b, L, ch]
+        # the three saved activations go into buffers earlier steps have finished with (_recycled)
+        conv_out = kernels.conv_forward(
+            xbc, conv_w, none if conv_b is None else conv_b, _recycled("conv_out", (b, L, ch), zxbcdt.dtype)
+        )  # [b, L, ch]
         x, B, C = _split_xbc(conv_out, h, p, g, n)
         dt_pre = dt_in + dt_bias  # [b, L, h]
         dt = torch.clamp(F.softplus(dt_pre), min=dt_limit[0], max=dt_limit[1])
-        y, _, entering = kernels.scan_forward(x, dt, A, B, C, none if D is None else D, none)
-        normed, rstd = kernels.gated_norm_forward(y.view(b * L, d), gate.reshape(b * L, d), norm_w, group_size, eps)
+        y, _, entering = kernels.scan_forward(
+            x, dt, A, B, C, none if D is None else D, none, _recycled("y", (b, L, h, p), zxbcdt.dtype)
+        )
+        normed, rstd = kernels.gated_norm_forward(
+            y.view(b * L, d), gate.reshape(b * L, d), norm_w, group_size, eps, _recycled("normed", (b * L, d), y.dtype)
+        )
         out = F.linear(normed, out_w, out_b)
         ctx.kernels, ctx.shape = kernels, shape
         ctx.save_for_backward(

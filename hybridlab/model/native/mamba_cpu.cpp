@@ -16,6 +16,17 @@
 
 namespace {
 
+// The forward kernels' last argument: a buffer for their main output (empty: a new tensor). `given`
+// when it is a contiguous float32 tensor of `shape`, else a new one
+at::Tensor output_or_new(const at::Tensor& given, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (given.defined() && given.numel() > 0) {
+    TORCH_CHECK(given.sizes() == shape && given.is_contiguous() && given.scalar_type() == at::kFloat,
+                "output buffer: contiguous float32 of the output's shape");
+    return given;
+  }
+  return at::empty(shape, opts);
+}
+
 void check_inner(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
   TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3), name,
@@ -174,14 +185,14 @@ inline float reverse_step_avx2(float* __restrict G, int64_t n, const float* __re
 template <int64_t P>
 std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                          const at::Tensor& s0) {
+                                          const at::Tensor& s0, const at::Tensor& y_out) {
   check_inner(x, "x");
   check_inner(B, "B");
   check_inner(C, "C");
   TORCH_CHECK(dt.is_contiguous() && A.is_contiguous(), "dt and A must be contiguous");
   const int64_t b = x.size(0), L = x.size(1), h = x.size(2), p = P ? P : x.size(3);
   const int64_t g = B.size(2), n = B.size(3), r = h / g, pn = p * n;
-  auto y = at::empty({b, L, h, p}, x.options());
+  auto y = output_or_new(y_out, {b, L, h, p}, x.options());
   auto final_state = at::empty({b, h, p, n}, x.options());
   const int64_t segments = (L + kSegment - 1) / kSegment;
   auto entering = at::empty({b, h, segments, n, p}, x.options());
@@ -474,11 +485,11 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
 // Fixed head sizes let the compiler unroll the channel loops into whole registers.
 std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                     const at::Tensor& s0) {
+                                     const at::Tensor& s0, const at::Tensor& y_out) {
   switch (x.size(3)) {
-    case 32: return scan_forward_impl<32>(x, dt, A, B, C, D, s0);
-    case 64: return scan_forward_impl<64>(x, dt, A, B, C, D, s0);
-    default: return scan_forward_impl<0>(x, dt, A, B, C, D, s0);
+    case 32: return scan_forward_impl<32>(x, dt, A, B, C, D, s0, y_out);
+    case 64: return scan_forward_impl<64>(x, dt, A, B, C, D, s0, y_out);
+    default: return scan_forward_impl<0>(x, dt, A, B, C, D, s0, y_out);
   }
 }
 
@@ -541,13 +552,14 @@ inline void silu_grad_row(const float* pre, const float* go, float* dp, int64_t 
 // Causal depthwise conv1d + bias + SiLU on channel-last input: x [b, L, ch] (last dim contiguous,
 // any row stride), weight [ch, k], bias [ch] or empty -> [b, L, ch]. out[t] = silu(bias +
 // sum_j w[j] x[t - k + 1 + j]), zeros before the start.
-at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& out_given) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1, "x: float32 [b, L, ch]");
   const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
   at::Tensor w = weight.contiguous();
   const bool has_bias = bias.defined() && bias.numel() > 0;
   at::Tensor bc = has_bias ? bias.contiguous() : bias;
-  auto out = at::empty({b, L, ch}, x.options());
+  auto out = output_or_new(out_given, {b, L, ch}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
@@ -684,10 +696,10 @@ inline void silu_and_slope_row(const float* z, float* act, float* slope, int64_t
 // group of group_size channels of v^2 + eps). y [rows, d] contiguous, z [rows, d] (last dim contiguous,
 // any row stride), weight [d] -> out [rows, d], rstd [rows, d / group_size]
 std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
-                                           int64_t group_size, double eps) {
+                                           int64_t group_size, double eps, const at::Tensor& out_given) {
   TORCH_CHECK(y.is_contiguous() && z.stride(1) == 1 && weight.is_contiguous(), "gated norm layout");
   const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
-  auto out = at::empty({rows, d}, y.options());
+  auto out = output_or_new(out_given, {rows, d}, y.options());
   auto rstd = at::empty({rows, groups}, y.options());
   const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
   float *op = out.data_ptr<float>(), *rp = rstd.data_ptr<float>();
