@@ -32,6 +32,19 @@ GATED_NORM_CLASS_NAMES = frozenset(
     }
 )
 
+# transformers' residual-stream RMSNorm of these families: weight * x / sqrt(mean(x^2) + eps) over the
+# last dimension, computed in float32, eps `variance_epsilon` (hybridlab.model.fast_rmsnorm fuses it)
+RMS_NORM_CLASS_NAMES = frozenset(
+    {
+        "NemotronHRMSNorm",
+        "Mamba2RMSNorm",
+        "BambaRMSNorm",
+        "GraniteMoeHybridRMSNorm",
+        "FalconH1RMSNorm",
+        "Zamba2RMSNorm",
+    }
+)
+
 
 def mamba_parts(mixer: nn.Module) -> MambaParts:
     return MambaParts(

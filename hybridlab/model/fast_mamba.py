@@ -42,6 +42,7 @@ from torch import nn
 from hybridlab.families.hf_mamba2_mixer import GATED_NORM_CLASS_NAMES, MIXER_CLASS_NAMES
 from hybridlab.model.fast_loss import use_fast_loss
 from hybridlab.model.fast_relu2 import use_fused_relu2
+from hybridlab.model.fast_rmsnorm import use_fused_rmsnorm
 from hybridlab.model.native.functions import NativeConv, NativeGatedNorm, NativeMixerTail, NativeScan
 from hybridlab.model.ssd_scan import SSDScan
 
@@ -436,9 +437,10 @@ def use_fast_mamba(model: nn.Module, enabled: bool = True) -> int:
     """Switch the fast CPU Mamba2 path on (or off) for a model loaded anywhere; returns how many
     mixers it covers. Outputs and gradients equal transformers' to float32 rounding; on CUDA
     tensors the original (or mamba_ssm) kernels still run. The MLPs' ReLU² activations (fast_relu2.py:
-    the same bits, fused) and the model's own loss, what `model(ids, labels=ids)` computes
-    (fast_loss.py: the native cross-entropy), switch with it."""
+    the same bits, fused), the residual stream's RMSNorms (fast_rmsnorm.py) and the model's own loss,
+    what `model(ids, labels=ids)` computes (fast_loss.py: the native cross-entropy), switch with it."""
     use_fused_relu2(model, enabled)
+    use_fused_rmsnorm(model, enabled)
     use_fast_loss(model, enabled)
     mixers = fast_mixers(model)
     for mixer in mixers:

@@ -98,6 +98,27 @@ class NativeGatedNorm(torch.autograd.Function):
         return None, dy, dz, dweight, None, None
 
 
+class NativeRMSNorm(torch.autograd.Function):
+    """weight * x / sqrt(mean(x^2) + eps) over the last dimension in C++ (the gated norm's kernels
+    without a gate): x [rows, d] contiguous, weight [d] -> [rows, d]."""
+
+    @staticmethod
+    def forward(ctx, kernels, x, weight, eps):
+        none = torch.empty(0)
+        out, rstd = kernels.gated_norm_forward(x, none, weight, x.shape[1], eps, none)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
+    def backward(ctx, dout):
+        x, weight, rstd = ctx.saved_tensors
+        none = torch.empty(0)
+        dx, _, dweight = ctx.kernels.gated_norm_backward(x, none, weight, rstd, dout, x.shape[1], none)
+        return None, dx, dweight, None
+
+
 class NativeCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy in C++ (mamba_cpu.cpp cross_entropy_*): logits [N, V] float32 with
     contiguous rows, targets [N] int64 -> losses [N], 0 where the target is ignore_index. It keeps only

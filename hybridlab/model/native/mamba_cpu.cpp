@@ -694,22 +694,28 @@ inline void silu_and_slope_row(const float* z, float* act, float* slope, int64_t
 
 // Gated RMSNorm of transformers' Mamba2 mixers: v = y * silu(z); out = weight * v / sqrt(mean over each
 // group of group_size channels of v^2 + eps). y [rows, d] contiguous, z [rows, d] (last dim contiguous,
-// any row stride), weight [d] -> out [rows, d], rstd [rows, d / group_size]
+// any row stride) or empty (no gate, v = y: the residual stream's RMSNorm), weight [d]
+// -> out [rows, d], rstd [rows, d / group_size]
 std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
                                            int64_t group_size, double eps, const at::Tensor& out_given) {
-  TORCH_CHECK(y.is_contiguous() && z.stride(1) == 1 && weight.is_contiguous(), "gated norm layout");
+  const bool gated = z.numel() > 0;
+  TORCH_CHECK(y.is_contiguous() && (!gated || z.stride(1) == 1) && weight.is_contiguous(), "gated norm layout");
   const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
   auto out = output_or_new(out_given, {rows, d}, y.options());
   auto rstd = at::empty({rows, groups}, y.options());
-  const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float *yp = y.data_ptr<float>(), *zp = gated ? z.data_ptr<float>() : nullptr, *wp = weight.data_ptr<float>();
   float *op = out.data_ptr<float>(), *rp = rstd.data_ptr<float>();
-  const int64_t sz = z.stride(0);
+  const int64_t sz = gated ? z.stride(0) : 0;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> v(d);
     for (int64_t row = begin; row < end; ++row) {
-      silu_and_slope_row(zp + row * sz, v.data(), nullptr, d);
       const float* yr = yp + row * d;
-      for (int64_t c = 0; c < d; ++c) v[c] *= yr[c];
+      if (gated) {
+        silu_and_slope_row(zp + row * sz, v.data(), nullptr, d);
+        for (int64_t c = 0; c < d; ++c) v[c] *= yr[c];
+      } else {
+        std::copy(yr, yr + d, v.data());
+      }
       for (int64_t gi = 0; gi < groups; ++gi) {
         const float* vg = v.data() + gi * group_size;
         float sq = 0.f;
@@ -726,31 +732,37 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
   return {out, rstd};
 }
 
-// -> dy [rows, d], dz [rows, d] (into dz_out when given: a view with the last dim contiguous), dweight [d]
+// -> dy [rows, d], dz [rows, d] (into dz_out when given: a view with the last dim contiguous; empty
+// without a gate), dweight [d]
 std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
                                             const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size,
                                             const at::Tensor& dz_out) {
   const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
   at::Tensor dout = dout_in.contiguous();
+  const bool gated = z.numel() > 0;
   auto dy = at::empty({rows, d}, y.options());
-  auto dz = dz_out.numel() > 0 ? dz_out : at::empty({rows, d}, y.options());
-  TORCH_CHECK(dz.stride(1) == 1, "dz: last dim contiguous");
+  auto dz = !gated ? at::empty({0}, y.options()) : dz_out.numel() > 0 ? dz_out : at::empty({rows, d}, y.options());
+  TORCH_CHECK(!gated || dz.stride(1) == 1, "dz: last dim contiguous");
   constexpr int64_t kBlocks = 16;
   auto dw_parts = at::zeros({kBlocks, d}, y.options());
-  const float *yp = y.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float *yp = y.data_ptr<float>(), *zp = gated ? z.data_ptr<float>() : nullptr, *wp = weight.data_ptr<float>();
   const float *rp = rstd.data_ptr<float>(), *gp = dout.data_ptr<float>();
-  float *dyp = dy.data_ptr<float>(), *dzp = dz.data_ptr<float>(), *dwp = dw_parts.data_ptr<float>();
-  const int64_t sz = z.stride(0), sdz = dz.stride(0);
+  float *dyp = dy.data_ptr<float>(), *dzp = gated ? dz.data_ptr<float>() : nullptr, *dwp = dw_parts.data_ptr<float>();
+  const int64_t sz = gated ? z.stride(0) : 0, sdz = gated ? dz.stride(0) : 0;
   const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
   at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> act(d), slope(d), v(d), dn(d);
     for (int64_t blk = begin; blk < end; ++blk) {
       float* dw = dwp + blk * d;
       for (int64_t row = blk * per_block; row < std::min(rows, (blk + 1) * per_block); ++row) {
-        silu_and_slope_row(zp + row * sz, act.data(), slope.data(), d);
         const float* yr = yp + row * d;
         const float* gr = gp + row * d;
-        for (int64_t c = 0; c < d; ++c) v[c] = yr[c] * act[c];
+        if (gated) {
+          silu_and_slope_row(zp + row * sz, act.data(), slope.data(), d);
+          for (int64_t c = 0; c < d; ++c) v[c] = yr[c] * act[c];
+        } else {
+          std::copy(yr, yr + d, v.data());
+        }
         for (int64_t gi = 0; gi < groups; ++gi) {
           const float r = rp[row * groups + gi];
           const int64_t c0 = gi * group_size, c1 = c0 + group_size;
@@ -764,6 +776,11 @@ std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tenso
           }
           const float mean_dot = dot / static_cast<float>(group_size);
           float* dyr = dyp + row * d;
+          if (!gated) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) dyr[c] = r * (dn[c] - v[c] * r * mean_dot);
+            continue;
+          }
           float* dzr = dzp + row * sdz;
 #pragma omp simd
           for (int64_t c = c0; c < c1; ++c) {
