@@ -506,3 +506,36 @@ def test_forwards_whose_backward_is_pending_keep_their_own_activations():
 
     for got, want in zip(grads(True), grads(False)):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_mixer_run_under_inference_mode_leaves_later_training_steps_working():
+    """A train-mode mixer called under torch.inference_mode (an evaluation that forgot model.eval())
+    must not leave inference tensors in the recycled buffers: autograd refuses to save those, so every
+    later training step of that shape would fail."""
+    from hybridlab.model.native import functions
+
+    model = tiny_model("nemotron_h")
+    use_fast_mamba(model, True)
+    mixer = fast_mixers(model)[0].train()
+    width = mixer.in_proj.in_features
+    length = 23  # a shape no other test's buffers have: the pool has nothing free of it yet
+    with torch.inference_mode():
+        mixer(torch.randn(2, length, width))
+    assert not any(t.is_inference() for pool in functions._recycled_buffers.__dict__.values() for t in pool)
+    x = torch.randn(2, length, width, requires_grad=True)
+    mixer(x).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_an_empty_sequence_passes_the_final_states_gradient_to_the_initial_state():
+    """With no token the final state is the initial state: dL/ds0 = dL/dfinal, as transformers gives."""
+    generator = torch.Generator().manual_seed(4)
+    b, h, p, g, n = 2, 4, 32, 2, 16
+    x, dt = torch.randn(b, 0, h, p), torch.rand(b, 0, h)
+    A, B, C = -torch.rand(h), torch.randn(b, 0, g, n), torch.randn(b, 0, g, n)
+    s0 = torch.randn(b, h, p, n, generator=generator).requires_grad_()
+    upstream = torch.randn(b, h, p, n, generator=generator)
+    y, final = chunk_scan(x, dt, A, B, C, 16, initial_states=s0, return_final_states=True)
+    (final * upstream).sum().backward()
+    assert y.shape == (b, 0, h, p) and torch.equal(final.detach(), s0.detach())
+    assert torch.equal(s0.grad, upstream)

@@ -47,6 +47,8 @@ class NativeScan(torch.autograd.Function):
             none,
             none,
         )
+        if x.shape[1] == 0 and dfinal is not None:  # the kernel's dL/ds0 comes out of a segment's replay
+            ds0 = dfinal  # no token: the final state is s0
         return (
             None,
             dx,
@@ -167,7 +169,8 @@ def _recycled(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     for buffer in pool:
         if buffer.dtype == dtype and buffer.numel() == numel and _unowned(buffer):
             return buffer.view(shape)
-    buffer = torch.empty(shape, dtype=dtype)
+    with torch.inference_mode(False):  # an inference tensor made here would fail every later save_for_backward
+        buffer = torch.empty(shape, dtype=dtype)
     held = sum(t.numel() * t.dtype.itemsize for ts in _recycled_buffers.__dict__.values() for t in ts)
     if hasattr(torch._C, "_storage_Use_Count") and held + numel * dtype.itemsize <= RECYCLE_LIMIT:
         pool.append(buffer)
