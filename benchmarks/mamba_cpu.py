@@ -91,9 +91,10 @@ class _FreeKernels:
         normed = out.zero_() if out.numel() > 0 else torch.zeros_like(y)
         return normed, y.new_zeros(y.shape[0], y.shape[1] // group_size)
 
-    def gated_norm_backward(self, y, z, weight, rstd, dout, group_size, dz_out):
+    def gated_norm_backward(self, y, z, weight, rstd, dout, group_size, dz_out, dy_out):
         dz = dz_out.zero_() if dz_out.numel() > 0 else torch.zeros_like(y)
-        return torch.zeros_like(y), dz, torch.zeros_like(weight)
+        dy = dy_out.zero_() if dy_out.numel() > 0 else torch.zeros_like(y)
+        return dy, dz, torch.zeros_like(weight)
 
 
 def _both(model, fn, pytorch_fast: bool = False, free: bool = False):

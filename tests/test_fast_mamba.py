@@ -128,6 +128,38 @@ def test_scan_with_initial_state_and_final_state(p, n):
         assert relative(got, want) < TOLERANCE, name
 
 
+@pytest.mark.parametrize("dt_shift", [-2.0, 1.0])  # weak decay; exp(dt A) under one half at most steps
+def test_long_sequences_stay_within_float64(dt_shift):
+    """600 tokens: three segments of the backward's replay, its restarts every 32 steps and at every
+    strongly decaying step. Every output and gradient within 1e-5 of transformers' scan in float64."""
+    generator = torch.Generator().manual_seed(2)
+    b, length, h, p, g, n = 1, 600, 4, 32, 2, 16
+    values = [
+        torch.randn(b, length, h, p, generator=generator),  # x
+        torch.randn(b, length, h, generator=generator) + dt_shift,  # dt
+        -torch.rand(h, generator=generator) * 8,  # A
+        torch.randn(b, length, g, n, generator=generator),  # B
+        torch.randn(b, length, g, n, generator=generator),  # C
+        torch.randn(h, generator=generator),  # D
+        torch.randn(h, generator=generator),  # dt_bias
+        torch.randn(b, h, p, n, generator=generator),  # initial state
+    ]
+    up_y, up_state = torch.randn(b, length, h, p, generator=generator), torch.randn(b, h, p, n, generator=generator)
+    results = []
+    for fn, dtype in ((_reference_scan(), torch.float64), (chunk_scan, torch.float32)):
+        leaves = [v.to(dtype).requires_grad_() for v in values]
+        x, dt, A, B, C, D, dt_bias, s0 = leaves
+        y, final = fn(
+            x, dt, A, B, C, 64, D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True,
+            return_final_states=True,
+        )  # fmt: skip
+        ((y * up_y.to(dtype)).sum() + (final * up_state.to(dtype)).sum()).backward()
+        results.append([y.detach(), final.detach()] + [leaf.grad for leaf in leaves])
+    names = ["y", "final state", "x", "dt", "A", "B", "C", "D", "dt_bias", "initial state"]
+    for name, got, want in zip(names, results[1], results[0]):
+        assert relative(got, want) < TOLERANCE, name
+
+
 @pytest.mark.parametrize(
     "family, overrides",
     [(family, {}) for family in FAMILIES] + [("falcon_h1", {"mamba_rms_norm": False})],  # z gates the decode step

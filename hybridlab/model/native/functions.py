@@ -47,8 +47,6 @@ class NativeScan(torch.autograd.Function):
             none,
             none,
         )
-        if x.shape[1] == 0 and dfinal is not None:  # the kernel's dL/ds0 comes out of a segment's replay
-            ds0 = dfinal  # no token: the final state is s0
         return (
             None,
             dx,
@@ -96,7 +94,8 @@ class NativeGatedNorm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
         y, z, weight, rstd = ctx.saved_tensors
-        dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size, torch.empty(0))
+        none = torch.empty(0)
+        dy, dz, dweight = ctx.kernels.gated_norm_backward(y, z, weight, rstd, dout, ctx.group_size, none, none)
         return None, dy, dz, dweight, None, None
 
 
@@ -117,7 +116,7 @@ class NativeRMSNorm(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight, rstd = ctx.saved_tensors
         none = torch.empty(0)
-        dx, _, dweight = ctx.kernels.gated_norm_backward(x, none, weight, rstd, dout, x.shape[1], none)
+        dx, _, dweight = ctx.kernels.gated_norm_backward(x, none, weight, rstd, dout, x.shape[1], none, none)
         return None, dx, dweight, None
 
 
@@ -171,6 +170,7 @@ def _recycled(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
             return buffer.view(shape)
     with torch.inference_mode(False):  # an inference tensor made here would fail every later save_for_backward
         buffer = torch.empty(shape, dtype=dtype)
+    pool[:] = [t for t in pool if t.numel() == numel or not _unowned(t)]  # sizes of an earlier shape go
     held = sum(t.numel() * t.dtype.itemsize for ts in _recycled_buffers.__dict__.values() for t in ts)
     if hasattr(torch._C, "_storage_Use_Count") and held + numel * dtype.itemsize <= RECYCLE_LIMIT:
         pool.append(buffer)
@@ -243,7 +243,14 @@ class NativeMixerTail(torch.autograd.Function):
         d_gate, d_xbc, d_dt_in = d_zxbcdt.split([d, ch, h], dim=-1)
         gate, xbc, _ = zxbcdt.split([d, ch, h], dim=-1)
         dy, _, d_norm_w = kernels.gated_norm_backward(
-            y.view(b * L, d), gate.reshape(b * L, d), norm_w, rstd, d_normed, group_size, d_gate.reshape(b * L, d)
+            y.view(b * L, d),
+            gate.reshape(b * L, d),
+            norm_w,
+            rstd,
+            d_normed,
+            group_size,
+            d_gate.reshape(b * L, d),
+            _scratch("dy", (b * L, d), y.dtype),  # read by the scan's backward below, then done with
         )
         d_conv_out = _scratch("d_conv_out", (b, L, ch), zxbcdt.dtype)
         x, B, C = _split_xbc(conv_out, h, p, g, n)

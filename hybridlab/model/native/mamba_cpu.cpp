@@ -389,6 +389,11 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
         int64_t* __restrict anchor_of = anchor_buf.data();  // the step's kept h_{t-1}, or -1
         double dD_acc = 0.0, dA_acc = 0.0;
         double d_log_next = 0.0;  // dL/d(dt_{t+1} A)
+        if (has_dfinal) {  // dL/dh past the last token (with no token at all, dL/ds0)
+          transpose_into(dfp + bh * pn, G, p, n);
+        } else {
+          std::fill(G, G + pn, 0.f);
+        }
         for (int64_t seg = segments - 1; seg >= 0; --seg) {
           const int64_t t0 = seg * kSegment, t1 = std::min(L, t0 + kSegment);
           const float* seg_start = ep + (bh * segments + seg) * pn;
@@ -424,13 +429,8 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
 #endif
             cdc[t - t0] = replay_step_generic(S, p, n, xdt, dyt, Bt, Ct, a, dCt);
           }
-          if (seg == segments - 1) {  // S is the final state now
-            if (has_dfinal) {
-              transpose_into(dfp + bh * pn, G, p, n);
-              for (int64_t k = 0; k < pn; ++k) d_log_next += static_cast<double>(G[k]) * S[k];
-            } else {
-              std::fill(G, G + pn, 0.f);
-            }
+          if (seg == segments - 1 && has_dfinal) {  // S is the final state now, G still dL/dfinal
+            for (int64_t k = 0; k < pn; ++k) d_log_next += static_cast<double>(G[k]) * S[k];
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const float d = dtp[(bi * L + t) * h + hi];
@@ -462,10 +462,9 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             double d_log_acc = cdc[t - t0] + d_log_next - bdb;  // dL/d(dt_t A)
             if (anchor_of[t - t0] >= 0) {  // exact: G is a_t dL/dh_t now
               const float* __restrict prev = anchors_at + anchor_of[t - t0] * pn;
-              float exact = 0.f;
-#pragma omp simd reduction(+ : exact)
-              for (int64_t k = 0; k < pn; ++k) exact += G[k] * prev[k];
-              d_log_acc = exact;
+              d_log_acc = 0.0;  // in float64: the products cancel (a float sum left dA 1e-5 off at dt ~ 3)
+#pragma omp simd reduction(+ : d_log_acc)
+              for (int64_t k = 0; k < pn; ++k) d_log_acc += static_cast<double>(G[k]) * prev[k];
             }
             d_log_next = d_log_acc;
             const float d_log = static_cast<float>(d_log_acc);
@@ -732,15 +731,15 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
   return {out, rstd};
 }
 
-// -> dy [rows, d], dz [rows, d] (into dz_out when given: a view with the last dim contiguous; empty
-// without a gate), dweight [d]
+// -> dy [rows, d] (into dy_out when given), dz [rows, d] (into dz_out when given: a view with the last dim
+// contiguous; empty without a gate), dweight [d]
 std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
                                             const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size,
-                                            const at::Tensor& dz_out) {
+                                            const at::Tensor& dz_out, const at::Tensor& dy_out) {
   const int64_t rows = y.size(0), d = y.size(1), groups = d / group_size;
   at::Tensor dout = dout_in.contiguous();
   const bool gated = z.numel() > 0;
-  auto dy = at::empty({rows, d}, y.options());
+  auto dy = output_or_new(dy_out, {rows, d}, y.options());
   auto dz = !gated ? at::empty({0}, y.options()) : dz_out.numel() > 0 ? dz_out : at::empty({rows, d}, y.options());
   TORCH_CHECK(!gated || dz.stride(1) == 1, "dz: last dim contiguous");
   constexpr int64_t kBlocks = 16;
