@@ -96,48 +96,30 @@ def _reference_scan():
     [(4, 5), (32, 16), (64, 32), (32, 12), (32, 7)],
 )
 def test_scan_with_initial_state_and_final_state(p, n):
-    generator = torch.Generator().manual_seed(1)
-    b, length, h, g = 2, 45, 6, 3
-
-    def inputs():
-        return [
-            torch.randn(b, length, h, p, generator=generator),  # x
-            torch.randn(b, length, h, generator=generator) - 1,  # dt
-            -torch.rand(h, generator=generator) * 4,  # A
-            torch.randn(b, length, g, n, generator=generator),  # B
-            torch.randn(b, length, g, n, generator=generator),  # C
-            torch.randn(h, generator=generator),  # D
-            torch.randn(h, generator=generator),  # dt_bias
-            torch.randn(b, h, p, n, generator=generator),  # initial state
-        ]
-
-    values = inputs()
-    up_y, up_state = torch.randn(b, length, h, p, generator=generator), torch.randn(b, h, p, n, generator=generator)
-    results = []
-    for fn in (_reference_scan(), chunk_scan):
-        leaves = [v.clone().requires_grad_() for v in values]
-        x, dt, A, B, C, D, dt_bias, s0 = leaves
-        y, final = fn(
-            x, dt, A, B, C, 16, D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True,
-            dt_limit=(0.05, 2.0), return_final_states=True,
-        )  # fmt: skip
-        ((y * up_y).sum() + (final * up_state).sum()).backward()
-        results.append([y.detach(), final.detach()] + [leaf.grad for leaf in leaves])
-    names = ["y", "final state", "x", "dt", "A", "B", "C", "D", "dt_bias", "initial state"]
-    for name, got, want in zip(names, results[1], results[0]):
-        assert relative(got, want) < TOLERANCE, name
+    _assert_scan_matches_reference(
+        p, n, b=2, length=45, h=6, g=3, dt_shift=-1.0, a_scale=4.0, chunk=16, dt_limit=(0.05, 2.0), seed=1
+    )
 
 
 @pytest.mark.parametrize("dt_shift", [-2.0, 1.0])  # weak decay; exp(dt A) under one half at most steps
 def test_long_sequences_stay_within_float64(dt_shift):
     """600 tokens: three segments of the backward's replay, its restarts every 32 steps and at every
-    strongly decaying step. Every output and gradient within 1e-5 of transformers' scan in float64."""
-    generator = torch.Generator().manual_seed(2)
-    b, length, h, p, g, n = 1, 600, 4, 32, 2, 16
+    strongly decaying step, against transformers' scan in float64."""
+    _assert_scan_matches_reference(
+        32, 16, b=1, length=600, h=4, g=2, dt_shift=dt_shift, a_scale=8.0, chunk=64, seed=2, reference=torch.float64
+    )
+
+
+def _assert_scan_matches_reference(
+    p, n, *, b, length, h, g, dt_shift, a_scale, chunk, seed, dt_limit=(0.0, float("inf")), reference=torch.float32
+):
+    """chunk_scan in float32 against transformers' scan (in `reference` precision): y, the final state and
+    the gradients of every input, initial state included, within 1e-5."""
+    generator = torch.Generator().manual_seed(seed)
     values = [
         torch.randn(b, length, h, p, generator=generator),  # x
         torch.randn(b, length, h, generator=generator) + dt_shift,  # dt
-        -torch.rand(h, generator=generator) * 8,  # A
+        -torch.rand(h, generator=generator) * a_scale,  # A
         torch.randn(b, length, g, n, generator=generator),  # B
         torch.randn(b, length, g, n, generator=generator),  # C
         torch.randn(h, generator=generator),  # D
@@ -146,12 +128,12 @@ def test_long_sequences_stay_within_float64(dt_shift):
     ]
     up_y, up_state = torch.randn(b, length, h, p, generator=generator), torch.randn(b, h, p, n, generator=generator)
     results = []
-    for fn, dtype in ((_reference_scan(), torch.float64), (chunk_scan, torch.float32)):
+    for fn, dtype in ((_reference_scan(), reference), (chunk_scan, torch.float32)):
         leaves = [v.to(dtype).requires_grad_() for v in values]
         x, dt, A, B, C, D, dt_bias, s0 = leaves
         y, final = fn(
-            x, dt, A, B, C, 64, D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True,
-            return_final_states=True,
+            x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True,
+            dt_limit=dt_limit, return_final_states=True,
         )  # fmt: skip
         ((y * up_y.to(dtype)).sum() + (final * up_state.to(dtype)).sum()).backward()
         results.append([y.detach(), final.detach()] + [leaf.grad for leaf in leaves])
