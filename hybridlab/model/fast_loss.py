@@ -46,10 +46,12 @@ def causal_lm_loss(
     applies, else transformers' own function."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    if shift_labels is None:
-        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    targets = shift_labels.reshape(-1).to(logits.device)
-    losses = token_losses(logits.float().reshape(-1, vocab_size), targets, ignore_index)
+    losses = None
+    if logits.device.type == "cpu":  # elsewhere the float32 copy below would be made twice
+        if shift_labels is None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        targets = shift_labels.reshape(-1).to(logits.device)
+        losses = token_losses(logits.float().reshape(-1, vocab_size), targets, ignore_index)
     if losses is None:
         return ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels, **kwargs)
     if num_items_in_batch is None:
