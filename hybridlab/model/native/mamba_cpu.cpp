@@ -44,6 +44,14 @@ inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t c
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
+// How many steps ahead the scans fetch a step's rows into L1. A step's rows lie kilobytes apart (the
+// mixer's conv output rows are 3 KB), which the hardware prefetchers do not follow across pages: the
+// backward took 1.3x as long without (median of 25 interleaved calls, demo shapes, 2 threads).
+constexpr int64_t kPrefetch = 4;
+inline void prefetch_span(const float* at, int64_t count) {
+  for (int64_t k = 0; k < count; k += 16) __builtin_prefetch(at + k, 0, 3);
+}
+
 #ifdef __AVX2__
 // Lane k of the result: the sum of v[k]'s eight lanes (eight horizontal sums for the price of ~one).
 inline __m256 sum_lanes8(const __m256* v) {
@@ -225,6 +233,12 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
       }
       const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
       for (int64_t t = 0; t < L; ++t) {
+        if (t + kPrefetch < L) {
+          const int64_t u = t + kPrefetch;
+          prefetch_span(xp + bi * sxb + u * sxt + hi * p, p);
+          prefetch_span(Bp + bi * sbb + u * sbt + gi * n, n);
+          prefetch_span(Cp + bi * scb + u * sct + gi * n, n);
+        }
         if (t % kSegment == 0) std::copy(S, S + pn, ep + (task * segments + t / kSegment) * pn);
         const float d = dtp[(bi * L + t) * h + hi];
         const float a = std::exp(d * a_log);
@@ -400,6 +414,14 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
           std::copy(seg_start, seg_start + pn, S);
           int64_t kept = 0;
           for (int64_t t = t0; t < t1; ++t) {
+            if (t + kPrefetch < t1) {
+              const int64_t u = t + kPrefetch;
+              prefetch_span(xp + bi * sxb + u * sxt + hi * p, p);
+              prefetch_span(Bp + bi * sbb + u * sbt + gi * n, n);
+              prefetch_span(Cp + bi * scb + u * sct + gi * n, n);
+              prefetch_span(dyp + ((bi * L + u) * h + hi) * p, p);
+              prefetch_span(dCp + bi * sdcb + u * sdct + gi * n, n);
+            }
             const float d = dtp[(bi * L + t) * h + hi];
             const float a = decay[t - t0] = std::exp(d * a_log);
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
@@ -433,6 +455,15 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
             for (int64_t k = 0; k < pn; ++k) d_log_next += static_cast<double>(G[k]) * S[k];
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
+            if (t - kPrefetch >= t0) {
+              const int64_t u = t - kPrefetch;
+              prefetch_span(xp + bi * sxb + u * sxt + hi * p, p);
+              prefetch_span(Bp + bi * sbb + u * sbt + gi * n, n);
+              prefetch_span(Cp + bi * scb + u * sct + gi * n, n);
+              prefetch_span(dyp + ((bi * L + u) * h + hi) * p, p);
+              prefetch_span(dxp + bi * sdxb + u * sdxt + hi * p, p);
+              prefetch_span(dBp + bi * sdbb + u * sdbt + gi * n, n);
+            }
             const float d = dtp[(bi * L + t) * h + hi];
             const float a = decay[t - t0];
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
