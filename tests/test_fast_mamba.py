@@ -427,7 +427,7 @@ def test_native_conv_backward_of_no_rows():
     if kernels is None:
         pytest.skip("no C++ compiler here")
     x, weight, bias = torch.randn(0, 5, 16), torch.randn(16, 4), torch.randn(16)
-    dx, dweight, dbias = kernels.conv_backward(x, weight, bias, torch.randn(0, 5, 16), torch.empty(0))
+    dx, dweight, dbias = kernels.conv_backward(x, weight, bias, torch.randn(0, 5, 16), torch.empty(0), torch.empty(0))
     assert dx.shape == (0, 5, 16) and not dweight.any() and not dbias.any()
 
 
@@ -456,13 +456,18 @@ def test_native_conv_equals_pytorch(length, channels, taps, bias):
 
     view = wide[..., 2 : 2 + channels]
     none = torch.empty(0)
-    got = kernels.conv_forward(view, weight, none if b is None else b, none)
+    slope = torch.empty(2, length, channels)
+    got = kernels.conv_forward(view, weight, none if b is None else b, none, slope)
     assert relative(got, want.transpose(1, 2)) < TOLERANCE
-    dx, dweight, dbias = kernels.conv_backward(view, weight, none if b is None else b, upstream, none)
-    assert relative(dx, x.grad) < TOLERANCE
-    assert relative(dweight, w.grad) < TOLERANCE
-    if bias:
-        assert relative(dbias, bb.grad) < TOLERANCE
+    assert torch.equal(got, kernels.conv_forward(view, weight, none if b is None else b, none, none))
+    for kept in (slope, none):  # the backward from the slope the forward kept, and recomputing it
+        dx, dweight, dbias = kernels.conv_backward(view, weight, none if b is None else b, upstream, none, kept)
+        assert relative(dx, x.grad) < TOLERANCE
+        assert relative(dweight, w.grad) < TOLERANCE
+        if bias:
+            assert relative(dbias, bb.grad) < TOLERANCE
+    with pytest.raises(RuntimeError, match="slope"):
+        kernels.conv_backward(view, weight, none if b is None else b, upstream, none, slope[:, 1:])
 
 
 def test_a_mixer_gradient_someone_keeps_is_never_overwritten():

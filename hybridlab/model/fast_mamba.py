@@ -215,7 +215,7 @@ def causal_conv1d(hidden_states, weight, bias=None, activation=None, _original=N
     channel_last = hidden_states.transpose(1, 2)  # [b, L, ch]
     if channel_last.stride(2) != 1:
         channel_last = channel_last.contiguous()
-    return NativeConv.apply(kernels, channel_last, weight, bias).transpose(1, 2)
+    return NativeConv.apply(kernels, channel_last, weight, bias, torch.is_grad_enabled()).transpose(1, 2)
 
 
 def chunk_scan(

@@ -61,22 +61,28 @@ class NativeScan(torch.autograd.Function):
 
 class NativeConv(torch.autograd.Function):
     """Causal depthwise conv1d + bias + SiLU in C++ on channel-last x [b, L, ch] (last dimension
-    contiguous), weight [ch, k], bias [ch] or None -> [b, L, ch]."""
+    contiguous), weight [ch, k], bias [ch] or None -> [b, L, ch]. With keep_slope (the caller's
+    torch.is_grad_enabled(): inside forward it is always off) the forward also keeps the SiLU's slope
+    for the backward, which then needs no sigmoid of its own."""
 
     @staticmethod
-    def forward(ctx, kernels, x, weight, bias):
-        ctx.kernels = kernels
-        ctx.save_for_backward(x, weight, bias)
+    def forward(ctx, kernels, x, weight, bias, keep_slope):
         none = torch.empty(0)
-        return kernels.conv_forward(x, weight, none if bias is None else bias, none)
+        slope = torch.empty(x.shape, dtype=x.dtype) if keep_slope else none
+        out = kernels.conv_forward(x, weight, none if bias is None else bias, none, slope)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, bias, slope)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
-        x, weight, bias = ctx.saved_tensors
+        x, weight, bias, slope = ctx.saved_tensors
         none = torch.empty(0)
-        dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, none if bias is None else bias, dout, none)
-        return None, dx, dweight, None if bias is None else dbias
+        dx, dweight, dbias = ctx.kernels.conv_backward(
+            x, weight, none if bias is None else bias, dout, none, slope
+        )
+        return None, dx, dweight, None if bias is None else dbias, None
 
 
 class NativeGatedNorm(torch.autograd.Function):
@@ -203,9 +209,10 @@ class NativeMixerTail(torch.autograd.Function):
         ch = d + 2 * gn
         none = torch.empty(0)
         gate, xbc, dt_in = zxbcdt.split([d, ch, h], dim=-1)
-        # the three saved activations go into buffers earlier steps have finished with (_recycled)
+        # the saved activations go into buffers earlier steps have finished with (_recycled)
+        conv_slope = _recycled("conv_slope", (b, L, ch), zxbcdt.dtype)  # silu' for the backward
         conv_out = kernels.conv_forward(
-            xbc, conv_w, none if conv_b is None else conv_b, _recycled("conv_out", (b, L, ch), zxbcdt.dtype)
+            xbc, conv_w, none if conv_b is None else conv_b, _recycled("conv_out", (b, L, ch), zxbcdt.dtype), conv_slope
         )  # [b, L, ch]
         x, B, C = _split_xbc(conv_out, h, p, g, n)
         dt_pre = dt_in + dt_bias  # [b, L, h]
@@ -219,14 +226,14 @@ class NativeMixerTail(torch.autograd.Function):
         out = F.linear(normed, out_w, out_b)
         ctx.kernels, ctx.shape = kernels, shape
         ctx.save_for_backward(
-            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, entering, y, rstd, normed, norm_w, out_w, out_b
+            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, conv_slope, entering, y, rstd, normed, norm_w, out_w, out_b
         )
         return out.view(b, L, out_w.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
-        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, entering, y, rstd, normed, norm_w, out_w, out_b = (
+        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, conv_slope, entering, y, rstd, normed, norm_w, out_w, out_b = (
             ctx.saved_tensors
         )
         h, p, g, n, group_size, eps, dt_limit = ctx.shape
@@ -267,7 +274,7 @@ class NativeMixerTail(torch.autograd.Function):
             *_split_xbc(d_conv_out, h, p, g, n),
         )
         _, d_conv_w, d_conv_b = kernels.conv_backward(
-            xbc, conv_w, none if conv_b is None else conv_b, d_conv_out, d_xbc
+            xbc, conv_w, none if conv_b is None else conv_b, d_conv_out, d_xbc, conv_slope
         )
         unclipped = F.softplus(dt_pre)
         ddt = ddt.masked_fill_((unclipped < dt_limit[0]) | (unclipped > dt_limit[1]), 0)  # as clamp's backward

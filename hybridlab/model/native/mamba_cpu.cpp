@@ -579,13 +579,24 @@ inline void silu_grad_row(const float* pre, const float* go, float* dp, int64_t 
   }
 }
 
+// The SiLU's slope silu'(pre), which the forward can keep for the backward: [b, L, ch] contiguous
+// float32, or empty (not kept: the backward recomputes the pre-activation and the sigmoid, which took
+// 2x as long as the rest of its work).
+void check_slope(const at::Tensor& slope, int64_t b, int64_t L, int64_t ch) {
+  TORCH_CHECK(slope.numel() == 0 || (slope.scalar_type() == at::kFloat && slope.is_contiguous() &&
+                                     slope.dim() == 3 && slope.size(0) == b && slope.size(1) == L &&
+                                     slope.size(2) == ch),
+              "slope: contiguous float32 [b, L, ch] or empty");
+}
+
 // Causal depthwise conv1d + bias + SiLU on channel-last input: x [b, L, ch] (last dim contiguous,
 // any row stride), weight [ch, k], bias [ch] or empty -> [b, L, ch]. out[t] = silu(bias +
-// sum_j w[j] x[t - k + 1 + j]), zeros before the start.
+// sum_j w[j] x[t - k + 1 + j]), zeros before the start; silu' of the same into slope_out when given.
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                        const at::Tensor& out_given) {
+                        const at::Tensor& out_given, const at::Tensor& slope_out) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1, "x: float32 [b, L, ch]");
   const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
+  check_slope(slope_out, b, L, ch);
   at::Tensor w = weight.contiguous();
   const bool has_bias = bias.defined() && bias.numel() > 0;
   at::Tensor bc = has_bias ? bias.contiguous() : bias;
@@ -594,6 +605,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   const float* wp = w.data_ptr<float>();
   const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
+  float* sp = slope_out.numel() > 0 ? slope_out.data_ptr<float>() : nullptr;
   const int64_t sb = x.stride(0), st = x.stride(1);
   at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> wt(k * ch);  // [k, ch]: contiguous over channels
@@ -609,14 +621,21 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
         for (int64_t j = std::max<int64_t>(0, k - 1 - t); j < k; ++j)
           acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt.data() + j * ch + c),
                                 _mm256_loadu_ps(xp + bi * sb + (t - k + 1 + j) * st + c), acc);
-        _mm256_storeu_ps(o + c, _mm256_mul_ps(acc, sigmoid8(acc)));
+        const __m256 sig = sigmoid8(acc);
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(acc, sig));
+        if (sp) {
+          const __m256 one = _mm256_set1_ps(1.f);
+          _mm256_storeu_ps(sp + row * ch + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(acc, _mm256_sub_ps(one, sig), one)));
+        }
       }
 #endif
       for (; c < ch; ++c) {
         float acc = has_bias ? bp[c] : 0.f;
         for (int64_t j = std::max<int64_t>(0, k - 1 - t); j < k; ++j)
           acc = std::fma(wt[j * ch + c], xp[bi * sb + (t - k + 1 + j) * st + c], acc);
-        o[c] = acc * sigmoid(acc);
+        const float sig = sigmoid(acc);
+        o[c] = acc * sig;
+        if (sp) sp[row * ch + c] = sig * (1.f + acc * (1.f - sig));
       }
     }
   });
@@ -624,13 +643,16 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
 }
 
 // dout [b, L, ch] (last dim contiguous) -> dx [b, L, ch] (into dx_out when given: a view with the
-// last dim contiguous), dweight [ch, k], dbias [ch]; the pre-activation is recomputed. Tasks are runs of
+// last dim contiguous), dweight [ch, k], dbias [ch]; slope from the forward, or empty: the
+// pre-activation and its slope are recomputed. Tasks are runs of
 // kRows rows of one sequence: a task finds dL/d(pre-activation) for its rows and the k - 1 after them
 // (dx needs those) in a buffer of its own, so no [b, L, ch] temporary is written and read back; its
 // rows add their share of dweight and dbias to their block's partial sums (added up at the end).
 std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                      const at::Tensor& dout_in, const at::Tensor& dx_out) {
+                                      const at::Tensor& dout_in, const at::Tensor& dx_out, const at::Tensor& slope) {
   const int64_t b = x.size(0), L = x.size(1), ch = x.size(2), k = weight.size(1);
+  check_slope(slope, b, L, ch);
+  const float* sp = slope.numel() > 0 ? slope.data_ptr<float>() : nullptr;
   at::Tensor w = weight.contiguous(), dout = dout_in.stride(2) == 1 ? dout_in : dout_in.contiguous();
   const bool has_bias = bias.defined() && bias.numel() > 0;
   at::Tensor bc = has_bias ? bias.contiguous() : bias;
@@ -660,17 +682,24 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
         const int64_t bi = task / runs, t0 = (task % runs) * kRows, t1 = std::min(L, t0 + kRows);
         const int64_t t_end = std::min(L, t1 + k - 1);
         for (int64_t t = t0; t < t_end; ++t) {
-          for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t s = t - k + 1 + j;
-            if (s < 0) continue;
-            const float* __restrict xs = xp + bi * sb + s * st;
-            const float* __restrict wj = wt.data() + j * ch;
-#pragma omp simd
-            for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
-          }
           float* __restrict dp = dpre_buf.data() + (t - t0) * ch;
-          silu_grad_row(pre.data(), gp + bi * sgb + t * sgt, dp, ch);
+          const float* __restrict go = gp + bi * sgb + t * sgt;
+          if (sp) {
+            const float* __restrict st_row = sp + (bi * L + t) * ch;
+#pragma omp simd
+            for (int64_t c = 0; c < ch; ++c) dp[c] = go[c] * st_row[c];
+          } else {
+            for (int64_t c = 0; c < ch; ++c) pre[c] = has_bias ? bp[c] : 0.f;
+            for (int64_t j = 0; j < k; ++j) {
+              const int64_t s = t - k + 1 + j;
+              if (s < 0) continue;
+              const float* __restrict xs = xp + bi * sb + s * st;
+              const float* __restrict wj = wt.data() + j * ch;
+#pragma omp simd
+              for (int64_t c = 0; c < ch; ++c) pre[c] += wj[c] * xs[c];
+            }
+            silu_grad_row(pre.data(), go, dp, ch);
+          }
           if (t >= t1) continue;  // a later task's row: needed here for dx only
 #pragma omp simd
           for (int64_t c = 0; c < ch; ++c) db[c] += dp[c];
