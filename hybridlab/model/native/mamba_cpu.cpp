@@ -46,7 +46,7 @@ inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t c
 
 // How many steps ahead the scans fetch a step's rows into L1. A step's rows lie kilobytes apart (the
 // mixer's conv output rows are 3 KB), which the hardware prefetchers do not follow across pages: the
-// backward took 1.3x as long without (median of 25 interleaved calls, demo shapes, 2 threads).
+// backward took 1.5x as long without (medians of 25 interleaved calls, demo shapes, 2 threads).
 constexpr int64_t kPrefetch = 4;
 inline void prefetch_span(const float* at, int64_t count) {
   for (int64_t k = 0; k < count; k += 16) __builtin_prefetch(at + k, 0, 3);
