@@ -5,14 +5,23 @@ F.cross_entropy writes the [N, V] log-probabilities, and its backward zero-fills
 before scattering into it: on a demo batch (2048 rows x 8192 tokens, 64 MB each) those passes took
 ~100 ms of a ~1.4 s training step on the 2-core CPU. The kernel (native/functions.py
 NativeCrossEntropy) keeps one log-sum-exp per row and writes (softmax - one-hot) x dloss in one pass:
-35 ms forward + backward, equal to F.cross_entropy to float32 rounding (tests/test_trainer.py)."""
+35 ms forward + backward, equal to F.cross_entropy to float32 rounding (tests/test_trainer.py).
+
+The logits and their gradient are the step's only tensors over glibc's 32 MB mapping threshold: each
+was mapped afresh every step, and its pages faulted in for ~20 ms. The switched-on model writes both into
+buffers an earlier step has finished with (native/functions.py `_recycled`): the output layer's forward
+is RecycledLinear for the model's forward call (not while it runs elsewhere), and the kernel's gradient
+goes into one (26 -> 6 ms of the backward)."""
 
 from __future__ import annotations
+
+import functools
+import threading
 
 import torch
 from torch import nn
 
-from hybridlab.model.native.functions import NativeCrossEntropy
+from hybridlab.model.native.functions import NativeCrossEntropy, RecycledLinear
 
 IGNORED = -100  # F.cross_entropy's and transformers' ignore_index
 
@@ -61,12 +70,49 @@ def causal_lm_loss(
     return losses.sum() / num_items_in_batch
 
 
+_entered = threading.local()  # per thread, a stack of (model, output layer given a recycling forward or None)
+
+
+def _enter_model(model, args):
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    recycling = type(head) is nn.Linear and "forward" not in vars(head)
+    if recycling:  # for this call only: the layer keeps its class, and copies of the model stay plain
+        head.forward = functools.partial(_recycling_forward, head)
+    _entered.__dict__.setdefault("stack", []).append((model, head if recycling else None))
+
+
+def _leave_model(model, args, output):
+    stack = _entered.__dict__.get("stack")
+    if stack and stack[-1][0] is model:  # (not when a pre-hook before ours failed: nothing entered)
+        head = stack.pop()[1]
+        if head is not None:
+            vars(head).pop("forward", None)  # (another thread running the same model may have gone first)
+
+
+def _recycling_forward(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's forward with the output in a recycled buffer, for float32 CPU tensors."""
+    tensors = (x, linear.weight) if linear.bias is None else (x, linear.weight, linear.bias)
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and x.dim() >= 2 and x.numel():
+        return RecycledLinear.apply(x, linear.weight, linear.bias, "logits")
+    return nn.functional.linear(x, linear.weight, linear.bias)
+
+
+def _switch_logits_recycling(model: nn.Module, enabled: bool) -> None:
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, hook in hooks.items() if hook in (_enter_model, _leave_model)]:
+            del hooks[key]
+    if enabled:
+        model.register_forward_pre_hook(_enter_model)
+        model.register_forward_hook(_leave_model, always_call=True)
+
+
 def use_fast_loss(model: nn.Module, enabled: bool = True) -> bool:
-    """Make causal_lm_loss the model's loss function (or give it back its own); only a model whose loss
-    is transformers' ForCausalLMLoss is switched, so a loss someone set stays. Returns whether the
-    model's loss is causal_lm_loss now."""
+    """Make causal_lm_loss the model's loss function (or give it back its own) and write its logits into
+    recycled buffers (or not); only a model whose loss is transformers' ForCausalLMLoss is switched, so a
+    loss someone set stays. Returns whether the model's loss is causal_lm_loss now."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
+    _switch_logits_recycling(model, enabled)
     current = getattr(model, "loss_function", None)
     if enabled:
         if current is ForCausalLMLoss:

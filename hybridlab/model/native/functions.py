@@ -142,8 +142,42 @@ class NativeCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dlosses):
         logits, targets, lse = ctx.saved_tensors
-        dlogits = ctx.kernels.cross_entropy_backward(logits, targets, lse, dlosses.float(), ctx.ignore_index)
+        # the gradient, as large as the logits (64 MB on a demo batch), goes into a buffer an earlier step
+        # has finished with: glibc maps anything over 32 MB afresh, and its pages faulted in for ~20 ms
+        dlogits = ctx.kernels.cross_entropy_backward(
+            logits, targets, lse, dlosses.float(), ctx.ignore_index, _recycled("dlogits", logits.shape, logits.dtype)
+        )
         return None, dlogits, None, None
+
+
+class RecycledLinear(torch.autograd.Function):
+    """F.linear(x, weight, bias) whose output goes into a _recycled buffer under `name`: for an output
+    over 32 MB (a demo batch's logits are 64 MB), which glibc maps afresh on every call and whose pages
+    then fault in for ~20 ms. The same GEMM as F.linear (addmm with a bias, mm without) and the
+    linear backward's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, name):
+        rows = x.reshape(-1, x.shape[-1])  # [tokens, in]
+        out = _recycled(name, (rows.shape[0], weight.shape[0]), x.dtype)  # [tokens, out]
+        if bias is None:
+            torch.mm(rows, weight.t(), out=out)
+        else:
+            torch.addmm(bias, rows, weight.t(), out=out)
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
+    def backward(ctx, dout):
+        rows, weight = ctx.saved_tensors
+        d_rows = dout.reshape(-1, weight.shape[0])
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        dx = (d_rows @ weight).view(*dout.shape[:-1], weight.shape[1]) if needs_x else None
+        dweight = d_rows.t() @ rows if needs_weight else None
+        dbias = d_rows.sum(0) if needs_bias and ctx.has_bias else None
+        return dx, dweight, dbias, None
 
 
 SCRATCH_LIMIT = 64 << 20  # bytes: larger temporaries are allocated each time
@@ -187,7 +221,7 @@ def _unowned(buffer: torch.Tensor) -> bool:
     return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) == 2  # the cache, and this question
 
 
-RECYCLE_LIMIT = 256 << 20  # bytes per thread: the demo teacher's 8 mixers need ~130 MB
+RECYCLE_LIMIT = 512 << 20  # bytes per thread: a demo teacher's training step keeps ~300 MB
 _recycled_buffers = threading.local()
 
 

@@ -16,8 +16,8 @@
 
 namespace {
 
-// The forward kernels' last argument: a buffer for their main output (empty: a new tensor). `given`
-// when it is a contiguous float32 tensor of `shape`, else a new one
+// The kernels' output-buffer arguments (empty: a new tensor), which spare the caller fresh pages:
+// `given` when it is a contiguous float32 tensor of `shape`, else a new one
 at::Tensor output_or_new(const at::Tensor& given, at::IntArrayRef shape, const at::TensorOptions& opts) {
   if (given.defined() && given.numel() > 0) {
     TORCH_CHECK(given.sizes() == shape && given.is_contiguous() && given.scalar_type() == at::kFloat,
@@ -918,12 +918,12 @@ std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at
   return {losses, lse};
 }
 
-// -> dlogits [N, V] = (softmax - onehot(target)) * dloss[row]
+// -> dlogits [N, V] = (softmax - onehot(target)) * dloss[row] (into grad_out when given)
 at::Tensor cross_entropy_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse,
-                                  const at::Tensor& dloss_in, int64_t ignore_index) {
+                                  const at::Tensor& dloss_in, int64_t ignore_index, const at::Tensor& grad_out) {
   at::Tensor t = targets.contiguous(), dloss = dloss_in.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1), stride = logits.stride(0);
-  auto grad = at::empty({rows, V}, logits.options());
+  auto grad = output_or_new(grad_out, {rows, V}, logits.options());
   const float* lp = logits.data_ptr<float>();
   const int64_t* tp = t.data_ptr<int64_t>();
   const float *lse_p = lse.data_ptr<float>(), *dp = dloss.data_ptr<float>();
