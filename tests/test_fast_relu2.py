@@ -18,16 +18,26 @@ def _value_and_grad(activation, x, upstream):
     return out.detach(), x.grad
 
 
-def test_fused_relu2_equals_transformers_bit_for_bit():
+def test_fused_relu2_equals_transformers_bit_for_bit(monkeypatch):
+    from hybridlab.model import fast_relu2, native
+
+    native_calls = []
+    original_apply = fast_relu2._NativeReLUSquared.apply
+    monkeypatch.setattr(fast_relu2._NativeReLUSquared, "apply", lambda *a: native_calls.append(1) or original_apply(*a))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 96, generator=generator) * 3
     x[0, :8] = 0.0  # the kink: relu's gradient there is 0 in both
+    x[1, :3] = torch.tensor([float("nan"), -0.0, float("inf")])
     upstream = torch.randn(64, 96, generator=generator)
     original = ACT2FN["relu2"]
+    # float32 runs the native kernels where they build, bf16 the PyTorch ops
     for dtype in (torch.float32, torch.bfloat16):
         want = _value_and_grad(original, x.to(dtype), upstream.to(dtype))
         got = _value_and_grad(FusedReLUSquared(original), x.to(dtype), upstream.to(dtype))
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        for one, other in zip(got, want):
+            assert torch.equal(one.isnan(), other.isnan())
+            assert torch.equal(one.nan_to_num(), other.nan_to_num())
+    assert len(native_calls) == (native.kernels() is not None)
 
 
 def _relu2_kinds(model) -> list[str]:
