@@ -642,6 +642,58 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   return out;
 }
 
+#ifdef __AVX2__
+// conv_backward's work on rows [t0, t1) of one sequence where the forward kept the slope, the kernel
+// has 4 taps and the channels fill whole vectors: per 8 channels one sweep down the rows, with the
+// taps, their gradients and the last three rows' x and dL/d(pre-activation) in registers (the general
+// path below makes ~14 passes over each row: 3x the time on the demo mixer). dw [4, ch], db [ch] +=.
+inline void conv_backward_rows4(const float* __restrict x, int64_t sxt, const float* __restrict go, int64_t sgt,
+                                const float* __restrict slope, int64_t sst, float* __restrict dx, int64_t sdt,
+                                const float* __restrict wt, float* __restrict dw, float* __restrict db, int64_t ch,
+                                int64_t L, int64_t t0, int64_t t1) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t c = 0; c < ch; c += 8) {
+    const __m256 w0 = _mm256_loadu_ps(wt + c), w1 = _mm256_loadu_ps(wt + ch + c);
+    const __m256 w2 = _mm256_loadu_ps(wt + 2 * ch + c), w3 = _mm256_loadu_ps(wt + 3 * ch + c);
+    __m256 g0 = zero, g1 = zero, g2 = zero, g3 = zero, gb = zero;  // dL/dw_j, dL/dbias
+    const auto row = [&](int64_t t) { return t < 0 ? zero : _mm256_loadu_ps(x + t * sxt + c); };
+    __m256 x3 = row(t0 - 3), x2 = row(t0 - 2), x1 = row(t0 - 1);  // x_{t-3}, x_{t-2}, x_{t-1}
+    __m256 d3 = zero, d2 = zero, d1 = zero;  // dL/d(pre) at t-3, t-2, t-1
+    for (int64_t t = t0; t < t1 + 3; ++t) {
+      if ((c & 15) == 0 && t + kPrefetch < L) {  // a sweep's rows are kilobytes apart: fetch the line early
+        __builtin_prefetch(x + (t + kPrefetch) * sxt + c, 0, 3);
+        __builtin_prefetch(go + (t + kPrefetch) * sgt + c, 0, 3);
+        __builtin_prefetch(slope + (t + kPrefetch) * sst + c, 0, 3);
+      }
+      __m256 xt = zero, dt = zero;  // past the end: no rows, no gradient
+      if (t < L) {
+        xt = _mm256_loadu_ps(x + t * sxt + c);
+        dt = _mm256_mul_ps(_mm256_loadu_ps(go + t * sgt + c), _mm256_loadu_ps(slope + t * sst + c));
+      }
+      if (t < t1) {  // this run's row: its share of the weight and bias gradients
+        gb = _mm256_add_ps(gb, dt);
+        g0 = _mm256_fmadd_ps(dt, x3, g0);
+        g1 = _mm256_fmadd_ps(dt, x2, g1);
+        g2 = _mm256_fmadd_ps(dt, x1, g2);
+        g3 = _mm256_fmadd_ps(dt, xt, g3);
+      }
+      if (t >= t0 + 3) {  // dx[t - 3] = sum_j w_j dpre[t - j]
+        __m256 acc = _mm256_mul_ps(w0, dt);
+        acc = _mm256_fmadd_ps(w1, d1, acc);
+        acc = _mm256_fmadd_ps(w2, d2, acc);
+        _mm256_storeu_ps(dx + (t - 3) * sdt + c, _mm256_fmadd_ps(w3, d3, acc));
+      }
+      x3 = x2, x2 = x1, x1 = xt;
+      d3 = d2, d2 = d1, d1 = dt;
+    }
+    const __m256 g[4] = {g0, g1, g2, g3};
+    for (int j = 0; j < 4; ++j)
+      _mm256_storeu_ps(dw + j * ch + c, _mm256_add_ps(_mm256_loadu_ps(dw + j * ch + c), g[j]));
+    _mm256_storeu_ps(db + c, _mm256_add_ps(_mm256_loadu_ps(db + c), gb));
+  }
+}
+#endif
+
 // dout [b, L, ch] (last dim contiguous) -> dx [b, L, ch] (into dx_out when given: a view with the
 // last dim contiguous), dweight [ch, k], dbias [ch]; slope from the forward, or empty: the
 // pre-activation and its slope are recomputed. Tasks are runs of
@@ -680,6 +732,13 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
       float* __restrict db = dw + k * ch;
       for (int64_t task = blk * per_block; task < std::min(tasks, (blk + 1) * per_block); ++task) {
         const int64_t bi = task / runs, t0 = (task % runs) * kRows, t1 = std::min(L, t0 + kRows);
+#ifdef __AVX2__
+        if (sp && k == 4 && ch % 8 == 0) {
+          conv_backward_rows4(xp + bi * sb, st, gp + bi * sgb, sgt, sp + bi * L * ch, ch, dxp + bi * sdb, sdt,
+                              wt.data(), dw, db, ch, L, t0, t1);
+          continue;
+        }
+#endif
         const int64_t t_end = std::min(L, t1 + k - 1);
         for (int64_t t = t0; t < t_end; ++t) {
           float* __restrict dp = dpre_buf.data() + (t - t0) * ch;
