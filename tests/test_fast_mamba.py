@@ -558,3 +558,31 @@ def test_an_empty_sequence_passes_the_final_states_gradient_to_the_initial_state
     (final * upstream).sum().backward()
     assert y.shape == (b, 0, h, p) and torch.equal(final.detach(), s0.detach())
     assert torch.equal(s0.grad, upstream)
+
+
+@pytest.mark.parametrize("group_size", [16, 12])  # whole AVX2 vectors per group, and the general loops
+def test_native_gated_norm_equals_pytorch(group_size):
+    from hybridlab.model import native
+
+    kernels = native.kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler here")
+    generator = torch.Generator().manual_seed(5)
+    rows, d = 7, 3 * group_size
+    wide = torch.randn(rows, d + 9, generator=generator) * 3
+    y = torch.randn(rows, d, generator=generator)
+    weight = torch.randn(d, generator=generator)
+    upstream = torch.randn(rows, d, generator=generator)
+
+    leaves = [t.clone().requires_grad_() for t in (y, wide[:, 4 : 4 + d], weight)]
+    v = (leaves[0] * F.silu(leaves[1])).view(rows, -1, group_size)
+    want = (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-5)).view(rows, d) * leaves[2]
+    (want * upstream).sum().backward()
+
+    z = wide[:, 4 : 4 + d]  # the kernels read a strided view of it
+    none = torch.empty(0)
+    got, rstd = kernels.gated_norm_forward(y, z, weight, group_size, 1e-5, none)
+    assert relative(got, want) < TOLERANCE
+    dy, dz, dweight = kernels.gated_norm_backward(y, z, weight, rstd, upstream, group_size, none, none)
+    for mine, theirs in zip((dy, dz, dweight), leaves):
+        assert relative(mine, theirs.grad) < TOLERANCE
