@@ -433,9 +433,9 @@ def test_native_conv_backward_of_no_rows():
 
 @pytest.mark.parametrize(
     "length, channels, taps, bias",
-    # vector channels and a scalar tail; a sequence shorter than the taps; runs of 64 rows and a partial
-    # one; 2 and 4 taps; no bias
-    [(37, 64, 4, True), (3, 13, 4, True), (130, 21, 2, False), (64, 8, 4, False)],
+    # vector channels and a scalar tail; sequences shorter than the taps (both paths); runs of 64 rows
+    # and a partial one (both paths); 2 and 4 taps; no bias
+    [(37, 64, 4, True), (3, 13, 4, True), (2, 16, 4, True), (130, 21, 2, False), (130, 24, 4, True), (64, 8, 4, False)],
 )
 def test_native_conv_equals_pytorch(length, channels, taps, bias):
     from hybridlab.model import native

@@ -589,6 +589,36 @@ void check_slope(const at::Tensor& slope, int64_t b, int64_t L, int64_t ch) {
               "slope: contiguous float32 [b, L, ch] or empty");
 }
 
+#ifdef __AVX2__
+// conv_forward on rows [t0, t1) of one sequence for 4 taps and channels in whole vectors: per 8
+// channels one sweep down the rows with the taps and the last three rows of x in registers (the row
+// by row loop reloads all four taps and rows for every vector: ~1.5x the time).
+inline void conv_forward_rows4(const float* __restrict x, int64_t sxt, const float* __restrict wt,
+                               const float* __restrict bias, float* __restrict out, float* __restrict slope,
+                               int64_t ch, int64_t t0, int64_t t1) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  for (int64_t c = 0; c < ch; c += 8) {
+    const __m256 w0 = _mm256_loadu_ps(wt + c), w1 = _mm256_loadu_ps(wt + ch + c);
+    const __m256 w2 = _mm256_loadu_ps(wt + 2 * ch + c), w3 = _mm256_loadu_ps(wt + 3 * ch + c);
+    const __m256 b = bias ? _mm256_loadu_ps(bias + c) : zero;
+    const auto row = [&](int64_t t) { return t < 0 ? zero : _mm256_loadu_ps(x + t * sxt + c); };
+    __m256 x3 = row(t0 - 3), x2 = row(t0 - 2), x1 = row(t0 - 1);  // x_{t-3}, x_{t-2}, x_{t-1}
+    for (int64_t t = t0; t < t1; ++t) {
+      if ((c & 15) == 0 && t + kPrefetch < t1) __builtin_prefetch(x + (t + kPrefetch) * sxt + c, 0, 3);
+      const __m256 xt = _mm256_loadu_ps(x + t * sxt + c);
+      __m256 acc = _mm256_fmadd_ps(w0, x3, b);  // zeros before the start, as the padded conv
+      acc = _mm256_fmadd_ps(w1, x2, acc);
+      acc = _mm256_fmadd_ps(w2, x1, acc);
+      acc = _mm256_fmadd_ps(w3, xt, acc);
+      const __m256 sig = sigmoid8(acc);
+      _mm256_storeu_ps(out + t * ch + c, _mm256_mul_ps(acc, sig));
+      if (slope) _mm256_storeu_ps(slope + t * ch + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(acc, _mm256_sub_ps(one, sig), one)));
+      x3 = x2, x2 = x1, x1 = xt;
+    }
+  }
+}
+#endif
+
 // Causal depthwise conv1d + bias + SiLU on channel-last input: x [b, L, ch] (last dim contiguous,
 // any row stride), weight [ch, k], bias [ch] or empty -> [b, L, ch]. out[t] = silu(bias +
 // sum_j w[j] x[t - k + 1 + j]), zeros before the start; silu' of the same into slope_out when given.
@@ -607,6 +637,23 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   float* op = out.data_ptr<float>();
   float* sp = slope_out.numel() > 0 ? slope_out.data_ptr<float>() : nullptr;
   const int64_t sb = x.stride(0), st = x.stride(1);
+#ifdef __AVX2__
+  if (k == 4 && ch % 8 == 0) {
+    std::vector<float> wt(k * ch);  // [k, ch]: contiguous over channels
+    for (int64_t c = 0; c < ch; ++c)
+      for (int64_t j = 0; j < k; ++j) wt[j * ch + c] = wp[c * k + j];
+    constexpr int64_t kRows = 64;
+    const int64_t runs = (L + kRows - 1) / kRows;
+    at::parallel_for(0, b * runs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / runs, t0 = (task % runs) * kRows, t1 = std::min(L, t0 + kRows);
+        conv_forward_rows4(xp + bi * sb, st, wt.data(), bp, op + bi * L * ch, sp ? sp + bi * L * ch : nullptr, ch,
+                           t0, t1);
+      }
+    });
+    return out;
+  }
+#endif
   at::parallel_for(0, b * L, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> wt(k * ch);  // [k, ch]: contiguous over channels
     for (int64_t c = 0; c < ch; ++c)
