@@ -98,6 +98,15 @@ class _FreeKernels:
         return dy, dz, torch.zeros_like(weight)
 
 
+def _switch(model, fast: bool) -> None:
+    """use_fast_mamba(model, fast) where the model is on the other path: switching walks every module
+    (~1 ms), which a training loop does once, not every step; the untimed settle call before each timed
+    one switches, so the timed call runs the step alone."""
+    mixers = fast_mixers(model)
+    if not mixers or fast_mamba.is_fast(mixers[0]) != fast:
+        use_fast_mamba(model, fast)
+
+
 def _both(model, fn, pytorch_fast: bool = False, free: bool = False):
     """{"plain": ..., "fast": ...} callables that switch the model's path, then run fn; with
     pytorch_fast also "pytorch": the fast path without the native kernels (what runs where no
@@ -105,7 +114,7 @@ def _both(model, fn, pytorch_fast: bool = False, free: bool = False):
 
     def run(fast, kernels=_native_kernels):
         def call():
-            use_fast_mamba(model, fast)
+            _switch(model, fast)
             fast_mamba._native = kernels
             try:
                 return fn()
@@ -280,7 +289,7 @@ def _trainer_steps(model, ids) -> dict:
     hybridlab_optimizer = make_optimizer(model, TrainerSettings(total_steps=1, lr=1e-7))
 
     def transformers_step():
-        use_fast_mamba(model, False)
+        _switch(model, False)
         model.train()
         plain_optimizer.zero_grad(set_to_none=True)
         model(ids, labels=ids, use_cache=False).loss.backward()
@@ -288,7 +297,7 @@ def _trainer_steps(model, ids) -> dict:
         plain_optimizer.step()
 
     def hybridlab_step():
-        use_fast_mamba(model, True)
+        _switch(model, True)
         model.train()
         hybridlab_optimizer.zero_grad(set_to_none=True)
         next_token_loss(model(ids, use_cache=False).logits, ids).backward()
