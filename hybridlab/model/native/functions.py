@@ -79,9 +79,7 @@ class NativeConv(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight, bias, slope = ctx.saved_tensors
         none = torch.empty(0)
-        dx, dweight, dbias = ctx.kernels.conv_backward(
-            x, weight, none if bias is None else bias, dout, none, slope
-        )
+        dx, dweight, dbias = ctx.kernels.conv_backward(x, weight, none if bias is None else bias, dout, none, slope)
         return None, dx, dweight, None if bias is None else dbias, None
 
 
@@ -260,16 +258,46 @@ class NativeMixerTail(torch.autograd.Function):
         out = F.linear(normed, out_w, out_b)
         ctx.kernels, ctx.shape = kernels, shape
         ctx.save_for_backward(
-            zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, conv_slope, entering, y, rstd, normed, norm_w, out_w, out_b
+            zxbcdt,
+            conv_w,
+            conv_b,
+            dt_pre,
+            dt,
+            A,
+            D,
+            conv_out,
+            conv_slope,
+            entering,
+            y,
+            rstd,
+            normed,
+            norm_w,
+            out_w,
+            out_b,
         )
         return out.view(b, L, out_w.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is no graph: a second derivative errs
     def backward(ctx, dout):
-        zxbcdt, conv_w, conv_b, dt_pre, dt, A, D, conv_out, conv_slope, entering, y, rstd, normed, norm_w, out_w, out_b = (
-            ctx.saved_tensors
-        )
+        (
+            zxbcdt,
+            conv_w,
+            conv_b,
+            dt_pre,
+            dt,
+            A,
+            D,
+            conv_out,
+            conv_slope,
+            entering,
+            y,
+            rstd,
+            normed,
+            norm_w,
+            out_w,
+            out_b,
+        ) = ctx.saved_tensors
         h, p, g, n, group_size, eps, dt_limit = ctx.shape
         kernels = ctx.kernels
         b, L, width = zxbcdt.shape
