@@ -147,16 +147,26 @@ def click_until(target, shown, timeout_ms: float) -> None:
     """Click `target` until `shown` is visible. A fresh-clone CI run clicked the Importance page's
     "Load scores" tab while the page's first script run was still drawing it; the tab came back
     unselected and the test waited 90 s for a button that was never going to show."""
+    retry_until(lambda remaining_ms: target.click(timeout=remaining_ms), shown, timeout_ms)
+
+
+def retry_until(action, shown, timeout_ms: float, page=None) -> None:
+    """Call action(remaining ms) until `shown` is visible, up to 15 s a try; with `page`, a last failure
+    says what the page showed."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
-        target.click(timeout=max(1_000, (deadline - time.monotonic()) * 1000))
+        action(max(1_000, (deadline - time.monotonic()) * 1000))
         try:
             shown.wait_for(timeout=max(1_000, min(15_000, (deadline - time.monotonic()) * 1000)))
             return
         except PlaywrightTimeout:
             if time.monotonic() >= deadline:
+                if page is not None:
+                    pytest.fail(
+                        f"not shown in {timeout_ms / 1000:.0f} s; the page read:\n{page.inner_text('body')[:3000]}"
+                    )
                 raise
 
 
@@ -271,8 +281,14 @@ def test_moe_planner_sets_expert_count_and_crosses_out_experts(moe_server, tmp_p
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
         open_model(page, url, model.ref)
 
-        go_to(page, "Importance", 120_000)  # two cores shared with other tests: a page's first run can be slow
-        click_until(page.get_by_role("tab", name="Load scores"), page.get_by_role("button", name="Load run"), 120_000)
+        def open_stored_runs(remaining_ms):
+            # each try draws the page afresh (from another page): a fresh-clone CI run clicked this tab for
+            # 120 s (two cores shared with other tests) without its button ever showing
+            go_to(page, "Prune planner", remaining_ms)
+            go_to(page, "Importance", remaining_ms)
+            page.get_by_role("tab", name="Load scores").click(timeout=remaining_ms)
+
+        retry_until(open_stored_runs, page.get_by_role("button", name="Load run"), 240_000, page)
         page.get_by_role("button", name="Load run").click()
         expect(page.get_by_text("Routed experts: routing share").first).to_be_visible(timeout=60_000)
 
