@@ -44,7 +44,7 @@ inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t c
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
-// How many steps ahead the scans fetch a step's rows into L1. A step's rows lie kilobytes apart (the
+// How many steps (rows) ahead the scans and the 4-tap conv sweeps fetch into L1. A step's rows lie kilobytes apart (the
 // mixer's conv output rows are 3 KB), which the hardware prefetchers do not follow across pages: the
 // backward took 1.5x as long without (medians of 25 interleaved calls, demo shapes, 2 threads).
 constexpr int64_t kPrefetch = 4;
@@ -536,6 +536,9 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& dt,
 
 inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 
+// silu'(v) from v and sigmoid(v): the slope the conv and the gated norm keep or recompute
+inline float silu_slope(float v, float sig) { return sig * (1.f + v * (1.f - sig)); }
+
 #ifdef __AVX2__
 // exp after Cephes' expf (about 1 ulp) on 8 lanes: std::exp is a scalar library call, which made the
 // SiLU cost more than the convolution itself.
@@ -559,17 +562,21 @@ inline __m256 sigmoid8(__m256 v) {
   const __m256 one = _mm256_set1_ps(1.f);
   return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
 }
+
+inline __m256 silu_slope8(__m256 v, __m256 sig) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  return _mm256_mul_ps(sig, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sig), one));
+}
 #endif
 
 // dp = go * silu'(pre)
 inline void silu_grad_row(const float* pre, const float* go, float* dp, int64_t ch) {
   int64_t c = 0;
 #ifdef __AVX2__
-  const __m256 one = _mm256_set1_ps(1.f);
   for (; c + 8 <= ch; c += 8) {
     const __m256 v = _mm256_loadu_ps(pre + c);
     const __m256 sig = sigmoid8(v);
-    const __m256 slope = _mm256_mul_ps(sig, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sig), one));
+    const __m256 slope = silu_slope8(v, sig);
     _mm256_storeu_ps(dp + c, _mm256_mul_ps(_mm256_loadu_ps(go + c), slope));
   }
 #endif
@@ -596,7 +603,7 @@ void check_slope(const at::Tensor& slope, int64_t b, int64_t L, int64_t ch) {
 inline void conv_forward_rows4(const float* __restrict x, int64_t sxt, const float* __restrict wt,
                                const float* __restrict bias, float* __restrict out, float* __restrict slope,
                                int64_t ch, int64_t t0, int64_t t1) {
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  const __m256 zero = _mm256_setzero_ps();
   for (int64_t c = 0; c < ch; c += 8) {
     const __m256 w0 = _mm256_loadu_ps(wt + c), w1 = _mm256_loadu_ps(wt + ch + c);
     const __m256 w2 = _mm256_loadu_ps(wt + 2 * ch + c), w3 = _mm256_loadu_ps(wt + 3 * ch + c);
@@ -612,7 +619,7 @@ inline void conv_forward_rows4(const float* __restrict x, int64_t sxt, const flo
       acc = _mm256_fmadd_ps(w3, xt, acc);
       const __m256 sig = sigmoid8(acc);
       _mm256_storeu_ps(out + t * ch + c, _mm256_mul_ps(acc, sig));
-      if (slope) _mm256_storeu_ps(slope + t * ch + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(acc, _mm256_sub_ps(one, sig), one)));
+      if (slope) _mm256_storeu_ps(slope + t * ch + c, silu_slope8(acc, sig));
       x3 = x2, x2 = x1, x1 = xt;
     }
   }
@@ -670,10 +677,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                 _mm256_loadu_ps(xp + bi * sb + (t - k + 1 + j) * st + c), acc);
         const __m256 sig = sigmoid8(acc);
         _mm256_storeu_ps(o + c, _mm256_mul_ps(acc, sig));
-        if (sp) {
-          const __m256 one = _mm256_set1_ps(1.f);
-          _mm256_storeu_ps(sp + row * ch + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(acc, _mm256_sub_ps(one, sig), one)));
-        }
+        if (sp) _mm256_storeu_ps(sp + row * ch + c, silu_slope8(acc, sig));
       }
 #endif
       for (; c < ch; ++c) {
@@ -682,7 +686,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
           acc = std::fma(wt[j * ch + c], xp[bi * sb + (t - k + 1 + j) * st + c], acc);
         const float sig = sigmoid(acc);
         o[c] = acc * sig;
-        if (sp) sp[row * ch + c] = sig * (1.f + acc * (1.f - sig));
+        if (sp) sp[row * ch + c] = silu_slope(acc, sig);
       }
     }
   });
@@ -842,18 +846,17 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
 inline void silu_and_slope_row(const float* z, float* act, float* slope, int64_t d) {
   int64_t c = 0;
 #ifdef __AVX2__
-  const __m256 one = _mm256_set1_ps(1.f);
   for (; c + 8 <= d; c += 8) {
     const __m256 v = _mm256_loadu_ps(z + c);
     const __m256 sig = sigmoid8(v);
     _mm256_storeu_ps(act + c, _mm256_mul_ps(v, sig));
-    if (slope) _mm256_storeu_ps(slope + c, _mm256_mul_ps(sig, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sig), one)));
+    if (slope) _mm256_storeu_ps(slope + c, silu_slope8(v, sig));
   }
 #endif
   for (; c < d; ++c) {
     const float sig = sigmoid(z[c]);
     act[c] = z[c] * sig;
-    if (slope) slope[c] = sig * (1.f + z[c] * (1.f - sig));
+    if (slope) slope[c] = silu_slope(z[c], sig);
   }
 }
 
@@ -906,7 +909,6 @@ inline void gated_norm_backward_row(const float* __restrict yr, const float* __r
                                     int64_t group_size, float* __restrict dw, float* __restrict dyr,
                                     float* __restrict dzr, float* __restrict sig, float* __restrict v,
                                     float* __restrict dn) {
-  const __m256 one = _mm256_set1_ps(1.f);
   for (int64_t c0 = 0; c0 < d; c0 += group_size) {
     const float r = rstd[c0 / group_size];
     const __m256 rv = _mm256_set1_ps(r);
@@ -927,7 +929,7 @@ inline void gated_norm_backward_row(const float* __restrict yr, const float* __r
       const __m256 z = _mm256_loadu_ps(zr + c), s = _mm256_loadu_ps(sig + c);
       const __m256 dv = _mm256_mul_ps(rv, _mm256_fnmadd_ps(_mm256_loadu_ps(v + c), scale, _mm256_loadu_ps(dn + c)));
       _mm256_storeu_ps(dyr + c, _mm256_mul_ps(dv, _mm256_mul_ps(z, s)));
-      const __m256 slope = _mm256_mul_ps(s, _mm256_fmadd_ps(z, _mm256_sub_ps(one, s), one));
+      const __m256 slope = silu_slope8(z, s);
       _mm256_storeu_ps(dzr + c, _mm256_mul_ps(_mm256_mul_ps(dv, _mm256_loadu_ps(yr + c)), slope));
     }
   }
