@@ -399,6 +399,51 @@ def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch, tmp_path, 
     assert probe.__wrapped__() is True  # this machine's g++ has it
 
 
+def test_the_build_is_named_by_every_source(monkeypatch, tmp_path):
+    """A change to any file the build reads, the shared header too, names a new build: an older,
+    still-cached one never loads after an edit."""
+    import shutil
+
+    from hybridlab.model import native
+
+    for path in native.sources():
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(native, "FOLDER", tmp_path)
+    names = {path.name for path in native.sources()}
+    assert {"kernels.h", "bindings.cpp", "scan.cpp"} <= names
+    before = native._tag(True)
+    header = tmp_path / "kernels.h"
+    header.write_text(header.read_text() + "\n// an edit\n")
+    assert native._tag(True) != before
+
+
+def test_every_source_compiles_without_avx2():
+    """The "generic" variant (a CPU without AVX2 and FMA, ARM) compiles each kernel's plain loops alone."""
+    import concurrent.futures
+    import os
+    import shutil
+    import subprocess
+
+    from torch.utils import cpp_extension
+
+    from hybridlab.model import native
+
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    includes = [flag for path in cpp_extension.include_paths() for flag in ("-isystem", path)]
+    flags = [flag for flag in native.variant(False)[1] if not flag.startswith("-m") and flag != "-O3"]
+
+    def check(path):
+        command = [compiler, "-std=c++20", "-fsyntax-only", *flags, *includes, str(path)]
+        return path.name, subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    kernels = [path for path in native.sources() if path.suffix == ".cpp" and path.name != "bindings.cpp"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for name, run in pool.map(check, kernels):
+            assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
+
+
 def test_a_build_killed_midway_does_not_block_the_next_one(tmp_path):
     """cpp_extension marks a build in progress with a lock file, which a killed build (Ctrl-C, a
     cancelled job) leaves behind: the next process must build or load, not wait for it forever."""

@@ -1,4 +1,5 @@
-"""The native CPU Mamba2 kernels (mamba_cpu.cpp), compiled once with torch.utils.cpp_extension.
+"""The native CPU kernels (the .cpp files here, one per kernel family, and kernels.h), compiled once
+with torch.utils.cpp_extension.
 
 `kernels()` returns the compiled module, or None when it cannot be had (no compiler, a failed build,
 HYBRIDLAB_NATIVE_MAMBA=0); then one warning line is logged and hybridlab.model.fast_mamba keeps its
@@ -26,7 +27,12 @@ from hybridlab.core.hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "HYBRIDLAB_NATIVE_MAMBA"  # "0": never build or use the native kernels
-SOURCE = Path(__file__).with_name("mamba_cpu.cpp")
+FOLDER = Path(__file__).parent
+
+
+def sources() -> list[Path]:
+    """The files the build compiles (.cpp) and includes (.h), in a fixed order."""
+    return sorted([*FOLDER.glob("*.cpp"), *FOLDER.glob("*.h")])
 
 
 def cpu_has_avx2() -> bool:
@@ -72,7 +78,10 @@ def _tag(threaded: bool) -> str:
     name, flags = variant(threaded)
     # source, flags and torch name the build: a change never loads an older, still-cached build
     stamp = " ".join([*flags, torch.__version__]).encode()
-    return f"{name}_{hashlib.sha256(SOURCE.read_bytes() + stamp).hexdigest()[:12]}"
+    digest = hashlib.sha256(stamp)
+    for path in sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{name}_{digest.hexdigest()[:12]}"
 
 
 def _built(threaded: bool) -> bool:
@@ -102,7 +111,7 @@ def _build(threaded: bool, verbose: bool):
     with _only_builder(folder):
         return cpp_extension.load(
             name=f"hybridlab_mamba_cpu_{tag}",
-            sources=[str(SOURCE)],
+            sources=[str(path) for path in sources() if path.suffix == ".cpp"],
             extra_cflags=variant(threaded)[1],
             extra_ldflags=["-fopenmp"] if threaded else [],
             build_directory=str(folder),

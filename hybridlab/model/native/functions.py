@@ -1,4 +1,4 @@
-"""The native kernels (mamba_cpu.cpp) as autograd Functions, each with its hand-written backward.
+"""The native kernels (scan.cpp, conv.cpp, gated_norm.cpp, cross_entropy.cpp) as autograd Functions, each with its hand-written backward.
 hybridlab.model.fast_mamba decides when they apply (float32 CPU tensors inside a switched-on mixer)
 and falls back to PyTorch otherwise; these classes only call the kernels. Shapes: b batch, L tokens,
 h heads of p channels, g groups of B/C with n states each, d = h p."""
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 
 class NativeScan(torch.autograd.Function):
-    """The sequential selective scan in C++ (mamba_cpu.cpp scan_forward / scan_backward):
+    """The sequential selective scan in C++ (scan.cpp scan_forward / scan_backward):
     x [b, L, h, p], dt [b, L, h] (after bias, softplus and limits), A [h], B, C [b, L, g, n], D [h]
     or None, s0 [b, h, p, n] or None -> y [b, L, h, p] (with the D term), final state [b, h, p, n]."""
 
@@ -125,7 +125,7 @@ class NativeRMSNorm(torch.autograd.Function):
 
 
 class NativeCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy in C++ (mamba_cpu.cpp cross_entropy_*): logits [N, V] float32 with
+    """Per-row cross-entropy in C++ (cross_entropy.cpp): logits [N, V] float32 with
     contiguous rows, targets [N] int64 -> losses [N], 0 where the target is ignore_index. It keeps only
     each row's log-sum-exp and writes the gradient (softmax - one-hot) x dloss in one pass."""
 
