@@ -42,6 +42,25 @@ inline void check_inner(const at::Tensor& t, const char* name) {
               " needs contiguous last two dimensions");
 }
 
+// Hands tasks [0, count) out one at a time to whichever of torch's threads asks next:
+//   Claims claims(count);
+//   at::parallel_for(0, claims.threads(), 1, [&](int64_t, int64_t) { for (int64_t task; claims.next(task);) ... });
+// at::parallel_for alone splits a range once, evenly: when the machine delays one thread (a shared
+// VM's other tenants) or some tasks cost more (heads with more anchored steps), the others then wait.
+class Claims {
+ public:
+  explicit Claims(int64_t count) : count_(count) {}
+  int64_t threads() const { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count_)); }
+  bool next(int64_t& task) {
+    task = next_.fetch_add(1, std::memory_order_relaxed);
+    return task < count_;
+  }
+
+ private:
+  const int64_t count_;
+  std::atomic<int64_t> next_{0};
+};
+
 // How many steps (rows) ahead the scans and the 4-tap conv sweeps fetch into L1. A step's rows lie kilobytes apart (the
 // mixer's conv output rows are 3 KB), which the hardware prefetchers do not follow across pages: the
 // backward took 1.5x as long without (medians of 25 interleaved calls, demo shapes, 2 threads).

@@ -15,6 +15,24 @@ inline void transpose_into(const float* src, float* dst, int64_t rows, int64_t c
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
+// out[k] = exp(a_log dt[k stride]) for k < count: one head's decays over a run of steps, 8 at a time
+// (std::exp, a library call, sat in the step loops). Every lane goes through exp8, so the forward and
+// the backward's replay, which take the steps in different runs, get the same bits.
+inline void decays(const float* dt, int64_t stride, int64_t count, float a_log, float* out) {
+#ifdef __AVX2__
+  const __m256 scale = _mm256_set1_ps(a_log);
+  for (int64_t k0 = 0; k0 < count; k0 += 8) {
+    const int64_t lanes = std::min<int64_t>(8, count - k0);
+    alignas(32) float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t k = 0; k < lanes; ++k) v[k] = dt[(k0 + k) * stride];
+    _mm256_store_ps(v, exp8(_mm256_mul_ps(_mm256_load_ps(v), scale)));
+    std::copy(v, v + lanes, out + k0);
+  }
+#else
+  for (int64_t k = 0; k < count; ++k) out[k] = std::exp(dt[k * stride] * a_log);
+#endif
+}
+
 // The backward replays the recurrence forward, then runs the reverse one, a segment of kSegment steps
 // at a time from the state the forward kept at the segment's start. The forward pass reads h_t while
 // it makes it (dC_t = h_t^T dy_t); the reverse pass needs only G = dL/dh_t. So neither reads stored
@@ -168,10 +186,11 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
   float* fp = final_state.data_ptr<float>();
   const int64_t sxb = x.stride(0), sxt = x.stride(1), sbb = B.stride(0), sbt = B.stride(1);
   const int64_t scb = C.stride(0), sct = C.stride(1);
-  at::parallel_for(0, b * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> state(pn), xdt_buf(p);
+  Claims claims(b * h);
+  at::parallel_for(0, claims.threads(), 1, [&](int64_t, int64_t) {
+    std::vector<float> state(pn), xdt_buf(p), decay_buf(L);
     std::vector<double> acc_buf(p);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task; claims.next(task);) {
       const int64_t bi = task / h, hi = task % h, gi = hi / r;
       float* __restrict S = state.data();  // [n, p]
       float* __restrict xdt = xdt_buf.data();
@@ -182,6 +201,8 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
         std::fill(S, S + pn, 0.f);
       }
       const float a_log = Ap[hi], d_skip = has_d ? Dp[hi] : 0.f;
+      float* __restrict decay = decay_buf.data();  // exp(dt_t A)
+      decays(dtp + bi * L * h + hi, h, L, a_log, decay);
       for (int64_t t = 0; t < L; ++t) {
         if (t + kPrefetch < L) {
           const int64_t u = t + kPrefetch;
@@ -191,7 +212,7 @@ std::vector<at::Tensor> scan_forward_impl(const at::Tensor& x, const at::Tensor&
         }
         if (t % kSegment == 0) std::copy(S, S + pn, ep + (task * segments + t / kSegment) * pn);
         const float d = dtp[(bi * L + t) * h + hi];
-        const float a = std::exp(d * a_log);
+        const float a = decay[t];
         const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
         const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
         const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
@@ -327,7 +348,8 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
 #ifdef __AVX2__
   const bool avx2 = P > 0 && P % 8 == 0 && n % 8 == 0;
 #endif
-  at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
+  Claims claims(b * g);
+  at::parallel_for(0, claims.threads(), 1, [&](int64_t, int64_t) {
     // per thread and kept between calls: fresh pages would fault in on every call
     thread_local std::vector<float> anchors;  // h_{t-1} of a segment's anchor steps
     if (anchors.size() < static_cast<size_t>(kSegment * pn)) anchors.resize(kSegment * pn);
@@ -335,8 +357,9 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
     std::vector<float> S_buf(pn), G_buf(pn), xdt_buf(p), gB_buf(p), decay_buf(kSegment);
     std::vector<double> cdc_buf(kSegment);
     std::vector<int64_t> anchor_buf(kSegment);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bi = task / g, gi = task % g;
+    for (int64_t task; claims.next(task);) {
+      // tasks taken together are in different sequences: a (batch, step)'s dt and ddt rows are one cache line
+      const int64_t bi = task % b, gi = task / b;
       for (int64_t t = 0; t < L; ++t) {
         std::fill_n(dBp + bi * sdbb + t * sdbt + gi * n, n, 0.f);
         std::fill_n(dCp + bi * sdcb + t * sdct + gi * n, n, 0.f);
@@ -363,6 +386,7 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
           const float* seg_start = ep + (bh * segments + seg) * pn;
           std::copy(seg_start, seg_start + pn, S);
           int64_t kept = 0;
+          decays(dtp + (bi * L + t0) * h + hi, h, t1 - t0, a_log, decay);
           for (int64_t t = t0; t < t1; ++t) {
             if (t + kPrefetch < t1) {
               const int64_t u = t + kPrefetch;
@@ -373,7 +397,7 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
               prefetch_span(dCp + bi * sdcb + u * sdct + gi * n, n);
             }
             const float d = dtp[(bi * L + t) * h + hi];
-            const float a = decay[t - t0] = std::exp(d * a_log);
+            const float a = decay[t - t0];
             const float* __restrict xt = xp + bi * sxb + t * sxt + hi * p;
             const float* __restrict Bt = Bp + bi * sbb + t * sbt + gi * n;
             const float* __restrict Ct = Cp + bi * scb + t * sct + gi * n;
