@@ -23,6 +23,34 @@ inline void silu_and_slope_row(const float* z, float* act, float* slope, int64_t
 }
 
 #ifdef __AVX2__
+// gated_norm_forward's work on one row whose groups fill whole vectors: per group one sweep that keeps
+// v = y silu(z) (y without a gate) in a row buffer and sums its squares, one that writes the output
+// (the general path below makes four passes over the row: ~1.7x the time on the demo mixer).
+inline void gated_norm_forward_row(const float* __restrict yr, const float* __restrict zr, const float* __restrict w,
+                                   int64_t d, int64_t group_size, float eps, float* __restrict v,
+                                   float* __restrict out, float* __restrict rstd) {
+  for (int64_t c0 = 0; c0 < d; c0 += group_size) {
+    __m256 sq = _mm256_setzero_ps();
+    for (int64_t c = c0; c < c0 + group_size; c += 8) {
+      __m256 vc = _mm256_loadu_ps(yr + c);
+      if (zr) {
+        const __m256 z = _mm256_loadu_ps(zr + c);
+        vc = _mm256_mul_ps(_mm256_mul_ps(z, sigmoid8(z)), vc);  // silu(z) * y, as the general path
+        _mm256_storeu_ps(v + c, vc);
+      }
+      sq = _mm256_fmadd_ps(vc, vc, sq);
+    }
+    const float r = 1.f / std::sqrt(sum8(sq) / static_cast<float>(group_size) + eps);
+    rstd[c0 / group_size] = r;
+    const __m256 rv = _mm256_set1_ps(r);
+    const float* vr = zr ? v : yr;
+    for (int64_t c = c0; c < c0 + group_size; c += 8)
+      _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(w + c), _mm256_mul_ps(_mm256_loadu_ps(vr + c), rv)));
+  }
+}
+#endif
+
+#ifdef __AVX2__
 // gated_norm_backward's work on one row with a gate (AVX2, groups of whole vectors): two sweeps per
 // group, the first finding <dn, n> while it keeps sigmoid(z), v and dn in row buffers, the second
 // writing dy and dz; the general path below took ~2x as long (passes over act, slope, v and dn).
@@ -78,6 +106,13 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
     std::vector<float> v(d);
     for (int64_t row = begin; row < end; ++row) {
       const float* yr = yp + row * d;
+#ifdef __AVX2__
+      if (group_size % 8 == 0) {
+        gated_norm_forward_row(yr, gated ? zp + row * sz : nullptr, wp, d, group_size, static_cast<float>(eps), v.data(),
+                               op + row * d, rp + row * groups);
+        continue;
+      }
+#endif
       if (gated) {
         silu_and_slope_row(zp + row * sz, v.data(), nullptr, d);
         for (int64_t c = 0; c < d; ++c) v[c] *= yr[c];
