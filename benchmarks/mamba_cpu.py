@@ -56,7 +56,7 @@ def _medians(fns, repeats: int, settle: int = 0) -> dict[str, float]:
 
 class _FreeKernels:
     """Stand-ins for the native kernels that return zeros of the right shapes at once. A step through
-    them bounds what any scan, convolution and gated-norm kernel could reach: the rest of the step
+    them bounds what any scan, convolution, time-step and gated-norm kernel could reach: the rest of the step
     (the projections, MLPs, attention, loss and optimizer) is the same work in every path."""
 
     def scan_forward(self, x, dt, A, B, C, D, s0, y_out):
@@ -87,6 +87,13 @@ class _FreeKernels:
     def conv_backward(self, x, weight, bias, dout, dx_out, slope):
         dx = dx_out.zero_() if dx_out.numel() > 0 else torch.zeros_like(x)
         return dx, torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+
+    def time_step_forward(self, dt_in, bias, lo, hi):
+        return dt_in.new_zeros(dt_in.shape)
+
+    def time_step_backward(self, dt_in, bias, lo, hi, ddt, d_in):
+        d_in.zero_()
+        return bias.new_zeros(bias.shape)
 
     def gated_norm_forward(self, y, z, weight, group_size, eps, out):
         normed = out.zero_() if out.numel() > 0 else torch.zeros_like(y)
@@ -144,7 +151,7 @@ def _report(name: str, medians: dict[str, float], unit_count: float | None = Non
     )
     if "free" in medians:
         print(
-            f"{'':<28} free kernels {medians['free'] * 1000:9.1f} ms: no scan, convolution or gated-norm kernel "
+            f"{'':<28} free kernels {medians['free'] * 1000:9.1f} ms: no scan, convolution, time-step or gated-norm kernel "
             f"can beat {medians['plain'] / medians['free']:.2f}x here",
             flush=True,
         )

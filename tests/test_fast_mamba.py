@@ -638,3 +638,37 @@ def test_native_gated_norm_equals_pytorch(group_size):
     dy, dz, dweight = kernels.gated_norm_backward(y, z, weight, rstd, upstream, group_size, none, none)
     for mine, theirs in zip((dy, dz, dweight), leaves):
         assert relative(mine, theirs.grad) < TOLERANCE
+
+
+@pytest.mark.parametrize("heads", [16, 13])  # whole AVX2 vectors, and a scalar tail
+@pytest.mark.parametrize("limits", [(0.0, float("inf")), (0.05, 2.0)])
+def test_native_time_step_equals_pytorch(heads, limits):
+    """clamp(softplus(dt_in + bias)) and its gradients as transformers computes them, read from a
+    strided slice of the projection and written into one, across softplus's linear threshold (20)."""
+    from hybridlab.model import native
+
+    kernels = native.kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler here")
+    generator = torch.Generator().manual_seed(6)
+    b, L = 3, 37
+    projection = torch.randn(b, L, heads + 11, generator=generator) * 8  # spans -30 .. 30 after the bias
+    projection[0, 0, 5 : 5 + heads] = torch.linspace(-90, 40, heads)  # exp underflows, and overflows unguarded
+    bias = torch.randn(heads, generator=generator) * 2
+    upstream = torch.randn(b, L, heads, generator=generator)
+
+    leaves = [projection[..., 5 : 5 + heads].clone().requires_grad_(), bias.clone().requires_grad_()]
+    want = torch.clamp(F.softplus(leaves[0] + leaves[1]), *limits)
+    (want * upstream).sum().backward()
+
+    dt_in = projection[..., 5 : 5 + heads]  # a view with row strides, as the mixer's
+    got = kernels.time_step_forward(dt_in, bias, *limits)
+    assert got.is_contiguous() and relative(got, want) < 1e-6
+    gradient = torch.full((b, L, heads + 11), 7.0)
+    d_bias = kernels.time_step_backward(dt_in, bias, *limits, upstream, gradient[..., 5 : 5 + heads])
+    assert relative(gradient[..., 5 : 5 + heads], leaves[0].grad) < 1e-6
+    assert relative(d_bias, leaves[1].grad) < TOLERANCE
+    assert (gradient[..., :5] == 7).all() and (gradient[..., 5 + heads :] == 7).all()  # nothing else written
+    clipped = (F.softplus(dt_in + bias) < limits[0]) | (F.softplus(dt_in + bias) > limits[1])
+    assert limits[1] == float("inf") or clipped.any()  # the limits case clips somewhere
+    assert (gradient[..., 5 : 5 + heads][clipped] == 0).all()

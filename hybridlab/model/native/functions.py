@@ -225,7 +225,7 @@ _recycled_buffers = threading.local()
 
 class NativeMixerTail(torch.autograd.Function):
     """All a training mixer does after in_proj, as one Function: split, conv + SiLU, dt's bias,
-    softplus and limits, the scan, the gated norm and out_proj (transformers'
+    softplus and limits (time_step.cpp), the scan, the gated norm and out_proj (transformers'
     `mamba2_split_conv1d_scan_combined`). Its gain over the kernels one by one is the backward:
     d(zxbcdt) is written part by part into one buffer, and the scan writes d(x, B, C) into the
     convolution's dout, where autograd would join each split's gradients with a cat.
@@ -247,8 +247,7 @@ class NativeMixerTail(torch.autograd.Function):
             xbc, conv_w, none if conv_b is None else conv_b, _recycled("conv_out", (b, L, ch), zxbcdt.dtype), conv_slope
         )  # [b, L, ch]
         x, B, C = _split_xbc(conv_out, h, p, g, n)
-        dt_pre = dt_in + dt_bias  # [b, L, h]
-        dt = torch.clamp(F.softplus(dt_pre), min=dt_limit[0], max=dt_limit[1])
+        dt = kernels.time_step_forward(dt_in, dt_bias, *dt_limit)  # clamp(softplus(dt_in + dt_bias)) [b, L, h]
         y, _, entering = kernels.scan_forward(
             x, dt, A, B, C, none if D is None else D, none, _recycled("y", (b, L, h, p), zxbcdt.dtype)
         )
@@ -261,7 +260,7 @@ class NativeMixerTail(torch.autograd.Function):
             zxbcdt,
             conv_w,
             conv_b,
-            dt_pre,
+            dt_bias,
             dt,
             A,
             D,
@@ -284,7 +283,7 @@ class NativeMixerTail(torch.autograd.Function):
             zxbcdt,
             conv_w,
             conv_b,
-            dt_pre,
+            dt_bias,
             dt,
             A,
             D,
@@ -310,7 +309,7 @@ class NativeMixerTail(torch.autograd.Function):
         d_out_b = None if out_b is None else dout.sum(0)
         d_zxbcdt = _recycled("d_zxbcdt", (b, L, width), zxbcdt.dtype)
         d_gate, d_xbc, d_dt_in = d_zxbcdt.split([d, ch, h], dim=-1)
-        gate, xbc, _ = zxbcdt.split([d, ch, h], dim=-1)
+        gate, xbc, dt_in = zxbcdt.split([d, ch, h], dim=-1)
         dy, _, d_norm_w = kernels.gated_norm_backward(
             y.view(b * L, d),
             gate.reshape(b * L, d),
@@ -338,16 +337,13 @@ class NativeMixerTail(torch.autograd.Function):
         _, d_conv_w, d_conv_b = kernels.conv_backward(
             xbc, conv_w, none if conv_b is None else conv_b, d_conv_out, d_xbc, conv_slope
         )
-        unclipped = F.softplus(dt_pre)
-        ddt = ddt.masked_fill_((unclipped < dt_limit[0]) | (unclipped > dt_limit[1]), 0)  # as clamp's backward
-        d_dt_pre = torch.ops.aten.softplus_backward(ddt, dt_pre, 1.0, 20.0)
-        d_dt_in.copy_(d_dt_pre)
+        d_dt_bias = kernels.time_step_backward(dt_in, dt_bias, *dt_limit, ddt, d_dt_in)
         return (
             None,
             d_zxbcdt,
             d_conv_w,
             None if conv_b is None else d_conv_b,
-            d_dt_pre.sum((0, 1)),
+            d_dt_bias,
             dA.sum(0),
             None if D is None else dD.sum(0),
             d_norm_w,

@@ -1,7 +1,7 @@
 // Shared by the native CPU kernels for transformers' Mamba2 mixer and the model around it
 // (hybridlab.model.native): output buffers, task hand-out, prefetching, and exp / sigmoid / SiLU on
-// 8 lanes. One file per kernel family (scan.cpp, conv.cpp, gated_norm.cpp, relu2.cpp,
-// cross_entropy.cpp), bound to Python in bindings.cpp. float32 only; the Python side checks dtypes,
+// 8 lanes. One file per kernel family (scan.cpp, conv.cpp, gated_norm.cpp, time_step.cpp,
+// relu2.cpp, cross_entropy.cpp), bound to Python in bindings.cpp. float32 only; the Python side checks dtypes,
 // devices and layouts and falls back to PyTorch for anything else. Built with -fopenmp, which makes
 // at::parallel_for parallel, and with -mavx2 -mfma where the CPU has them (the "avx2" variant): each
 // kernel's AVX2 path sits beside the plain loops that the "generic" variant compiles alone.
@@ -136,6 +136,9 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
 std::vector<at::Tensor> gated_norm_backward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
                                             const at::Tensor& rstd, const at::Tensor& dout_in, int64_t group_size,
                                             const at::Tensor& dz_out, const at::Tensor& dy_out);
+at::Tensor time_step_forward(const at::Tensor& dt_in, const at::Tensor& bias_in, double lo, double hi);
+at::Tensor time_step_backward(const at::Tensor& dt_in, const at::Tensor& bias_in, double lo, double hi,
+                              const at::Tensor& ddt_in, const at::Tensor& d_in);
 at::Tensor relu2_forward(const at::Tensor& x, const at::Tensor& out_given);
 at::Tensor relu2_backward(const at::Tensor& x, const at::Tensor& grad_in);
 std::vector<at::Tensor> cross_entropy_forward(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index);
