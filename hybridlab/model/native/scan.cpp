@@ -428,6 +428,8 @@ std::vector<at::Tensor> scan_backward_impl(const at::Tensor& x, const at::Tensor
           if (seg == segments - 1 && has_dfinal) {  // S is the final state now, G still dL/dfinal
             for (int64_t k = 0; k < pn; ++k) d_log_next += static_cast<double>(G[k]) * S[k];
           }
+          // the reverse pass reads the replay's rows, their addresses written out again: as lambdas
+          // shared by both loops they made them much slower
           for (int64_t t = t1 - 1; t >= t0; --t) {
             if (t - kPrefetch >= t0) {
               const int64_t u = t - kPrefetch;
