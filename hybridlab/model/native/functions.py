@@ -1,7 +1,8 @@
 """The native kernels (scan.cpp, conv.cpp, time_step.cpp, gated_norm.cpp, cross_entropy.cpp) as
-autograd Functions, each with its hand-written backward. hybridlab.model.fast_mamba decides when they apply (float32 CPU tensors inside a switched-on mixer)
-and falls back to PyTorch otherwise; these classes only call the kernels. Shapes: b batch, L tokens,
-h heads of p channels, g groups of B/C with n states each, d = h p."""
+autograd Functions, each with its hand-written backward. hybridlab.model.fast_mamba decides when they
+apply (float32 CPU tensors inside a switched-on mixer) and falls back to PyTorch otherwise; these
+classes only call the kernels. Shapes: b batch, L tokens, h heads of p channels, g groups of B/C with
+n states each, d = h p."""
 
 from __future__ import annotations
 
