@@ -10,7 +10,10 @@ uses the fused AdamW), a no-grad prefill, cached decoding (tokens/s, one token a
 after a prompt) and importance estimation on calibration windows. Issue 14's goals, on the 2-core CPU
 with 2 threads at batch 8 x 256: training step >= 1.6x, mixer >= 2.5x.
 
-For the mixer and the training step it also times a third arm whose scan, convolution and gated-norm
+For the mixer and the training step it also counts each arm's minor page faults and the CPU time the
+kernel spent on the process per call: the plain path faults fresh pages in for its temporaries on every
+call, and what a fault costs on a shared VM changes from minute to minute, which is most of its drift
+between runs. It also times a third arm whose scan, convolution and gated-norm
 kernels return zeros at once: plain / free is the most that any kernel for those parts could give, since
 the projections, MLPs, attention, loss and optimizer are the same work in both paths.
 """
@@ -18,6 +21,7 @@ the projections, MLPs, attention, loss and optimizer are the same work in both p
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -139,7 +143,31 @@ def _both(model, fn, pytorch_fast: bool = False, free: bool = False):
     return arms
 
 
-def _report(name: str, medians: dict[str, float], unit_count: float | None = None, unit: str = "") -> float:
+def _counted(fns: dict) -> tuple[dict, dict]:
+    """fns wrapped to count, per call, the process's minor page faults and the CPU seconds the kernel
+    spent on it (resource.getrusage, all threads), and the {name: [calls, faults, seconds]} they add to."""
+    counts = {name: [0, 0, 0.0] for name in fns}
+
+    def wrap(name, fn):
+        def call():
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            try:
+                return fn()
+            finally:
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                count = counts[name]
+                count[0] += 1
+                count[1] += after.ru_minflt - before.ru_minflt
+                count[2] += after.ru_stime - before.ru_stime
+
+        return call
+
+    return {name: wrap(name, fn) for name, fn in fns.items()}, counts
+
+
+def _report(
+    name: str, medians: dict[str, float], unit_count: float | None = None, unit: str = "", counts: dict | None = None
+) -> float:
     ratio = medians["plain"] / medians["fast"]
     rates = ""
     if unit_count:
@@ -153,6 +181,15 @@ def _report(name: str, medians: dict[str, float], unit_count: float | None = Non
         print(
             f"{'':<28} free kernels {medians['free'] * 1000:9.1f} ms: no scan, convolution, time-step or gated-norm kernel "
             f"can beat {medians['plain'] / medians['free']:.2f}x here",
+            flush=True,
+        )
+    if counts:
+        per_call = {
+            arm: (faults / max(calls, 1), seconds / max(calls, 1)) for arm, (calls, faults, seconds) in counts.items()
+        }
+        print(
+            f"{'':<28} a call's page faults (CPU time in the kernel): "
+            + ", ".join(f"{arm} {faults:.0f} ({seconds * 1000:.1f} ms)" for arm, (faults, seconds) in per_call.items()),
             flush=True,
         )
     return ratio
@@ -210,9 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         mixer.train()
         mixer(hidden).sum().backward()
 
-    ratios["mixer"] = _report(
-        "mixer fwd+bwd", _medians(_both(model, mixer_step, free=True), args.repeats * MIXER_ROUNDS, args.settle)
-    )
+    arms, counts = _counted(_both(model, mixer_step, free=True))
+    ratios["mixer"] = _report("mixer fwd+bwd", _medians(arms, args.repeats * MIXER_ROUNDS, args.settle), counts=counts)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
@@ -222,12 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         model(ids, labels=ids, use_cache=False).loss.backward()
         optimizer.step()
 
-    ratios["train"] = _report(
-        "training step",
-        _medians(_both(model, train_step, free=True), args.repeats, args.settle),
-        b * t,
-        "tok/s",
-    )
+    arms, counts = _counted(_both(model, train_step, free=True))
+    ratios["train"] = _report("training step", _medians(arms, args.repeats, args.settle), b * t, "tok/s", counts=counts)
     ratios["trainer"] = _report(
         "step as hybridlab trains",
         _medians(_trainer_steps(model, ids), args.repeats, args.settle),
