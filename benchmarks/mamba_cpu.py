@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     calib = torch.randint(3, vocab, (args.importance_windows, t), generator=torch.Generator().manual_seed(1))
 
     def importance():
-        estimate_importance(model, list(calib.split(b)), layer_metric=None)
+        # a no-op progress callback: tqdm's bars would interleave with the table
+        estimate_importance(model, list(calib.split(b)), layer_metric=None, progress=lambda *_: None)
 
     ratios["importance"] = _report(
         "importance estimation",
