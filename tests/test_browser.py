@@ -190,6 +190,8 @@ def test_importance_plan_prune_evaluate_pareto(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(url)
         page.get_by_role("heading", name="Model").first.wait_for(timeout=60_000)
+        # .streamlit/config.toml's toolbarMode: no button offering to publish the app to Streamlit's cloud
+        expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
 
         # Bad input: a folder that is not a model gives a clear message, not a traceback.
         page.get_by_text("local folder").click()
