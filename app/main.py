@@ -27,8 +27,10 @@ PAGES = Path(__file__).parent / "pages"
 
 st.set_page_config(page_title="hybridlab", page_icon=":material/content_cut:", layout="wide")
 
-if state.MODEL_KEY not in st.session_state and (demo_teacher_dir() / "config.json").is_file():
-    st.session_state[state.MODEL_KEY] = "demo"
+link_problem = state.restore_model(demo_shipped=(demo_teacher_dir() / "config.json").is_file())
+state.remember_model()
+if link_problem:
+    st.warning(link_problem)
 
 navigation = st.navigation(
     [

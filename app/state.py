@@ -11,6 +11,10 @@ from hybridlab import jobs
 from hybridlab.store import FAILED, FINISHED, parse_job_ref
 
 MODEL_KEY, SCORES_KEY, PLAN_KEY = "model_ref", "scores_dir", "plan_spec"
+# The URL's ?model= names the chosen model: a reload or a reconnect starts a new session, which
+# would otherwise fall back to the demo teacher while the user works on their own checkpoint
+MODEL_PARAM = "model"
+RESTORED_KEY = "model_restored"
 EXPERT_METRIC_KEY = "expert_metric"  # which expert score ranks routed experts: the heatmap's and the prune job's
 POLL_S = 1.5
 
@@ -41,6 +45,33 @@ def load_config(ref: str, mtime: float):
 
 def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
+
+
+def restore_model(demo_shipped: bool) -> str | None:
+    """A new session's model: the one its URL names, else the demo teacher where it is shipped. Returns a
+    one-line warning when the URL names a model that cannot be opened (then the fallback applies)."""
+    if MODEL_KEY in st.session_state or st.session_state.get(RESTORED_KEY):
+        return None
+    st.session_state[RESTORED_KEY] = True  # once a session: without a demo a bad link would warn on every run
+    wanted, problem = st.query_params.get(MODEL_PARAM), None
+    if wanted:
+        try:
+            st.session_state[MODEL_KEY] = check_model(wanted)[0]
+            return None
+        except ValueError as err:
+            problem = f"The link's model could not be opened: {err}"
+    if demo_shipped:
+        st.session_state[MODEL_KEY] = "demo"
+    return problem
+
+
+def remember_model() -> None:
+    """Every run: the URL names the chosen model (moving to another page clears query parameters)."""
+    ref = st.session_state.get(MODEL_KEY)
+    if ref is None:
+        st.query_params.pop(MODEL_PARAM, None)
+    elif st.query_params.get(MODEL_PARAM) != ref:
+        st.query_params[MODEL_PARAM] = ref
 
 
 def current_model():

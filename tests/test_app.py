@@ -134,6 +134,34 @@ def test_app_opens_on_the_demo_teacher():
     assert any(m.label == "parameters" for m in at.metric)
 
 
+def test_a_new_session_opens_the_model_its_url_names(lab, tmp_path):
+    """A reload or reconnect starts a new session: ?model= brings the chosen model back (and names it
+    on every run after a page switch), and a link to no model is one warning, then the usual default."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.query_params["model"] = lab["model"].ref
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.session_state["model_ref"] == lab["model"].ref
+    at.switch_page("pages/planner.py").run()
+    assert at.query_params["model"] == lab["model"].ref
+
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.query_params["model"] = str(tmp_path / "gone")
+    at.run()
+    assert not at.exception
+    (warning,) = at.warning
+    assert (
+        warning.value.startswith("The link's model could not be opened: ")
+        and "neither 'demo' nor an existing directory" in warning.value
+    )
+    if demo_shipped():
+        assert at.session_state["model_ref"] == "demo"
+    at.run()
+    assert not at.warning  # said once
+
+
 # ---- Importance ---------------------------------------------------------------------------
 
 
