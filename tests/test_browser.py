@@ -135,9 +135,9 @@ def open_model(page, url: str, folder: str) -> None:
 
 def use_folder(page, folder: str, timeout_ms: float = 60_000) -> None:
     """Fill the Model page's folder and click "Use this folder" until the sidebar names that model. The
-    demo teacher's page already shows a layer pattern, so waiting for one passed at once; a sidebar
-    click that followed could then supersede the button's run, and a fresh-clone CI run went on with
-    the demo teacher chosen (its Importance page had no runs of the MoE model to load)."""
+    demo teacher's page already shows a layer pattern, so waiting for one passed even when the click was
+    lost; a fresh-clone CI run went on with the demo teacher chosen (its Importance page had no runs of
+    the MoE model to load)."""
     page.get_by_label("Hugging Face model folder").fill(folder)
     chosen = page.get_by_test_id("stSidebar").get_by_text(f"Model: {Path(folder).name}")
     click_until(page.get_by_role("button", name="Use this folder"), chosen, timeout_ms)
